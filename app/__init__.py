@@ -1,0 +1,194 @@
+"""Application factory.  ``create_app`` wires things together and does no work:
+no tables, no network, no threads."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+from typing import Any
+
+from flask import Flask, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from app.errors import ServiceError
+from app.extensions import api, bootstrap, csrf, db, limiter, login_manager, migrate
+from app.security import parse_encryption_keys
+from config import CONFIGS
+
+__version__ = "0.1.0"
+log = logging.getLogger(__name__)
+
+
+def create_app(config_name: str | None = None, overrides: dict[str, Any] | None = None) -> Flask:
+    app = Flask(__name__)
+    name = config_name or os.environ.get("APP_ENV", "development")
+    app.config.from_object(CONFIGS[name])
+    app.config.update(overrides or {})
+    configure_secrets(app, production=name == "production")
+    configure_logging(app)
+    if app.config["PROXY_FIX_COUNT"]:
+        count = app.config["PROXY_FIX_COUNT"]
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=count, x_proto=count, x_host=count, x_port=count
+        )
+    register_extensions(app)
+    register_blueprints(app)
+    register_errorhandlers(app)
+    register_commands(app)
+    return app
+
+
+def configure_secrets(app: Flask, *, production: bool) -> None:
+    """Production refuses to start without real secrets; elsewhere an ephemeral key
+    keeps the app usable (secrets written with it are unreadable after a restart)."""
+    if production and (not app.config["SECRET_KEY"] or not app.config["ENCRYPTION_KEYS"]):
+        raise RuntimeError("production needs SECRET_KEY and ENCRYPTION_KEYS in the environment")
+    if not app.config["SECRET_KEY"]:
+        app.config["SECRET_KEY"] = secrets.token_urlsafe(32)
+        log.warning("SECRET_KEY is not set: sessions end when the app restarts")
+    if not app.config["ENCRYPTION_KEYS"]:
+        from cryptography.fernet import Fernet
+
+        app.config["ENCRYPTION_KEYS"] = Fernet.generate_key().decode()
+        log.warning("ENCRYPTION_KEYS is not set: using a key that lives only in this process")
+    app.extensions["rpcc_fernet"] = parse_encryption_keys(app.config["ENCRYPTION_KEYS"])
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({
+            "at": self.formatTime(record), "level": record.levelname, "logger": record.name,
+            "message": record.getMessage(),
+        })
+
+
+def configure_logging(app: Flask) -> None:
+    if app.config.get("LOG_JSON") and not app.testing:
+        handler = logging.StreamHandler()
+        handler.setFormatter(_JsonFormatter())
+        logging.getLogger().handlers = [handler]
+        logging.getLogger().setLevel(logging.INFO)
+
+
+def register_extensions(app: Flask) -> None:
+    db.init_app(app)
+    migrate.init_app(
+        app, db, directory=os.path.join(os.path.dirname(__file__), "..", "migrations"),
+        render_as_batch=True, compare_type=True,
+    )
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+    login_manager.login_message_category = "warning"
+    csrf.init_app(app)
+    limiter.init_app(app)
+    bootstrap.init_app(app)
+    api.init_app(app)
+
+    from app.services import audit, users
+
+    @login_manager.user_loader
+    def load_user(session_id: str) -> Any:
+        return users.load_session_user(session_id)
+
+    @app.before_request
+    def remember_client_ip() -> None:
+        audit.client_ip.set(request.remote_addr or "")
+
+
+def register_blueprints(app: Flask) -> None:
+    from app.admin import bp as admin_bp
+    from app.api.resources import register as register_api
+    from app.auth import bp as auth_bp
+    from app.client import bp as client_bp
+    from app.main import bp as main_bp
+
+    app.register_blueprint(main_bp)
+    app.register_blueprint(auth_bp, url_prefix="/auth")
+    app.register_blueprint(admin_bp, url_prefix="/admin")
+    app.register_blueprint(client_bp, url_prefix="/client")
+    register_api(app)
+
+
+def wants_json() -> bool:
+    if request.path.startswith("/api/"):
+        return True
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes[
+        "text/html"]
+
+
+def _flatten(messages: Any, prefix: str = "") -> dict[str, str]:
+    """Turn marshmallow's nested messages into ``{"a.b.0": "message"}``."""
+    out: dict[str, str] = {}
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            if key in {"json", "query", "form", "headers"} and not prefix:
+                out.update(_flatten(value, ""))
+                continue
+            name = f"{prefix}.{key}" if prefix else str(key)
+            out.update(_flatten(value, name))
+    elif isinstance(messages, list) and messages and all(isinstance(m, str) for m in messages):
+        out[prefix or "_"] = " ".join(messages)
+    elif isinstance(messages, list):
+        for i, value in enumerate(messages):
+            out.update(_flatten(value, f"{prefix}.{i}" if prefix else str(i)))
+    else:
+        out[prefix or "_"] = str(messages)
+    return out
+
+
+_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+          405: "method_not_allowed", 409: "conflict", 413: "too_large", 422: "invalid",
+          429: "rate_limited", 500: "server_error"}
+
+
+def json_error(status: int, message: str, fields: dict[str, str] | None = None,
+               code: str | None = None) -> Any:
+    body: dict[str, Any] = {"code": code or _CODES.get(status, "error"), "message": message}
+    if fields:
+        body["fields"] = fields
+    return jsonify({"error": body}), status
+
+
+def register_errorhandlers(app: Flask) -> None:
+    @app.errorhandler(ServiceError)
+    def service_error(error: ServiceError) -> Any:
+        if wants_json():
+            return json_error(error.status, error.message, error.fields, error.code)
+        return render_template("error.html", status=error.status, message=error.message), \
+            error.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Any:
+        status = error.code or 500
+        message = error.description or error.name
+        if status == 429:
+            message = f"Too many attempts. Try again later ({error.description})."
+        data = getattr(error, "data", None) or {}
+        fields = _flatten(data.get("messages") or data.get("errors") or {}) or None
+        if wants_json():
+            if status == 422:
+                message = "some fields are invalid"
+            response = json_error(status, message, fields)
+            for key, value in (data.get("headers") or {}).items():
+                response[0].headers[key] = value
+            return response
+        if status == 400 and "CSRF" in (error.description or ""):
+            message = "The form expired or was sent from elsewhere (CSRF check failed). Reload the page and try again."
+        return render_template("error.html", status=status, message=message), status
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> Any:
+        log.exception("unhandled error")
+        if wants_json():
+            return json_error(500, "internal server error")
+        return render_template("error.html", status=500, message="Internal server error"), 500
+
+
+def register_commands(app: Flask) -> None:
+    from app.cli import register
+
+    register(app)

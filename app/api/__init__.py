@@ -1,0 +1,1 @@
+"""REST API ``/api/v1``: one module per resource, Bearer-token authentication."""

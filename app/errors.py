@@ -1,0 +1,42 @@
+"""Typed errors raised by services; each blueprint turns them into its own answer."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base of every error a service raises on purpose."""
+
+    code = "error"
+    status = 400
+
+    def __init__(self, message: str, fields: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields or {}
+
+
+class NotFound(ServiceError):
+    code = "not_found"
+    status = 404
+
+
+class Forbidden(ServiceError):
+    code = "forbidden"
+    status = 403
+
+
+class Conflict(ServiceError):
+    code = "conflict"
+    status = 409
+
+
+class ValidationError(ServiceError):
+    """Invalid input; ``fields`` maps each offending field to its message."""
+
+    code = "invalid"
+    status = 422
+
+
+class DeploymentError(ServiceError):
+    code = "deployment_failed"
+    status = 502

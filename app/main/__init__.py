@@ -1,0 +1,34 @@
+"""Landing redirect and the health endpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify, redirect, url_for
+from flask_login import current_user
+from sqlalchemy import text
+
+from app.extensions import db
+
+bp = Blueprint("main", __name__)
+
+
+@bp.get("/")
+def index() -> Any:
+    if not current_user.is_authenticated:
+        return redirect(url_for("auth.login"))
+    return redirect(url_for("admin.dashboard" if current_user.is_admin else "client.dashboard"))
+
+
+@bp.get("/health")
+def health() -> Any:
+    from app import __version__
+
+    try:
+        db.session.execute(text("SELECT 1"))
+        database = "ok"
+    except Exception as exc:  # noqa: BLE001 - any failure means the database is down
+        database = f"error: {type(exc).__name__}"
+    status = 200 if database == "ok" else 503
+    return jsonify({"status": "ok" if status == 200 else "degraded", "database": database,
+                    "version": __version__}), status

@@ -1,0 +1,22 @@
+"""All models, importable from one place (Alembic needs them registered)."""
+
+from app.models.audit import AuditLog
+from app.models.node import Node, NodeStatus, Pool, ProxyType
+from app.models.site import (
+    BackendProtocol,
+    GeoMode,
+    Site,
+    SiteBackend,
+    SiteBasicAuthUser,
+    SiteHostname,
+    SiteStatus,
+    SslMode,
+    WafLevel,
+)
+from app.models.user import ApiToken, Role, User
+
+__all__ = [
+    "ApiToken", "AuditLog", "BackendProtocol", "GeoMode", "Node", "NodeStatus", "Pool",
+    "ProxyType", "Role", "Site", "SiteBackend", "SiteBasicAuthUser", "SiteHostname",
+    "SiteStatus", "SslMode", "User", "WafLevel",
+]

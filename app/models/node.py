@@ -1,0 +1,74 @@
+"""Proxy nodes and the pools that group them."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.extensions import db
+from app.models.base import TimestampMixin, enum_column
+from app.security import EncryptedText
+
+
+class ProxyType(enum.StrEnum):
+    NGINX = "nginx"
+    CADDY = "caddy"
+    TRAEFIK = "traefik"
+
+
+class NodeStatus(enum.StrEnum):
+    UNKNOWN = "unknown"
+    ONLINE = "online"
+    OFFLINE = "offline"
+    DRAINING = "draining"
+
+
+class Pool(TimestampMixin, db.Model):
+    """A set of nodes that serve the same sites."""
+
+    __tablename__ = "pools"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(String(255), default="")
+
+    nodes: Mapped[list[Node]] = relationship(back_populates="pool")
+
+
+class Node(TimestampMixin, db.Model):
+    __tablename__ = "nodes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    host: Mapped[str] = mapped_column(String(253))
+    ssh_port: Mapped[int] = mapped_column(Integer, default=22)
+    ssh_user: Mapped[str] = mapped_column(String(64), default="root")
+    ssh_private_key: Mapped[str | None] = mapped_column(EncryptedText, nullable=True)
+    ssh_password: Mapped[str | None] = mapped_column(EncryptedText, nullable=True)
+    # OpenSSH "type base64" line, pinned on first contact.
+    host_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    proxy_type: Mapped[ProxyType] = mapped_column(
+        enum_column(ProxyType, name="node_proxy_type"), default=ProxyType.NGINX
+    )
+    pool_id: Mapped[int] = mapped_column(ForeignKey("pools.id", ondelete="RESTRICT"), index=True)
+    config_dir: Mapped[str] = mapped_column(String(512))
+    test_command: Mapped[str] = mapped_column(String(512))
+    reload_command: Mapped[str] = mapped_column(String(512))
+    listen_address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    http_port: Mapped[int] = mapped_column(Integer, default=80)
+    https_port: Mapped[int] = mapped_column(Integer, default=443)
+    glances_url: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    status: Mapped[NodeStatus] = mapped_column(
+        enum_column(NodeStatus, name="node_status"), default=NodeStatus.UNKNOWN
+    )
+    is_discovered: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    pool: Mapped[Pool] = relationship(back_populates="nodes")
+
+    def __repr__(self) -> str:
+        return f"<Node {self.id} {self.name}>"

@@ -1,0 +1,302 @@
+"""Validators for every value that reaches a proxy config or a remote command,
+secret encryption at rest, the password policy and API token hashing.
+
+The validators are deliberately stricter than the RFCs: a value that is legal in
+HTTP but meaningful to a config parser (quotes, ``;``, braces, ``$``, backslashes,
+control characters) is refused rather than escaped, so that no template ever has
+to be trusted to escape correctly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import re
+import secrets
+import unicodedata
+from typing import Any
+
+import bcrypt
+import idna
+import pycountry
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from flask import current_app
+from sqlalchemy.types import Text, TypeDecorator
+
+# --------------------------------------------------------------------------- #
+# Validators: each returns the normalised value or raises ValueError(message). #
+# --------------------------------------------------------------------------- #
+
+_LDH_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
+# Printable ASCII without the characters any of our config languages give meaning to.
+_SAFE_TEXT = re.compile(r"^[A-Za-z0-9 !#%&()*+,\-./:=?@\[\]^_|~]*$")
+_PATH = re.compile(r"^/[A-Za-z0-9._~!*+,=:@%/-]*$")
+_USERNAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_FORBIDDEN_HEADERS = {
+    "host", "content-length", "transfer-encoding", "connection", "upgrade",
+    "keep-alive", "te", "trailer", "proxy-authorization", "proxy-connection",
+}
+COUNTRY_CODES = frozenset(c.alpha_2 for c in pycountry.countries)
+MAX_DOMAIN_LENGTH = 253
+
+
+def _reject_controls(value: str) -> None:
+    if any(unicodedata.category(ch) in {"Cc", "Cf", "Zl", "Zp"} for ch in value):
+        raise ValueError("must not contain control or invisible characters")
+
+
+def validate_domain(value: Any, *, allow_wildcard: bool = False) -> str:
+    """Return the ASCII (IDNA A-label) form of a fully qualified domain name.
+
+    Unicode names are accepted in NFC form and converted with IDNA 2008; names that
+    only become valid after compatibility mapping (full-width dots, invisible
+    characters, mixed case tricks) are refused, because what the user sees must be
+    what the proxy serves.
+    """
+    if not isinstance(value, str) or not value:
+        raise ValueError("is required")
+    _reject_controls(value)
+    if value != value.strip() or " " in value:
+        raise ValueError("must not contain spaces")
+    name = value.rstrip(".") if value.endswith(".") and not value.endswith("..") else value
+    wildcard = False
+    if name.startswith("*."):
+        if not allow_wildcard:
+            raise ValueError("wildcards are not allowed here")
+        wildcard, name = True, name[2:]
+    if unicodedata.normalize("NFC", name) != name:
+        raise ValueError("must be in Unicode NFC form")
+    if name.lower() != name:
+        name = name.lower()
+    try:
+        ascii_name = idna.encode(name, uts46=False).decode("ascii")
+        round_trip = idna.decode(ascii_name)
+    except (idna.IDNAError, UnicodeError, ValueError):
+        raise ValueError("is not a valid domain name") from None
+    if (name.isascii() and ascii_name != name) or (not name.isascii() and round_trip != name):
+        raise ValueError("is not a valid domain name")
+    labels = ascii_name.split(".")
+    if len(labels) < 2:
+        raise ValueError("must be a fully qualified name such as example.com")
+    for label in labels:
+        if not _LDH_LABEL.match(label):
+            raise ValueError(f"has an invalid label '{label[:70]}'")
+    if labels[-1].isdigit():
+        raise ValueError("must not end in a numeric label")
+    full = ("*." if wildcard else "") + ascii_name
+    if len(full) > MAX_DOMAIN_LENGTH:
+        raise ValueError(f"must be at most {MAX_DOMAIN_LENGTH} characters")
+    return full
+
+
+def validate_host(value: Any) -> str:
+    """A backend or node host: an IP literal or a DNS name (single labels allowed)."""
+    if not isinstance(value, str) or not value:
+        raise ValueError("is required")
+    candidate = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        pass
+    _reject_controls(value)
+    name = value.lower().rstrip(".")
+    if len(name) > MAX_DOMAIN_LENGTH or not name:
+        raise ValueError("is not a valid host name or IP address")
+    labels = name.split(".")
+    if not all(_LDH_LABEL.match(label) for label in labels):
+        raise ValueError("is not a valid host name or IP address")
+    if labels[-1].isdigit():
+        raise ValueError("is not a valid IP address")
+    return name
+
+
+def validate_port(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("must be a number between 1 and 65535")
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,5}", value):
+        value = int(value)
+    if not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError("must be a number between 1 and 65535")
+    return value
+
+
+def validate_int(value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"must be a whole number between {low} and {high}")
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,12}", value.strip()):
+        value = int(value)
+    if not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"must be a whole number between {low} and {high}")
+    return value
+
+
+def validate_cidr(value: Any) -> str:
+    """An IPv4/IPv6 network or address; host bits are refused rather than masked."""
+    if not isinstance(value, str) or not value or value != value.strip():
+        raise ValueError("must be an IP address or network such as 10.0.0.0/8")
+    if not re.fullmatch(r"[0-9A-Fa-f.:/]+", value):
+        raise ValueError("must be an IP address or network such as 10.0.0.0/8")
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError:
+        raise ValueError(f"'{value[:60]}' is not a valid IP address or network") from None
+
+
+def validate_header_name(value: Any) -> str:
+    if not isinstance(value, str) or not _HEADER_NAME.match(value):
+        raise ValueError("header names may use letters, digits and '-' (max 64)")
+    if value.lower() in _FORBIDDEN_HEADERS:
+        raise ValueError(f"the header '{value}' is managed by the proxy")
+    return value
+
+
+def validate_safe_text(value: Any, *, max_length: int, allow_empty: bool = False) -> str:
+    """Free text that ends up inside a config (header values, block reasons)."""
+    if not isinstance(value, str):
+        raise ValueError("must be text")
+    if not value and not allow_empty:
+        raise ValueError("is required")
+    if len(value) > max_length:
+        raise ValueError(f"must be at most {max_length} characters")
+    if not _SAFE_TEXT.match(value):
+        raise ValueError(
+            "may only use letters, digits, spaces and ! # % & ( ) * + , - . / : = ? @ [ ] ^ _ | ~"
+        )
+    if value != value.strip():
+        raise ValueError("must not start or end with spaces")
+    return value
+
+
+def validate_header_value(value: Any) -> str:
+    return validate_safe_text(value, max_length=1024)
+
+
+def validate_country(value: Any) -> str:
+    if not isinstance(value, str) or value.upper() not in COUNTRY_CODES:
+        raise ValueError(f"'{str(value)[:10]}' is not an ISO 3166 country code")
+    return value.upper()
+
+
+def validate_path(value: Any, *, max_length: int = 512) -> str:
+    """An absolute path (URL path or node file path) with no traversal segment."""
+    if not isinstance(value, str) or not _PATH.match(value) or len(value) > max_length:
+        raise ValueError("must be an absolute path of letters, digits and . _ ~ - / only")
+    if any(segment in {"..", "."} for segment in value.split("/")):
+        raise ValueError("must not contain '.' or '..' segments")
+    return value
+
+
+def validate_basic_auth_username(value: Any) -> str:
+    if not isinstance(value, str) or not _USERNAME.match(value):
+        raise ValueError("may use letters, digits, '.', '_' and '-' (1 to 64)")
+    return value
+
+
+def validate_secret_text(value: Any, *, max_length: int = 256) -> str:
+    """A password that is hashed or encrypted, never placed in a config verbatim."""
+    if not isinstance(value, str) or not value:
+        raise ValueError("is required")
+    if len(value) > max_length:
+        raise ValueError(f"must be at most {max_length} characters")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+# --------------------------------------------------------------------------- #
+# Passwords and tokens                                                          #
+# --------------------------------------------------------------------------- #
+
+PASSWORD_MIN_LENGTH = 12
+_COMMON_PASSWORDS = frozenset(
+    {
+        "password1234", "123456789012", "qwertyuiopas", "administrator",
+        "passwordpassword", "letmeinletmein", "welcome12345", "changeme1234",
+    }
+)
+
+
+def check_password_policy(password: str, username: str = "") -> str:
+    """Length over composition (NIST SP 800-63B), plus obvious-guess checks."""
+    validate_secret_text(password)
+    if len(password) < PASSWORD_MIN_LENGTH:
+        raise ValueError(f"must be at least {PASSWORD_MIN_LENGTH} characters")
+    if len(set(password)) < 5:
+        raise ValueError("is too repetitive")
+    if password.lower() in _COMMON_PASSWORDS:
+        raise ValueError("is too common")
+    if username and username.lower() in password.lower():
+        raise ValueError("must not contain the username")
+    return password
+
+
+def generate_password() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def hash_basic_auth_password(password: str) -> str:
+    """bcrypt: understood by nginx (libxcrypt), Caddy and Traefik alike."""
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()
+
+
+TOKEN_PREFIX = "rpcc_"
+
+
+def generate_api_token() -> tuple[str, str, str]:
+    """Return (token, display prefix, hash). Tokens carry 256 bits of entropy, so a
+    plain SHA-256 is enough and keeps per-request verification cheap."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    return token, token[: len(TOKEN_PREFIX) + 6], hash_api_token(token)
+
+
+def hash_api_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def tokens_equal(a: str, b: str) -> bool:
+    return hmac.compare_digest(a, b)
+
+
+# --------------------------------------------------------------------------- #
+# Encryption at rest                                                            #
+# --------------------------------------------------------------------------- #
+
+
+def parse_encryption_keys(raw: str) -> MultiFernet:
+    keys = [k.strip() for k in raw.split(",") if k.strip()]
+    if not keys:
+        raise ValueError("ENCRYPTION_KEYS is empty")
+    try:
+        return MultiFernet([Fernet(k) for k in keys])
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"ENCRYPTION_KEYS holds an invalid Fernet key: {exc}") from None
+
+
+def fernet() -> MultiFernet:
+    return current_app.extensions["rpcc_fernet"]
+
+
+def encrypt(value: str) -> str:
+    return fernet().encrypt(value.encode()).decode()
+
+
+def decrypt(value: str) -> str:
+    try:
+        return fernet().decrypt(value.encode()).decode()
+    except InvalidToken:
+        raise RuntimeError("a secret cannot be decrypted with ENCRYPTION_KEYS") from None
+
+
+class EncryptedText(TypeDecorator):
+    """A text column stored as a Fernet token; the plaintext never reaches SQL."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        return None if value is None else encrypt(value)
+
+    def process_result_value(self, value: str | None, dialect: Any) -> str | None:
+        return None if value is None else decrypt(value)

@@ -1,0 +1,367 @@
+"""Proxy nodes and pools: the admin's inventory of the fleet."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives.serialization import (
+    load_pem_private_key,
+    load_ssh_private_key,
+)
+from sqlalchemy import func, select
+from sqlalchemy.orm import selectinload
+
+from app.errors import Conflict, ValidationError
+from app.extensions import db
+from app.models import Node, NodeStatus, Pool, ProxyType, Site, User
+from app.security import validate_host, validate_path, validate_port
+from app.services import audit
+from app.services.common import Page, get_or_404, paginate, require_admin
+
+NODE_FIELDS = (
+    "name", "host", "ssh_port", "ssh_user", "ssh_private_key", "ssh_password", "proxy_type",
+    "pool", "config_dir", "test_command", "reload_command", "listen_address", "http_port",
+    "https_port", "glances_url", "enabled",
+)
+SECRET_FIELDS = ("ssh_private_key", "ssh_password")
+
+# Paths and commands for a stock Debian install of each engine; admins override per node.
+ENGINE_DEFAULTS: dict[ProxyType, dict[str, str]] = {
+    ProxyType.NGINX: {
+        "config_dir": "/etc/nginx/rpcc.d",
+        "test_command": "nginx -t",
+        "reload_command": "nginx -s reload",
+    },
+    ProxyType.CADDY: {
+        "config_dir": "/etc/caddy/rpcc.d",
+        "test_command": "caddy validate --config /etc/caddy/Caddyfile --adapter caddyfile",
+        "reload_command": "caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile",
+    },
+    ProxyType.TRAEFIK: {
+        "config_dir": "/etc/traefik/dynamic",
+        "test_command": "traefik version",
+        "reload_command": "true",
+    },
+}
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_SSH_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_COMMAND_ARG = re.compile(r"^[A-Za-z0-9_./:=@%+,-]+$")
+
+
+def validate_command(value: Any) -> str:
+    """A node command is run as an argument list; each argument is restricted to
+    characters no shell or config gives a meaning to."""
+    if not isinstance(value, str) or not value.strip() or len(value) > 512:
+        raise ValueError("is required (at most 512 characters)")
+    try:
+        args = shlex.split(value)
+    except ValueError:
+        raise ValueError("cannot be parsed as a command") from None
+    bad = [a for a in args if not _COMMAND_ARG.match(a)]
+    if bad:
+        raise ValueError(f"argument '{bad[0][:40]}' has characters that are not allowed")
+    return shlex.join(args)
+
+
+def validate_private_key(value: Any) -> str:
+    if not isinstance(value, str) or "PRIVATE KEY-----" not in value:
+        raise ValueError("must be a PEM or OpenSSH private key")
+    data = value.strip().encode() + b"\n"
+    for loader in (load_ssh_private_key, load_pem_private_key):
+        try:
+            loader(data, password=None)
+            return value.strip() + "\n"
+        except (ValueError, TypeError):
+            continue
+    raise ValueError("cannot be read (it must be an unencrypted private key)")
+
+
+def validate_glances_url(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or len(value) > 512:
+        raise ValueError("must be an http(s) URL")
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.hostname or parts.username:
+        raise ValueError("must be an http(s) URL without credentials")
+    validate_host(parts.hostname)
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or fragment")
+    if parts.path not in ("", "/"):
+        validate_path(parts.path)
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    return value.rstrip("/")
+
+
+def _pool_by_name(name: Any) -> Pool | None:
+    if not isinstance(name, str):
+        return None
+    return db.session.scalar(select(Pool).where(Pool.name == name))
+
+
+def _clean_node(data: dict[str, Any], *, partial: bool, node: Node | None) -> dict[str, Any]:
+    errors: dict[str, str] = {}
+    out: dict[str, Any] = {}
+    for name in sorted(set(data) - set(NODE_FIELDS)):
+        errors[name] = "unknown field"
+
+    def field(name: str, check: Any, required: bool = True) -> None:
+        if name not in data and (partial or not required):
+            return
+        try:
+            out[name] = check(data.get(name))
+        except ValueError as exc:
+            errors[name] = str(exc)
+
+    def name_check(v: Any) -> str:
+        if not isinstance(v, str) or not _NAME.match(v):
+            raise ValueError("1 to 64 lowercase letters, digits, '.', '_' or '-'")
+        return v
+
+    def proxy_check(v: Any) -> ProxyType:
+        try:
+            return ProxyType(v if v is not None else "nginx")
+        except ValueError:
+            raise ValueError("must be nginx, caddy or traefik") from None
+
+    def user_check(v: Any) -> str:
+        v = "root" if v is None else v
+        if not isinstance(v, str) or not _SSH_USER.match(v):
+            raise ValueError("must be a valid Unix user name")
+        return v
+
+    def pool_check(v: Any) -> Pool:
+        pool = _pool_by_name(v if v is not None else "default")
+        if pool is None:
+            raise ValueError(f"no pool named '{str(v)[:64]}'")
+        return pool
+
+    def optional_ip(v: Any) -> str | None:
+        if v in (None, ""):
+            return None
+        import ipaddress
+
+        try:
+            return str(ipaddress.ip_address(v))
+        except ValueError:
+            raise ValueError("must be an IP address") from None
+
+    def bool_check(v: Any) -> bool:
+        if v is None:
+            return True
+        if not isinstance(v, bool):
+            raise ValueError("must be true or false")
+        return v
+
+    def default_port(default: int) -> Any:
+        return lambda v: validate_port(default if v is None else v)
+
+    field("name", name_check)
+    field("host", validate_host)
+    field("ssh_port", default_port(22), required=False)
+    field("ssh_user", user_check, required=False)
+    field("proxy_type", proxy_check, required=False)
+    field("pool", pool_check, required=False)
+    field("listen_address", optional_ip, required=False)
+    field("http_port", default_port(80), required=False)
+    field("https_port", default_port(443), required=False)
+    field("glances_url", validate_glances_url, required=False)
+    field("enabled", bool_check, required=False)
+    for name in ("config_dir", "test_command", "reload_command"):
+        if data.get(name) in (None, ""):
+            continue
+        check = validate_path if name == "config_dir" else validate_command
+        try:
+            out[name] = check(data[name])
+        except ValueError as exc:
+            errors[name] = str(exc)
+    if data.get("ssh_private_key"):
+        try:
+            out["ssh_private_key"] = validate_private_key(data["ssh_private_key"])
+        except ValueError as exc:
+            errors["ssh_private_key"] = str(exc)
+    if data.get("ssh_password"):
+        value = data["ssh_password"]
+        if not isinstance(value, str) or len(value) > 256 or any(ord(c) < 32 for c in value):
+            errors["ssh_password"] = "must be at most 256 printable characters"
+        else:
+            out["ssh_password"] = value
+    if not partial and not out.get("ssh_private_key") and not out.get("ssh_password"):
+        errors.setdefault("ssh_private_key", "a private key or a password is required")
+    if errors:
+        raise ValidationError("invalid node", errors)
+    proxy_type = out.get("proxy_type") or (node.proxy_type if node else ProxyType.NGINX)
+    if not partial:
+        for key, default in ENGINE_DEFAULTS[proxy_type].items():
+            out.setdefault(key, default)
+    return out
+
+
+def _check_name_free(name: str | None, exclude_id: int | None) -> None:
+    if not name:
+        return
+    stmt = select(Node.id).where(Node.name == name)
+    if exclude_id:
+        stmt = stmt.where(Node.id != exclude_id)
+    if db.session.scalar(stmt):
+        raise ValidationError("invalid node", {"name": "is already used by another node"})
+
+
+def create_node(actor: User | None, data: dict[str, Any], *, discovered: bool = False) -> Node:
+    if actor is not None:
+        require_admin(actor)
+    clean = _clean_node(data, partial=False, node=None)
+    _check_name_free(clean["name"], None)
+    node = Node(is_discovered=discovered, **clean)
+    db.session.add(node)
+    db.session.flush()
+    audit.record(actor, "node.create", "node", node.id, {"name": node.name})
+    db.session.commit()
+    return node
+
+
+def update_node(actor: User | None, node_id: int, data: dict[str, Any]) -> Node:
+    if actor is not None:
+        require_admin(actor)
+    node = get_or_404(Node, node_id, "node")
+    clean = _clean_node(data, partial=True, node=node)
+    _check_name_free(clean.get("name"), node.id)
+    for key, value in clean.items():
+        setattr(node, key, value)
+    if "enabled" in clean and node.status == NodeStatus.DRAINING and clean["enabled"]:
+        node.status = NodeStatus.UNKNOWN
+    fields = sorted(k for k in clean if k not in SECRET_FIELDS)
+    fields += sorted(k for k in clean if k in SECRET_FIELDS)
+    audit.record(actor, "node.update", "node", node.id, {"fields": fields})
+    db.session.commit()
+    return node
+
+
+def set_enabled(actor: User, node_id: int, enabled: bool) -> Node:
+    return update_node(actor, node_id, {"enabled": enabled})
+
+
+def drain_node(actor: User, node_id: int) -> Node:
+    """Stop sending deploys to a node while it keeps serving what it has."""
+    require_admin(actor)
+    node = get_or_404(Node, node_id, "node")
+    node.enabled = False
+    node.status = NodeStatus.DRAINING
+    audit.record(actor, "node.drain", "node", node.id)
+    db.session.commit()
+    return node
+
+
+def sites_served(node: Node, limit: int = 10) -> list[str]:
+    """Domains of active sites that this node serves (those of its pool)."""
+    stmt = (
+        select(Site.domain).where(Site.pool_id == node.pool_id, Site.blocked.is_(False))
+        .order_by(Site.domain).limit(limit)
+    )
+    return list(db.session.scalars(stmt))
+
+
+def delete_node(actor: User, node_id: int) -> None:
+    require_admin(actor)
+    node = get_or_404(Node, node_id, "node")
+    if node.enabled:
+        served = sites_served(node)
+        if served:
+            more = " and more" if len(served) == 10 else ""
+            raise Conflict(
+                f"node {node.name} still serves active sites: {', '.join(served)}{more}. "
+                "Disable or drain it first, or move those sites to another pool."
+            )
+    audit.record(actor, "node.delete", "node", node.id, {"name": node.name})
+    db.session.delete(node)
+    db.session.commit()
+
+
+def get_node(actor: User, node_id: int) -> Node:
+    require_admin(actor)
+    return get_or_404(Node, node_id, "node")
+
+
+def list_nodes(
+    actor: User, *, page: int = 1, per_page: int = 50, pool: str | None = None,
+    q: str | None = None,
+) -> Page[Node]:
+    require_admin(actor)
+    stmt = select(Node).options(selectinload(Node.pool)).order_by(Node.name)
+    if pool:
+        stmt = stmt.join(Node.pool).where(Pool.name == pool)
+    if q:
+        stmt = stmt.where(func.lower(Node.name).like(f"%{q.lower()}%"))
+    return paginate(stmt, page, per_page)
+
+
+# ----------------------------------------------------------------------------- pools
+
+_POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def list_pools(actor: User) -> list[Pool]:
+    """Every account may see pool names: clients pick one for each site."""
+    return list(db.session.scalars(select(Pool).order_by(Pool.name)))
+
+
+def pool_stats() -> dict[int, tuple[int, int]]:
+    """(nodes, sites) per pool id, in two grouped queries."""
+    nodes = dict(db.session.execute(select(Node.pool_id, func.count()).group_by(Node.pool_id)).all())
+    sites = dict(db.session.execute(select(Site.pool_id, func.count()).group_by(Site.pool_id)).all())
+    return {pid: (nodes.get(pid, 0), sites.get(pid, 0)) for pid in set(nodes) | set(sites)}
+
+
+def _clean_pool(name: Any, description: Any) -> tuple[str, str]:
+    errors = {}
+    if not isinstance(name, str) or not _POOL_NAME.match(name):
+        errors["name"] = "1 to 64 lowercase letters, digits, '_' or '-'"
+    if not isinstance(description, str) or len(description) > 255:
+        errors["description"] = "at most 255 characters"
+    if errors:
+        raise ValidationError("invalid pool", errors)
+    return name, description
+
+
+def create_pool(actor: User, name: Any, description: Any = "") -> Pool:
+    require_admin(actor)
+    name, description = _clean_pool(name, description or "")
+    if _pool_by_name(name):
+        raise ValidationError("invalid pool", {"name": "a pool with this name exists"})
+    pool = Pool(name=name, description=description)
+    db.session.add(pool)
+    db.session.flush()
+    audit.record(actor, "pool.create", "pool", pool.id, {"name": name})
+    db.session.commit()
+    return pool
+
+
+def update_pool(actor: User, pool_id: int, name: Any, description: Any = "") -> Pool:
+    require_admin(actor)
+    pool = get_or_404(Pool, pool_id, "pool")
+    name, description = _clean_pool(name, description or "")
+    other = _pool_by_name(name)
+    if other is not None and other.id != pool.id:
+        raise ValidationError("invalid pool", {"name": "a pool with this name exists"})
+    pool.name, pool.description = name, description
+    audit.record(actor, "pool.update", "pool", pool.id, {"name": name})
+    db.session.commit()
+    return pool
+
+
+def delete_pool(actor: User, pool_id: int) -> None:
+    require_admin(actor)
+    pool = get_or_404(Pool, pool_id, "pool")
+    nodes, sites = pool_stats().get(pool.id, (0, 0))
+    if nodes or sites:
+        raise Conflict(f"pool {pool.name} still has {nodes} node(s) and {sites} site(s)")
+    audit.record(actor, "pool.delete", "pool", pool.id, {"name": pool.name})
+    db.session.delete(pool)
+    db.session.commit()

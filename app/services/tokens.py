@@ -1,0 +1,88 @@
+"""API tokens: shown once at creation, stored only as a hash."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+
+from app.errors import Forbidden, NotFound, ValidationError
+from app.extensions import db
+from app.models import ApiToken, User
+from app.models.base import utcnow
+from app.security import generate_api_token, hash_api_token
+from app.services import audit, users
+
+_NAME = re.compile(r"^[A-Za-z0-9 ._-]{1,64}$")
+# last_used is written at most this often, so that every API call is not a write.
+_LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite returns naive datetimes even for timezone-aware columns."""
+    return value if value.tzinfo else value.replace(tzinfo=utcnow().tzinfo)
+
+
+def create_token(actor: User, name: str, expires_in_days: int | None = None) -> tuple[ApiToken, str]:
+    """:returns: the row and the plaintext token, which is never retrievable again."""
+    errors = {}
+    if not isinstance(name, str) or not _NAME.match(name):
+        errors["name"] = "1 to 64 letters, digits, spaces, '.', '_' or '-'"
+    if expires_in_days is not None and (
+        isinstance(expires_in_days, bool) or not isinstance(expires_in_days, int)
+        or not 1 <= expires_in_days <= 3650
+    ):
+        errors["expires_in_days"] = "must be between 1 and 3650"
+    if errors:
+        raise ValidationError("invalid token", errors)
+    token, prefix, token_hash = generate_api_token()
+    row = ApiToken(
+        user_id=actor.id, name=name, prefix=prefix, token_hash=token_hash,
+        expires=utcnow() + timedelta(days=expires_in_days) if expires_in_days else None,
+    )
+    db.session.add(row)
+    db.session.flush()
+    audit.record(actor, "token.create", "token", row.id, {"name": name})
+    db.session.commit()
+    return row, token
+
+
+def create_token_with_password(username: str, password: str, name: str) -> tuple[ApiToken, str]:
+    user = users.authenticate(username, password)
+    if user is None:
+        raise Forbidden("invalid username or password")
+    return create_token(user, name or "api")
+
+
+def list_tokens(actor: User) -> list[ApiToken]:
+    stmt = select(ApiToken).where(ApiToken.user_id == actor.id, ApiToken.revoked_at.is_(None))
+    return list(db.session.scalars(stmt.order_by(ApiToken.created_at.desc())))
+
+
+def revoke_token(actor: User, token_id: int) -> None:
+    """Clients revoke their own tokens; admins may revoke anyone's."""
+    stmt = select(ApiToken).where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
+    if not actor.is_admin:
+        stmt = stmt.where(ApiToken.user_id == actor.id)
+    row = db.session.scalar(stmt)
+    if row is None:
+        raise NotFound("token not found")
+    row.revoked_at = utcnow()
+    audit.record(actor, "token.revoke", "token", row.id, {"name": row.name})
+    db.session.commit()
+
+
+def authenticate_token(raw: str) -> User | None:
+    row = db.session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_api_token(raw)))
+    now = utcnow()
+    if row is None or row.revoked_at is not None:
+        return None
+    if row.expires is not None and _aware(row.expires) <= now:
+        return None
+    if not row.user.is_active:
+        return None
+    if row.last_used is None or now - _aware(row.last_used) > _LAST_USED_RESOLUTION:
+        row.last_used = now
+        db.session.commit()
+    return row.user

@@ -1,0 +1,259 @@
+"""Accounts: creation, roles, quotas, passwords and authentication."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+from flask import current_app
+from sqlalchemy import func, or_, select
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from app.errors import Conflict, Forbidden, NotFound, ValidationError
+from app.extensions import db
+from app.models import Role, Site, User
+from app.models.base import utcnow
+from app.security import check_password_policy, generate_password, validate_int
+from app.services import audit
+from app.services.common import Page, get_or_404, paginate, require_admin
+
+_USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{2,63}$")
+# A real hash to compare against when the user does not exist, so that response
+# time does not reveal which usernames exist.
+_DUMMY_HASH = generate_password_hash("not-a-real-password-0000")
+USER_FIELDS = ("username", "email", "role", "password", "max_sites", "is_active")
+
+
+def _clean(data: dict[str, Any], *, partial: bool, user: User | None) -> dict[str, Any]:
+    errors: dict[str, str] = {}
+    out: dict[str, Any] = {}
+    unknown = set(data) - set(USER_FIELDS)
+    for name in sorted(unknown):
+        errors[name] = "unknown field"
+    if "username" in data or not partial:
+        value = data.get("username")
+        if not isinstance(value, str) or not _USERNAME.match(value):
+            errors["username"] = "3 to 64 lowercase letters, digits, '.', '_' or '-'"
+        else:
+            out["username"] = value
+    if "email" in data or not partial:
+        try:
+            out["email"] = validate_email(
+                str(data.get("email") or ""), check_deliverability=False
+            ).normalized
+        except EmailNotValidError as exc:
+            errors["email"] = str(exc)
+    if "role" in data or not partial:
+        try:
+            out["role"] = Role(data.get("role", Role.CLIENT.value))
+        except ValueError:
+            errors["role"] = "must be 'admin' or 'client'"
+    if "max_sites" in data or not partial:
+        default = current_app.config["DEFAULT_MAX_SITES"]
+        try:
+            out["max_sites"] = validate_int(data.get("max_sites", default), 0, 100000)
+        except ValueError as exc:
+            errors["max_sites"] = str(exc)
+    if "is_active" in data:
+        if not isinstance(data["is_active"], bool):
+            errors["is_active"] = "must be true or false"
+        else:
+            out["is_active"] = data["is_active"]
+    if data.get("password") is not None:
+        username = out.get("username") or (user.username if user else "")
+        try:
+            out["password"] = check_password_policy(data["password"], username)
+        except ValueError as exc:
+            errors["password"] = f"Password {exc}"
+    if errors:
+        raise ValidationError("invalid user", errors)
+    return out
+
+
+def _check_unique(username: str | None, email: str | None, exclude_id: int | None) -> None:
+    errors: dict[str, str] = {}
+    if username:
+        stmt = select(User.id).where(User.username == username)
+        if exclude_id:
+            stmt = stmt.where(User.id != exclude_id)
+        if db.session.scalar(stmt):
+            errors["username"] = "is already taken"
+    if email:
+        stmt = select(User.id).where(func.lower(User.email) == email.lower())
+        if exclude_id:
+            stmt = stmt.where(User.id != exclude_id)
+        if db.session.scalar(stmt):
+            errors["email"] = "is already used by another account"
+    if errors:
+        raise ValidationError("invalid user", errors)
+
+
+def create_user(actor: User | None, data: dict[str, Any]) -> tuple[User, str | None]:
+    """Create an account.  ``actor`` is None only for the command line.
+
+    :returns: the user and, when no password was given, the generated one (shown once).
+    """
+    if actor is not None:
+        require_admin(actor)
+    clean = _clean(data, partial=False, user=None)
+    _check_unique(clean["username"], clean["email"], None)
+    generated = None
+    password = clean.pop("password", None)
+    if password is None:
+        password = generated = generate_password()
+    user = User(**clean, password_hash=generate_password_hash(password))
+    db.session.add(user)
+    db.session.flush()
+    audit.record(actor, "user.create", "user", user.id, {"username": user.username,
+                                                         "role": user.role.value})
+    db.session.commit()
+    return user, generated
+
+
+def update_user(actor: User, user_id: int, data: dict[str, Any]) -> User:
+    require_admin(actor)
+    user = get_or_404(User, user_id, "user")
+    clean = _clean(data, partial=True, user=user)
+    _check_unique(clean.get("username"), clean.get("email"), user.id)
+    if user.id == actor.id and (
+        clean.get("role", user.role) != Role.ADMIN or clean.get("is_active") is False
+    ):
+        raise Forbidden("you cannot demote or deactivate your own account")
+    password = clean.pop("password", None)
+    for key, value in clean.items():
+        setattr(user, key, value)
+    if password is not None:
+        user.password_hash = generate_password_hash(password)
+        user.session_version += 1
+    if clean.get("is_active") is False:
+        user.session_version += 1
+    changed = sorted(clean) + (["password"] if password else [])
+    audit.record(actor, "user.update", "user", user.id, {"fields": changed})
+    db.session.commit()
+    return user
+
+
+def set_active(actor: User, user_id: int, active: bool) -> User:
+    return update_user(actor, user_id, {"is_active": active})
+
+
+def reset_password(actor: User, user_id: int) -> tuple[User, str]:
+    """Give the user a fresh generated password and end their sessions."""
+    require_admin(actor)
+    user = get_or_404(User, user_id, "user")
+    password = generate_password()
+    user.password_hash = generate_password_hash(password)
+    user.session_version += 1
+    audit.record(actor, "user.reset_password", "user", user.id)
+    db.session.commit()
+    return user, password
+
+
+def delete_user(actor: User, user_id: int) -> None:
+    require_admin(actor)
+    user = get_or_404(User, user_id, "user")
+    if user.id == actor.id:
+        raise Forbidden("you cannot delete your own account")
+    owned = list(db.session.scalars(select(Site.domain).where(Site.owner_id == user.id).limit(5)))
+    if owned:
+        raise Conflict(f"{user.username} still owns sites: {', '.join(owned)}")
+    audit.record(actor, "user.delete", "user", user.id, {"username": user.username})
+    db.session.delete(user)
+    db.session.commit()
+
+
+def change_password(actor: User, current_password: str, new_password: str) -> None:
+    if not check_password_hash(actor.password_hash, current_password or ""):
+        raise ValidationError("invalid password", {"current_password": "is not correct"})
+    try:
+        check_password_policy(new_password, actor.username)
+    except ValueError as exc:
+        raise ValidationError("invalid password", {"new_password": f"Password {exc}"}) from None
+    actor.password_hash = generate_password_hash(new_password)
+    actor.session_version += 1
+    audit.record(actor, "user.change_password", "user", actor.id)
+    db.session.commit()
+
+
+def update_profile(actor: User, email: str) -> User:
+    clean = _clean({"email": email}, partial=True, user=actor)
+    _check_unique(None, clean["email"], actor.id)
+    actor.email = clean["email"]
+    audit.record(actor, "user.update_profile", "user", actor.id)
+    db.session.commit()
+    return actor
+
+
+def authenticate(username: str, password: str) -> User | None:
+    """Return the active user with these credentials, or None (never says which part
+    was wrong)."""
+    user = db.session.scalar(select(User).where(User.username == (username or "").strip()))
+    if user is None:
+        check_password_hash(_DUMMY_HASH, password or "")
+        return None
+    if not check_password_hash(user.password_hash, password or "") or not user.is_active:
+        return None
+    return user
+
+
+def record_login(user: User) -> None:
+    user.last_login = utcnow()
+    audit.record(user, "auth.login", "user", user.id)
+    db.session.commit()
+
+
+def record_logout(user: User) -> None:
+    audit.record(user, "auth.logout", "user", user.id)
+    db.session.commit()
+
+
+def load_session_user(session_id: str) -> User | None:
+    """Flask-Login's loader: the id carries the session version, so a password reset
+    ends every older session."""
+    try:
+        user_id, version = (int(part) for part in session_id.split("."))
+    except ValueError:
+        return None
+    user = db.session.get(User, user_id)
+    if user is None or user.session_version != version or not user.is_active:
+        return None
+    return user
+
+
+def get_user(actor: User, user_id: int) -> User:
+    require_admin(actor)
+    return get_or_404(User, user_id, "user")
+
+
+def list_users(
+    actor: User, *, page: int = 1, per_page: int = 50, q: str | None = None,
+    role: str | None = None,
+) -> Page[User]:
+    require_admin(actor)
+    stmt = select(User).order_by(User.username)
+    if q:
+        like = f"%{q.lower()}%"
+        stmt = stmt.where(or_(func.lower(User.username).like(like),
+                              func.lower(User.email).like(like)))
+    if role in {r.value for r in Role}:
+        stmt = stmt.where(User.role == Role(role))
+    return paginate(stmt, page, per_page)
+
+
+def site_counts(user_ids: list[int]) -> dict[int, int]:
+    """Sites per owner in one query, for list pages."""
+    if not user_ids:
+        return {}
+    rows = db.session.execute(
+        select(Site.owner_id, func.count()).where(Site.owner_id.in_(user_ids))
+        .group_by(Site.owner_id)
+    )
+    return {owner_id: count for owner_id, count in rows}
+
+
+def find_by_username(username: str) -> User:
+    user = db.session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise NotFound(f"no user named {username}")
+    return user
