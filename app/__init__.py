@@ -177,7 +177,10 @@ def register_errorhandlers(app: Flask) -> None:
                 response[0].headers[key] = value
             return response
         if status == 400 and "CSRF" in (error.description or ""):
-            message = "The form expired or was sent from elsewhere (CSRF check failed). Reload the page and try again."
+            message = (
+                "The form expired or was sent from elsewhere (CSRF check failed). "
+                "Reload the page and try again."
+            )
         return render_template("error.html", status=status, message=message), status
 
     @app.errorhandler(Exception)

@@ -53,6 +53,15 @@ def users_create(username: str, email: str, role: str, max_sites: int | None,
         click.echo(f"password: {generated}")
 
 
+@users_cli.command("list")
+@click.option("--role", type=click.Choice(["admin", "client"]), default=None)
+def users_list(role: str | None) -> None:
+    """Print one account per line (username, role, active)."""
+    for user in users.all_users(role):
+        state = "active" if user.is_active else "inactive"
+        click.echo(f"{user.username}\t{user.role.value}\t{state}")
+
+
 @click.group("keys", help="Encryption keys for secrets at rest.")
 def keys_cli() -> None:
     pass

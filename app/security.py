@@ -81,7 +81,7 @@ def validate_domain(value: Any, *, allow_wildcard: bool = False) -> str:
     if len(labels) < 2:
         raise ValueError("must be a fully qualified name such as example.com")
     for label in labels:
-        if not _LDH_LABEL.match(label):
+        if not _LDH_LABEL.fullmatch(label):
             raise ValueError(f"has an invalid label '{label[:70]}'")
     if labels[-1].isdigit():
         raise ValueError("must not end in a numeric label")
@@ -105,7 +105,7 @@ def validate_host(value: Any) -> str:
     if len(name) > MAX_DOMAIN_LENGTH or not name:
         raise ValueError("is not a valid host name or IP address")
     labels = name.split(".")
-    if not all(_LDH_LABEL.match(label) for label in labels):
+    if not all(_LDH_LABEL.fullmatch(label) for label in labels):
         raise ValueError("is not a valid host name or IP address")
     if labels[-1].isdigit():
         raise ValueError("is not a valid IP address")
@@ -145,7 +145,7 @@ def validate_cidr(value: Any) -> str:
 
 
 def validate_header_name(value: Any) -> str:
-    if not isinstance(value, str) or not _HEADER_NAME.match(value):
+    if not isinstance(value, str) or not _HEADER_NAME.fullmatch(value):
         raise ValueError("header names may use letters, digits and '-' (max 64)")
     if value.lower() in _FORBIDDEN_HEADERS:
         raise ValueError(f"the header '{value}' is managed by the proxy")
@@ -160,7 +160,7 @@ def validate_safe_text(value: Any, *, max_length: int, allow_empty: bool = False
         raise ValueError("is required")
     if len(value) > max_length:
         raise ValueError(f"must be at most {max_length} characters")
-    if not _SAFE_TEXT.match(value):
+    if not _SAFE_TEXT.fullmatch(value):
         raise ValueError(
             "may only use letters, digits, spaces and ! # % & ( ) * + , - . / : = ? @ [ ] ^ _ | ~"
         )
@@ -181,7 +181,7 @@ def validate_country(value: Any) -> str:
 
 def validate_path(value: Any, *, max_length: int = 512) -> str:
     """An absolute path (URL path or node file path) with no traversal segment."""
-    if not isinstance(value, str) or not _PATH.match(value) or len(value) > max_length:
+    if not isinstance(value, str) or not _PATH.fullmatch(value) or len(value) > max_length:
         raise ValueError("must be an absolute path of letters, digits and . _ ~ - / only")
     if any(segment in {"..", "."} for segment in value.split("/")):
         raise ValueError("must not contain '.' or '..' segments")
@@ -189,7 +189,7 @@ def validate_path(value: Any, *, max_length: int = 512) -> str:
 
 
 def validate_basic_auth_username(value: Any) -> str:
-    if not isinstance(value, str) or not _USERNAME.match(value):
+    if not isinstance(value, str) or not _USERNAME.fullmatch(value):
         raise ValueError("may use letters, digits, '.', '_' and '-' (1 to 64)")
     return value
 

@@ -22,9 +22,22 @@ from app.services import audit
 from app.services.common import Page, get_or_404, paginate, require_admin
 
 NODE_FIELDS = (
-    "name", "host", "ssh_port", "ssh_user", "ssh_private_key", "ssh_password", "proxy_type",
-    "pool", "config_dir", "test_command", "reload_command", "listen_address", "http_port",
-    "https_port", "glances_url", "enabled",
+    "name",
+    "host",
+    "ssh_port",
+    "ssh_user",
+    "ssh_private_key",
+    "ssh_password",
+    "proxy_type",
+    "pool",
+    "config_dir",
+    "test_command",
+    "reload_command",
+    "listen_address",
+    "http_port",
+    "https_port",
+    "glances_url",
+    "enabled",
 )
 SECRET_FIELDS = ("ssh_private_key", "ssh_password")
 
@@ -61,7 +74,7 @@ def validate_command(value: Any) -> str:
         args = shlex.split(value)
     except ValueError:
         raise ValueError("cannot be parsed as a command") from None
-    bad = [a for a in args if not _COMMAND_ARG.match(a)]
+    bad = [a for a in args if not _COMMAND_ARG.fullmatch(a)]
     if bad:
         raise ValueError(f"argument '{bad[0][:40]}' has characters that are not allowed")
     return shlex.join(args)
@@ -112,8 +125,9 @@ def _clean_node(data: dict[str, Any], *, partial: bool, node: Node | None) -> di
     for name in sorted(set(data) - set(NODE_FIELDS)):
         errors[name] = "unknown field"
 
-    def field(name: str, check: Any, required: bool = True) -> None:
-        if name not in data and (partial or not required):
+    def field(name: str, check: Any) -> None:
+        """Required fields reject None; optional ones map None to their default."""
+        if name not in data and partial:
             return
         try:
             out[name] = check(data.get(name))
@@ -121,7 +135,7 @@ def _clean_node(data: dict[str, Any], *, partial: bool, node: Node | None) -> di
             errors[name] = str(exc)
 
     def name_check(v: Any) -> str:
-        if not isinstance(v, str) or not _NAME.match(v):
+        if not isinstance(v, str) or not _NAME.fullmatch(v):
             raise ValueError("1 to 64 lowercase letters, digits, '.', '_' or '-'")
         return v
 
@@ -133,7 +147,7 @@ def _clean_node(data: dict[str, Any], *, partial: bool, node: Node | None) -> di
 
     def user_check(v: Any) -> str:
         v = "root" if v is None else v
-        if not isinstance(v, str) or not _SSH_USER.match(v):
+        if not isinstance(v, str) or not _SSH_USER.fullmatch(v):
             raise ValueError("must be a valid Unix user name")
         return v
 
@@ -165,15 +179,15 @@ def _clean_node(data: dict[str, Any], *, partial: bool, node: Node | None) -> di
 
     field("name", name_check)
     field("host", validate_host)
-    field("ssh_port", default_port(22), required=False)
-    field("ssh_user", user_check, required=False)
-    field("proxy_type", proxy_check, required=False)
-    field("pool", pool_check, required=False)
-    field("listen_address", optional_ip, required=False)
-    field("http_port", default_port(80), required=False)
-    field("https_port", default_port(443), required=False)
-    field("glances_url", validate_glances_url, required=False)
-    field("enabled", bool_check, required=False)
+    field("ssh_port", default_port(22))
+    field("ssh_user", user_check)
+    field("proxy_type", proxy_check)
+    field("pool", pool_check)
+    field("listen_address", optional_ip)
+    field("http_port", default_port(80))
+    field("https_port", default_port(443))
+    field("glances_url", validate_glances_url)
+    field("enabled", bool_check)
     for name in ("config_dir", "test_command", "reload_command"):
         if data.get(name) in (None, ""):
             continue
@@ -262,8 +276,10 @@ def drain_node(actor: User, node_id: int) -> Node:
 def sites_served(node: Node, limit: int = 10) -> list[str]:
     """Domains of active sites that this node serves (those of its pool)."""
     stmt = (
-        select(Site.domain).where(Site.pool_id == node.pool_id, Site.blocked.is_(False))
-        .order_by(Site.domain).limit(limit)
+        select(Site.domain)
+        .where(Site.pool_id == node.pool_id, Site.blocked.is_(False))
+        .order_by(Site.domain)
+        .limit(limit)
     )
     return list(db.session.scalars(stmt))
 
@@ -290,7 +306,11 @@ def get_node(actor: User, node_id: int) -> Node:
 
 
 def list_nodes(
-    actor: User, *, page: int = 1, per_page: int = 50, pool: str | None = None,
+    actor: User,
+    *,
+    page: int = 1,
+    per_page: int = 50,
+    pool: str | None = None,
     q: str | None = None,
 ) -> Page[Node]:
     require_admin(actor)
@@ -314,14 +334,18 @@ def list_pools(actor: User) -> list[Pool]:
 
 def pool_stats() -> dict[int, tuple[int, int]]:
     """(nodes, sites) per pool id, in two grouped queries."""
-    nodes = dict(db.session.execute(select(Node.pool_id, func.count()).group_by(Node.pool_id)).all())
-    sites = dict(db.session.execute(select(Site.pool_id, func.count()).group_by(Site.pool_id)).all())
+    nodes = dict(
+        db.session.execute(select(Node.pool_id, func.count()).group_by(Node.pool_id)).all()
+    )
+    sites = dict(
+        db.session.execute(select(Site.pool_id, func.count()).group_by(Site.pool_id)).all()
+    )
     return {pid: (nodes.get(pid, 0), sites.get(pid, 0)) for pid in set(nodes) | set(sites)}
 
 
 def _clean_pool(name: Any, description: Any) -> tuple[str, str]:
     errors = {}
-    if not isinstance(name, str) or not _POOL_NAME.match(name):
+    if not isinstance(name, str) or not _POOL_NAME.fullmatch(name):
         errors["name"] = "1 to 64 lowercase letters, digits, '_' or '-'"
     if not isinstance(description, str) or len(description) > 255:
         errors["description"] = "at most 255 characters"

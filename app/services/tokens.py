@@ -24,13 +24,16 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=utcnow().tzinfo)
 
 
-def create_token(actor: User, name: str, expires_in_days: int | None = None) -> tuple[ApiToken, str]:
+def create_token(
+    actor: User, name: str, expires_in_days: int | None = None
+) -> tuple[ApiToken, str]:
     """:returns: the row and the plaintext token, which is never retrievable again."""
     errors = {}
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         errors["name"] = "1 to 64 letters, digits, spaces, '.', '_' or '-'"
     if expires_in_days is not None and (
-        isinstance(expires_in_days, bool) or not isinstance(expires_in_days, int)
+        isinstance(expires_in_days, bool)
+        or not isinstance(expires_in_days, int)
         or not 1 <= expires_in_days <= 3650
     ):
         errors["expires_in_days"] = "must be between 1 and 3650"
@@ -38,7 +41,10 @@ def create_token(actor: User, name: str, expires_in_days: int | None = None) -> 
         raise ValidationError("invalid token", errors)
     token, prefix, token_hash = generate_api_token()
     row = ApiToken(
-        user_id=actor.id, name=name, prefix=prefix, token_hash=token_hash,
+        user_id=actor.id,
+        name=name,
+        prefix=prefix,
+        token_hash=token_hash,
         expires=utcnow() + timedelta(days=expires_in_days) if expires_in_days else None,
     )
     db.session.add(row)

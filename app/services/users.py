@@ -33,7 +33,7 @@ def _clean(data: dict[str, Any], *, partial: bool, user: User | None) -> dict[st
         errors[name] = "unknown field"
     if "username" in data or not partial:
         value = data.get("username")
-        if not isinstance(value, str) or not _USERNAME.match(value):
+        if not isinstance(value, str) or not _USERNAME.fullmatch(value):
             errors["username"] = "3 to 64 lowercase letters, digits, '.', '_' or '-'"
         else:
             out["username"] = value
@@ -257,3 +257,11 @@ def find_by_username(username: str) -> User:
     if user is None:
         raise NotFound(f"no user named {username}")
     return user
+
+
+def all_users(role: str | None = None) -> list[User]:
+    """Every account, for the command line (which has no acting user)."""
+    stmt = select(User).order_by(User.username)
+    if role in {r.value for r in Role}:
+        stmt = stmt.where(User.role == Role(role))
+    return list(db.session.scalars(stmt))

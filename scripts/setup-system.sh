@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install the Debian packages and the virtualenv this project needs.  Idempotent:
+# packages already present are not reinstalled.  Usage: setup-system.sh run|test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode="${1:-run}"
+
+packages=(python3 python3-venv python3-pip)
+if [ "$mode" = test ]; then
+  packages+=(postgresql memcached iproute2 util-linux)
+fi
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing Debian packages: ${missing[*]} (run as root to install them)" >&2
+    exit 1
+  fi
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The distribution's PostgreSQL service is not used: tests start their own.
+if [ "$mode" = test ] && command -v systemctl >/dev/null 2>&1; then
+  systemctl disable --now postgresql memcached >/dev/null 2>&1 || true
+fi
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check --upgrade pip
+if [ "$mode" = test ]; then
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+else
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+fi
