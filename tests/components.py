@@ -64,3 +64,56 @@ def memcached() -> Iterator[str]:
         yield f"memcached://127.0.0.1:{port}"
     finally:
         stop(process)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def app_env(database_url: str, **extra: str) -> dict[str, str]:
+    """Environment for an app process of our own (gunicorn or the flask CLI)."""
+    from cryptography.fernet import Fernet
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASK_", "APP_"))}
+    env.update({
+        "APP_ENV": "development",
+        "DATABASE_URL": database_url,
+        "SECRET_KEY": "integration-secret",
+        "ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    })
+    env.update(extra)
+    return env
+
+
+def flask_cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
+    result = subprocess.run(
+        [os.path.join(ROOT, ".venv", "bin", "flask"), "--app", "wsgi", *args],
+        cwd=ROOT, env=env, input=stdin, capture_output=True, text=True, timeout=60,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"flask {' '.join(args)} failed: {result.stderr}{result.stdout}")
+    return result.stdout
+
+
+class AppServer:
+    """A real gunicorn process serving the app on a loopback address."""
+
+    def __init__(self, env: dict[str, str], host: str = "127.0.0.1") -> None:
+        self.host, self.port = host, free_port(host)
+        self.process = subprocess.Popen(
+            [os.path.join(ROOT, ".venv", "bin", "gunicorn"), "--bind", f"{host}:{self.port}",
+             "--workers", "1", "--threads", "2", "wsgi:app"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        try:
+            wait_for_port(host, self.port, timeout=20)
+        except RuntimeError:
+            stop(self.process)
+            raise
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        stop(self.process)

@@ -1,7 +1,155 @@
-from flask import render_template_string
+"""Client panel views: parse a form, call a service, render or redirect.
+
+Services scope every read to the actor, so another tenant's site id raises
+``NotFound`` and the app's error handler answers 404.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import flash, redirect, render_template, request, url_for
+from flask_login import current_user, logout_user
 
 from app.client import bp
+from app.client.forms import EmailForm, PasswordForm, TokenForm
+from app.errors import Conflict, ValidationError
+from app.forms import SiteForm, form_status
+from app.models import User
+from app.services import nodes, sites, tokens, users
 
-for _name in ("dashboard", "tokens", "profile"):
-    bp.add_url_rule(f"/{_name}" if _name != "dashboard" else "/", _name,
-                    lambda: render_template_string("client"))
+
+def _actor() -> User:
+    return current_user._get_current_object()  # type: ignore[no-any-return]
+
+
+def _site_form(actor: User, **kwargs: Any) -> SiteForm:
+    return SiteForm(pools=[p.name for p in nodes.list_pools(actor)], **kwargs)
+
+
+@bp.get("/")
+def dashboard() -> Any:
+    actor = _actor()
+    page = sites.list_sites(actor, page=request.args.get("page", 1, type=int),
+                            owner_id=actor.id)
+    return render_template("client/site_list.html", page=page, quota=actor.max_sites)
+
+
+@bp.route("/sites/new", methods=["GET", "POST"])
+def site_create() -> Any:
+    actor = _actor()
+    form = _site_form(actor)
+    if form.validate_on_submit():
+        try:
+            site = sites.create_site(actor, form.to_data())
+        except ValidationError as exc:
+            form.add_service_errors(exc.fields)
+        except Conflict as exc:
+            flash(exc.message, "error")
+            return redirect(url_for(".dashboard"))
+        else:
+            flash(f"Site {site.domain} created. Deploy it to put it live.", "success")
+            return redirect(url_for(".site_detail", site_id=site.id))
+    return render_template("client/site_form.html", form=form, site=None), form_status(form)
+
+
+@bp.get("/sites/<int:site_id>")
+def site_detail(site_id: int) -> Any:
+    site = sites.get_site(_actor(), site_id)
+    return render_template("client/site_detail.html", site=site,
+                           settings=sites.site_to_dict(site, admin=False))
+
+
+@bp.route("/sites/<int:site_id>/edit", methods=["GET", "POST"])
+def site_edit(site_id: int) -> Any:
+    actor = _actor()
+    site = sites.get_site(actor, site_id)
+    form = _site_form(actor, data=SiteForm.initial(sites.site_to_dict(site, admin=False)))
+    if form.validate_on_submit():
+        try:
+            sites.update_site(actor, site_id, form.to_data())
+        except ValidationError as exc:
+            form.add_service_errors(exc.fields)
+        except Conflict as exc:
+            flash(exc.message, "error")
+            return redirect(url_for(".site_detail", site_id=site_id))
+        else:
+            flash("Site saved.", "success")
+            return redirect(url_for(".site_detail", site_id=site_id))
+    return render_template("client/site_form.html", form=form, site=site), form_status(form)
+
+
+@bp.post("/sites/<int:site_id>/delete")
+def site_delete(site_id: int) -> Any:
+    sites.delete_site(_actor(), site_id)
+    flash("Site deleted.", "success")
+    return redirect(url_for(".dashboard"))
+
+
+@bp.route("/tokens", methods=["GET", "POST"], endpoint="tokens")
+def tokens_page() -> Any:
+    actor = _actor()
+    form = TokenForm()
+    if form.validate_on_submit():
+        try:
+            token, plaintext = tokens.create_token(
+                actor, (form.name.data or "").strip(), form.expires_in_days.data
+            )
+        except ValidationError as exc:
+            form.add_service_errors(exc.fields)
+        else:
+            # Rendered, not flashed: the plaintext never travels in the session cookie.
+            response = render_template("client/token_created.html", token=token,
+                                       plaintext=plaintext)
+            return response, 200, {"Cache-Control": "no-store"}
+    return render_template("client/token_list.html", form=form,
+                           tokens=tokens.list_tokens(actor)), form_status(form)
+
+
+@bp.post("/tokens/<int:token_id>/revoke")
+def token_revoke(token_id: int) -> Any:
+    tokens.revoke_token(_actor(), token_id)
+    flash("Token revoked: programs using it can no longer sign in.", "success")
+    return redirect(url_for(".tokens"))
+
+
+def _profile_page(email_form: EmailForm, password_form: PasswordForm) -> Any:
+    status = max(form_status(email_form), form_status(password_form))
+    return render_template("client/profile_form.html", email_form=email_form,
+                           password_form=password_form), status
+
+
+@bp.get("/profile")
+def profile() -> Any:
+    return _profile_page(EmailForm(data={"email": current_user.email}), PasswordForm())
+
+
+@bp.post("/profile/email")
+def profile_email() -> Any:
+    form = EmailForm()
+    if form.validate_on_submit():
+        try:
+            users.update_profile(_actor(), (form.email.data or "").strip())
+        except ValidationError as exc:
+            form.add_service_errors(exc.fields)
+        else:
+            flash("Email saved.", "success")
+            return redirect(url_for(".profile"))
+    return _profile_page(form, PasswordForm(formdata=None))
+
+
+@bp.post("/profile/password")
+def profile_password() -> Any:
+    form = PasswordForm()
+    if form.validate_on_submit():
+        try:
+            users.change_password(_actor(), form.current_password.data or "",
+                                  form.new_password.data or "")
+        except ValidationError as exc:
+            form.add_service_errors(exc.fields)
+        else:
+            # The password change bumped the session version: this session is over too.
+            logout_user()
+            flash("Your password was changed. Sign in with the new password.", "success")
+            return redirect(url_for("auth.login"))
+    return _profile_page(EmailForm(formdata=None, data={"email": current_user.email}), form)

@@ -332,6 +332,11 @@ def list_pools(actor: User) -> list[Pool]:
     return list(db.session.scalars(select(Pool).order_by(Pool.name)))
 
 
+def get_pool(actor: User, pool_id: int) -> Pool:
+    require_admin(actor)
+    return get_or_404(Pool, pool_id, "pool")
+
+
 def pool_stats() -> dict[int, tuple[int, int]]:
     """(nodes, sites) per pool id, in two grouped queries."""
     nodes = dict(

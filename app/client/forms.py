@@ -1,0 +1,34 @@
+"""Forms only the client panel uses (the site form is shared: ``app.forms``)."""
+
+from __future__ import annotations
+
+from wtforms import EmailField, IntegerField, PasswordField, StringField, SubmitField
+from wtforms.validators import DataRequired, EqualTo, Optional
+
+from app.forms import ServiceForm
+
+
+class TokenForm(ServiceForm):
+    name = StringField("Name", validators=[DataRequired()],
+                       description="What the token is for, e.g. deploy-script.")
+    expires_in_days = IntegerField(
+        "Expires after (days)", validators=[Optional()],
+        description="Leave blank for a token that does not expire.",
+    )
+    submit = SubmitField("Create token")
+
+
+class EmailForm(ServiceForm):
+    email = EmailField("Email", validators=[DataRequired()])
+    submit_email = SubmitField("Save email")
+
+
+class PasswordForm(ServiceForm):
+    current_password = PasswordField("Current password", validators=[DataRequired()])
+    new_password = PasswordField("New password", validators=[DataRequired()],
+                                 description="At least 12 characters.")
+    confirm_password = PasswordField(
+        "Repeat the new password",
+        validators=[DataRequired(), EqualTo("new_password", message="does not match")],
+    )
+    submit_password = SubmitField("Change password")
