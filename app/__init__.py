@@ -120,21 +120,22 @@ def wants_json() -> bool:
         "text/html"]
 
 
-def _flatten(messages: Any, prefix: str = "") -> dict[str, str]:
-    """Turn marshmallow's nested messages into ``{"a.b.0": "message"}``."""
+def _flatten(messages: Any, prefix: str = "", *, top: bool = True) -> dict[str, str]:
+    """Turn marshmallow's nested messages into ``{"a.b.0": "message"}``.  Only the top
+    level holds webargs' location keys: a field may itself be called ``headers``."""
     out: dict[str, str] = {}
     if isinstance(messages, dict):
         for key, value in messages.items():
-            if key in {"json", "query", "form", "headers"} and not prefix:
-                out.update(_flatten(value, ""))
+            if key in {"json", "query", "form", "headers"} and top:
+                out.update(_flatten(value, "", top=False))
                 continue
             name = f"{prefix}.{key}" if prefix else str(key)
-            out.update(_flatten(value, name))
+            out.update(_flatten(value, name, top=False))
     elif isinstance(messages, list) and messages and all(isinstance(m, str) for m in messages):
         out[prefix or "_"] = " ".join(messages)
     elif isinstance(messages, list):
         for i, value in enumerate(messages):
-            out.update(_flatten(value, f"{prefix}.{i}" if prefix else str(i)))
+            out.update(_flatten(value, f"{prefix}.{i}" if prefix else str(i), top=False))
     else:
         out[prefix or "_"] = str(messages)
     return out

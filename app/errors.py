@@ -20,6 +20,13 @@ class NotFound(ServiceError):
     status = 404
 
 
+class Unauthorized(ServiceError):
+    """Missing or wrong credentials (the API adds a ``WWW-Authenticate`` challenge)."""
+
+    code = "unauthorized"
+    status = 401
+
+
 class Forbidden(ServiceError):
     code = "forbidden"
     status = 403

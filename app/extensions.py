@@ -5,10 +5,11 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_login import LoginManager
 from flask_migrate import Migrate
-from app.api.base import ControlPlaneApi
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import MetaData
+
+from app.api.base import ControlPlaneApi
 
 # Deterministic constraint names keep Alembic migrations identical across databases.
 NAMING_CONVENTION = {

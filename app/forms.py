@@ -15,6 +15,7 @@ from flask_wtf import FlaskForm
 from wtforms import (
     BooleanField,
     IntegerField,
+    SelectChoice,
     SelectField,
     StringField,
     SubmitField,
@@ -25,8 +26,8 @@ from wtforms.validators import Optional
 from app.models import BackendProtocol, SslMode, User, WafLevel
 
 
-def enum_choices(enum_cls: type[enum.Enum]) -> list[tuple[str, str]]:
-    return [(member.value, str(member.value).replace("_", " ")) for member in enum_cls]
+def enum_choices(enum_cls: type[enum.Enum]) -> list[SelectChoice]:
+    return [SelectChoice(member.value, str(member.value).replace("_", " ")) for member in enum_cls]
 
 
 def form_status(form: FlaskForm) -> int:
@@ -57,6 +58,8 @@ class LinesField(TextAreaField):
     The service reports list errors by position (``aliases.2``); the field remembers
     which line produced each entry so that the message can name the line.
     """
+
+    errors: list[str]
 
     def parse_line(self, line: str) -> Any:
         return line
@@ -175,8 +178,9 @@ class SiteForm(ServiceForm):
     cache_enabled = BooleanField("Cache responses")
     cache_ttl = IntegerField("Cache lifetime (seconds)", default=300, validators=[Optional()])
     geo_mode = SelectField(
-        "Country filter", choices=[("off", "off"), ("allow", "allow only these countries"),
-                                   ("deny", "deny these countries")],
+        "Country filter", choices=[SelectChoice("off"),
+                                   SelectChoice("allow", "allow only these countries"),
+                                   SelectChoice("deny", "deny these countries")],
     )
     geo_countries = CountriesField(
         "Countries", description="ISO codes separated by commas or spaces, e.g. DE, FR.",
@@ -207,13 +211,15 @@ class SiteForm(ServiceForm):
     def __init__(self, *args: Any, pools: list[str], owners: list[User] | None = None,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.pool.choices = [(name, name) for name in pools]
+        self.pool.choices = list(pools)
         if owners is None:
             del self.owner_id
             del self.blocked
             del self.blocked_reason
         else:
-            self.owner_id.choices = [(u.id, f"{u.username} ({u.role.value})") for u in owners]
+            self.owner_id.choices = [
+                SelectChoice(u.id, f"{u.username} ({u.role.value})") for u in owners
+            ]
 
     @property
     def is_admin_form(self) -> bool:

@@ -11,7 +11,7 @@ chmod 755 "$work"
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 pg_pid=""
 cleanup() {
-  if [ -n "$pg_pid" ] && kill -0 "$pg_pid" 2>/dev/null; then
+  if [ -n "$pg_pid" ] && kill -0 "$pg_pid" 2>/dev/null; then  # the postmaster itself (setpriv execs)
     kill -INT "$pg_pid"; wait "$pg_pid" 2>/dev/null || true
   fi
   rm -rf "$work"
@@ -21,7 +21,7 @@ trap cleanup EXIT
 pg_port=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 mkdir -p "$work/pg"; chown postgres "$work/pg"
 runuser -u postgres -- "$pg_bin/initdb" -D "$work/pg/data" -A trust -U postgres >/dev/null
-runuser -u postgres -- "$pg_bin/postgres" -D "$work/pg/data" -k "$work/pg" -p "$pg_port" \
+setpriv --reuid=postgres --regid=postgres --init-groups "$pg_bin/postgres" -D "$work/pg/data" -k "$work/pg" -p "$pg_port" \
   -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
   -c full_page_writes=off -c max_connections=200 >"$work/pg.log" 2>&1 &
 pg_pid=$!

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, g, request_started
 from flask.testing import FlaskClient
 from sqlalchemy import text
 
@@ -83,6 +83,18 @@ def db(app: Flask) -> Iterator[Any]:
         yield _db
         _db.session.rollback()
         _db.session.remove()
+
+
+@pytest.fixture(autouse=True)
+def fresh_user_per_request(app: Flask) -> Iterator[None]:
+    """Test requests reuse the ``db`` fixture's app context and so its ``g``, where
+    Flask-Login caches the signed-in user; forget it so each request loads its own."""
+
+    def forget(sender: Flask, **extra: Any) -> None:
+        g.pop("_login_user", None)
+
+    with request_started.connected_to(forget, app):
+        yield
 
 
 @pytest.fixture()

@@ -1,15 +1,377 @@
-from flask import render_template_string
-from flask_login import login_required
+"""Admin panel views: parse a form, call a service, render or redirect.
+
+A missing object raises ``NotFound`` from the service and becomes the 404 page;
+refused actions (``Forbidden``, ``Conflict``) are flashed; invalid input goes back
+under the form's fields with status 422.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import flash, redirect, render_template, request, url_for
+from flask_login import current_user
 
 from app.admin import bp
+from app.admin.forms import (
+    AuditFilterForm,
+    BlockForm,
+    NodeFilterForm,
+    NodeForm,
+    PoolForm,
+    SiteFilterForm,
+    UserFilterForm,
+    UserForm,
+)
+from app.errors import Conflict, Forbidden, ValidationError
+from app.forms import SiteForm, form_status
+from app.models import Site, User
+from app.services import audit, nodes, sites, users
+from app.services import dashboard as dashboard_service
 
 
-@bp.before_request
-@login_required
-def _guard() -> None:
-    return None
+def _actor() -> User:
+    return current_user._get_current_object()
 
 
-for _name in ("dashboard", "sites", "nodes", "pools", "users", "audit"):
-    bp.add_url_rule(f"/{_name}" if _name != "dashboard" else "/", _name,
-                    lambda: render_template_string("admin"))
+def _page_number() -> int:
+    return request.args.get("page", 1, type=int) or 1
+
+
+def _pool_names(actor: User) -> list[str]:
+    return [pool.name for pool in nodes.list_pools(actor)]
+
+
+def _refused(error: Forbidden | Conflict, endpoint: str, **values: Any) -> Any:
+    flash(error.message, "error")
+    return redirect(url_for(endpoint, **values))
+
+
+@bp.get("/")
+def dashboard() -> Any:
+    return render_template("admin/dashboard_overview.html",
+                           overview=dashboard_service.admin_overview(_actor()))
+
+
+# ----------------------------------------------------------------------------- users
+
+
+@bp.get("/users", endpoint="users")
+def user_list() -> Any:
+    actor = _actor()
+    filters = UserFilterForm(request.args)
+    filters.validate()
+    page = users.list_users(actor, page=_page_number(), q=filters.q.data or None,
+                            role=filters.role.data or None)
+    return render_template("admin/user_list.html", filters=filters, page=page,
+                           site_counts=users.site_counts([u.id for u in page.items]))
+
+
+@bp.route("/users/new", methods=["GET", "POST"])
+def user_create() -> Any:
+    form = UserForm(creating=True)
+    if form.validate_on_submit():
+        try:
+            user, generated = users.create_user(_actor(), form.to_data())
+        except ValidationError as exc:
+            form.add_service_errors(exc.fields)
+        else:
+            flash(f"User {user.username} created.", "success")
+            if generated:
+                return _show_password(user, generated, f"User {user.username} created", "")
+            return redirect(url_for(".users"))
+    return render_template("admin/user_form.html", form=form, user=None), form_status(form)
+
+
+@bp.route("/users/<int:user_id>/edit", methods=["GET", "POST"])
+def user_edit(user_id: int) -> Any:
+    actor = _actor()
+    user = users.get_user(actor, user_id)
+    form = UserForm(creating=False, data=UserForm.initial(user))
+    if form.validate_on_submit():
+        try:
+            users.update_user(actor, user_id, form.to_data())
+        except ValidationError as exc:
+            form.add_service_errors(exc.fields)
+        except Forbidden as exc:
+            return _refused(exc, ".user_edit", user_id=user_id)
+        else:
+            flash(f"User {user.username} saved.", "success")
+            return redirect(url_for(".users"))
+    return render_template("admin/user_form.html", form=form, user=user), form_status(form)
+
+
+@bp.post("/users/<int:user_id>/activate")
+def user_activate(user_id: int) -> Any:
+    user = users.set_active(_actor(), user_id, True)
+    flash(f"User {user.username} can sign in again.", "success")
+    return redirect(url_for(".users"))
+
+
+@bp.post("/users/<int:user_id>/deactivate")
+def user_deactivate(user_id: int) -> Any:
+    try:
+        user = users.set_active(_actor(), user_id, False)
+    except Forbidden as exc:
+        return _refused(exc, ".users")
+    flash(f"User {user.username} is deactivated and signed out.", "success")
+    return redirect(url_for(".users"))
+
+
+@bp.post("/users/<int:user_id>/reset-password")
+def user_reset_password(user_id: int) -> Any:
+    user, password = users.reset_password(_actor(), user_id)
+    return _show_password(user, password, f"New password for {user.username}",
+                          "Their existing sessions have ended.")
+
+
+def _show_password(user: Any, password: str, heading: str, note: str) -> Any:
+    """Rendered, not flashed: a password must not travel in the (signed, readable)
+    session cookie, nor be cached."""
+    page = render_template("admin/user_password.html", user=user, password=password,
+                           heading=heading, note=note)
+    return page, 200, {"Cache-Control": "no-store"}
+
+
+@bp.post("/users/<int:user_id>/delete")
+def user_delete(user_id: int) -> Any:
+    try:
+        users.delete_user(_actor(), user_id)
+    except (Forbidden, Conflict) as exc:
+        return _refused(exc, ".users")
+    flash("User deleted.", "success")
+    return redirect(url_for(".users"))
+
+
+# ----------------------------------------------------------------------------- nodes
+
+
+@bp.get("/nodes", endpoint="nodes")
+def node_list() -> Any:
+    actor = _actor()
+    filters = NodeFilterForm(request.args, pools=_pool_names(actor))
+    filters.validate()
+    page = nodes.list_nodes(actor, page=_page_number(), pool=filters.pool.data or None,
+                            q=filters.q.data or None)
+    return render_template("admin/node_list.html", filters=filters, page=page)
+
+
+@bp.route("/nodes/new", methods=["GET", "POST"])
+def node_create() -> Any:
+    actor = _actor()
+    form = NodeForm(pools=_pool_names(actor), creating=True)
+    if form.validate_on_submit():
+        try:
+            node = nodes.create_node(actor, form.to_data())
+        except ValidationError as exc:
+            form.add_service_errors(exc.fields)
+        else:
+            flash(f"Node {node.name} added.", "success")
+            return redirect(url_for(".nodes"))
+    return render_template("admin/node_form.html", form=form, node=None), form_status(form)
+
+
+@bp.route("/nodes/<int:node_id>/edit", methods=["GET", "POST"])
+def node_edit(node_id: int) -> Any:
+    actor = _actor()
+    node = nodes.get_node(actor, node_id)
+    form = NodeForm(pools=_pool_names(actor), creating=False, data=NodeForm.initial(node))
+    if form.validate_on_submit():
+        try:
+            nodes.update_node(actor, node_id, form.to_data())
+        except ValidationError as exc:
+            form.add_service_errors(exc.fields)
+        else:
+            flash(f"Node {node.name} saved.", "success")
+            return redirect(url_for(".nodes"))
+    return render_template("admin/node_form.html", form=form, node=node), form_status(form)
+
+
+@bp.post("/nodes/<int:node_id>/enable")
+def node_enable(node_id: int) -> Any:
+    node = nodes.set_enabled(_actor(), node_id, True)
+    flash(f"Node {node.name} enabled.", "success")
+    return redirect(url_for(".nodes"))
+
+
+@bp.post("/nodes/<int:node_id>/disable")
+def node_disable(node_id: int) -> Any:
+    node = nodes.set_enabled(_actor(), node_id, False)
+    flash(f"Node {node.name} disabled: it receives no more deployments.", "success")
+    return redirect(url_for(".nodes"))
+
+
+@bp.post("/nodes/<int:node_id>/drain")
+def node_drain(node_id: int) -> Any:
+    node = nodes.drain_node(_actor(), node_id)
+    flash(f"Node {node.name} is draining: it keeps serving but receives no deployments.",
+          "success")
+    return redirect(url_for(".nodes"))
+
+
+@bp.post("/nodes/<int:node_id>/delete")
+def node_delete(node_id: int) -> Any:
+    try:
+        nodes.delete_node(_actor(), node_id)
+    except Conflict as exc:
+        return _refused(exc, ".nodes")
+    flash("Node deleted.", "success")
+    return redirect(url_for(".nodes"))
+
+
+# ----------------------------------------------------------------------------- pools
+
+
+@bp.get("/pools", endpoint="pools")
+def pool_list() -> Any:
+    return render_template("admin/pool_list.html", pools=nodes.list_pools(_actor()),
+                           stats=nodes.pool_stats())
+
+
+@bp.route("/pools/new", methods=["GET", "POST"])
+def pool_create() -> Any:
+    form = PoolForm()
+    if form.validate_on_submit():
+        try:
+            pool = nodes.create_pool(_actor(), (form.name.data or "").strip(),
+                                     (form.description.data or "").strip())
+        except ValidationError as exc:
+            form.add_service_errors(exc.fields)
+        else:
+            flash(f"Pool {pool.name} created.", "success")
+            return redirect(url_for(".pools"))
+    return render_template("admin/pool_form.html", form=form, pool=None), form_status(form)
+
+
+@bp.route("/pools/<int:pool_id>/edit", methods=["GET", "POST"])
+def pool_edit(pool_id: int) -> Any:
+    actor = _actor()
+    pool = nodes.get_pool(actor, pool_id)
+    form = PoolForm(data={"name": pool.name, "description": pool.description})
+    if form.validate_on_submit():
+        try:
+            nodes.update_pool(actor, pool_id, (form.name.data or "").strip(),
+                              (form.description.data or "").strip())
+        except ValidationError as exc:
+            form.add_service_errors(exc.fields)
+        else:
+            flash("Pool saved.", "success")
+            return redirect(url_for(".pools"))
+    return render_template("admin/pool_form.html", form=form, pool=pool), form_status(form)
+
+
+@bp.post("/pools/<int:pool_id>/delete")
+def pool_delete(pool_id: int) -> Any:
+    try:
+        nodes.delete_pool(_actor(), pool_id)
+    except Conflict as exc:
+        return _refused(exc, ".pools")
+    flash("Pool deleted.", "success")
+    return redirect(url_for(".pools"))
+
+
+# ----------------------------------------------------------------------------- sites
+
+
+@bp.get("/sites", endpoint="sites")
+def site_list() -> Any:
+    actor = _actor()
+    filters = SiteFilterForm(request.args, pools=_pool_names(actor),
+                             owners=sites.owner_choices(actor))
+    filters.validate()
+    page = sites.list_sites(actor, page=_page_number(), owner_id=filters.owner_id.data,
+                            q=filters.q.data or None, pool=filters.pool.data or None)
+    return render_template("admin/site_list.html", filters=filters, page=page)
+
+
+def _site_form(actor: User, **kwargs: Any) -> SiteForm:
+    return SiteForm(pools=_pool_names(actor), owners=sites.owner_choices(actor), **kwargs)
+
+
+@bp.route("/sites/new", methods=["GET", "POST"])
+def site_create() -> Any:
+    actor = _actor()
+    owner_id = request.args.get("owner_id", actor.id, type=int)
+    form = _site_form(actor, data={"owner_id": owner_id})
+    if form.validate_on_submit():
+        try:
+            site = sites.create_site(actor, form.to_data())
+        except ValidationError as exc:
+            form.add_service_errors(exc.fields)
+        except Conflict as exc:
+            return _refused(exc, ".sites")
+        else:
+            flash(f"Site {site.domain} created for {site.owner.username}.", "success")
+            return redirect(url_for(".site_detail", site_id=site.id))
+    return render_template("admin/site_form.html", form=form, site=None), form_status(form)
+
+
+def _site_page(site: Site, block_form: BlockForm) -> Any:
+    return render_template("admin/site_detail.html", site=site, block_form=block_form,
+                           settings=sites.site_to_dict(site, admin=True))
+
+
+@bp.get("/sites/<int:site_id>")
+def site_detail(site_id: int) -> Any:
+    return _site_page(sites.get_site(_actor(), site_id), BlockForm())
+
+
+@bp.route("/sites/<int:site_id>/edit", methods=["GET", "POST"])
+def site_edit(site_id: int) -> Any:
+    actor = _actor()
+    site = sites.get_site(actor, site_id)
+    form = _site_form(actor, data=SiteForm.initial(sites.site_to_dict(site, admin=True)))
+    if form.validate_on_submit():
+        try:
+            sites.update_site(actor, site_id, form.to_data())
+        except ValidationError as exc:
+            form.add_service_errors(exc.fields)
+        except Conflict as exc:
+            return _refused(exc, ".site_detail", site_id=site_id)
+        else:
+            flash("Site saved.", "success")
+            return redirect(url_for(".site_detail", site_id=site_id))
+    return render_template("admin/site_form.html", form=form, site=site), form_status(form)
+
+
+@bp.post("/sites/<int:site_id>/delete")
+def site_delete(site_id: int) -> Any:
+    sites.delete_site(_actor(), site_id)
+    flash("Site deleted.", "success")
+    return redirect(url_for(".sites"))
+
+
+@bp.post("/sites/<int:site_id>/block")
+def site_block(site_id: int) -> Any:
+    actor = _actor()
+    site = sites.get_site(actor, site_id)
+    form = BlockForm()
+    if form.validate_on_submit():
+        try:
+            sites.set_blocked(actor, site_id, True, (form.blocked_reason.data or "").strip())
+        except ValidationError as exc:
+            form.add_service_errors(exc.fields)
+        else:
+            flash(f"Site {site.domain} is blocked.", "success")
+            return redirect(url_for(".site_detail", site_id=site_id))
+    return _site_page(site, form), 422
+
+
+@bp.post("/sites/<int:site_id>/unblock")
+def site_unblock(site_id: int) -> Any:
+    site = sites.set_blocked(_actor(), site_id, False, "")
+    flash(f"Site {site.domain} is unblocked.", "success")
+    return redirect(url_for(".site_detail", site_id=site_id))
+
+
+# ----------------------------------------------------------------------------- audit
+
+
+@bp.get("/audit", endpoint="audit")
+def audit_list() -> Any:
+    actor = _actor()
+    filters = AuditFilterForm(request.args, actions=audit.known_actions())
+    if not filters.validate():
+        return render_template("admin/audit_list.html", filters=filters, page=None), 422
+    page = audit.list_entries(actor, page=_page_number(), **filters.criteria())
+    return render_template("admin/audit_list.html", filters=filters, page=page)

@@ -20,7 +20,7 @@ from app.services import nodes, sites, tokens, users
 
 
 def _actor() -> User:
-    return current_user._get_current_object()  # type: ignore[no-any-return]
+    return current_user._get_current_object()
 
 
 def _site_form(actor: User, **kwargs: Any) -> SiteForm:

@@ -24,9 +24,11 @@ class AdminOverview:
 def admin_overview(actor: User, recent: int = 10) -> AdminOverview:
     """Fleet-wide counts (one query) and the latest audit entries."""
     require_admin(actor)
-    counts = db.session.execute(select(*(
+    users, nodes, pools, sites = db.session.execute(select(*(
         select(func.count()).select_from(model).scalar_subquery()
         for model in (User, Node, Pool, Site)
     ))).one()
-    entries = audit.list_entries(actor, per_page=recent).items
-    return AdminOverview(*(int(c or 0) for c in counts), recent=entries)
+    return AdminOverview(
+        users=users, nodes=nodes, pools=pools, sites=sites,
+        recent=audit.list_entries(actor, per_page=recent).items,
+    )

@@ -332,6 +332,11 @@ def list_pools(actor: User) -> list[Pool]:
     return list(db.session.scalars(select(Pool).order_by(Pool.name)))
 
 
+def list_pools_page(actor: User, *, page: int = 1, per_page: int = 50) -> Page[Pool]:
+    """Pools one page at a time (the API's list format); every account may see them."""
+    return paginate(select(Pool).order_by(Pool.name), page, per_page)
+
+
 def get_pool(actor: User, pool_id: int) -> Pool:
     require_admin(actor)
     return get_or_404(Pool, pool_id, "pool")

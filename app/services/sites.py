@@ -312,6 +312,17 @@ def _names_taken(names: list[str], exclude_site_id: int | None) -> set[str]:
 
 
 def _apply(site: Site, out: dict[str, Any]) -> None:
+    """Write validated input onto the site; every check that can refuse runs first,
+    so a refusal leaves the site untouched."""
+    if "domain" in out or "aliases" in out:
+        domain = out.get("domain", site.domain)
+        aliases = out.get("aliases", site.aliases if site.hostnames else [])
+        taken = _names_taken([domain, *aliases], site.id)
+        if taken:
+            field = "domain" if domain in taken else "aliases"
+            raise ValidationError(
+                "invalid site", {field: f"already used by another site: {', '.join(sorted(taken))}"}
+            )
     simple = (
         "backend_protocol", "ssl_mode", "force_https", "hsts", "http2", "websocket", "waf_level",
         "cache_enabled", "cache_ttl", "geo_mode", "geo_countries", "ip_allow", "ip_deny",
@@ -322,14 +333,6 @@ def _apply(site: Site, out: dict[str, Any]) -> None:
         if key in out:
             setattr(site, key, out[key])
     if "domain" in out or "aliases" in out:
-        domain = out.get("domain", site.domain)
-        aliases = out.get("aliases", site.aliases if site.hostnames else [])
-        taken = _names_taken([domain, *aliases], site.id)
-        if taken:
-            field = "domain" if domain in taken else "aliases"
-            raise ValidationError(
-                "invalid site", {field: f"already used by another site: {', '.join(sorted(taken))}"}
-            )
         site.domain = domain
         wanted = [domain, *aliases]
         current = {h.name: h for h in site.hostnames}

@@ -7,12 +7,13 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
-from app.errors import Forbidden, NotFound, ValidationError
+from app.errors import NotFound, Unauthorized, ValidationError
 from app.extensions import db
 from app.models import ApiToken, User
 from app.models.base import utcnow
 from app.security import generate_api_token, hash_api_token
 from app.services import audit, users
+from app.services.common import Page, paginate
 
 _NAME = re.compile(r"^[A-Za-z0-9 ._-]{1,64}$")
 # last_used is written at most this often, so that every API call is not a write.
@@ -57,13 +58,19 @@ def create_token(
 def create_token_with_password(username: str, password: str, name: str) -> tuple[ApiToken, str]:
     user = users.authenticate(username, password)
     if user is None:
-        raise Forbidden("invalid username or password")
+        raise Unauthorized("invalid username or password")
     return create_token(user, name or "api")
 
 
 def list_tokens(actor: User) -> list[ApiToken]:
     stmt = select(ApiToken).where(ApiToken.user_id == actor.id, ApiToken.revoked_at.is_(None))
     return list(db.session.scalars(stmt.order_by(ApiToken.created_at.desc())))
+
+
+def list_tokens_page(actor: User, *, page: int = 1, per_page: int = 50) -> Page[ApiToken]:
+    """The actor's live tokens, one page at a time (the API's list format)."""
+    stmt = select(ApiToken).where(ApiToken.user_id == actor.id, ApiToken.revoked_at.is_(None))
+    return paginate(stmt.order_by(ApiToken.created_at.desc(), ApiToken.id.desc()), page, per_page)
 
 
 def revoke_token(actor: User, token_id: int) -> None:

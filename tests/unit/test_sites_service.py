@@ -64,7 +64,7 @@ def test_hostile_values_are_refused_and_nothing_is_stored(alice, prefix, field, 
 
 def test_hostile_update_changes_nothing(alice):
     site = factories.make_site(alice, "keep.example.com")
-    for prefix, field, value in hostile_site_payloads():
+    for _prefix, field, value in hostile_site_payloads():
         with pytest.raises(ValidationError):
             sites.update_site(alice, site.id, {field: value})
     fresh = sites.get_site(alice, site.id)
@@ -127,8 +127,8 @@ def test_tls_settings_need_tls(alice):
 def test_basic_auth_password_kept_when_omitted_on_update(alice):
     site = factories.make_site(alice, basic_auth=[{"username": "ops", "password": "first-pass"}])
     before = site.basic_auth_users[0].password_hash
-    sites.update_site(alice, site.id, {"basic_auth": [{"username": "ops"},
-                                                      {"username": "dev", "password": "dev-pass-1"}]})
+    users = [{"username": "ops"}, {"username": "dev", "password": "dev-pass-1"}]
+    sites.update_site(alice, site.id, {"basic_auth": users})
     from app.extensions import db
 
     rows = {u.username: u.password_hash for u in db.session.scalars(select(SiteBasicAuthUser))}
@@ -141,8 +141,8 @@ def test_update_bumps_config_version_and_audits(alice):
     site = factories.make_site(alice)
     updated = sites.update_site(alice, site.id, {"waf_level": "high"})
     assert updated.config_version == 2
-    from app.models import AuditLog
     from app.extensions import db
+    from app.models import AuditLog
 
     actions = list(db.session.scalars(select(AuditLog.action).order_by(AuditLog.id)))
     assert actions[-2:] == ["site.create", "site.update"]

@@ -1,0 +1,220 @@
+"""Forms only the admin panel uses (the site form is shared: ``app.forms``)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time
+from typing import Any
+
+from flask_wtf import FlaskForm
+from wtforms import (
+    BooleanField,
+    DateField,
+    EmailField,
+    IntegerField,
+    PasswordField,
+    SelectChoice,
+    SelectField,
+    StringField,
+    SubmitField,
+    TextAreaField,
+)
+from wtforms.validators import Optional
+
+from app.forms import ServiceForm, enum_choices
+from app.models import Node, ProxyType, Role, User
+from app.services.nodes import ENGINE_DEFAULTS
+
+_NGINX = ENGINE_DEFAULTS[ProxyType.NGINX]
+
+
+class UserForm(ServiceForm):
+    """Create (with an optional password) or edit (with the active flag) an account."""
+
+    username = StringField("Username")
+    email = EmailField("Email")
+    role = SelectField("Role", choices=enum_choices(Role), default=Role.CLIENT.value)
+    max_sites = IntegerField("Site quota", validators=[Optional()],
+                             description="How many sites the user may own.")
+    password = PasswordField(
+        "Password", description="Leave blank to generate one; it is shown once.",
+    )
+    is_active = BooleanField("Active (may sign in)", default=True)
+    submit = SubmitField("Save")
+
+    def __init__(self, *args: Any, creating: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if creating:
+            del self.is_active
+        else:
+            del self.password
+
+    @staticmethod
+    def initial(user: User) -> dict[str, Any]:
+        return {"username": user.username, "email": user.email, "role": user.role.value,
+                "max_sites": user.max_sites, "is_active": user.is_active}
+
+    def to_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "username": (self.username.data or "").strip(),
+            "email": (self.email.data or "").strip(),
+            "role": self.role.data,
+        }
+        if self.max_sites.data is not None:
+            data["max_sites"] = self.max_sites.data
+        if self.password is not None and self.password.data:
+            data["password"] = self.password.data
+        if self.is_active is not None:
+            data["is_active"] = self.is_active.data
+        return data
+
+
+class NodeForm(ServiceForm):
+    """Every node field.  The SSH key and password are write-only: never shown, and a
+    blank one keeps the stored secret."""
+
+    name = StringField("Name")
+    host = StringField("Host", description="IP address or DNS name reached over SSH.")
+    ssh_port = IntegerField("SSH port", default=22, validators=[Optional()])
+    ssh_user = StringField("SSH user", default="root")
+    ssh_private_key = TextAreaField(
+        "SSH private key", description="Unencrypted PEM or OpenSSH key. Stored encrypted; "
+        "never shown again.",
+    )
+    ssh_password = PasswordField("SSH password", description="Instead of a key. Stored "
+                                 "encrypted; never shown again.")
+    proxy_type = SelectField("Proxy engine", choices=enum_choices(ProxyType))
+    pool = SelectField("Pool")
+    config_dir = StringField(
+        "Config directory", description=f"Blank: the engine's default "
+        f"(nginx: <code>{_NGINX['config_dir']}</code>).",
+    )
+    test_command = StringField(
+        "Test command", description=f"Blank: the engine's default "
+        f"(nginx: <code>{_NGINX['test_command']}</code>).",
+    )
+    reload_command = StringField(
+        "Reload command", description=f"Blank: the engine's default "
+        f"(nginx: <code>{_NGINX['reload_command']}</code>).",
+    )
+    listen_address = StringField("Listen address",
+                                 description="IP the sites bind on; blank for all addresses.")
+    http_port = IntegerField("HTTP port", default=80, validators=[Optional()])
+    https_port = IntegerField("HTTPS port", default=443, validators=[Optional()])
+    glances_url = StringField("Glances URL", description="e.g. http://10.0.0.5:61208; "
+                              "blank for no metrics.")
+    enabled = BooleanField("Enabled (receives deployments)", default=True)
+    submit = SubmitField("Save")
+
+    def __init__(self, *args: Any, pools: list[str], creating: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pool.choices = list(pools)
+        if not creating:
+            keep = "Leave blank to keep the stored one."
+            self.ssh_private_key.description = f"Write-only. {keep}"
+            self.ssh_password.description = f"Write-only. {keep}"
+
+    @staticmethod
+    def initial(node: Node) -> dict[str, Any]:
+        return {
+            "name": node.name, "host": node.host, "ssh_port": node.ssh_port,
+            "ssh_user": node.ssh_user, "proxy_type": node.proxy_type.value,
+            "pool": node.pool.name, "config_dir": node.config_dir,
+            "test_command": node.test_command, "reload_command": node.reload_command,
+            "listen_address": node.listen_address or "", "http_port": node.http_port,
+            "https_port": node.https_port, "glances_url": node.glances_url or "",
+            "enabled": node.enabled,
+        }
+
+    def to_data(self) -> dict[str, Any]:
+        """Blank numbers and the blank SSH user are left out (defaults on create,
+        unchanged on edit); blank secrets are left out so the stored ones stay."""
+        data: dict[str, Any] = {
+            "name": (self.name.data or "").strip(),
+            "host": (self.host.data or "").strip(),
+            "proxy_type": self.proxy_type.data,
+            "pool": self.pool.data,
+            "enabled": self.enabled.data,
+        }
+        for name in ("config_dir", "test_command", "reload_command", "listen_address",
+                     "glances_url"):
+            data[name] = (self[name].data or "").strip()
+        if (self.ssh_user.data or "").strip():
+            data["ssh_user"] = self.ssh_user.data.strip()
+        for name in ("ssh_port", "http_port", "https_port"):
+            if self[name].data is not None:
+                data[name] = self[name].data
+        if (self.ssh_private_key.data or "").strip():
+            data["ssh_private_key"] = self.ssh_private_key.data
+        if self.ssh_password.data:
+            data["ssh_password"] = self.ssh_password.data
+        return data
+
+
+class PoolForm(ServiceForm):
+    name = StringField("Name")
+    description = StringField("Description")
+    submit = SubmitField("Save")
+
+
+class BlockForm(ServiceForm):
+    blocked_reason = StringField("Reason", description="Shown to visitors of the site.")
+
+
+class FilterForm(FlaskForm):
+    """Query-string filters of a list page: no CSRF token, read from ``request.args``."""
+
+    class Meta:
+        csrf = False
+
+
+class UserFilterForm(FilterForm):
+    q = StringField("Search")
+    role = SelectField("Role", choices=[SelectChoice("", "any role"), *enum_choices(Role)],
+                       default="")
+
+
+class NodeFilterForm(FilterForm):
+    q = StringField("Search")
+    pool = SelectField("Pool", default="")
+
+    def __init__(self, *args: Any, pools: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pool.choices = [SelectChoice("", "any pool"), *pools]
+
+
+class SiteFilterForm(FilterForm):
+    q = StringField("Search")
+    owner_id = SelectField("Owner", coerce=lambda v: int(v) if v else None)
+    pool = SelectField("Pool", default="")
+
+    def __init__(self, *args: Any, pools: list[str], owners: list[User], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pool.choices = [SelectChoice("", "any pool"), *pools]
+        self.owner_id.choices = [SelectChoice("", "any owner"),
+                                *(SelectChoice(u.id, u.username) for u in owners)]
+
+
+class AuditFilterForm(FilterForm):
+    username = StringField("User")
+    action = SelectField("Action", default="")
+    object_type = StringField("Object type")
+    since = DateField("From", validators=[Optional()])
+    until = DateField("Until", validators=[Optional()])
+
+    def __init__(self, *args: Any, actions: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.action.choices = [SelectChoice("", "any action"), *actions]
+
+    def criteria(self) -> dict[str, Any]:
+        """Keyword arguments for ``audit.list_entries``; both dates are whole UTC days."""
+
+        def moment(day: date | None, at: time) -> datetime | None:
+            return datetime.combine(day, at, tzinfo=UTC) if day else None
+
+        return {
+            "username": (self.username.data or "").strip() or None,
+            "action": self.action.data or None,
+            "object_type": (self.object_type.data or "").strip() or None,
+            "since": moment(self.since.data, time.min),
+            "until": moment(self.until.data, time.max),
+        }

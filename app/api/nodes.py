@@ -1,0 +1,124 @@
+"""``/api/v1/nodes`` (administrators): the proxy servers of the fleet.
+
+SSH secrets are write-only: answers say whether one is set, never what it is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask.views import MethodView
+from marshmallow import Schema, fields
+
+from app.api.auth import ApiBlueprint, admin_only, current_actor
+from app.api.schemas import ErrorSchema, PageQuerySchema, StrictBoolean, UtcDateTime, page_schema
+from app.models import Node, NodeStatus, ProxyType
+from app.services import nodes
+
+blp = ApiBlueprint(
+    "nodes", __name__, url_prefix="/api/v1/nodes",
+    description="Proxy nodes reached over SSH (administrators only).",
+)
+
+
+class NodeUpdateSchema(Schema):
+    """PUT and PATCH alike: keys left out keep their value (an empty secret too)."""
+
+    name = fields.String()
+    host = fields.String()
+    ssh_port = fields.Integer(strict=True, metadata={"description": "default 22"})
+    ssh_user = fields.String(metadata={"description": "default root"})
+    ssh_private_key = fields.String(
+        load_only=True, metadata={"description": "write-only; unencrypted PEM or OpenSSH key"})
+    ssh_password = fields.String(load_only=True, metadata={"description": "write-only"})
+    proxy_type = fields.String(metadata={"enum": [t.value for t in ProxyType]})
+    pool = fields.String(metadata={"description": "pool name, default 'default'"})
+    config_dir = fields.String(metadata={"description": "default depends on proxy_type"})
+    test_command = fields.String()
+    reload_command = fields.String()
+    listen_address = fields.String(
+        allow_none=True, metadata={"description": "IP that rendered sites bind on this node"})
+    http_port = fields.Integer(strict=True, metadata={"description": "default 80"})
+    https_port = fields.Integer(strict=True, metadata={"description": "default 443"})
+    glances_url = fields.String(allow_none=True)
+    enabled = StrictBoolean()
+
+
+class NodeCreateSchema(NodeUpdateSchema):
+    """``ssh_private_key`` or ``ssh_password`` is required as well."""
+
+    name = fields.String(required=True)
+    host = fields.String(required=True)
+
+
+class NodeSchema(NodeUpdateSchema):
+    class Meta:
+        exclude = ("ssh_private_key", "ssh_password")
+
+    id = fields.Integer(dump_only=True)
+    has_ssh_private_key = fields.Function(lambda node: node.ssh_private_key is not None,
+                                          dump_only=True, metadata={"type": "boolean"})
+    has_ssh_password = fields.Function(lambda node: node.ssh_password is not None,
+                                       dump_only=True, metadata={"type": "boolean"})
+    pool = fields.String(attribute="pool.name", dump_only=True)
+    status = fields.String(dump_only=True, metadata={"enum": [s.value for s in NodeStatus]})
+    host_key = fields.String(dump_only=True, allow_none=True,
+                             metadata={"description": "SSH host key pinned on first contact"})
+    is_discovered = fields.Boolean(dump_only=True)
+    last_seen = UtcDateTime(allow_none=True)
+
+
+class NodeQuerySchema(PageQuerySchema):
+    pool = fields.String(metadata={"description": "pool name"})
+    q = fields.String(metadata={"description": "part of the name"})
+
+
+@blp.route("")
+class Nodes(MethodView):
+    @admin_only
+    @blp.arguments(NodeQuerySchema, location="query")
+    @blp.response(200, page_schema(NodeSchema))
+    def get(self, query: dict[str, Any]) -> Any:
+        """List nodes."""
+        return nodes.list_nodes(current_actor(), **query)
+
+    @admin_only
+    @blp.arguments(NodeCreateSchema)
+    @blp.response(201, NodeSchema)
+    def post(self, data: dict[str, Any]) -> Node:
+        """Register a node."""
+        return nodes.create_node(current_actor(), data)
+
+
+@blp.route("/<int:node_id>")
+class NodeItem(MethodView):
+    @admin_only
+    @blp.response(200, NodeSchema)
+    @blp.alt_response(404, response="NOT_FOUND")
+    def get(self, node_id: int) -> Node:
+        """Read a node."""
+        return nodes.get_node(current_actor(), node_id)
+
+    @admin_only
+    @blp.arguments(NodeUpdateSchema)
+    @blp.response(200, NodeSchema)
+    @blp.alt_response(404, response="NOT_FOUND")
+    def put(self, data: dict[str, Any], node_id: int) -> Node:
+        """Update a node; keys left out keep their value."""
+        return nodes.update_node(current_actor(), node_id, data)
+
+    @admin_only
+    @blp.arguments(NodeUpdateSchema)
+    @blp.response(200, NodeSchema)
+    @blp.alt_response(404, response="NOT_FOUND")
+    def patch(self, data: dict[str, Any], node_id: int) -> Node:
+        """Update some fields of a node."""
+        return nodes.update_node(current_actor(), node_id, data)
+
+    @admin_only
+    @blp.response(204)
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(409, schema=ErrorSchema, description="the node still serves active sites")
+    def delete(self, node_id: int) -> None:
+        """Delete a node that no longer serves active sites (disable or drain it first)."""
+        nodes.delete_node(current_actor(), node_id)

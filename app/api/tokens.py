@@ -1,0 +1,88 @@
+"""``/api/v1/tokens``: exchange a password for a token, list and revoke one's own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app, request
+from flask.views import MethodView
+from marshmallow import Schema, fields
+
+from app.api.auth import ApiBlueprint, current_actor, public
+from app.api.schemas import PageQuerySchema, UtcDateTime, WithSecrets, page_schema
+from app.extensions import limiter
+from app.services import tokens
+
+blp = ApiBlueprint(
+    "tokens", __name__, url_prefix="/api/v1/tokens",
+    description="API tokens: shown once at creation, stored only as a hash.",
+)
+
+
+class TokenRequestSchema(Schema):
+    username = fields.String(required=True)
+    password = fields.String(required=True, load_only=True)
+    name = fields.String(load_default="api", metadata={"description": "a label for the token"})
+
+
+class TokenSchema(Schema):
+    id = fields.Integer(dump_only=True)
+    name = fields.String(dump_only=True)
+    prefix = fields.String(dump_only=True, metadata={"description": "first characters, to "
+                                                                    "recognise the token"})
+    created_at = UtcDateTime()
+    last_used = UtcDateTime(allow_none=True)
+    expires = UtcDateTime(allow_none=True, metadata={"description": "null: never expires"})
+
+
+class CreatedTokenSchema(Schema):
+    token = fields.String(dump_only=True, metadata={"description": "shown in this answer only"})
+    id = fields.Integer(dump_only=True)
+    name = fields.String(dump_only=True)
+    prefix = fields.String(dump_only=True)
+    expires = UtcDateTime(allow_none=True)
+
+
+def _login_limit() -> str:
+    return str(current_app.config["LOGIN_RATE_LIMIT"])
+
+
+def _username_key() -> str:
+    """Count attempts per username as well as per address, like the login form, so
+    that spreading a guessing attack over many addresses does not help."""
+    body = request.get_json(silent=True)
+    username = body.get("username") if isinstance(body, dict) else None
+    return "token-user:" + (username if isinstance(username, str) else "").strip().lower()[:64]
+
+
+@blp.route("")
+class Tokens(MethodView):
+    @public
+    @limiter.limit(_login_limit)
+    @limiter.limit(_login_limit, key_func=_username_key)
+    @blp.arguments(TokenRequestSchema)
+    @blp.response(201, CreatedTokenSchema)
+    @blp.alt_response(401, response="UNAUTHORIZED")
+    @blp.alt_response(429, response="TOO_MANY_REQUESTS")
+    def post(self, data: dict[str, Any]) -> Any:
+        """Create a token from a username and password.
+
+        Rate-limited like the login form (per address and per username).
+        """
+        row, token = tokens.create_token_with_password(**data)
+        return WithSecrets(row, token=token)
+
+    @blp.arguments(PageQuerySchema, location="query")
+    @blp.response(200, page_schema(TokenSchema))
+    def get(self, query: dict[str, Any]) -> Any:
+        """List the caller's live tokens."""
+        return tokens.list_tokens_page(current_actor(), **query)
+
+
+@blp.route("/<int:token_id>")
+class TokenItem(MethodView):
+    @blp.response(204)
+    @blp.alt_response(404, response="NOT_FOUND")
+    def delete(self, token_id: int) -> None:
+        """Revoke a token: clients their own (another user's is not found), admins any."""
+        tokens.revoke_token(current_actor(), token_id)

@@ -1,0 +1,129 @@
+"""/api/v1/tokens: password exchange (rate-limited like the login form), list, revoke."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.extensions import limiter
+from app.services import tokens
+from tests import factories
+from tests.conftest import api_headers, make_app
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_password_exchange_returns_a_working_token_once(client, alice):
+    response = client.post("/api/v1/tokens", json={
+        "username": "alice", "password": factories.PASSWORD, "name": "ci"})
+    assert response.status_code == 201
+    body = response.get_json()
+    assert set(body) == {"token", "id", "name", "prefix", "expires"}
+    assert body["name"] == "ci" and body["expires"] is None
+    assert body["token"].startswith(body["prefix"])
+    assert client.get("/api/v1/sites", headers=_bearer(body["token"])).status_code == 200
+    listed = client.get("/api/v1/tokens", headers=_bearer(body["token"])).get_json()
+    assert all("token" not in item for item in listed["items"])
+
+
+def test_password_exchange_without_name_labels_the_token_api(client, alice):
+    response = client.post("/api/v1/tokens", json={
+        "username": "alice", "password": factories.PASSWORD})
+    assert response.status_code == 201
+    assert response.get_json()["name"] == "api"
+
+
+@pytest.mark.parametrize("username,password", [
+    ("alice", "wrong-password-123"), ("nobody", factories.PASSWORD)])
+def test_wrong_credentials_are_401(client, alice, username, password):
+    response = client.post("/api/v1/tokens", json={"username": username, "password": password})
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert response.get_json()["error"]["code"] == "unauthorized"
+
+
+def test_token_request_names_missing_and_unknown_fields(client, alice):
+    response = client.post("/api/v1/tokens", json={"username": "alice", "scope": "all"})
+    assert response.status_code == 422
+    fields = response.get_json()["error"]["fields"]
+    assert set(fields) == {"password", "scope"}
+
+
+def test_invalid_token_name_is_422_naming_name(client, alice):
+    response = client.post("/api/v1/tokens", json={
+        "username": "alice", "password": factories.PASSWORD, "name": "bad\nname"})
+    assert response.status_code == 422
+    assert "name" in response.get_json()["error"]["fields"]
+
+
+def test_malformed_json_is_400(client, alice):
+    response = client.post("/api/v1/tokens", data="{not json",
+                           content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "bad_request"
+
+
+def test_list_shows_own_live_tokens_with_exact_fields(client, alice, bob):
+    headers = api_headers(alice)
+    tokens.create_token(alice, "second")
+    revoked, _ = tokens.create_token(alice, "revoked")
+    tokens.revoke_token(alice, revoked.id)
+    tokens.create_token(bob, "bobs")
+    body = client.get("/api/v1/tokens", headers=headers).get_json()
+    assert body["total"] == 2 and body["page"] == 1
+    assert {item["name"] for item in body["items"]} == {"test", "second"}
+    assert set(body["items"][0]) == {"id", "name", "prefix", "created_at", "last_used", "expires"}
+
+
+def test_list_paginates(client, alice):
+    headers = api_headers(alice)
+    for n in range(4):
+        tokens.create_token(alice, f"t{n}")
+    body = client.get("/api/v1/tokens?page=2&per_page=2", headers=headers).get_json()
+    assert (body["page"], body["per_page"], body["total"], len(body["items"])) == (2, 2, 5, 2)
+
+
+def test_revoke_own_token_is_204_and_the_token_stops_working(client, alice):
+    row, token = tokens.create_token(alice, "doomed")
+    response = client.delete(f"/api/v1/tokens/{row.id}", headers=api_headers(alice))
+    assert response.status_code == 204 and response.data == b""
+    assert client.get("/api/v1/sites", headers=_bearer(token)).status_code == 401
+
+
+def test_revoking_another_users_token_is_404(client, alice, bob):
+    row, token = tokens.create_token(bob, "bobs")
+    response = client.delete(f"/api/v1/tokens/{row.id}", headers=api_headers(alice))
+    assert response.status_code == 404
+    assert client.get("/api/v1/sites", headers=_bearer(token)).status_code == 200
+
+
+@pytest.fixture()
+def limited(app, db):
+    """An app with the login rate limit on.  The limiter is one object per process,
+    so the session app's setting (off) is put back afterwards."""
+    yield make_app(RATELIMIT_ENABLED=True, LOGIN_RATE_LIMIT="2 per minute").test_client()
+    limiter.init_app(app)
+
+
+def test_token_requests_are_rate_limited_per_address(limited, alice, bob):
+    for username in ("alice", "bob"):
+        response = limited.post("/api/v1/tokens", json={"username": username, "password": "x"})
+        assert response.status_code == 401
+    response = limited.post("/api/v1/tokens", json={
+        "username": "alice", "password": factories.PASSWORD})
+    assert response.status_code == 429
+    assert response.get_json()["error"]["code"] == "rate_limited"
+
+
+def test_token_requests_are_rate_limited_per_username(limited, alice):
+    for n in range(2):
+        response = limited.post("/api/v1/tokens", json={"username": "alice", "password": "x"},
+                                environ_base={"REMOTE_ADDR": f"10.0.0.{n + 1}"})
+        assert response.status_code == 401
+    response = limited.post("/api/v1/tokens", json={"username": "Alice", "password": "x"},
+                            environ_base={"REMOTE_ADDR": "10.0.0.9"})
+    assert response.status_code == 429
+    other = limited.post("/api/v1/tokens", json={"username": "bob", "password": "x"},
+                         environ_base={"REMOTE_ADDR": "10.0.0.10"})
+    assert other.status_code == 401

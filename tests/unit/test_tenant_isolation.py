@@ -1,0 +1,124 @@
+"""Tenant isolation, enumerated from the URL map.
+
+Every client-facing UI route and API endpoint that takes an object id is called by
+another client with a victim's object id: it must answer 404 and change nothing.
+New routes are covered without editing this file; a route for a new kind of object
+fails until that kind is added to OWNED below.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from app.extensions import db as _db
+from app.services import tokens
+from tests import factories
+from tests.conftest import login
+
+# URL segment before the id -> how to create the victim's object of that kind.
+OWNED = {
+    "sites": lambda victim: factories.make_site(victim, "victim.example.com").id,
+    "tokens": lambda victim: tokens.create_token(victim, "victim-token")[0].id,
+}
+# Segments whose routes are for administrators only: a client gets 403 there.
+ADMIN_ONLY = {"nodes", "users", "pools", "audit"}
+
+SITE_JSON = {"domain": "attacker.example.com", "backends": [{"host": "127.0.0.1", "port": 80}],
+             "websocket": True}
+SITE_FORM = {"domain": "attacker.example.com", "backends": "127.0.0.1:80", "pool": "default",
+             "backend_protocol": "http", "ssl_mode": "none", "waf_level": "off",
+             "geo_mode": "off", "cache_ttl": "300", "websocket": "y"}
+
+
+def _id_rules(app) -> list[tuple[str, Any]]:
+    rules = []
+    for rule in app.url_map.iter_rules():
+        if not (rule.rule.startswith("/client/") or rule.rule.startswith("/api/v1/")):
+            continue
+        if not any(isinstance(conv, type(app.url_map.converters["int"]))
+                   or "id" in arg for arg, conv in rule._converters.items()):
+            continue
+        rules.append((rule.rule, rule))
+    return sorted(rules)
+
+
+def _segment(rule_text: str) -> str:
+    match = re.search(r"/([a-z_-]+)/<[^>]+>", rule_text)
+    assert match, rule_text
+    return match.group(1)
+
+
+def _snapshot() -> dict[str, list[tuple]]:
+    """Every row of every table except the audit trail and token bookkeeping."""
+    state = {}
+    for table in _db.metadata.sorted_tables:
+        if table.name == "audit_log":
+            continue
+        columns = [c.name for c in table.columns if c.name not in {"last_used", "last_login"}]
+        rows = _db.session.execute(
+            text(f"SELECT {', '.join(columns)} FROM {table.name} ORDER BY id"))
+        state[table.name] = [tuple(row) for row in rows]
+    return state
+
+
+def test_every_id_route_is_known(app):
+    unknown = [r for r, _ in _id_rules(app) if _segment(r) not in OWNED | dict.fromkeys(ADMIN_ONLY)]
+    assert unknown == [], "add these object kinds to OWNED or ADMIN_ONLY"
+
+
+def test_id_routes_exist(app):
+    segments = {_segment(r) for r, _ in _id_rules(app)}
+    assert {"sites", "tokens"} <= segments
+
+
+@pytest.mark.parametrize("surface", ["ui", "api"])
+def test_other_clients_ids_answer_404_and_change_nothing(app, alice, bob, surface):
+    victim_ids = {segment: make(alice) for segment, make in OWNED.items()}
+    attacker = app.test_client()
+    login(attacker, bob)
+    headers = {"Authorization": f"Bearer {tokens.create_token(bob, 'attacker')[1]}"}
+    attacker.get("/api/v1/sites", headers=headers)  # settles the token's last_used
+    _db.session.commit()
+    before = _snapshot()
+    checked = 0
+    for rule_text, rule in _id_rules(app):
+        if (surface == "api") != rule_text.startswith("/api/"):
+            continue
+        segment = _segment(rule_text)
+        if segment in ADMIN_ONLY:
+            continue
+        args = {arg: victim_ids[segment] for arg in rule.arguments}
+        url = rule.build(args, append_unknown=False)[1]
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            kwargs: dict[str, Any] = {}
+            if surface == "api":
+                kwargs["headers"] = headers
+                if method in {"POST", "PUT", "PATCH"}:
+                    kwargs["json"] = SITE_JSON
+            elif method == "POST":
+                kwargs["data"] = SITE_FORM
+            response = attacker.open(url, method=method, **kwargs)
+            assert response.status_code == 404, (method, url, response.status_code)
+            checked += 1
+    _db.session.expire_all()
+    assert _snapshot() == before
+    assert checked >= 3
+
+
+def test_client_gets_403_on_admin_api_resources(app, alice, bob):
+    headers = {"Authorization": f"Bearer {tokens.create_token(bob, 'x')[1]}"}
+    http = app.test_client()
+    for rule in app.url_map.iter_rules():
+        if not rule.rule.startswith("/api/v1/"):
+            continue
+        segment = rule.rule.split("/")[3] if rule.rule.count("/") >= 3 else ""
+        if segment not in ADMIN_ONLY - {"pools"}:
+            continue
+        url = rule.build({arg: 1 for arg in rule.arguments}, append_unknown=False)[1]
+        response = http.open(url, method="GET" if "GET" in rule.methods else "POST",
+                             headers=headers, json={})
+        assert response.status_code == 403, (url, response.status_code)
