@@ -42,6 +42,7 @@ class Config:
     PROXY_FIX_COUNT = _int("PROXY_FIX_COUNT", 0)
 
     WTF_CSRF_ENABLED = True
+    PASSWORD_HASH_METHOD = "scrypt"
     WTF_CSRF_TIME_LIMIT = None
     DEFAULT_MAX_SITES = _int("DEFAULT_MAX_SITES", 10)
     API_PAGE_SIZE_MAX = 200
@@ -68,6 +69,7 @@ class TestingConfig(Config):
     TESTING = True
     SQLALCHEMY_DATABASE_URI = os.environ.get("TEST_DATABASE_URL", "sqlite://")
     SECRET_KEY = "testing-secret-key"
+    PASSWORD_HASH_METHOD = "pbkdf2:sha256:1000"
     RATELIMIT_STORAGE_URI = os.environ.get("TEST_RATELIMIT_STORAGE_URI", "memory://")
 
 

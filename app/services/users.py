@@ -22,6 +22,14 @@ _USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{2,63}$")
 # A real hash to compare against when the user does not exist, so that response
 # time does not reveal which usernames exist.
 _DUMMY_HASH = generate_password_hash("not-a-real-password-0000")
+
+
+def _hash(password: str) -> str:
+    """scrypt by default; the test configuration picks a cheaper method so that
+    hundreds of test accounts do not dominate the suite's time."""
+    return generate_password_hash(password, method=current_app.config["PASSWORD_HASH_METHOD"])
+
+
 USER_FIELDS = ("username", "email", "role", "password", "max_sites", "is_active")
 
 
@@ -102,7 +110,7 @@ def create_user(actor: User | None, data: dict[str, Any]) -> tuple[User, str | N
     password = clean.pop("password", None)
     if password is None:
         password = generated = generate_password()
-    user = User(**clean, password_hash=generate_password_hash(password))
+    user = User(**clean, password_hash=_hash(password))
     db.session.add(user)
     db.session.flush()
     audit.record(actor, "user.create", "user", user.id, {"username": user.username,
@@ -124,7 +132,7 @@ def update_user(actor: User, user_id: int, data: dict[str, Any]) -> User:
     for key, value in clean.items():
         setattr(user, key, value)
     if password is not None:
-        user.password_hash = generate_password_hash(password)
+        user.password_hash = _hash(password)
         user.session_version += 1
     if clean.get("is_active") is False:
         user.session_version += 1
@@ -143,7 +151,7 @@ def reset_password(actor: User, user_id: int) -> tuple[User, str]:
     require_admin(actor)
     user = get_or_404(User, user_id, "user")
     password = generate_password()
-    user.password_hash = generate_password_hash(password)
+    user.password_hash = _hash(password)
     user.session_version += 1
     audit.record(actor, "user.reset_password", "user", user.id)
     db.session.commit()
@@ -170,7 +178,7 @@ def change_password(actor: User, current_password: str, new_password: str) -> No
         check_password_policy(new_password, actor.username)
     except ValueError as exc:
         raise ValidationError("invalid password", {"new_password": f"Password {exc}"}) from None
-    actor.password_hash = generate_password_hash(new_password)
+    actor.password_hash = _hash(new_password)
     actor.session_version += 1
     audit.record(actor, "user.change_password", "user", actor.id)
     db.session.commit()
