@@ -1,0 +1,70 @@
+"""An administrator can do in the web UI everything the API offers.
+
+Every API operation found in the URL map must map to the UI page or action that
+does the same; a new API operation fails this test until its UI counterpart exists.
+The UI actions themselves are exercised in test_admin_ui.py and test_client_ui.py.
+"""
+
+from __future__ import annotations
+
+from tests import factories
+
+UI_FOR_API = {
+    ("sites.Sites", "GET"): "admin.sites",
+    ("sites.Sites", "POST"): "admin.site_create",
+    ("sites.SiteItem", "GET"): "admin.site_detail",
+    ("sites.SiteItem", "PUT"): "admin.site_edit",
+    ("sites.SiteItem", "PATCH"): "admin.site_edit",
+    ("sites.SiteItem", "DELETE"): "admin.site_delete",
+    ("nodes.Nodes", "GET"): "admin.nodes",
+    ("nodes.Nodes", "POST"): "admin.node_create",
+    ("nodes.NodeItem", "GET"): "admin.node_edit",
+    ("nodes.NodeItem", "PUT"): "admin.node_edit",
+    ("nodes.NodeItem", "PATCH"): "admin.node_edit",
+    ("nodes.NodeItem", "DELETE"): "admin.node_delete",
+    ("pools.Pools", "GET"): "admin.pools",
+    ("pools.Pools", "POST"): "admin.pool_create",
+    ("pools.PoolItem", "PUT"): "admin.pool_edit",
+    ("pools.PoolItem", "DELETE"): "admin.pool_delete",
+    ("users.Users", "GET"): "admin.users",
+    ("users.Users", "POST"): "admin.user_create",
+    ("users.UserItem", "GET"): "admin.user_edit",
+    ("users.UserItem", "PUT"): "admin.user_edit",
+    ("users.UserItem", "PATCH"): "admin.user_edit",
+    ("users.UserItem", "DELETE"): "admin.user_delete",
+    ("audit.AuditEntries", "GET"): "admin.audit",
+    ("tokens.Tokens", "GET"): "client.tokens",
+    ("tokens.Tokens", "POST"): "client.tokens",
+    ("tokens.TokenItem", "DELETE"): "client.token_revoke",
+}
+NOT_AN_OPERATION = {"api-docs.openapi_json"}
+
+
+def _api_operations(app) -> set[tuple[str, str]]:
+    operations = set()
+    for rule in app.url_map.iter_rules():
+        if rule.rule.startswith("/api/v1/") and rule.endpoint not in NOT_AN_OPERATION:
+            for method in rule.methods - {"HEAD", "OPTIONS"}:
+                operations.add((rule.endpoint, method))
+    return operations
+
+
+def test_every_api_operation_has_a_ui_counterpart(app):
+    missing = _api_operations(app) - set(UI_FOR_API)
+    assert missing == set(), "add a UI page or action for these API operations"
+    stale = set(UI_FOR_API) - _api_operations(app)
+    assert stale == set()
+
+
+def test_ui_counterparts_exist_and_answer_the_admin(app, admin, admin_client):
+    site = factories.make_site(admin)
+    node = factories.make_node()
+    ids = {"site_id": site.id, "node_id": node.id, "user_id": admin.id, "pool_id": 1,
+           "token_id": 1}
+    endpoints = {rule.endpoint: rule for rule in app.url_map.iter_rules()}
+    for ui_endpoint in set(UI_FOR_API.values()):
+        assert ui_endpoint in endpoints, ui_endpoint
+        rule = endpoints[ui_endpoint]
+        if "GET" in rule.methods:
+            url = rule.build({a: ids[a] for a in rule.arguments}, append_unknown=False)[1]
+            assert admin_client.get(url).status_code == 200, url
