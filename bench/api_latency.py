@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from flask import g, request_started  # noqa: E402
 from flask_migrate import upgrade  # noqa: E402
 from sqlalchemy import event, insert, select  # noqa: E402
 from werkzeug.security import generate_password_hash  # noqa: E402
@@ -129,6 +130,13 @@ def main() -> None:
         admin_headers = {"Authorization": f"Bearer {tokens.create_token(admin, 'b')[1]}"}
         client_headers = {"Authorization": f"Bearer {tokens.create_token(client, 'b')[1]}"}
         counter = QueryCounter()
+
+        def forget_user(sender: object, **extra: object) -> None:
+            # Both clients share this app context's ``g``, where Flask-Login caches
+            # the signed-in user: each request must load its own.
+            g.pop("_login_user", None)
+
+        request_started.connect(forget_user, app)
         admin_http, client_http = app.test_client(), app.test_client()
         for http_client, user in ((admin_http, admin), (client_http, client)):
             response = http_client.post("/auth/login", data={"username": user.username,
