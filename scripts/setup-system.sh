@@ -7,7 +7,9 @@ mode="${1:-run}"
 
 packages=(python3 python3-venv python3-pip)
 if [ "$mode" = test ]; then
-  packages+=(postgresql memcached iproute2 util-linux)
+  packages+=(postgresql memcached iproute2 util-linux
+             nginx-light libnginx-mod-http-modsecurity libnginx-mod-http-geoip2 modsecurity-crs
+             caddy)
 fi
 missing=()
 for pkg in "${packages[@]}"; do
@@ -20,12 +22,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # Packaged services (nginx, caddy, postgresql, memcached) must not start: they would
+  # listen on every interface. Tests start their own instances on loopback.
+  policy=/usr/sbin/policy-rc.d
+  created_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; created_policy=1
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$created_policy" ]; then rm -f "$policy"; fi
 fi
 # The distribution's PostgreSQL service is not used: tests start their own.
 if [ "$mode" = test ] && command -v systemctl >/dev/null 2>&1; then
-  systemctl disable --now postgresql memcached >/dev/null 2>&1 || true
+  systemctl disable --now postgresql memcached nginx caddy >/dev/null 2>&1 || true
 fi
 
 python=${PYTHON:-python3}

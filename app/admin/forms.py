@@ -102,6 +102,12 @@ class NodeForm(ServiceForm):
     https_port = IntegerField("HTTPS port", default=443, validators=[Optional()])
     glances_url = StringField("Glances URL", description="e.g. http://10.0.0.5:61208; "
                               "blank for no metrics.")
+    log_dir = StringField("Log directory", description="Per-site access and error logs. "
+                          "Blank: <code>/var/log/rpcc</code>.")
+    cache_dir = StringField("Cache directory", description="Blank: <code>/var/cache/rpcc</code>.")
+    geoip_db_path = StringField(
+        "GeoIP2 database", description="Country database used by geo rules. Blank: "
+        "<code>/usr/share/GeoIP/GeoLite2-Country.mmdb</code>.")
     enabled = BooleanField("Enabled (receives deployments)", default=True)
     submit = SubmitField("Save")
 
@@ -122,7 +128,8 @@ class NodeForm(ServiceForm):
             "test_command": node.test_command, "reload_command": node.reload_command,
             "listen_address": node.listen_address or "", "http_port": node.http_port,
             "https_port": node.https_port, "glances_url": node.glances_url or "",
-            "enabled": node.enabled,
+            "enabled": node.enabled, "log_dir": node.log_dir, "cache_dir": node.cache_dir,
+            "geoip_db_path": node.geoip_db_path,
         }
 
     def to_data(self) -> dict[str, Any]:
@@ -136,7 +143,7 @@ class NodeForm(ServiceForm):
             "enabled": self.enabled.data,
         }
         for name in ("config_dir", "test_command", "reload_command", "listen_address",
-                     "glances_url"):
+                     "glances_url", "log_dir", "cache_dir", "geoip_db_path"):
             data[name] = (self[name].data or "").strip()
         if (self.ssh_user.data or "").strip():
             data["ssh_user"] = self.ssh_user.data.strip()

@@ -42,6 +42,10 @@ class NodeUpdateSchema(Schema):
     https_port = fields.Integer(strict=True, metadata={"description": "default 443"})
     glances_url = fields.String(allow_none=True)
     enabled = StrictBoolean()
+    log_dir = fields.String(metadata={"description": "per-site logs, default /var/log/rpcc"})
+    cache_dir = fields.String(metadata={"description": "proxy cache, default /var/cache/rpcc"})
+    geoip_db_path = fields.String(
+        metadata={"description": "GeoIP2 country database on the node"})
 
 
 class NodeCreateSchema(NodeUpdateSchema):

@@ -61,6 +61,12 @@ class Node(TimestampMixin, db.Model):
     http_port: Mapped[int] = mapped_column(Integer, default=80)
     https_port: Mapped[int] = mapped_column(Integer, default=443)
     glances_url: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    # Node-side paths the rendered configs refer to (per-site logs, cache, GeoIP).
+    log_dir: Mapped[str] = mapped_column(String(512), server_default="/var/log/rpcc")
+    cache_dir: Mapped[str] = mapped_column(String(512), server_default="/var/cache/rpcc")
+    geoip_db_path: Mapped[str] = mapped_column(
+        String(512), server_default="/usr/share/GeoIP/GeoLite2-Country.mmdb"
+    )
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     status: Mapped[NodeStatus] = mapped_column(
         enum_column(NodeStatus, name="node_status"), default=NodeStatus.UNKNOWN

@@ -38,6 +38,9 @@ NODE_FIELDS = (
     "https_port",
     "glances_url",
     "enabled",
+    "log_dir",
+    "cache_dir",
+    "geoip_db_path",
 )
 SECRET_FIELDS = ("ssh_private_key", "ssh_password")
 
@@ -188,10 +191,11 @@ def _clean_node(data: dict[str, Any], *, partial: bool, node: Node | None) -> di
     field("https_port", default_port(443))
     field("glances_url", validate_glances_url)
     field("enabled", bool_check)
-    for name in ("config_dir", "test_command", "reload_command"):
+    for name in ("config_dir", "test_command", "reload_command", "log_dir", "cache_dir",
+                 "geoip_db_path"):
         if data.get(name) in (None, ""):
             continue
-        check = validate_path if name == "config_dir" else validate_command
+        check = validate_command if name.endswith("_command") else validate_path
         try:
             out[name] = check(data[name])
         except ValueError as exc:

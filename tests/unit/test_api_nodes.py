@@ -9,9 +9,29 @@ from tests import factories
 from tests.conftest import api_headers
 
 NODE_FIELDS = {
-    "id", "name", "host", "ssh_port", "ssh_user", "has_ssh_private_key", "has_ssh_password",
-    "proxy_type", "pool", "config_dir", "test_command", "reload_command", "listen_address",
-    "http_port", "https_port", "glances_url", "enabled", "status", "host_key", "is_discovered",
+    "id",
+    "name",
+    "host",
+    "ssh_port",
+    "ssh_user",
+    "has_ssh_private_key",
+    "has_ssh_password",
+    "proxy_type",
+    "pool",
+    "config_dir",
+    "test_command",
+    "reload_command",
+    "listen_address",
+    "http_port",
+    "https_port",
+    "glances_url",
+    "enabled",
+    "log_dir",
+    "cache_dir",
+    "geoip_db_path",
+    "status",
+    "host_key",
+    "is_discovered",
     "last_seen",
 }
 
@@ -23,9 +43,18 @@ def admin_h(admin):
 
 def test_admin_registers_node_and_never_sees_the_key_again(client, admin_h):
     key = factories.ssh_key()
-    response = client.post("/api/v1/nodes", headers=admin_h, json={
-        "name": "edge-1", "host": "192.0.2.10", "ssh_private_key": key, "proxy_type": "caddy",
-        "listen_address": "192.0.2.10", "glances_url": "http://192.0.2.10:61208"})
+    response = client.post(
+        "/api/v1/nodes",
+        headers=admin_h,
+        json={
+            "name": "edge-1",
+            "host": "192.0.2.10",
+            "ssh_private_key": key,
+            "proxy_type": "caddy",
+            "listen_address": "192.0.2.10",
+            "glances_url": "http://192.0.2.10:61208",
+        },
+    )
     assert response.status_code == 201, response.get_json()
     body = response.get_json()
     assert set(body) == NODE_FIELDS
@@ -41,8 +70,9 @@ def test_admin_registers_node_and_never_sees_the_key_again(client, admin_h):
 
 def test_password_is_write_only(client, admin_h):
     node = factories.make_node("edge-2")
-    response = client.patch(f"/api/v1/nodes/{node.id}", headers=admin_h,
-                            json={"ssh_password": "hunter2-hunter2"})
+    response = client.patch(
+        f"/api/v1/nodes/{node.id}", headers=admin_h, json={"ssh_password": "hunter2-hunter2"}
+    )
     assert response.status_code == 200
     assert response.get_json()["has_ssh_password"] is True
     listed = client.get("/api/v1/nodes", headers=admin_h)
@@ -51,8 +81,9 @@ def test_password_is_write_only(client, admin_h):
 
 
 def test_node_without_any_ssh_secret_is_422(client, admin_h):
-    response = client.post("/api/v1/nodes", headers=admin_h,
-                           json={"name": "edge-3", "host": "192.0.2.11"})
+    response = client.post(
+        "/api/v1/nodes", headers=admin_h, json={"name": "edge-3", "host": "192.0.2.11"}
+    )
     assert response.status_code == 422
     assert "ssh_private_key" in response.get_json()["error"]["fields"]
 
@@ -74,28 +105,37 @@ def test_list_filters_by_pool_and_name_and_paginates(client, admin, admin_h):
 @pytest.mark.parametrize("method", ["PUT", "PATCH"])
 def test_put_and_patch_keep_unsent_fields(client, admin_h, method):
     node = factories.make_node("edge-4", ssh_port=2222)
-    response = client.open(f"/api/v1/nodes/{node.id}", method=method, headers=admin_h,
-                           json={"enabled": False, "https_port": 8443})
+    response = client.open(
+        f"/api/v1/nodes/{node.id}",
+        method=method,
+        headers=admin_h,
+        json={"enabled": False, "https_port": 8443},
+    )
     body = response.get_json()
     assert response.status_code == 200, body
     assert (body["enabled"], body["https_port"], body["ssh_port"]) == (False, 8443, 2222)
     assert body["has_ssh_private_key"] is True
 
 
-@pytest.mark.parametrize("payload,field", [
-    ({"host": "a;b"}, "host"),
-    ({"name": "Bad Name"}, "name"),
-    ({"ssh_port": "22"}, "ssh_port"),
-    ({"ssh_port": 70000}, "ssh_port"),
-    ({"enabled": "true"}, "enabled"),
-    ({"proxy_type": "apache"}, "proxy_type"),
-    ({"reload_command": "nginx -s reload; rm -rf /"}, "reload_command"),
-    ({"ssh_private_key": "not a key"}, "ssh_private_key"),
-    ({"glances_url": "ftp://x"}, "glances_url"),
-    ({"pool": "nowhere"}, "pool"),
-    ({"status": "online"}, "status"),
-    ({"has_ssh_password": True}, "has_ssh_password"),
-])
+@pytest.mark.parametrize(
+    "payload,field",
+    [
+        ({"host": "a;b"}, "host"),
+        ({"name": "Bad Name"}, "name"),
+        ({"ssh_port": "22"}, "ssh_port"),
+        ({"ssh_port": 70000}, "ssh_port"),
+        ({"enabled": "true"}, "enabled"),
+        ({"proxy_type": "apache"}, "proxy_type"),
+        ({"reload_command": "nginx -s reload; rm -rf /"}, "reload_command"),
+        ({"ssh_private_key": "not a key"}, "ssh_private_key"),
+        ({"glances_url": "ftp://x"}, "glances_url"),
+        ({"geoip_db_path": "/usr/share/../etc/shadow"}, "geoip_db_path"),
+        ({"log_dir": "logs; rm -rf /"}, "log_dir"),
+        ({"pool": "nowhere"}, "pool"),
+        ({"status": "online"}, "status"),
+        ({"has_ssh_password": True}, "has_ssh_password"),
+    ],
+)
 def test_bad_values_are_422_naming_the_field(client, admin_h, payload, field):
     node = factories.make_node("edge-5")
     response = client.patch(f"/api/v1/nodes/{node.id}", headers=admin_h, json=payload)
@@ -105,14 +145,18 @@ def test_bad_values_are_422_naming_the_field(client, admin_h, payload, field):
 
 def test_duplicate_name_is_422(client, admin_h):
     factories.make_node("edge-6")
-    response = client.post("/api/v1/nodes", headers=admin_h, json={
-        "name": "edge-6", "host": "192.0.2.12", "ssh_password": "pw-pw-pw-pw"})
+    response = client.post(
+        "/api/v1/nodes",
+        headers=admin_h,
+        json={"name": "edge-6", "host": "192.0.2.12", "ssh_password": "pw-pw-pw-pw"},
+    )
     assert response.status_code == 422
     assert "name" in response.get_json()["error"]["fields"]
 
 
 def test_deleting_node_that_serves_active_sites_is_409_then_204_once_disabled(
-        client, admin_h, alice):
+    client, admin_h, alice
+):
     node = factories.make_node("edge-7")
     factories.make_site(alice, "served.example.com")
     response = client.delete(f"/api/v1/nodes/{node.id}", headers=admin_h)
@@ -127,8 +171,12 @@ def test_deleting_node_that_serves_active_sites_is_409_then_204_once_disabled(
 @pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE"])
 def test_client_gets_403_on_every_node_method(client, alice, method):
     node = factories.make_node("edge-8")
-    response = client.open(f"/api/v1/nodes/{node.id}", method=method,
-                           headers=api_headers(alice), json={"enabled": False})
+    response = client.open(
+        f"/api/v1/nodes/{node.id}",
+        method=method,
+        headers=api_headers(alice),
+        json={"enabled": False},
+    )
     assert response.status_code == 403
     assert nodes.get_node(factories.make_user("admin"), node.id).enabled is True
 

@@ -1,0 +1,181 @@
+"""The engine interface: pure rendering of a node's full configuration.
+
+Nothing in ``app/proxy`` does I/O.  Services turn models into the frozen specs below
+(so renderers never touch the database) and engines turn specs into text.  Every
+value in a spec has already passed the validators in ``app/security.py``; templates
+escape again as defence in depth.
+"""
+
+from __future__ import annotations
+
+import shlex
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+
+class Capability:
+    """Names of the settings an engine may or may not honour (API field names)."""
+
+    WEIGHTS = "backends.weight"
+    BACKEND_HTTPS = "backend_protocol"
+    TLS = "ssl_mode"
+    FORCE_HTTPS = "force_https"
+    HSTS = "hsts"
+    HTTP2 = "http2"
+    WEBSOCKET = "websocket"
+    WAF = "waf_level"
+    CACHE = "cache"
+    GEO = "geo"
+    IP_RULES = "ip_allow"
+    BASIC_AUTH = "basic_auth"
+    RATE_LIMIT = "rate_limit"
+    HEADERS = "headers"
+    BLOCK = "blocked"
+
+    ALL: ClassVar[frozenset[str]] = frozenset({
+        WEIGHTS, BACKEND_HTTPS, TLS, FORCE_HTTPS, HSTS, HTTP2, WEBSOCKET, WAF, CACHE, GEO,
+        IP_RULES, BASIC_AUTH, RATE_LIMIT, HEADERS, BLOCK,
+    })
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    host: str
+    port: int
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class CertificateSpec:
+    """PEM text of the chain and key a site serves (the control plane owns them)."""
+
+    chain_pem: str
+    key_pem: str
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    id: int
+    owner_id: int
+    domain: str
+    aliases: tuple[str, ...] = ()
+    backends: tuple[BackendSpec, ...] = ()
+    backend_protocol: str = "http"
+    ssl_mode: str = "none"
+    force_https: bool = False
+    hsts: bool = False
+    http2: bool = True
+    websocket: bool = False
+    waf_level: str = "off"
+    cache_enabled: bool = False
+    cache_ttl: int = 300
+    geo_mode: str = "off"
+    geo_countries: tuple[str, ...] = ()
+    ip_allow: tuple[str, ...] = ()
+    ip_deny: tuple[str, ...] = ()
+    # (username, bcrypt hash)
+    basic_auth: tuple[tuple[str, str], ...] = ()
+    rate_limit_rps: int | None = None
+    rate_limit_burst: int = 0
+    headers: tuple[tuple[str, str], ...] = ()
+    blocked: bool = False
+    blocked_reason: str = ""
+    config_version: int = 1
+    certificate: CertificateSpec | None = None
+
+    @property
+    def server_names(self) -> tuple[str, ...]:
+        return (self.domain, *self.aliases)
+
+    @property
+    def serves_tls(self) -> bool:
+        return self.ssl_mode != "none" and self.certificate is not None
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """What a renderer needs to know about the node the files are for."""
+
+    name: str
+    proxy_type: str
+    config_dir: str
+    test_command: str
+    reload_command: str
+    listen_address: str | None = None
+    http_port: int = 80
+    https_port: int = 443
+    log_dir: str = "/var/log/nginx"
+    cache_dir: str = "/var/cache/rpcc"
+    geoip_db_path: str = "/usr/share/GeoIP/GeoLite2-Country.mmdb"
+    id: int = 0
+
+
+@dataclass(frozen=True)
+class RenderedConfig:
+    """The complete file set for one node, plus where and how it is applied."""
+
+    engine: str
+    files: dict[str, str]
+    config_dir: str
+    test_command: list[str]
+    reload_command: list[str]
+    # The line the node's main configuration needs so that it loads ``config_dir``.
+    include_line: str
+    site_files: dict[int, list[str]] = field(default_factory=dict)
+
+    def node_path(self, relative: str) -> str:
+        return f"{self.config_dir.rstrip('/')}/{relative}"
+
+
+class Engine(ABC):
+    """One proxy server type."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[frozenset[str]]
+
+    @abstractmethod
+    def render(self, node: NodeSpec, sites: list[SiteSpec]) -> RenderedConfig:
+        """Every file of the node's managed directory for these sites."""
+
+    @abstractmethod
+    def include_line(self, node: NodeSpec) -> str:
+        """The line that makes the node's main config load the managed directory."""
+
+    def missing_capabilities(self, site: SiteSpec) -> set[str]:
+        return required_capabilities(site) - self.capabilities
+
+    def commands(self, node: NodeSpec) -> tuple[list[str], list[str]]:
+        return shlex.split(node.test_command), shlex.split(node.reload_command)
+
+
+def required_capabilities(site: SiteSpec) -> set[str]:
+    """The capabilities a site's settings need (defaults need none)."""
+    needed = set()
+    if any(b.weight != 1 for b in site.backends):
+        needed.add(Capability.WEIGHTS)
+    if site.backend_protocol == "https":
+        needed.add(Capability.BACKEND_HTTPS)
+    if site.ssl_mode != "none":
+        needed.add(Capability.TLS)
+    flags = {
+        Capability.FORCE_HTTPS: site.force_https, Capability.HSTS: site.hsts,
+        Capability.WEBSOCKET: site.websocket, Capability.WAF: site.waf_level != "off",
+        Capability.CACHE: site.cache_enabled, Capability.GEO: site.geo_mode != "off",
+        Capability.IP_RULES: bool(site.ip_allow or site.ip_deny),
+        Capability.BASIC_AUTH: bool(site.basic_auth),
+        Capability.RATE_LIMIT: site.rate_limit_rps is not None,
+        Capability.HEADERS: bool(site.headers), Capability.BLOCK: site.blocked,
+    }
+    needed.update(name for name, wanted in flags.items() if wanted)
+    return needed
+
+
+def file_header(comment: str, site: SiteSpec | None, version: str) -> str:
+    """The first lines of every generated file: who and what it is for."""
+    if site is None:
+        return f"{comment} Managed by Reverse Proxy Control Center; do not edit. Shared file, " \
+               f"config {version}\n"
+    return (f"{comment} Managed by Reverse Proxy Control Center; do not edit.\n"
+            f"{comment} site {site.domain} (id {site.id}), owner {site.owner_id}, "
+            f"config version {site.config_version}\n")
