@@ -171,6 +171,20 @@ def required_capabilities(site: SiteSpec) -> set[str]:
     return needed
 
 
+def acme_webroot(node: NodeSpec) -> str:
+    """Where HTTP-01 tokens live on a node: beside the managed directory, not in it,
+    so that swapping the managed directory never removes a pending token."""
+    return node.config_dir.rstrip("/") + "-acme"
+
+
+def listen_address(node: NodeSpec, port: int) -> str:
+    """``address:port`` for one node (nodes sharing a machine must not bind ``*``)."""
+    if node.listen_address is None:
+        return str(port)
+    host = f"[{node.listen_address}]" if ":" in node.listen_address else node.listen_address
+    return f"{host}:{port}"
+
+
 def file_header(comment: str, site: SiteSpec | None, version: str) -> str:
     """The first lines of every generated file: who and what it is for."""
     if site is None:
