@@ -1,0 +1,271 @@
+"""Caddy 2.6 engine: one Caddyfile per site, imported by a managed ``rpcc.caddy``.
+
+Files, relative to the node's ``config_dir``:
+
+``options.caddy``
+    Global options, imported *inside* the global options block of the node's main
+    Caddyfile.  A Caddyfile has exactly one global block and it must come first, so
+    the managed files cannot carry their own: the node keeps ``admin`` and
+    ``default_bind`` there.  ``auto_https off`` is needed because the control plane
+    owns certificates: Caddy must never ask a CA for one, and its automatic
+    HTTP->HTTPS redirects would otherwise bind the global ``http_port`` (80) on
+    nodes that serve other ports.
+``rpcc.caddy``
+    Imports every site file; imported at the top level of the node's main Caddyfile.
+``sites/<domain>.caddy``
+    The site: an ``http://`` block on ``http_port`` and, when the control plane
+    supplies a certificate, an ``https://`` block on ``https_port``.
+``tls/<fingerprint>.crt``, ``tls/<fingerprint>.key``
+    The certificate chain and key that ``https://`` blocks serve, named by the
+    chain's SHA-256 so that sites sharing a certificate share its files.
+
+Every user value is written as a double-quoted Caddyfile token by :func:`quote`,
+which refuses the characters the Caddyfile lexer or placeholder expansion give a
+meaning to.  The validators in ``app/security.py`` have refused them already; this
+is the second line of defence.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+
+from app.proxy.base import (
+    BackendSpec,
+    Capability,
+    CertificateSpec,
+    Engine,
+    NodeSpec,
+    RenderedConfig,
+    SiteSpec,
+    acme_webroot,
+    file_header,
+)
+
+# Printable ASCII only, without the quote and escape characters of the lexer, the
+# braces of placeholders and snippets, and ``$`` of environment placeholders.
+_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\{}$]')
+# Lower-case DNS names, optionally with one leading wildcard label: a '/' or ':' in a
+# site address would turn into a path matcher or a port, and the domain names files.
+_HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
+HSTS_VALUE = "max-age=31536000"
+# Passive health: an upstream that fails this often within the window is skipped.
+FAIL_DURATION = "30s"
+MAX_FAILS = 3
+# How long a request may keep trying other upstreams when one is down.
+LB_TRY_DURATION = "5s"
+
+
+def quote(value: str) -> str:
+    """A Caddyfile double-quoted token holding ``value`` literally.
+
+    :raises ValueError: for any character that could end the token, escape, start a
+        placeholder or a block, or is not printable ASCII.
+    """
+    if _UNSAFE.search(value):
+        raise ValueError(f"refusing to write {value!r} into a Caddyfile")
+    return f'"{value}"'
+
+
+def host_name(name: str) -> str:
+    """:raises ValueError: unless ``name`` is a plain (possibly wildcard) host name."""
+    if not _HOST.fullmatch(name) or ".." in name:
+        raise ValueError(f"refusing {name!r} as a Caddy site address")
+    return name
+
+
+def _block(opening: str, body: list[str]) -> list[str]:
+    """``opening {``, the body indented one tab, ``}``."""
+    return [f"{opening} {{", *(f"\t{line}" for line in body), "}"]
+
+
+def _upstream(backend: BackendSpec) -> str:
+    host = f"[{backend.host}]" if ":" in backend.host else backend.host
+    return quote(f"{host}:{backend.port}")
+
+
+class CaddyEngine(Engine):
+    """Caddy 2.6 as shipped by Debian 12 (no third-party modules)."""
+
+    name = "caddy"
+    # Left out: weights (weighted_round_robin arrived in Caddy 2.8), the WAF (no
+    # ModSecurity), country rules (no GeoIP matcher), rate limiting and caching
+    # (third-party modules only).  HTTP/2 and WebSocket are always on: TLS listeners
+    # speak h2 and reverse_proxy passes upgrades, with no per-site switch.
+    capabilities = frozenset({
+        Capability.BACKEND_HTTPS, Capability.TLS, Capability.FORCE_HTTPS, Capability.HSTS,
+        Capability.HTTP2, Capability.WEBSOCKET, Capability.IP_RULES, Capability.BASIC_AUTH,
+        Capability.HEADERS, Capability.BLOCK,
+    })
+
+    def include_line(self, node: NodeSpec) -> str:
+        """Two imports, not one line: ``options.caddy`` goes inside the node's global
+        options block (next to its own ``admin``), ``rpcc.caddy`` after that block."""
+        options, sites = (quote(_node_path(node, name)) for name in ("options.caddy",
+                                                                      "rpcc.caddy"))
+        return f"{{\n\timport {options}\n}}\nimport {sites}"
+
+    def render(self, node: NodeSpec, sites: list[SiteSpec]) -> RenderedConfig:
+        """:raises ValueError: for a site that needs a capability Caddy lacks (the
+            services refuse such sites first) or for a value :func:`quote` refuses."""
+        files: dict[str, str] = {}
+        site_files: dict[int, list[str]] = {}
+        ordered = sorted(sites, key=lambda s: s.domain)
+        for site in ordered:
+            missing = self.missing_capabilities(site)
+            if missing:
+                raise ValueError(f"caddy cannot honour {sorted(missing)} of site {site.domain}")
+            rendered = _SiteRenderer(node, site).files()
+            files.update(rendered)
+            site_files[site.id] = sorted(rendered)
+        version = _shared_version(ordered)
+        files["options.caddy"] = file_header("#", None, version) + "auto_https off\n"
+        files["rpcc.caddy"] = file_header("#", None, version) + "".join(
+            f"import {quote(_node_path(node, _site_path(site)))}\n" for site in ordered
+        )
+        test_command, reload_command = self.commands(node)
+        return RenderedConfig(
+            engine=self.name, files=files, config_dir=node.config_dir,
+            test_command=test_command, reload_command=reload_command,
+            include_line=self.include_line(node), site_files=site_files,
+        )
+
+
+def _shared_version(sites: list[SiteSpec]) -> str:
+    """Names the state of the shared files: changes whenever any site's version does."""
+    state = ",".join(f"{site.id}:{site.config_version}" for site in sites)
+    return hashlib.sha256(state.encode()).hexdigest()[:12]
+
+
+def _node_path(node: NodeSpec, relative: str) -> str:
+    return f"{node.config_dir.rstrip('/')}/{relative}"
+
+
+def _fingerprint(certificate: CertificateSpec) -> str:
+    """Names a certificate's files.  Caddy keeps one copy of identical certificates,
+    so sites sharing one (a wildcard, say) must load it from the same files: with a
+    copy per site, the second site's TLS handshakes fail."""
+    return hashlib.sha256(certificate.chain_pem.encode()).hexdigest()[:16]
+
+
+def _site_path(site: SiteSpec) -> str:
+    return f"sites/{host_name(site.domain)}.caddy"
+
+
+class _SiteRenderer:
+    """The files of one site; a class only to keep node and site at hand."""
+
+    def __init__(self, node: NodeSpec, site: SiteSpec) -> None:
+        # The domain names the site file and the access log: checked before either.
+        host_name(site.domain)
+        self.node, self.site = node, site
+
+    def files(self) -> dict[str, str]:
+        site = self.site
+        lines = self._http_block()
+        out = {}
+        if site.certificate is not None and site.serves_tls:
+            fingerprint = _fingerprint(site.certificate)
+            lines += ["", *self._https_block(fingerprint)]
+            # PEM readers skip text before the first BEGIN line, so the header stays.
+            header = file_header("#", None, f"certificate {fingerprint}")
+            out[f"tls/{fingerprint}.crt"] = header + site.certificate.chain_pem
+            out[f"tls/{fingerprint}.key"] = header + site.certificate.key_pem
+        out[_site_path(site)] = (file_header("#", site, str(site.config_version))
+                                 + "\n".join(lines) + "\n")
+        return out
+
+    def _addresses(self, scheme: str, port: int) -> str:
+        return " ".join(quote(f"{scheme}://{host_name(name)}:{port}")
+                        for name in self.site.server_names)
+
+    def _common(self) -> list[str]:
+        """Bind, access log and the ACME challenge: the same on both listeners.
+
+        The challenge path is its own ``handle``, which Caddy tries before the
+        catch-all one, so tokens are served even for blocked, protected or
+        redirected sites."""
+        lines = []
+        if self.node.listen_address is not None:
+            lines.append(f"bind {quote(self.node.listen_address)}")
+        log_file = f"{self.node.log_dir.rstrip('/')}/{self.site.domain}.access.log"
+        lines += _block("log", [f"output file {quote(log_file)}"])
+        lines += _block(
+            "handle /.well-known/acme-challenge/*",
+            [f"root * {quote(acme_webroot(self.node))}", "file_server"],
+        )
+        return lines
+
+    def _http_block(self) -> list[str]:
+        site, node = self.site, self.node
+        if site.force_https and site.serves_tls:
+            # Placeholders are written literally here: no user value is involved.
+            port = "" if node.https_port == 443 else f":{node.https_port}"
+            body = [f"redir https://{{host}}{port}{{uri}} 308"]
+        else:
+            body = _block("route", self._site_route(tls=False))
+        return _block(self._addresses("http", node.http_port),
+                      self._common() + _block("handle", body))
+
+    def _https_block(self, fingerprint: str) -> list[str]:
+        chain = _node_path(self.node, f"tls/{fingerprint}.crt")
+        key = _node_path(self.node, f"tls/{fingerprint}.key")
+        body = _block("route", self._site_route(tls=True))
+        return _block(self._addresses("https", self.node.https_port),
+                      [f"tls {quote(chain)} {quote(key)}", *self._common(),
+                       *_block("handle", body)])
+
+    def _site_route(self, *, tls: bool) -> list[str]:
+        """Everything but the challenge, in order: headers first so that they are on
+        every answer, then the block page, IP rules, basic auth, the proxy."""
+        site = self.site
+        lines = self._headers(tls)
+        if site.blocked:
+            page = f"This site is blocked: {site.blocked_reason}" if site.blocked_reason \
+                else "This site is blocked."
+            return lines + [f"respond {quote(page)} 451"]
+        if site.ip_deny:
+            lines += [f"@rpcc_denied remote_ip {' '.join(map(quote, site.ip_deny))}",
+                      "respond @rpcc_denied 403"]
+        if site.ip_allow:
+            lines += [f"@rpcc_not_allowed not remote_ip {' '.join(map(quote, site.ip_allow))}",
+                      "respond @rpcc_not_allowed 403"]
+        if site.basic_auth:
+            # Caddy 2.6 takes the bcrypt hash base64-encoded; encoding also keeps the
+            # hash's '$' out of placeholder expansion.
+            lines += _block("basicauth", [
+                f"{quote(user)} {quote(base64.b64encode(hashed.encode()).decode())}"
+                for user, hashed in site.basic_auth
+            ])
+        return lines + self._reverse_proxy()
+
+    def _headers(self, tls: bool) -> list[str]:
+        """Response headers; ``defer`` applies them when the response is written, so
+        they replace a backend's value instead of adding a second one."""
+        pairs = list(self.site.headers)
+        if tls and self.site.hsts:
+            pairs.append(("Strict-Transport-Security", HSTS_VALUE))
+        if not pairs:
+            return []
+        return _block("header", ["defer", *(f"{quote(k)} {quote(v)}" for k, v in pairs)])
+
+    def _reverse_proxy(self) -> list[str]:
+        site = self.site
+        options = []
+        if len(site.backends) > 1:
+            options += ["lb_policy round_robin", f"lb_try_duration {LB_TRY_DURATION}"]
+        options += [f"fail_duration {FAIL_DURATION}", f"max_fails {MAX_FAILS}"]
+        if site.backend_protocol == "https":
+            # SNI is the public name the client asked for, as the Host header is.
+            # Backends are reached by address inside the operator's network and often
+            # carry self-signed certificates, so they are not verified (as nginx's
+            # default proxy_ssl_verify off).
+            options += _block("transport http", [
+                "tls", f"tls_server_name {quote(site.domain)}", "tls_insecure_skip_verify",
+            ])
+        upstreams = " ".join(_upstream(b) for b in site.backends)
+        return _block(f"reverse_proxy {upstreams}", options)
+
+
+ENGINE = CaddyEngine()

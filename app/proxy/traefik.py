@@ -1,0 +1,282 @@
+"""Traefik v3 engine: file-provider dynamic configuration, one YAML file per site.
+
+The node's static configuration (read at start, never written by the control plane)
+must provide:
+
+* the file provider on the managed directory, which :meth:`TraefikEngine.include_line`
+  returns as ``--providers.file.directory=<config_dir>`` (``watch`` stays on, its
+  default, so a deployment applies without a restart; the provider also reads
+  subdirectories, where the site files live);
+* two entry points, by convention ``web`` on ``<listen_address>:<http_port>`` and
+  ``websecure`` on ``<listen_address>:<https_port>``: routers name them, and the
+  addresses belong to the static configuration.
+
+Files, relative to ``config_dir``: ``sites/<domain>.yml`` (routers, services,
+middlewares, servers transport and TLS certificate of one site) and
+``tls/<domain>.crt`` / ``tls/<domain>.key``.  The file provider merges every file
+into one namespace, so each name starts with ``rpcc-<site id>-``.
+
+The YAML is built as Python data and written by ``yaml.safe_dump``, so no value can
+change the document's structure.  Two things the dump cannot prevent are checked
+here: router rules are a small language of their own (:func:`host_rule` builds them
+from host names only), and the file provider runs every file through Go templates
+(:func:`_check_scalars` refuses braces anywhere).
+
+Not rendered, because stock Traefik has no native way: serving the ACME HTTP-01
+challenge from files (Traefik nodes need the control plane's own challenge service,
+or DNS-01), a block page with a status and a reason, a WAF, country rules, caching
+and passive health checks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from ipaddress import IPv4Network, IPv6Network
+from typing import Any, TypeVar
+
+import yaml
+
+from app.proxy.base import (
+    BackendSpec,
+    Capability,
+    Engine,
+    NodeSpec,
+    RenderedConfig,
+    SiteSpec,
+    file_header,
+)
+
+WEB = "web"
+WEBSECURE = "websecure"
+HSTS_SECONDS = 31536000
+# Lower-case DNS names, optionally with one leading wildcard label.
+_HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
+# Printable ASCII without braces (Go template delimiters).
+_UNSAFE = re.compile(r"[^\x20-\x7e]|[{}]")
+# ipAllowList cannot be empty; the unspecified address is never a client's address,
+# so allowing only it allows nobody.
+_NOBODY = ["0.0.0.0/32"]
+_Net = TypeVar("_Net", IPv4Network, IPv6Network)
+
+
+def host_rule(names: tuple[str, ...]) -> str:
+    """``Host(`a`) || Host(`b`)``; a wildcard alias becomes a one-label ``HostRegexp``
+    (the v3 rule syntax: Go regular expressions).
+
+    :raises ValueError: for anything but a lower-case host name, so no backtick,
+        quote, parenthesis or operator can reach the rule.
+    """
+    matchers = []
+    for name in names:
+        if not _HOST.fullmatch(name) or ".." in name:
+            raise ValueError(f"refusing to write {name!r} into a Traefik rule")
+        if name.startswith("*."):
+            pattern = "^[a-z0-9-]+\\." + name[2:].replace(".", "\\.") + "$"
+            matchers.append(f"HostRegexp(`{pattern}`)")
+        else:
+            matchers.append(f"Host(`{name}`)")
+    return " || ".join(matchers)
+
+
+def allowed_ranges(allow: tuple[str, ...], deny: tuple[str, ...]) -> list[str]:
+    """The ``sourceRange`` of an ipAllowList that honours both lists: the allowed
+    networks (everyone when there are none) minus every denied network.
+
+    Traefik only has allow lists; because CIDR blocks either nest or are disjoint,
+    subtracting a denied block is exact (``address_exclude``)."""
+    allowed = [ipaddress.ip_network(cidr) for cidr in allow]
+    denied = [ipaddress.ip_network(cidr) for cidr in deny]
+    v4 = _subtract(
+        [n for n in allowed if isinstance(n, IPv4Network)] if allow else [IPv4Network("0.0.0.0/0")],
+        [n for n in denied if isinstance(n, IPv4Network)],
+    )
+    v6 = _subtract(
+        [n for n in allowed if isinstance(n, IPv6Network)] if allow else [IPv6Network("::/0")],
+        [n for n in denied if isinstance(n, IPv6Network)],
+    )
+    return [str(net) for net in (*v4, *v6)] or list(_NOBODY)
+
+
+def _subtract(allowed: list[_Net], denied: list[_Net]) -> list[_Net]:
+    for block in denied:
+        remaining: list[_Net] = []
+        for net in allowed:
+            if not net.overlaps(block):
+                remaining.append(net)
+            elif not net.subnet_of(block):
+                remaining.extend(net.address_exclude(block))
+        allowed = remaining
+    return list(ipaddress.collapse_addresses(allowed))
+
+
+def _check_scalars(data: Any) -> None:
+    """:raises ValueError: for a key or string that Go templates could read as
+        anything but text, or that is not printable ASCII."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            _check_scalars(key)
+            _check_scalars(value)
+    elif isinstance(data, list):
+        for item in data:
+            _check_scalars(item)
+    elif isinstance(data, str) and _UNSAFE.search(data):
+        raise ValueError(f"refusing to write {data!r} into Traefik configuration")
+
+
+def _url(scheme: str, backend: BackendSpec) -> str:
+    """:raises ValueError: unless the host is an IP address or a host name, so that
+        nothing can add a path, credentials or a port to the URL."""
+    try:
+        address = ipaddress.ip_address(backend.host)
+    except ValueError:
+        if not _HOST.fullmatch(backend.host) or backend.host.startswith("*"):
+            raise ValueError(f"refusing {backend.host!r} as a Traefik backend") from None
+        return f"{scheme}://{backend.host}:{backend.port}"
+    host = f"[{address}]" if address.version == 6 else str(address)
+    return f"{scheme}://{host}:{backend.port}"
+
+
+class TraefikEngine(Engine):
+    """Traefik v3 with the file provider and no plugins."""
+
+    name = "traefik"
+    # Left out: the WAF, country rules, caching and the block page (no native
+    # middleware answers a fixed status with a text; plugins are not assumed).
+    # IP rules are in: deny lists are turned into allow lists (see allowed_ranges).
+    capabilities = frozenset({
+        Capability.WEIGHTS, Capability.BACKEND_HTTPS, Capability.TLS, Capability.FORCE_HTTPS,
+        Capability.HSTS, Capability.HTTP2, Capability.WEBSOCKET, Capability.IP_RULES,
+        Capability.BASIC_AUTH, Capability.RATE_LIMIT, Capability.HEADERS,
+    })
+
+    def include_line(self, node: NodeSpec) -> str:
+        """The static-configuration flag that loads the managed directory."""
+        return f"--providers.file.directory={node.config_dir}"
+
+    def render(self, node: NodeSpec, sites: list[SiteSpec]) -> RenderedConfig:
+        """:raises ValueError: for a site that needs a capability Traefik lacks (the
+            services refuse such sites first) or for a value the checks refuse."""
+        files: dict[str, str] = {}
+        site_files: dict[int, list[str]] = {}
+        for site in sorted(sites, key=lambda s: s.domain):
+            missing = self.missing_capabilities(site)
+            if missing:
+                raise ValueError(f"traefik cannot honour {sorted(missing)} of site {site.domain}")
+            rendered = _site_files(node, site)
+            files.update(rendered)
+            site_files[site.id] = sorted(rendered)
+        test_command, reload_command = self.commands(node)
+        return RenderedConfig(
+            engine=self.name, files=files, config_dir=node.config_dir,
+            test_command=test_command, reload_command=reload_command,
+            include_line=self.include_line(node), site_files=site_files,
+        )
+
+
+def _site_files(node: NodeSpec, site: SiteSpec) -> dict[str, str]:
+    # First, because the domain also names the files.
+    rule = host_rule(site.server_names)
+    header = file_header("#", site, str(site.config_version))
+    chain_path, key_path = f"tls/{site.domain}.crt", f"tls/{site.domain}.key"
+    if site.ip_deny:
+        header += (f"# ip_deny {' '.join(site.ip_deny)} is written as what it leaves "
+                   f"allowed (rpcc-{site.id}-ip)\n")
+    config = _site_config(node, site, rule, chain_path, key_path)
+    # Comments too: Go templates see the whole file.
+    _check_scalars([header.splitlines(), config])
+    out = {f"sites/{site.domain}.yml":
+           header + yaml.safe_dump(config, sort_keys=False, width=4096)}
+    if site.certificate is not None and site.serves_tls:
+        # PEM readers skip text before the first BEGIN line, so the header stays.
+        out[chain_path] = header + site.certificate.chain_pem
+        out[key_path] = header + site.certificate.key_pem
+    return out
+
+
+def _site_config(node: NodeSpec, site: SiteSpec, rule: str, chain_path: str,
+                 key_path: str) -> dict[str, Any]:
+    prefix = f"rpcc-{site.id}"
+    http: dict[str, Any] = {"routers": {}, "services": _services(site, prefix)}
+    if site.backend_protocol == "https":
+        # SNI is the public name the client asked for; backends are reached by
+        # address inside the operator's network and often carry self-signed
+        # certificates, so they are not verified (as nginx's default).
+        http["serversTransports"] = {prefix: {"serverName": site.domain,
+                                              "insecureSkipVerify": True}}
+    middlewares = _middlewares(node, site, prefix)
+    # Headers first, so that they are on every answer, including refusals.
+    chain = [name for name in (f"{prefix}-headers", f"{prefix}-ip", f"{prefix}-ratelimit",
+                               f"{prefix}-auth") if name in middlewares]
+    redirect = f"{prefix}-redirect"
+    http["routers"][f"{prefix}-web"] = _router(
+        WEB, rule, prefix, [redirect] if redirect in middlewares else chain)
+    config: dict[str, Any] = {"http": http}
+    if site.serves_tls:
+        secure_chain = [f"{prefix}-hsts", *chain] if site.hsts else chain
+        http["routers"][f"{prefix}-websecure"] = {
+            **_router(WEBSECURE, rule, prefix, secure_chain), "tls": {},
+        }
+        config_dir = node.config_dir.rstrip("/")
+        config["tls"] = {"certificates": [{"certFile": f"{config_dir}/{chain_path}",
+                                           "keyFile": f"{config_dir}/{key_path}"}]}
+    if middlewares:
+        http["middlewares"] = middlewares
+    return config
+
+
+def _router(entry_point: str, rule: str, service: str, middlewares: list[str]) -> dict[str, Any]:
+    router: dict[str, Any] = {"entryPoints": [entry_point], "rule": rule, "service": service}
+    if middlewares:
+        router["middlewares"] = middlewares
+    return router
+
+
+def _services(site: SiteSpec, prefix: str) -> dict[str, Any]:
+    """One round-robin load balancer, or, when weights differ, a weighted service
+    over one load balancer per backend."""
+    scheme = site.backend_protocol
+
+    def balancer(backends: tuple[BackendSpec, ...]) -> dict[str, Any]:
+        spec: dict[str, Any] = {"servers": [{"url": _url(scheme, b)} for b in backends]}
+        if scheme == "https":
+            spec["serversTransport"] = prefix
+        return {"loadBalancer": spec}
+
+    if len({b.weight for b in site.backends}) <= 1:
+        return {prefix: balancer(site.backends)}
+    services: dict[str, Any] = {prefix: {"weighted": {"services": [
+        {"name": f"{prefix}-backend-{i}", "weight": b.weight}
+        for i, b in enumerate(site.backends, 1)
+    ]}}}
+    for i, backend in enumerate(site.backends, 1):
+        services[f"{prefix}-backend-{i}"] = balancer((backend,))
+    return services
+
+
+def _middlewares(node: NodeSpec, site: SiteSpec, prefix: str) -> dict[str, Any]:
+    middlewares: dict[str, Any] = {}
+    if site.force_https and site.serves_tls:
+        redirect: dict[str, Any] = {"scheme": "https", "permanent": True}
+        if node.https_port != 443:
+            redirect["port"] = str(node.https_port)
+        middlewares[f"{prefix}-redirect"] = {"redirectScheme": redirect}
+    if site.headers:
+        middlewares[f"{prefix}-headers"] = {"headers": {
+            "customResponseHeaders": dict(site.headers)}}
+    if site.hsts and site.serves_tls:
+        middlewares[f"{prefix}-hsts"] = {"headers": {"stsSeconds": HSTS_SECONDS}}
+    if site.ip_allow or site.ip_deny:
+        middlewares[f"{prefix}-ip"] = {"ipAllowList": {
+            "sourceRange": allowed_ranges(site.ip_allow, site.ip_deny)}}
+    if site.rate_limit_rps is not None:
+        # Traefik treats a burst below 1 as 1; write what it will do.
+        middlewares[f"{prefix}-ratelimit"] = {"rateLimit": {
+            "average": site.rate_limit_rps, "burst": max(site.rate_limit_burst, 1)}}
+    if site.basic_auth:
+        middlewares[f"{prefix}-auth"] = {"basicAuth": {
+            "users": [f"{user}:{hashed}" for user, hashed in site.basic_auth]}}
+    return middlewares
+
+
+ENGINE = TraefikEngine()
