@@ -26,7 +26,7 @@ from app.admin.forms import (
 from app.errors import Conflict, Forbidden, ValidationError
 from app.forms import SiteForm, form_status
 from app.models import Site, User
-from app.services import audit, nodes, sites, users
+from app.services import audit, nodes, rendering, sites, users
 from app.services import dashboard as dashboard_service
 
 
@@ -303,12 +303,15 @@ def site_create() -> Any:
         else:
             flash(f"Site {site.domain} created for {site.owner.username}.", "success")
             return redirect(url_for(".site_detail", site_id=site.id))
-    return render_template("admin/site_form.html", form=form, site=None), form_status(form)
+    return render_template("admin/site_form.html", form=form, site=None,
+                           capabilities=rendering.capability_matrix()), form_status(form)
 
 
 def _site_page(site: Site, block_form: BlockForm) -> Any:
+    engine = request.args.get("engine", "nginx")
     return render_template("admin/site_detail.html", site=site, block_form=block_form,
-                           settings=sites.site_to_dict(site, admin=True))
+                           settings=sites.site_to_dict(site, admin=True),
+                           preview=rendering.preview(_actor(), site.id, engine))
 
 
 @bp.get("/sites/<int:site_id>")
@@ -331,7 +334,9 @@ def site_edit(site_id: int) -> Any:
         else:
             flash("Site saved.", "success")
             return redirect(url_for(".site_detail", site_id=site_id))
-    return render_template("admin/site_form.html", form=form, site=site), form_status(form)
+    return (render_template("admin/site_form.html", form=form, site=site,
+                           capabilities=rendering.capability_matrix(site.pool_id)),
+            form_status(form))
 
 
 @bp.post("/sites/<int:site_id>/delete")

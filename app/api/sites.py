@@ -14,7 +14,7 @@ from marshmallow import Schema, fields
 from app.api.auth import ApiBlueprint, current_actor
 from app.api.schemas import ErrorSchema, PageQuerySchema, QueryInteger, StrictBoolean, page_schema
 from app.models import BackendProtocol, GeoMode, Site, SslMode, User, WafLevel
-from app.services import sites
+from app.services import rendering, sites
 from app.services.common import Page
 
 blp = ApiBlueprint(
@@ -188,3 +188,31 @@ class SiteItem(MethodView):
     def delete(self, site_id: int) -> None:
         """Delete a site."""
         sites.delete_site(current_actor(), site_id)
+
+
+class ConfigQuerySchema(Schema):
+    engine = fields.String(load_default="nginx",
+                           metadata={"enum": ["nginx", "caddy", "traefik"]})
+
+
+class RenderedConfigSchema(Schema):
+    engine = fields.String()
+    node = fields.String(metadata={"description": "the pool's node the files are for, or "
+                                                  "an example node of that engine"})
+    config_dir = fields.String()
+    include_line = fields.String(metadata={"description": "what the node's main config "
+                                                          "needs to load config_dir"})
+    missing = fields.List(fields.String(), metadata={
+        "description": "settings of this site that the engine cannot honour"})
+    files = fields.Dict(keys=fields.String(), values=fields.String(), metadata={
+        "description": "path relative to config_dir -> content (private keys withheld)"})
+
+
+@blp.route("/<int:site_id>/config")
+class SiteConfig(MethodView):
+    @blp.arguments(ConfigQuerySchema, location="query")
+    @blp.response(200, RenderedConfigSchema)
+    @blp.alt_response(404, response="NOT_FOUND")
+    def get(self, query: dict[str, Any], site_id: int) -> Any:
+        """Preview the files a node of this engine would get for the site."""
+        return rendering.preview(current_actor(), site_id, query["engine"])

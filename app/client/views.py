@@ -16,7 +16,7 @@ from app.client.forms import EmailForm, PasswordForm, TokenForm
 from app.errors import Conflict, ValidationError
 from app.forms import SiteForm, form_status
 from app.models import User
-from app.services import nodes, sites, tokens, users
+from app.services import nodes, rendering, sites, tokens, users
 
 
 def _actor() -> User:
@@ -50,14 +50,18 @@ def site_create() -> Any:
         else:
             flash(f"Site {site.domain} created. Deploy it to put it live.", "success")
             return redirect(url_for(".site_detail", site_id=site.id))
-    return render_template("client/site_form.html", form=form, site=None), form_status(form)
+    return render_template("client/site_form.html", form=form, site=None,
+                           capabilities=rendering.capability_matrix()), form_status(form)
 
 
 @bp.get("/sites/<int:site_id>")
 def site_detail(site_id: int) -> Any:
-    site = sites.get_site(_actor(), site_id)
+    actor = _actor()
+    site = sites.get_site(actor, site_id)
     return render_template("client/site_detail.html", site=site,
-                           settings=sites.site_to_dict(site, admin=False))
+                           settings=sites.site_to_dict(site, admin=False),
+                           preview=rendering.preview(actor, site.id,
+                                                     request.args.get("engine", "nginx")))
 
 
 @bp.route("/sites/<int:site_id>/edit", methods=["GET", "POST"])
@@ -76,7 +80,9 @@ def site_edit(site_id: int) -> Any:
         else:
             flash("Site saved.", "success")
             return redirect(url_for(".site_detail", site_id=site_id))
-    return render_template("client/site_form.html", form=form, site=site), form_status(form)
+    return (render_template("client/site_form.html", form=form, site=site,
+                           capabilities=rendering.capability_matrix(site.pool_id)),
+            form_status(form))
 
 
 @bp.post("/sites/<int:site_id>/delete")

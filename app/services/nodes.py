@@ -50,16 +50,19 @@ ENGINE_DEFAULTS: dict[ProxyType, dict[str, str]] = {
         "config_dir": "/etc/nginx/rpcc.d",
         "test_command": "nginx -t",
         "reload_command": "nginx -s reload",
+        "log_dir": "/var/log/nginx",
     },
     ProxyType.CADDY: {
         "config_dir": "/etc/caddy/rpcc.d",
         "test_command": "caddy validate --config /etc/caddy/Caddyfile --adapter caddyfile",
         "reload_command": "caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile",
+        "log_dir": "/var/log/caddy",
     },
     ProxyType.TRAEFIK: {
         "config_dir": "/etc/traefik/dynamic",
         "test_command": "traefik version",
         "reload_command": "true",
+        "log_dir": "/var/log/traefik",
     },
 }
 

@@ -40,7 +40,7 @@ from app.security import (
     validate_safe_text,
     validate_secret_text,
 )
-from app.services import audit
+from app.services import audit, rendering
 from app.services.common import Page, get_or_404, get_scoped, paginate, require_admin
 
 SITE_FIELDS = (
@@ -360,6 +360,16 @@ def _apply(site: Site, out: dict[str, Any]) -> None:
         site.basic_auth_users = result
 
 
+def _check_engines(site: Site) -> None:
+    """Refuse what an engine of the pool cannot honour; the changes already applied
+    to the session are discarded so that nothing half-saved remains."""
+    try:
+        rendering.check_engines_support(site)
+    except ValidationError:
+        db.session.rollback()
+        raise
+
+
 def _changed_fields(out: dict[str, Any]) -> list[str]:
     return sorted(k for k in out if k != "basic_auth") + (["basic_auth"] if "basic_auth" in out
                                                           else [])
@@ -388,6 +398,7 @@ def create_site(actor: User, data: dict[str, Any]) -> Site:
     _apply(site, out)
     db.session.add(site)
     db.session.flush()
+    _check_engines(site)
     audit.record(actor, "site.create", "site", site.id,
                  {"domain": site.domain, "owner": owner.username})
     _commit_or_conflict()
@@ -403,6 +414,7 @@ def update_site(actor: User, site_id: int, data: dict[str, Any]) -> Site:
         if count >= new_owner.max_sites:
             raise Conflict(f"site quota reached for {new_owner.username}")
     _apply(site, out)
+    _check_engines(site)
     if out:
         site.config_version += 1
     audit.record(actor, "site.update", "site", site.id,

@@ -12,6 +12,7 @@ EXPECTED = {
     "/api/v1/tokens/{token_id}": {"delete"},
     "/api/v1/sites": {"get", "post"},
     "/api/v1/sites/{site_id}": {"get", "put", "patch", "delete"},
+    "/api/v1/sites/{site_id}/config": {"get"},
     "/api/v1/nodes": {"get", "post"},
     "/api/v1/nodes/{node_id}": {"get", "put", "patch", "delete"},
     "/api/v1/pools": {"get", "post"},

@@ -16,6 +16,7 @@ UI_FOR_API = {
     ("sites.SiteItem", "PUT"): "admin.site_edit",
     ("sites.SiteItem", "PATCH"): "admin.site_edit",
     ("sites.SiteItem", "DELETE"): "admin.site_delete",
+    ("sites.SiteConfig", "GET"): "admin.site_detail",
     ("nodes.Nodes", "GET"): "admin.nodes",
     ("nodes.Nodes", "POST"): "admin.node_create",
     ("nodes.NodeItem", "GET"): "admin.node_edit",
