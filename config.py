@@ -18,6 +18,11 @@ def _int(name: str, default: int) -> int:
     return int(raw) if raw not in (None, "") else default
 
 
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw not in (None, "") else default
+
+
 class Config:
     """Shared defaults: safe values, overridden per environment."""
 
@@ -53,8 +58,24 @@ class Config:
     OPENAPI_URL_PREFIX = "/api/v1"
     OPENAPI_JSON_PATH = "openapi.json"
 
+    # Node inventory read by `flask nodes discover` and, if enabled, at startup.
+    NODES_FILE = os.environ.get("NODES_FILE", "nodes.yaml")
+    DISCOVER_NODES_AT_STARTUP = _bool("DISCOVER_NODES_AT_STARTUP", False)
+
     BOOTSTRAP_SERVE_LOCAL = True
     LOG_JSON = _bool("LOG_JSON", False)
+
+    # Deployments: nodes deployed to at once, how long a node's lock lives (renewed
+    # at each step) and how long to wait for it, and the HTTP verification.
+    DEPLOY_PARALLELISM = _int("DEPLOY_PARALLELISM", 32)
+    DEPLOY_LOCK_TTL = _float("DEPLOY_LOCK_TTL", 300.0)
+    DEPLOY_LOCK_WAIT = _float("DEPLOY_LOCK_WAIT", 600.0)
+    DEPLOY_VERIFY_TIMEOUT = _float("DEPLOY_VERIFY_TIMEOUT", 10.0)
+    DEPLOY_VERIFY_MAX_SITES = _int("DEPLOY_VERIFY_MAX_SITES", 20)
+    SSH_CONNECT_TIMEOUT = _float("SSH_CONNECT_TIMEOUT", 10.0)
+    SSH_OPERATION_TIMEOUT = _float("SSH_OPERATION_TIMEOUT", 60.0)
+    SSH_IDLE_TIMEOUT = _float("SSH_IDLE_TIMEOUT", 300.0)
+    SSH_RETRIES = _int("SSH_RETRIES", 2)
 
 
 class DevelopmentConfig(Config):

@@ -38,6 +38,8 @@ def create_app(config_name: str | None = None, overrides: dict[str, Any] | None 
     register_blueprints(app)
     register_errorhandlers(app)
     register_commands(app)
+    if app.config["DISCOVER_NODES_AT_STARTUP"]:
+        discover_nodes_at_startup(app)
     return app
 
 
@@ -196,3 +198,25 @@ def register_commands(app: Flask) -> None:
     from app.cli import register
 
     register(app)
+
+
+def discover_nodes_at_startup(app: Flask) -> None:
+    """The one piece of work startup may do, and only when asked: an inventory that
+    is wrong, missing or meets a database not yet migrated is logged, never fatal.
+    Several workers may run this at once; discovery itself never duplicates a node."""
+    from app.services import discovery
+
+    path = app.config["NODES_FILE"]
+    if not os.path.isfile(path):
+        log.warning("DISCOVER_NODES_AT_STARTUP is on but %s does not exist", path)
+        return
+    with app.app_context():
+        try:
+            report = discovery.discover_nodes(path)
+        except ServiceError as error:
+            log.error("node discovery skipped: %s", error.message)
+            return
+        except Exception:
+            log.exception("node discovery from %s failed", path)
+            return
+    discovery.log_report(report, path)
