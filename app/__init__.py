@@ -10,6 +10,7 @@ import secrets
 from typing import Any
 
 from flask import Flask, jsonify, render_template, request
+from sqlalchemy import event
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -75,6 +76,21 @@ def configure_logging(app: Flask) -> None:
         logging.getLogger().setLevel(logging.INFO)
 
 
+def _tune_sqlite(engine: Any) -> None:
+    """SQLite serves the embedded default with deployments writing from many threads:
+    WAL lets readers carry on during a write, and writers wait for each other instead
+    of failing at once with "database is locked"."""
+    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        return
+
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+
 def register_extensions(app: Flask) -> None:
     db.init_app(app)
     migrate.init_app(
@@ -88,6 +104,8 @@ def register_extensions(app: Flask) -> None:
     limiter.init_app(app)
     bootstrap.init_app(app)
     api.init_app(app)
+    with app.app_context():
+        _tune_sqlite(db.engine)
 
     from app.services import audit, users
 

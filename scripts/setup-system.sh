@@ -7,7 +7,7 @@ mode="${1:-run}"
 
 packages=(python3 python3-venv python3-pip)
 if [ "$mode" = test ]; then
-  packages+=(postgresql memcached iproute2 util-linux
+  packages+=(postgresql memcached iproute2 util-linux openssh-server
              nginx-light libnginx-mod-http-modsecurity libnginx-mod-http-geoip2 modsecurity-crs
              caddy)
 fi

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from app.models import Node, Site, User
+from app.extensions import db
+from app.models import (
+    ConfigVersion,
+    DeploymentStatus,
+    Node,
+    Rollout,
+    RolloutKind,
+    Site,
+    User,
+)
 from app.services import nodes, sites, users
 
 PASSWORD = "correct-horse-battery-9"
@@ -44,3 +54,27 @@ def make_site(owner: User, domain: str | None = None, **extra: Any) -> Site:
     data = {"domain": domain or f"site{n}.example.com",
             "backends": [{"host": "127.0.0.1", "port": 8080, "weight": 1}], **extra}
     return sites.create_site(owner, data)
+
+
+def make_rollout(site: Site) -> Rollout:
+    """A finished deployment of the site, without nodes to reach (listing and access
+    tests; real deployments are in the integration tests)."""
+    rollout = Rollout(kind=RolloutKind.DEPLOY, site_id=site.id, owner_id=site.owner_id,
+                      pool_id=site.pool_id, status=DeploymentStatus.SUCCEEDED)
+    db.session.add(rollout)
+    db.session.commit()
+    return rollout
+
+
+def make_version(node: Node, files: dict[str, str] | None = None) -> ConfigVersion:
+    """A recorded config version of the node, as a deployment leaves one."""
+    from app.services.deployments import files_digest
+
+    files = files or {"rpcc.conf": "# empty\n"}
+    number = db.session.query(ConfigVersion).filter_by(node_id=node.id).count() + 1
+    version = ConfigVersion(node_id=node.id, version=number, files=json.dumps(files),
+                            sha256=files_digest(files), site_versions={},
+                            file_count=len(files))
+    db.session.add(version)
+    db.session.commit()
+    return version

@@ -12,6 +12,7 @@ from typing import Any
 from flask import flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
+from app import deployment_pages
 from app.admin import bp
 from app.admin.forms import (
     AuditFilterForm,
@@ -26,7 +27,7 @@ from app.admin.forms import (
 from app.errors import Conflict, Forbidden, ValidationError
 from app.forms import SiteForm, form_status
 from app.models import Site, User
-from app.services import audit, nodes, rendering, sites, users
+from app.services import audit, deployments, node_actions, nodes, rendering, sites, users
 from app.services import dashboard as dashboard_service
 
 
@@ -187,6 +188,96 @@ def node_edit(node_id: int) -> Any:
     return render_template("admin/node_form.html", form=form, node=node), form_status(form)
 
 
+@bp.get("/nodes/<int:node_id>")
+def node_detail(node_id: int) -> Any:
+    actor = _actor()
+    node = nodes.get_node(actor, node_id)
+    versions = deployments.list_versions(actor, node_id, page=_page_number(), per_page=20)
+    return render_template("admin/node_detail.html", node=node, versions=versions,
+                           statuses=deployments.version_statuses([v.id for v in versions.items]),
+                           current=deployments.current_version(node.id),
+                           fingerprint=node_actions.fingerprint_or_none)
+
+
+@bp.get("/nodes/<int:node_id>/versions/<int:version_id>")
+def node_version(node_id: int, version_id: int) -> Any:
+    actor = _actor()
+    version = deployments.get_version(actor, node_id, version_id)
+    return render_template("admin/node_version.html", node=version.node, version=version,
+                           files=deployments.masked(deployments.version_files(version)))
+
+
+@bp.get("/nodes/<int:node_id>/diff")
+def node_diff(node_id: int) -> Any:
+    actor = _actor()
+    node = nodes.get_node(actor, node_id)
+    old = request.args.get("from", type=int)
+    new = request.args.get("to", type=int)
+    if old is None or new is None:
+        flash("Choose two versions to compare.", "error")
+        return redirect(url_for(".node_detail", node_id=node_id))
+    diff = deployments.diff_versions(actor, node_id, old, new)
+    return render_template("admin/node_diff.html", node=node, diff=diff)
+
+
+def _node_action(node_id: int, action: Any, done: str) -> Any:
+    try:
+        action()
+    except (Conflict, ValidationError) as exc:
+        flash(exc.message + "".join(f" {v}" for v in exc.fields.values()), "error")
+    else:
+        flash(done, "success")
+    return redirect(url_for(".node_detail", node_id=node_id))
+
+
+@bp.post("/nodes/<int:node_id>/check")
+def node_check(node_id: int) -> Any:
+    return _node_action(node_id, lambda: node_actions.check_node(_actor(), node_id),
+                        "Check finished: see the results below.")
+
+
+@bp.post("/nodes/<int:node_id>/prepare")
+def node_prepare(node_id: int) -> Any:
+    steps: list[str] = []
+    result = _node_action(node_id, lambda: steps.extend(node_actions.prepare_node(_actor(),
+                                                                                  node_id)),
+                          "Node prepared.")
+    for step in steps:
+        flash(step, "info")
+    return result
+
+
+@bp.post("/nodes/<int:node_id>/drift")
+def node_drift(node_id: int) -> Any:
+    return _node_action(node_id, lambda: deployments.check_drift(_actor(), node_id),
+                        "Drift check finished.")
+
+
+@bp.post("/nodes/<int:node_id>/host-key")
+def node_accept_host_key(node_id: int) -> Any:
+    return _node_action(node_id, lambda: node_actions.accept_host_key(_actor(), node_id),
+                        "New host key accepted and pinned.")
+
+
+@bp.post("/nodes/<int:node_id>/deploy")
+def node_deploy(node_id: int) -> Any:
+    try:
+        rollout = deployments.deploy_nodes(_actor(), [node_id])
+    except Conflict as exc:
+        return _refused(exc, ".node_detail", node_id=node_id)
+    return redirect(url_for(".deployment_detail", rollout_id=rollout.id))
+
+
+@bp.post("/nodes/<int:node_id>/rollback")
+def node_rollback(node_id: int) -> Any:
+    version_id = request.form.get("version", type=int)
+    if version_id is None:
+        flash("Choose a version to roll back to.", "error")
+        return redirect(url_for(".node_detail", node_id=node_id))
+    rollout = deployments.rollback_node(_actor(), node_id, version_id)
+    return redirect(url_for(".deployment_detail", rollout_id=rollout.id))
+
+
 @bp.post("/nodes/<int:node_id>/enable")
 def node_enable(node_id: int) -> Any:
     node = nodes.set_enabled(_actor(), node_id, True)
@@ -311,7 +402,38 @@ def _site_page(site: Site, block_form: BlockForm) -> Any:
     engine = request.args.get("engine", "nginx")
     return render_template("admin/site_detail.html", site=site, block_form=block_form,
                            settings=sites.site_to_dict(site, admin=True),
-                           preview=rendering.preview(_actor(), site.id, engine))
+                           preview=rendering.preview(_actor(), site.id, engine),
+                           recent=deployments.list_rollouts(_actor(), site_id=site.id,
+                                                            per_page=5),
+                           deploy_url=url_for(".site_deploy", site_id=site.id),
+                           detail_endpoint="admin.deployment_detail")
+
+
+@bp.post("/sites/<int:site_id>/deploy")
+def site_deploy(site_id: int) -> Any:
+    try:
+        rollout = deployments.deploy_site(_actor(), site_id,
+                                          canary_node=request.form.get("canary_node") or None)
+    except (Conflict, ValidationError) as exc:
+        flash(exc.message + "".join(f" {v}" for v in exc.fields.values()), "error")
+        return redirect(url_for(".site_detail", site_id=site_id))
+    return redirect(url_for(".deployment_detail", rollout_id=rollout.id))
+
+
+@bp.get("/deployments", endpoint="deployments")
+def deployment_list() -> Any:
+    page = deployments.list_rollouts(_actor(), page=_page_number())
+    return render_template("deployments/list.html", page=page)
+
+
+@bp.get("/deployments/<int:rollout_id>")
+def deployment_detail(rollout_id: int) -> Any:
+    return deployment_pages.detail(_actor(), rollout_id, "admin")
+
+
+@bp.get("/deployments/<int:rollout_id>/events")
+def deployment_events(rollout_id: int) -> Any:
+    return deployment_pages.events(_actor(), rollout_id)
 
 
 @bp.get("/sites/<int:site_id>")

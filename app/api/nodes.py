@@ -12,8 +12,9 @@ from marshmallow import Schema, fields
 
 from app.api.auth import ApiBlueprint, admin_only, current_actor
 from app.api.schemas import ErrorSchema, PageQuerySchema, StrictBoolean, UtcDateTime, page_schema
+from app.connector.hostkeys import fingerprint
 from app.models import Node, NodeStatus, ProxyType
-from app.services import nodes
+from app.services import node_actions, nodes
 
 blp = ApiBlueprint(
     "nodes", __name__, url_prefix="/api/v1/nodes",
@@ -46,6 +47,8 @@ class NodeUpdateSchema(Schema):
     cache_dir = fields.String(metadata={"description": "proxy cache, default /var/cache/rpcc"})
     geoip_db_path = fields.String(
         metadata={"description": "GeoIP2 country database on the node"})
+    main_config = fields.String(metadata={
+        "description": "file that 'prepare' makes load config_dir; default per engine"})
 
 
 class NodeCreateSchema(NodeUpdateSchema):
@@ -68,8 +71,22 @@ class NodeSchema(NodeUpdateSchema):
     status = fields.String(dump_only=True, metadata={"enum": [s.value for s in NodeStatus]})
     host_key = fields.String(dump_only=True, allow_none=True,
                              metadata={"description": "SSH host key pinned on first contact"})
+    host_key_fingerprint = fields.Function(
+        lambda node: fingerprint(node.host_key) if node.host_key else None, dump_only=True,
+        metadata={"type": "string"})
+    pending_host_key_fingerprint = fields.Function(
+        lambda node: fingerprint(node.pending_host_key) if node.pending_host_key else None,
+        dump_only=True, metadata={"type": "string", "description": "a changed key the node "
+                                  "presented: deployments are refused until it is accepted"})
     is_discovered = fields.Boolean(dump_only=True)
     last_seen = UtcDateTime(allow_none=True)
+    last_check = fields.Dict(dump_only=True, allow_none=True, metadata={
+        "description": "last check: ssh, service and http, each {ok, detail}"})
+    last_check_at = UtcDateTime(allow_none=True)
+    drifted = fields.Boolean(dump_only=True, metadata={
+        "description": "files on the node differ from its last deployed version"})
+    drift_details = fields.String(dump_only=True)
+    drift_checked_at = UtcDateTime(allow_none=True)
 
 
 class NodeQuerySchema(PageQuerySchema):
@@ -126,3 +143,40 @@ class NodeItem(MethodView):
     def delete(self, node_id: int) -> None:
         """Delete a node that no longer serves active sites (disable or drain it first)."""
         nodes.delete_node(current_actor(), node_id)
+
+
+@blp.route("/<int:node_id>/check")
+class NodeCheck(MethodView):
+    @admin_only
+    @blp.response(200, NodeSchema)
+    @blp.alt_response(404, response="NOT_FOUND")
+    def post(self, node_id: int) -> Node:
+        """Check SSH, the proxy process and HTTP now; the result is in ``last_check``."""
+        return node_actions.check_node(current_actor(), node_id)
+
+
+class PrepareSchema(Schema):
+    steps = fields.List(fields.String(), metadata={"description": "what was done"})
+
+
+@blp.route("/<int:node_id>/prepare")
+class NodePrepare(MethodView):
+    @admin_only
+    @blp.response(200, PrepareSchema)
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(422, response="UNPROCESSABLE_ENTITY")
+    def post(self, node_id: int) -> Any:
+        """Install the proxy if missing, create the managed directories and the include
+        line; safe to repeat."""
+        return {"steps": node_actions.prepare_node(current_actor(), node_id)}
+
+
+@blp.route("/<int:node_id>/host-key")
+class NodeHostKey(MethodView):
+    @admin_only
+    @blp.response(200, NodeSchema)
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(422, response="UNPROCESSABLE_ENTITY")
+    def post(self, node_id: int) -> Node:
+        """Accept the changed host key the node now presents."""
+        return node_actions.accept_host_key(current_actor(), node_id)

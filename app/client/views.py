@@ -11,12 +11,13 @@ from typing import Any
 from flask import flash, redirect, render_template, request, url_for
 from flask_login import current_user, logout_user
 
+from app import deployment_pages
 from app.client import bp
 from app.client.forms import EmailForm, PasswordForm, TokenForm
 from app.errors import Conflict, ValidationError
 from app.forms import SiteForm, form_status
 from app.models import User
-from app.services import nodes, rendering, sites, tokens, users
+from app.services import deployments, nodes, rendering, sites, tokens, users
 
 
 def _actor() -> User:
@@ -61,7 +62,30 @@ def site_detail(site_id: int) -> Any:
     return render_template("client/site_detail.html", site=site,
                            settings=sites.site_to_dict(site, admin=False),
                            preview=rendering.preview(actor, site.id,
-                                                     request.args.get("engine", "nginx")))
+                                                     request.args.get("engine", "nginx")),
+                           recent=deployments.list_rollouts(actor, site_id=site.id, per_page=5),
+                           deploy_url=url_for(".site_deploy", site_id=site.id),
+                           detail_endpoint="client.deployment_detail")
+
+
+@bp.post("/sites/<int:site_id>/deploy")
+def site_deploy(site_id: int) -> Any:
+    try:
+        rollout = deployments.deploy_site(_actor(), site_id)
+    except Conflict as exc:
+        flash(exc.message, "error")
+        return redirect(url_for(".site_detail", site_id=site_id))
+    return redirect(url_for(".deployment_detail", rollout_id=rollout.id))
+
+
+@bp.get("/deployments/<int:rollout_id>")
+def deployment_detail(rollout_id: int) -> Any:
+    return deployment_pages.detail(_actor(), rollout_id, "client")
+
+
+@bp.get("/deployments/<int:rollout_id>/events")
+def deployment_events(rollout_id: int) -> Any:
+    return deployment_pages.events(_actor(), rollout_id)
 
 
 @bp.route("/sites/<int:site_id>/edit", methods=["GET", "POST"])

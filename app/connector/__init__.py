@@ -1,0 +1,25 @@
+"""The one door to the nodes over SSH (only this package imports Paramiko)."""
+
+from app.connector.errors import (
+    AuthenticationFailed,
+    CommandFailed,
+    CommandTimeout,
+    ConnectorError,
+    HostKeyChanged,
+    RemoteFileError,
+    UnreachableError,
+)
+from app.connector.pool import CommandResult, SSHPool, SSHTarget
+
+__all__ = [
+    "AuthenticationFailed",
+    "CommandFailed",
+    "CommandResult",
+    "CommandTimeout",
+    "ConnectorError",
+    "HostKeyChanged",
+    "RemoteFileError",
+    "SSHPool",
+    "SSHTarget",
+    "UnreachableError",
+]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.extensions import db
@@ -50,11 +51,16 @@ class Node(TimestampMixin, db.Model):
     ssh_password: Mapped[str | None] = mapped_column(EncryptedText, nullable=True)
     # OpenSSH "type base64" line, pinned on first contact.
     host_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # A different key the node presented: refused until an admin accepts it.
+    pending_host_key: Mapped[str | None] = mapped_column(Text, nullable=True)
     proxy_type: Mapped[ProxyType] = mapped_column(
         enum_column(ProxyType, name="node_proxy_type"), default=ProxyType.NGINX
     )
     pool_id: Mapped[int] = mapped_column(ForeignKey("pools.id", ondelete="RESTRICT"), index=True)
     config_dir: Mapped[str] = mapped_column(String(512))
+    # The file "prepare" makes carry the engine's include line (a drop-in for nginx,
+    # the Caddyfile itself for Caddy); empty: the engine's default.
+    main_config: Mapped[str] = mapped_column(String(512), default="", server_default="")
     test_command: Mapped[str] = mapped_column(String(512))
     reload_command: Mapped[str] = mapped_column(String(512))
     listen_address: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -73,6 +79,15 @@ class Node(TimestampMixin, db.Model):
     )
     is_discovered: Mapped[bool] = mapped_column(Boolean, default=False)
     last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Result of the last "check" action: {"ssh": ..., "service": ..., "http": ...}.
+    last_check: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    last_check_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                           nullable=True)
+    # Files on the node differ from its last deployed version (what differs, why).
+    drifted: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    drift_details: Mapped[str] = mapped_column(Text, default="", server_default="")
+    drift_checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                              nullable=True)
 
     pool: Mapped[Pool] = relationship(back_populates="nodes")
 

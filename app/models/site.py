@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import enum
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.extensions import db
@@ -84,6 +94,12 @@ class Site(TimestampMixin, db.Model):
     )
     # Incremented on every change; rendered into config headers.
     config_version: Mapped[int] = mapped_column(Integer, default=1)
+    # "deployed on X of Y nodes" after the last rollout, and why not on all.
+    deployed_nodes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    target_nodes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_deploy_error: Mapped[str] = mapped_column(Text, default="", server_default="")
+    last_deployed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                              nullable=True)
 
     owner: Mapped[User] = relationship()
     pool: Mapped[Pool] = relationship()

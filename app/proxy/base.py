@@ -128,6 +128,11 @@ class RenderedConfig:
         return f"{self.config_dir.rstrip('/')}/{relative}"
 
 
+# A name no one can own (RFC 2606) and a path: the deployment probe's address.
+PROBE_HOST = "rpcc-probe.invalid"
+PROBE_PATH = "/.rpcc-probe"
+
+
 class Engine(ABC):
     """One proxy server type."""
 
@@ -141,6 +146,16 @@ class Engine(ABC):
     @abstractmethod
     def include_line(self, node: NodeSpec) -> str:
         """The line that makes the node's main config load the managed directory."""
+
+    def probe(self, node: NodeSpec, token: str) -> dict[str, str]:
+        """Extra files that make the node answer ``token`` at :data:`PROBE_PATH` for
+        the host :data:`PROBE_HOST` once it runs this configuration.
+
+        A deployment adds them so that its verification knows the reload took effect
+        (an engine whose reload returns only once the new configuration is live needs
+        none: the default).
+        """
+        return {}
 
     def missing_capabilities(self, site: SiteSpec) -> set[str]:
         return required_capabilities(site) - self.capabilities

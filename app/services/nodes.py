@@ -41,6 +41,7 @@ NODE_FIELDS = (
     "log_dir",
     "cache_dir",
     "geoip_db_path",
+    "main_config",
 )
 SECRET_FIELDS = ("ssh_private_key", "ssh_password")
 
@@ -195,7 +196,7 @@ def _clean_node(data: dict[str, Any], *, partial: bool, node: Node | None) -> di
     field("glances_url", validate_glances_url)
     field("enabled", bool_check)
     for name in ("config_dir", "test_command", "reload_command", "log_dir", "cache_dir",
-                 "geoip_db_path"):
+                 "geoip_db_path", "main_config"):
         if data.get(name) in (None, ""):
             continue
         check = validate_command if name.endswith("_command") else validate_path

@@ -33,6 +33,14 @@ NODE_FIELDS = {
     "host_key",
     "is_discovered",
     "last_seen",
+    "main_config",
+    "host_key_fingerprint",
+    "pending_host_key_fingerprint",
+    "last_check",
+    "last_check_at",
+    "drifted",
+    "drift_details",
+    "drift_checked_at",
 }
 
 

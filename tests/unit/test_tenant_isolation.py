@@ -23,6 +23,8 @@ from tests.conftest import login
 OWNED = {
     "sites": lambda victim: factories.make_site(victim, "victim.example.com").id,
     "tokens": lambda victim: tokens.create_token(victim, "victim-token")[0].id,
+    "deployments": lambda victim: factories.make_rollout(
+        factories.make_site(victim, "deployed.example.com")).id,
 }
 # Segments whose routes are for administrators only: a client gets 403 there.
 ADMIN_ONLY = {"nodes", "users", "pools", "audit"}
@@ -60,7 +62,7 @@ def _snapshot() -> dict[str, list[tuple]]:
             continue
         columns = [c.name for c in table.columns if c.name not in {"last_used", "last_login"}]
         rows = _db.session.execute(
-            text(f"SELECT {', '.join(columns)} FROM {table.name} ORDER BY id"))
+            text(f"SELECT {', '.join(columns)} FROM {table.name} ORDER BY 1"))
         state[table.name] = [tuple(row) for row in rows]
     return state
 
@@ -98,7 +100,8 @@ def test_other_clients_ids_answer_404_and_change_nothing(app, alice, bob, surfac
             if surface == "api":
                 kwargs["headers"] = headers
                 if method in {"POST", "PUT", "PATCH"}:
-                    kwargs["json"] = SITE_JSON
+                    # Actions take no site fields: a valid body reaches the lookup.
+                    kwargs["json"] = {} if url.endswith("/deploy") else SITE_JSON
             elif method == "POST":
                 kwargs["data"] = SITE_FORM
             response = attacker.open(url, method=method, **kwargs)

@@ -17,6 +17,19 @@ UI_FOR_API = {
     ("sites.SiteItem", "PATCH"): "admin.site_edit",
     ("sites.SiteItem", "DELETE"): "admin.site_delete",
     ("sites.SiteConfig", "GET"): "admin.site_detail",
+    ("deployments.SiteDeploy", "POST"): "admin.site_deploy",
+    ("deployments.SiteDeployments", "GET"): "admin.site_detail",
+    ("deployments.Deployments", "GET"): "admin.deployments",
+    ("deployments.DeploymentItem", "GET"): "admin.deployment_detail",
+    ("deployments.NodeDeploy", "POST"): "admin.node_deploy",
+    ("deployments.NodeVersions", "GET"): "admin.node_detail",
+    ("deployments.NodeVersionItem", "GET"): "admin.node_version",
+    ("deployments.NodeDiff", "GET"): "admin.node_detail",
+    ("deployments.NodeRollback", "POST"): "admin.node_rollback",
+    ("deployments.NodeDrift", "POST"): "admin.node_drift",
+    ("nodes.NodeCheck", "POST"): "admin.node_check",
+    ("nodes.NodePrepare", "POST"): "admin.node_prepare",
+    ("nodes.NodeHostKey", "POST"): "admin.node_accept_host_key",
     ("nodes.Nodes", "GET"): "admin.nodes",
     ("nodes.Nodes", "POST"): "admin.node_create",
     ("nodes.NodeItem", "GET"): "admin.node_edit",
@@ -61,7 +74,8 @@ def test_ui_counterparts_exist_and_answer_the_admin(app, admin, admin_client):
     site = factories.make_site(admin)
     node = factories.make_node()
     ids = {"site_id": site.id, "node_id": node.id, "user_id": admin.id, "pool_id": 1,
-           "token_id": 1}
+           "token_id": 1, "rollout_id": factories.make_rollout(site).id,
+           "version_id": factories.make_version(node).id}
     endpoints = {rule.endpoint: rule for rule in app.url_map.iter_rules()}
     for ui_endpoint in set(UI_FOR_API.values()):
         assert ui_endpoint in endpoints, ui_endpoint

@@ -1,0 +1,145 @@
+"""What was deployed where: config versions per node, rollouts and their per-node
+deployments, and the node locks that serialise them."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.extensions import db
+from app.models.base import enum_column, utcnow
+from app.models.node import Node
+from app.models.site import Site
+from app.models.user import User
+from app.security import EncryptedText
+
+
+class DeploymentStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    # Not attempted: the canary failed first.
+    SKIPPED = "skipped"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (DeploymentStatus.PENDING, DeploymentStatus.RUNNING)
+
+
+class RolloutKind(enum.StrEnum):
+    DEPLOY = "deploy"
+    ROLLBACK = "rollback"
+
+
+class ConfigVersion(db.Model):
+    """The full file set one node was given: rollback re-deploys it as it was.
+
+    Files are stored encrypted because they include the sites' private keys.
+    """
+
+    __tablename__ = "config_versions"
+    __table_args__ = (UniqueConstraint("node_id", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    # JSON object {relative path: text}, encrypted.
+    files: Mapped[str] = mapped_column(EncryptedText)
+    sha256: Mapped[str] = mapped_column(String(64))
+    # {site id: site config version} of the sites the file set carries.
+    site_versions: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    file_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    node: Mapped[Node] = relationship()
+    created_by: Mapped[User | None] = relationship()
+
+
+class Rollout(db.Model):
+    """One request to deploy (a site's pool, or a rollback of one node): what the API
+    calls a deployment, with one :class:`Deployment` per node."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[RolloutKind] = mapped_column(
+        enum_column(RolloutKind, name="rollout_kind"), default=RolloutKind.DEPLOY)
+    site_id: Mapped[int | None] = mapped_column(
+        ForeignKey("sites.id", ondelete="SET NULL"), nullable=True, index=True)
+    # The owner at the time, so that a client keeps seeing their rollouts.
+    owner_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True, index=True)
+    pool_id: Mapped[int | None] = mapped_column(
+        ForeignKey("pools.id", ondelete="SET NULL"), nullable=True)
+    status: Mapped[DeploymentStatus] = mapped_column(
+        enum_column(DeploymentStatus, name="rollout_status"), default=DeploymentStatus.PENDING)
+    canary_node_id: Mapped[int | None] = mapped_column(
+        ForeignKey("nodes.id", ondelete="SET NULL"), nullable=True)
+    # For a rollback: the version being restored.
+    target_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("config_versions.id", ondelete="SET NULL"), nullable=True)
+    error: Mapped[str] = mapped_column(Text, default="")
+    triggered_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+                                                 index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    site: Mapped[Site | None] = relationship()
+    triggered_by: Mapped[User | None] = relationship(foreign_keys=[triggered_by_id])
+    deployments: Mapped[list[Deployment]] = relationship(
+        back_populates="rollout", order_by="Deployment.id")
+
+
+class Deployment(db.Model):
+    """One node's part of a rollout, with the time each step took."""
+
+    __tablename__ = "deployments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(
+        ForeignKey("rollouts.id", ondelete="CASCADE"), index=True)
+    site_id: Mapped[int | None] = mapped_column(
+        ForeignKey("sites.id", ondelete="SET NULL"), nullable=True, index=True)
+    node_id: Mapped[int | None] = mapped_column(
+        ForeignKey("nodes.id", ondelete="SET NULL"), nullable=True, index=True)
+    node_name: Mapped[str] = mapped_column(String(64), default="")
+    config_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("config_versions.id", ondelete="SET NULL"), nullable=True)
+    status: Mapped[DeploymentStatus] = mapped_column(
+        enum_column(DeploymentStatus, name="deployment_status"),
+        default=DeploymentStatus.PENDING)
+    step: Mapped[str] = mapped_column(String(32), default="")
+    # [{"step": name, "seconds": float, "ok": bool}]
+    steps: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    error: Mapped[str] = mapped_column(Text, default="")
+    triggered_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    rollout: Mapped[Rollout] = relationship(back_populates="deployments")
+    config_version: Mapped[ConfigVersion | None] = relationship()
+
+
+class NodeLock(db.Model):
+    """A lease on a node: at most one deployment touches a node at a time, across
+    threads, worker processes and app instances sharing the database.  The holder
+    renews ``expires_at`` while it works; a crashed holder's lease simply expires."""
+
+    __tablename__ = "node_locks"
+
+    node_id: Mapped[int] = mapped_column(
+        ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
