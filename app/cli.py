@@ -7,15 +7,19 @@ import sys
 import click
 from cryptography.fernet import Fernet
 from flask import Flask, current_app
+from sqlalchemy import select
 
 from app.errors import ServiceError
-from app.services import discovery, keys, users
+from app.extensions import db
+from app.models import ConfigVersion, Node, Role, Site, User
+from app.services import deployments, discovery, keys, node_actions, users
 
 
 def register(app: Flask) -> None:
     app.cli.add_command(users_cli)
     app.cli.add_command(keys_cli)
     app.cli.add_command(nodes_cli)
+    app.cli.add_command(sites_cli)
 
 
 def _fail(error: ServiceError) -> None:
@@ -129,3 +133,119 @@ def _shown(text: str) -> str:
     output lines; show them escaped and bounded."""
     escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     return escaped if len(escaped) <= 80 else escaped[:77] + "..."
+
+
+def _admin(username: str | None) -> User:
+    """The account the command acts as (audit entries name it): the given admin, or
+    the first active one."""
+    stmt = select(User).where(User.role == Role.ADMIN, User.is_active.is_(True))
+    if username:
+        stmt = stmt.where(User.username == username)
+    admin = db.session.scalar(stmt.order_by(User.id).limit(1))
+    if admin is None:
+        raise click.ClickException("no such active administrator")
+    return admin
+
+
+def _node(name: str) -> Node:
+    node = db.session.scalar(select(Node).where(Node.name == name))
+    if node is None:
+        raise click.ClickException(f"no node named {name!r}")
+    return node
+
+
+def _report(rollout_id: int, timeout: float) -> None:
+    rollout = deployments.wait(rollout_id, timeout=timeout)
+    for deployment in rollout.deployments:
+        line = f"{deployment.node_name}: {deployment.status.value}"
+        click.echo(line + (f" ({_shown(deployment.error)})" if deployment.error else ""))
+    click.echo(f"deployment {rollout.id}: {rollout.status.value}")
+    if rollout.status.value != "succeeded":
+        raise click.ClickException(_shown(rollout.error or "not finished in time"))
+
+
+ADMIN_OPTION = click.option("--as", "as_admin", help="administrator to act as "
+                                                     "(default: the first one)")
+
+
+@click.group("sites", help="Sites and their deployment.")
+def sites_cli() -> None:
+    pass
+
+
+@sites_cli.command("deploy")
+@click.argument("domain")
+@click.option("--canary", help="node of the pool to deploy first")
+@click.option("--timeout", default=600.0, show_default=True, help="seconds to wait")
+@ADMIN_OPTION
+def sites_deploy(domain: str, canary: str | None, timeout: float, as_admin: str | None) -> None:
+    """Deploy DOMAIN to every active node of its pool and wait for the outcome."""
+    site = db.session.scalar(select(Site).where(Site.domain == domain))
+    if site is None:
+        raise click.ClickException(f"no site {domain!r}")
+    try:
+        rollout = deployments.deploy_site(_admin(as_admin), site.id, canary_node=canary)
+    except ServiceError as error:
+        _fail(error)
+        return
+    _report(rollout.id, timeout)
+
+
+@nodes_cli.command("versions")
+@click.argument("name")
+@ADMIN_OPTION
+def nodes_versions(name: str, as_admin: str | None) -> None:
+    """List NAME's config versions, newest first (* marks the live one)."""
+    node = _node(name)
+    page = deployments.list_versions(_admin(as_admin), node.id, per_page=200)
+    live = deployments.current_version(node.id)
+    statuses = deployments.version_statuses([v.id for v in page.items])
+    for version in page.items:
+        mark = "*" if live is not None and live.id == version.id else " "
+        click.echo(f"{mark} v{version.version}  {version.created_at:%Y-%m-%d %H:%M:%S}  "
+                   f"{statuses.get(version.id, '-'):<11}  {version.file_count} files  "
+                   f"{version.sha256[:12]}")
+
+
+@nodes_cli.command("rollback")
+@click.argument("name")
+@click.argument("version", type=int)
+@click.option("--timeout", default=600.0, show_default=True, help="seconds to wait")
+@ADMIN_OPTION
+def nodes_rollback(name: str, version: int, timeout: float, as_admin: str | None) -> None:
+    """Deploy NAME's config version VERSION again, exactly as it was."""
+    node = _node(name)
+    row = db.session.scalar(select(ConfigVersion).where(ConfigVersion.node_id == node.id,
+                                                        ConfigVersion.version == version))
+    if row is None:
+        raise click.ClickException(f"node {name} has no version {version}")
+    try:
+        rollout = deployments.rollback_node(_admin(as_admin), node.id, row.id)
+    except ServiceError as error:
+        _fail(error)
+        return
+    _report(rollout.id, timeout)
+
+
+@nodes_cli.command("drift")
+@click.argument("name")
+@ADMIN_OPTION
+def nodes_drift(name: str, as_admin: str | None) -> None:
+    """Compare NAME's files with its last deployed version (exit 1 when they differ)."""
+    node = deployments.check_drift(_admin(as_admin), _node(name).id)
+    click.echo(_shown(node.drift_details) if node.drift_details else "no drift")
+    if node.drifted:
+        raise click.ClickException(f"node {name} has drifted")
+
+
+@nodes_cli.command("check")
+@click.argument("name")
+@ADMIN_OPTION
+def nodes_check(name: str, as_admin: str | None) -> None:
+    """Check SSH, the proxy process and HTTP on NAME (exit 1 when one fails)."""
+    node = node_actions.check_node(_admin(as_admin), _node(name).id)
+    result = node.last_check or {}
+    for part, outcome in result.items():
+        click.echo(f"{part}: {'ok' if outcome['ok'] else 'FAILED'} ({_shown(outcome['detail'])})")
+    if not all(outcome["ok"] for outcome in result.values()):
+        raise click.ClickException(f"node {name} is not healthy")

@@ -67,6 +67,10 @@ RELEASE_PREFIX = "v"
 ADOPTED_PREFIX = "adopted-"
 PRIVATE_KEY_MARK = "PRIVATE KEY-----"
 MASKED_KEY = "# private key withheld\n"
+# After a reload: how long the old generation may still answer, then how many fresh
+# connections in a row must see the new configuration.
+PROBE_SETTLE_SECONDS = 0.15
+PROBE_CONFIRMATIONS = 3
 
 
 # --------------------------------------------------------------------------- #
@@ -332,14 +336,25 @@ def wait_for_probe(address: str, port: int, token: str | None, timeout: float) -
         return ""
     deadline = time.monotonic() + timeout
     seen = ""
+    confirmed = 0
     while True:
         try:
             status, body = _http_get(address, port, PROBE_HOST, PROBE_PATH,
                                      max(0.5, deadline - time.monotonic()))
             if status == 200 and body.strip() == token:
-                return ""
+                # A new worker answered, but nginx's master lets the old workers accept
+                # for another 100 ms before telling them to stop: let that pass, then
+                # see the new configuration on a few fresh connections in a row.
+                if confirmed == 0:
+                    time.sleep(PROBE_SETTLE_SECONDS)
+                confirmed += 1
+                if confirmed > PROBE_CONFIRMATIONS:
+                    return ""
+                continue
+            confirmed = 0
             seen = f"it answered HTTP {status} {body[:40]!r}"
         except (OSError, http.client.HTTPException) as exc:
+            confirmed = 0
             seen = f"no answer: {exc}"
         if time.monotonic() >= deadline:
             return f"the node did not load the new configuration within {timeout:g} s ({seen})"

@@ -6,9 +6,12 @@ with the failure recorded and explained.
 
 from __future__ import annotations
 
+import http.client
+import json
 import random
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +20,7 @@ from app.models import Deployment, DeploymentStatus, Node, Rollout, Site
 from app.services import deployments, node_actions, nodes, sites
 from app.services.node_lock import node_lease
 from tests import factories
+from tests.caddy_node import CaddyNode
 from tests.conftest import api_headers
 from tests.fleet import Backends, FleetNode, register, release_dirs, start_nginx
 from tests.sshd import FaultyRelay, SshServer
@@ -346,8 +350,70 @@ def test_no_partial_config_after_deployments_with_random_faults(
                 assert answer.status == 200
                 carried = live.site_versions[str(live_site.id)]
                 assert answer.headers.get("x-round") == (
-                    None if carried == 1 else str(carried - 2)), (round_number, fault)
+                    None if carried == 1 else str(carried - 2)), (
+                    round_number, fault, node.name,
+                    [(d.node_name, d.status.value, d.error[:200]) for d in rollout.deployments])
             if fault == "none":
                 assert rollout.status == DeploymentStatus.SUCCEEDED, rollout.error
     finally:
         relay.close()
+
+
+def test_the_cli_deploys_lists_versions_and_rolls_back(app, alice, fleet, live_site, backends):
+    runner = app.test_cli_runner()
+    other = backends.start("cli")
+    sites.update_site(alice, live_site.id,
+                      {"backends": [{"host": "127.0.0.1", "port": other.port}]})
+    deployed = runner.invoke(args=["sites", "deploy", "shop.example.com"])
+    assert deployed.exit_code == 0, deployed.output
+    assert "deployment" in deployed.output and deployed.output.count(": succeeded") == 6
+    assert {n.get("shop.example.com").json()["backend"] for n in fleet} == {"cli"}
+    listed = runner.invoke(args=["nodes", "versions", "edge-0"])
+    assert listed.output.splitlines()[0].startswith("* v2")
+    back = runner.invoke(args=["nodes", "rollback", "edge-0", "1"])
+    assert back.exit_code == 0, back.output
+    assert fleet[0].get("shop.example.com").json()["backend"] == "live"
+    drift = runner.invoke(args=["nodes", "drift", "edge-0"])
+    assert drift.exit_code == 0 and "no drift" in drift.output
+    check = runner.invoke(args=["nodes", "check", "edge-0"])
+    assert check.exit_code == 0 and "ssh: ok" in check.output and "service: ok" in check.output
+    missing = runner.invoke(args=["sites", "deploy", "nope.example.com"])
+    assert missing.exit_code != 0 and "no site" in missing.output
+
+
+def test_a_caddy_node_takes_the_same_deployment_as_the_nginx_nodes(
+        app, admin, alice, fleet, backends, sshd, tmp_path):
+    caddy = CaddyNode(tmp_path, listen_address="127.0.0.30")
+    caddy.apply([])
+    try:
+        spec = caddy.spec
+        nodes.create_node(admin, {
+            "name": "caddy-0", "host": "127.0.0.1", "ssh_port": sshd.port, "ssh_user": "root",
+            "ssh_private_key": sshd.client_key_text, "proxy_type": "caddy",
+            "config_dir": spec.config_dir, "test_command": spec.test_command,
+            "reload_command": spec.reload_command, "listen_address": spec.listen_address,
+            "http_port": spec.http_port, "https_port": spec.https_port,
+            "log_dir": spec.log_dir})
+        backend = backends.start("both")
+        site = factories.make_site(alice, "mixed.example.com",
+                                   backends=[{"host": "127.0.0.1", "port": backend.port}],
+                                   headers={"X-Fleet": "one"})
+        rollout = deploy(alice, site)
+        assert rollout.status == DeploymentStatus.SUCCEEDED, rollout.error
+        assert len(rollout.deployments) == 6
+        conn = http.client.HTTPConnection(caddy.host, spec.http_port, timeout=10)
+        conn.request("GET", "/", headers={"Host": "mixed.example.com"})
+        answer = conn.getresponse()
+        assert answer.status == 200 and answer.getheader("X-Fleet") == "one"
+        assert json.loads(answer.read())["backend"] == "both"
+        conn.close()
+        assert fleet[0].get("mixed.example.com").headers["x-fleet"] == "one"
+        # Caddy refuses what its validate refuses, and keeps serving the previous files.
+        before = {p: p.read_bytes() for p in Path(spec.config_dir).rglob("*") if p.is_file()}
+        sites.update_site(alice, site.id, {"backends": [{"host": "backend.invalid",
+                                                         "port": 80}]})
+        assert deploy(alice, site).status == DeploymentStatus.FAILED
+        after = {p: p.read_bytes() for p in Path(spec.config_dir).rglob("*") if p.is_file()}
+        assert after == before
+    finally:
+        caddy.stop()
