@@ -96,6 +96,9 @@ def validate_host(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("is required")
     candidate = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    if "%" in candidate:
+        # Python accepts any IPv6 zone ("::1%a;b"); proxies accept none.
+        raise ValueError("is not a valid host name or IP address (no IPv6 zone)")
     try:
         return str(ipaddress.ip_address(candidate))
     except ValueError:

@@ -15,6 +15,7 @@ import hashlib
 import http.client
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -24,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -49,6 +50,26 @@ MODULES = (
 )
 USER_AGENT = "rpcc-tests/1.0"
 WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+# Descriptors nginx needs besides the two log files of every site.
+BASE_OPEN_FILES = 1024
+
+
+def allow_open_files(count: int) -> int:
+    """Let this process, and so the nginx it starts, open ``count`` files, as far as
+    it may; returns the limit now in force.  The master opens every site's two log
+    files itself, ``nginx -t`` included, so a large node needs more than the usual
+    limit.  Raising the hard limit needs CAP_SYS_RESOURCE: without it the hard limit
+    caps the result (and nginx then fails loudly with "Too many open files")."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= count:
+        return count
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE,
+                           (count, hard if hard == resource.RLIM_INFINITY else max(hard, count)))
+        return count
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
 
 
 class NginxPrefix:
@@ -84,6 +105,14 @@ class NginxPrefix:
         self.pid_file = self.prefix / "logs" / "nginx.pid"
         self.error_log = self.prefix / "logs" / "error.log"
         self.main_conf = self.prefix / "nginx.conf"
+        self.open_files = BASE_OPEN_FILES
+
+    def use_geoip(self, countries: dict[str, str]) -> None:
+        """Build a test GeoIP database ({network: ISO code}) inside the node's tree
+        (world-readable, as workers need) and point the node's spec at it."""
+        path = self.root / "countries.mmdb"
+        write_geoip_db(path, countries)
+        self.spec = replace(self.spec, geoip_db_path=str(path))
 
     def _args(self) -> str:
         return f"-p {self.prefix} -c nginx.conf -e {self.prefix / 'logs' / 'error.log'}"
@@ -93,7 +122,7 @@ class NginxPrefix:
         temp = self.prefix / "temp"
         lines = [f"load_module {module};" for module in MODULES] + [
             "worker_processes 1;",
-            "worker_rlimit_nofile 4096;",
+            f"worker_rlimit_nofile {self.open_files};",
             "daemon off;",
             f"pid {self.pid_file};",
             f"error_log {self.error_log};",
@@ -110,6 +139,7 @@ class NginxPrefix:
 
     def write(self, rendered: RenderedConfig) -> None:
         """Replace the managed directory with exactly the rendered files."""
+        self.open_files = allow_open_files(BASE_OPEN_FILES + 2 * len(rendered.site_files))
         shutil.rmtree(self.config_dir)
         self.config_dir.mkdir(mode=0o755)
         for relative, text in rendered.files.items():
@@ -122,6 +152,11 @@ class NginxPrefix:
     def test(self, rendered: RenderedConfig) -> subprocess.CompletedProcess[str]:
         """Write the files and run the node's own test command; returns its result."""
         self.write(rendered)
+        return self.run_test(rendered)
+
+    def run_test(self, rendered: RenderedConfig) -> subprocess.CompletedProcess[str]:
+        """The node's test command on the files already written (a test may have
+        edited one of them since)."""
         return subprocess.run(rendered.test_command, capture_output=True, text=True,
                               timeout=300)
 
@@ -250,6 +285,9 @@ class _BackendHandler(BaseHTTPRequestHandler):
     WebSocket handshake and echoes one frame when asked to upgrade."""
 
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in two writes: with Nagle's algorithm the second waits
+    # for nginx's delayed ACK, 40 ms per proxied request.
+    disable_nagle_algorithm = True
     server: _BackendServer
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
@@ -287,17 +325,23 @@ class _BackendServer(ThreadingHTTPServer):
     daemon_threads = True
     name = ""
     requests = 0
+    # The server names TLS clients asked for, one per handshake.
+    sni: list[str | None]
 
 
 class Backend:
-    """A small HTTP (or HTTPS) server on a free 127.0.0.1 port, in a thread."""
+    """A small HTTP (or HTTPS) server on a free 127.0.0.1 port, in a thread; over TLS
+    it records the SNI name of every handshake in ``sni``."""
 
     def __init__(self, name: str, tls: tuple[str, str] | None = None) -> None:
         self.server = _BackendServer(("127.0.0.1", free_port()), _BackendHandler)
         self.server.name = name
+        self.server.sni = []
         if tls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(*tls)
+            context.sni_callback = lambda _sock, server_name, _context: (
+                self.server.sni.append(server_name))
             self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -306,6 +350,10 @@ class Backend:
     @property
     def requests(self) -> int:
         return self.server.requests
+
+    @property
+    def sni(self) -> list[str | None]:
+        return self.server.sni
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -394,6 +442,14 @@ def write_geoip_db(path: Path, countries: dict[str, str]) -> None:
         writer.insert_network(IPSet([network]), {"country": {"iso_code": countries[network]}})
     writer.to_db_file(str(path))
     path.chmod(0o644)
+
+
+def long_domain(length: int) -> str:
+    """A valid domain of exactly ``length`` characters (labels of 63, then ``.com``),
+    the longest server name a node's hash must hold."""
+    body = "".join("." if i % 64 == 63 else "a" for i in range(length - len(".com")))
+    assert not body.endswith("."), "pick another length"
+    return body + ".com"
 
 
 # bcrypt of "golden-password": fixed, so that golden files do not change.

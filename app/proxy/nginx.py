@@ -11,7 +11,7 @@ What the node must provide (checked by the node's test command, not here):
 
   and carries :meth:`NginxEngine.include_line` (``include <config_dir>/rpcc.conf;``)
   inside its ``http {}`` block.  The managed directory owns
-  ``server_names_hash_*`` and ``variables_hash_max_size`` (sized for its sites), so
+  ``server_names_hash_*`` and ``variables_hash_*`` (sized for its sites), so
   ``nginx.conf`` must not set them, nor load ModSecurity rules of its own.
 * Debian's ``modsecurity-crs`` (the paths in ``CRS_FILES``) and ``unicode.mapping``.
 * ``log_dir`` and ``cache_dir`` exist.  Each site has its own access and error log,
@@ -45,6 +45,8 @@ Design notes:
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import operator
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -53,6 +55,8 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template
 
 from app.proxy.base import (
+    PROBE_HOST,
+    PROBE_PATH,
     Capability,
     Engine,
     NodeSpec,
@@ -65,6 +69,7 @@ from app.proxy.base import (
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "nginx_templates"
 ENTRY_FILE = "rpcc.conf"
+PROBE_FILE = "probe.conf"
 PARANOIA_LEVELS = {"low": 1, "medium": 2, "high": 3}
 GEO_MODES = ("allow", "deny")
 BACKEND_SCHEMES = ("http", "https")
@@ -109,6 +114,39 @@ def nginx_bare(value: Any) -> str:
     return text
 
 
+# A file name may have 255 bytes; ".access.log" is the longest suffix a site's
+# files carry, and domains reach 253 characters.
+_NAME_MAX = 255
+_LONGEST_SUFFIX = len(".access.log")
+
+
+def file_stem(domain: str) -> str:
+    """The name a site's files and logs carry: its domain, unless that would make a
+    file name too long for the file system; then the domain's start and a digest of
+    all of it, which stays unique and still tells an operator whose file it is."""
+    if len(domain) + _LONGEST_SUFFIX <= _NAME_MAX:
+        return domain
+    digest = hashlib.sha256(domain.encode()).hexdigest()[:16]
+    return f"{domain[:_NAME_MAX - _LONGEST_SUFFIX - len(digest) - 1]}-{digest}"
+
+
+_LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
+def never_a_client(cidr: Any) -> bool:
+    """Whether an allow/deny rule names only 255.255.255.255 (or its IPv4-mapped
+    form).  nginx reads that address as its parse failure (INADDR_NONE) and refuses
+    the whole configuration, while no TCP client can ever come from it: leaving the
+    rule out matches exactly the same clients."""
+    try:
+        network = ipaddress.ip_network(str(cidr))
+    except ValueError:
+        return False  # not an address at all: the bare filter refuses it
+    address = network.network_address
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else address
+    return network.num_addresses == 1 and mapped == _LIMITED_BROADCAST
+
+
 def _hash_size(entries: int, floor: int) -> int:
     """A power of two with room for twice the entries, so nginx builds its hash at
     once instead of warning and falling back to a slow search."""
@@ -122,6 +160,68 @@ def _bucket_size(longest_name: int) -> int:
     while size < longest_name + 2 * 8 + 2:
         size *= 2
     return size
+
+
+# nginx's hash key (ngx_hash_key_lc) is the polynomial sum(byte * 31**k) over the
+# lower-case name, kept in a 64-bit ngx_uint_t; precomputed powers per name length.
+_KEY_MASK = (1 << 64) - 1
+_POWERS = [tuple(31 ** k for k in range(length - 1, -1, -1)) for length in range(256)]
+# A 64-byte bucket holds one name of 15 characters or more (cache line of 64 bytes,
+# 8 of them for the bucket's end): nginx's own variables need more than one a bucket.
+VARIABLES_BUCKET_FLOOR = 128
+
+
+def _entry(name: str) -> tuple[int, int]:
+    """(key, bytes) of one name in an nginx hash bucket: a value pointer, a 2-byte
+    length and the name, aligned to 8 (NGX_HASH_ELT_SIZE)."""
+    data = name.lower().encode()
+    key = sum(map(operator.mul, data, _POWERS[len(data)])) & _KEY_MASK
+    return key, 8 + ((len(data) + 2 + 7) & ~7)
+
+
+def _fits(entries: list[tuple[int, int]], size: int, bucket: int) -> bool:
+    """Whether ``size`` buckets of ``bucket`` bytes hold these entries, each bucket
+    keeping room for its terminating pointer (as ngx_hash_init checks)."""
+    room = bucket - 8
+    load = [0] * size
+    for key, length in entries:
+        slot = key % size
+        load[slot] += length
+        if load[slot] > room:
+            return False
+    return True
+
+
+def _bucket_for(hashes: list[list[str]], max_size: int, floor: int) -> int:
+    """A ``*_hash_bucket_size`` (``floor`` at least) with which nginx builds each of
+    these hashes within ``max_size`` buckets.
+
+    nginx tries table sizes up to ``*_hash_max_size`` and warns ("could not build
+    optimal ...") when no size keeps every bucket within its bytes; with 64-byte
+    buckets (one ordinary name each) a hundred sites already fail.  Keys that fit at
+    ``max_size`` itself guarantee nginx a size, so the bucket doubles until they do.
+    A larger bucket costs no memory: nginx allocates what each bucket holds.
+    """
+    entries = [[_entry(key) for key in keys] for keys in hashes if keys]
+    bucket = max(floor, _bucket_size(max((len(k) for keys in hashes for k in keys),
+                                         default=0)))
+    while not all(_fits(group, max_size, bucket) for group in entries):
+        bucket *= 2
+    return bucket
+
+
+def _server_name_hashes(names: list[str]) -> list[list[str]]:
+    """The keys of each hash nginx builds for a port's server names: exact names
+    share one; wildcard names (``*.a.example.com``) are stored label by label, one
+    hash per common suffix."""
+    hashes = [[name for name in names if not name.startswith("*.")]]
+    levels: dict[tuple[str, ...], set[str]] = {}
+    for name in names:
+        if name.startswith("*."):
+            labels = name[2:].split(".")[::-1]
+            for depth, label in enumerate(labels):
+                levels.setdefault(tuple(labels[:depth]), set()).add(label)
+    return hashes + [sorted(labels) for labels in levels.values()]
 
 
 class _InliningLoader(FileSystemLoader):
@@ -155,13 +255,14 @@ def build_environment(inline_partials: bool = True) -> Environment:
     )
     env.filters["quoted"] = nginx_quoted
     env.filters["bare"] = nginx_bare
+    env.tests["never_a_client"] = never_a_client
     return env
 
 
 TEMPLATE_NAMES = (
     "site.conf", "blocked.html", "rpcc.conf", "upstreams.conf", "limit_req_zones.conf",
     "cache_zones.conf", "geoip2.conf", "websocket.conf", "modsecurity/main.conf",
-    "modsecurity/paranoia.conf",
+    "modsecurity/paranoia.conf", "probe.conf",
 )
 
 
@@ -196,6 +297,12 @@ class NginxEngine(Engine):
 
     def include_line(self, node: NodeSpec) -> str:
         return f"include {nginx_bare(node.config_dir.rstrip('/') + '/' + ENTRY_FILE)};"
+
+    def probe(self, node: NodeSpec, token: str) -> dict[str, str]:
+        """nginx answers ``nginx -s reload`` before its new workers run."""
+        return {PROBE_FILE: self._templates["probe.conf"].render(
+            header=file_header("#", None, "probe"), token=token, probe_host=PROBE_HOST,
+            probe_path=PROBE_PATH, listen_http=listen_address(node, node.http_port))}
 
     def render(self, node: NodeSpec, sites: list[SiteSpec]) -> RenderedConfig:
         """:raises ValueError: for two sites sharing an id or a domain, a proxied site
@@ -253,8 +360,9 @@ def _site_files(site: SiteSpec, base: str, node_context: dict[str, Any],
         raise ValueError(f"site {site.id}: unknown backend_protocol")
     if not site.blocked and not site.backends:
         raise ValueError(f"site {site.id} has no backend")
-    conf = f"sites/{nginx_bare(site.domain)}.conf"
-    own_dir = f"sites/{site.domain}"
+    stem = file_stem(nginx_bare(site.domain))
+    conf = f"sites/{stem}.conf"
+    own_dir = f"sites/{stem}"
     files: dict[str, str] = {}
     if site.blocked:
         files[f"{own_dir}/blocked.html"] = templates["blocked.html"].render(
@@ -267,7 +375,7 @@ def _site_files(site: SiteSpec, base: str, node_context: dict[str, Any],
         files[f"{own_dir}/privkey.pem"] = _pem(site, site.certificate.key_pem)
     files[conf] = templates["site.conf"].render(
         header=file_header("#", site, ""), site=site,
-        paranoia=PARANOIA_LEVELS.get(site.waf_level), site_dir=f"{base}/{own_dir}",
+        paranoia=PARANOIA_LEVELS.get(site.waf_level), site_dir=f"{base}/{own_dir}", stem=stem,
         **node_context,
     )
     return files
@@ -301,15 +409,27 @@ def _shared_files(sites: list[SiteSpec], node_context: dict[str, Any],
         for level in levels:
             files[f"modsecurity/paranoia-{level}.conf"] = templates[
                 "modsecurity/paranoia.conf"].render(level=level, **context)
-    names = [name for site in sites for name in site.server_names]
+    # The deployment probe's server (probe.conf) shares the HTTP port's name hash.
+    names = [name for site in sites for name in site.server_names] + [PROBE_HOST]
+    names_max_size = _hash_size(len(names), 512)
+    # The variables geoip2.conf and websocket.conf define, one map per country-rule site.
+    variables = [f"rpcc_geo_denied_{s.id}" for s in uses["geoip2.conf"]]
+    if variables:
+        variables.append("rpcc_country")
+    if uses["websocket.conf"]:
+        variables.append("rpcc_connection_upgrade")
+    # Room for nginx's own variables too.
+    variables_max_size = _hash_size(len(uses["geoip2.conf"]) + 512, 1024)
     files[ENTRY_FILE] = templates["rpcc.conf"].render(
         includes=[name for name in uses if name in files],
         waf=bool(levels),
-        sites=sites,
-        server_names_hash_max_size=_hash_size(len(names), 512),
-        server_names_hash_bucket_size=_bucket_size(max(map(len, names), default=0)),
-        # Each country-rule site adds one map variable; room for nginx's own too.
-        variables_hash_max_size=_hash_size(len(uses["geoip2.conf"]) + 512, 1024),
+        site_confs=[f"sites/{file_stem(s.domain)}.conf" for s in sites],
+        server_names_hash_max_size=names_max_size,
+        server_names_hash_bucket_size=_bucket_for(_server_name_hashes(names),
+                                                  names_max_size, 64),
+        variables_hash_max_size=variables_max_size,
+        variables_hash_bucket_size=_bucket_for([variables], variables_max_size,
+                                               VARIABLES_BUCKET_FLOOR),
         **context,
     )
     return files

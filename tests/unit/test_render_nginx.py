@@ -15,13 +15,14 @@ import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from app.proxy import get_engine
 from app.proxy.base import BackendSpec, Capability, NodeSpec, SiteSpec, file_header
 from app.proxy.nginx import ENGINE, NginxEngine, build_environment, nginx_bare, nginx_quoted
-from tests.nginx_node import NginxPrefix, golden_sites, self_signed
+from tests.nginx_node import NginxPrefix, golden_sites, long_domain, self_signed
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden" / "nginx"
 GOLDEN_NODE = NodeSpec(
@@ -140,6 +141,8 @@ def test_entry_file_loads_shared_files_before_sites_and_everything_once():
     rendered = ENGINE.render(GOLDEN_NODE, list(SITES.values()))
     entry = rendered.files["rpcc.conf"]
     loaded = re.findall(r"^include /etc/nginx/rpcc/(\S+);$", entry, flags=re.MULTILINE)
+    # The deployment's probe file comes last, and only when a deployment wrote it.
+    assert loaded.pop() == "probe*.conf"
     nginx_files = [p for p in rendered.files
                    if p.endswith(".conf") and p != "rpcc.conf" and not p.startswith("modsecurity/")]
     assert sorted(loaded) == sorted(nginx_files)
@@ -155,6 +158,24 @@ def test_shared_files_exist_only_when_a_site_needs_them():
     assert set(files) == {"rpcc.conf", "upstreams.conf", "sites/minimal.example.com.conf"}
     assert "modsecurity" not in files["rpcc.conf"]
     assert "geoip2" not in "".join(files.values())
+
+
+def test_long_domains_keep_every_file_name_within_255_bytes():
+    """Domains reach 253 characters; "<domain>.access.log" would not fit a file name."""
+    kept = replace(SITES["minimal"], domain=long_domain(244))
+    assert f"sites/{kept.domain}.conf" in ENGINE.render(GOLDEN_NODE, [kept]).files
+    long = replace(SITES["everything"], domain=long_domain(253), certificate=CERTIFICATE)
+    rendered = ENGINE.render(GOLDEN_NODE, [long, kept])
+    (conf,) = [p for p in rendered.site_files[long.id] if p.endswith(".conf")]
+    stem = conf.removeprefix("sites/").removesuffix(".conf")
+    assert stem.startswith(long.domain[:200]) and stem != long.domain
+    assert all(p.startswith(f"sites/{stem}") for p in rendered.site_files[long.id])
+    text = rendered.files[conf]
+    logs = re.findall(r"^    (?:access|error)_log (\S+);$", text, flags=re.MULTILINE)
+    assert logs and all(log.startswith(f"/var/log/nginx/{stem}.") for log in logs)
+    names = [part for path in [*rendered.files, *logs] for part in path.split("/")]
+    assert max(map(len, names)) == 255
+    assert f"include /etc/nginx/rpcc/{conf};" in rendered.files["rpcc.conf"]
 
 
 def test_blocked_site_has_no_upstream_and_no_credentials_file():
@@ -236,6 +257,14 @@ def test_access_rules_deny_first_then_allow_then_deny_all():
     assert "deny all" not in site_conf(only_deny)
 
 
+def test_rules_for_the_broadcast_address_are_left_out():
+    """nginx cannot parse 255.255.255.255, and no client comes from it."""
+    site = replace(SITES["minimal"], ip_deny=("255.255.255.255/32", "10.0.0.0/8"),
+                   ip_allow=("::ffff:255.255.255.255/128",))
+    rules = re.findall(r"^        ((?:allow|deny) \S+);$", site_conf(site), flags=re.MULTILINE)
+    assert rules == ["deny 10.0.0.0/8", "deny all"]
+
+
 def test_paranoia_levels_map_low_medium_high_to_one_two_three():
     for level, number in (("low", 1), ("medium", 2), ("high", 3)):
         files = ENGINE.render(GOLDEN_NODE, [replace(SITES["minimal"], waf_level=level)]).files
@@ -294,6 +323,12 @@ def test_cache_and_rate_limit_zones_are_per_site():
     assert "proxy_no_cache $http_cookie $http_authorization;" in conf
 
 
+def test_rate_limit_without_burst_leaves_the_parameter_out():
+    """nginx refuses ``burst=0`` ("invalid burst value"); no burst is the same limit."""
+    site = replace(SITES["minimal"], rate_limit_rps=5, rate_limit_burst=0)
+    assert "        limit_req zone=rpcc_rl_1 nodelay;\n" in site_conf(site)
+
+
 def test_blocked_page_escapes_the_reason():
     site = replace(SITES["blocked"], blocked_reason="<script>alert(1)</script> & more")
     page = ENGINE.render(GOLDEN_NODE, [site]).files["sites/blocked.example.com/blocked.html"]
@@ -307,18 +342,63 @@ def test_htpasswd_holds_the_hashes():
     assert text.splitlines()[-1] == "alice:" + SITES["everything"].basic_auth[0][1]
 
 
-def test_hash_sizes_grow_with_the_node():
-    long_name = ".".join(["a" * 63] * 3) + ".com"
-    sites = [SiteSpec(id=i, owner_id=1, domain=f"s{i}.example.com",
-                      aliases=(f"www.s{i}.example.com",),
-                      backends=(BackendSpec("192.0.2.1", 80),)) for i in range(1, 5001)]
-    sites.append(SiteSpec(id=9999, owner_id=1, domain=long_name,
-                          backends=(BackendSpec("192.0.2.1", 80),)))
+def numbered_sites(count: int, geo_every: int = 0) -> list[SiteSpec]:
+    """``s<i>.example.com`` with a www alias; every ``geo_every``-th has country rules."""
+    geo: dict[str, Any] = {"geo_mode": "deny", "geo_countries": ("KP",)}
+    return [SiteSpec(id=i, owner_id=1, domain=f"s{i}.example.com",
+                     aliases=(f"www.s{i}.example.com",), backends=(BackendSpec("192.0.2.1", 80),),
+                     **(geo if geo_every and i % geo_every == 0 else {}))
+            for i in range(1, count + 1)]
+
+
+def hash_settings(sites: list[SiteSpec]) -> dict[str, int]:
     entry = ENGINE.render(GOLDEN_NODE, sites).files["rpcc.conf"]
-    assert "server_names_hash_max_size 32768;" in entry  # 10,001 names, twice over
-    assert "server_names_hash_bucket_size 512;" in entry  # 199 characters
-    small = ENGINE.render(GOLDEN_NODE, [SITES["minimal"]]).files["rpcc.conf"]
-    assert "server_names_hash_max_size 512;\nserver_names_hash_bucket_size 64;" in small
+    return {name: int(value) for name, value in
+            re.findall(r"^((?:server_names|variables)_hash_\w+) (\d+);$", entry, re.MULTILINE)}
+
+
+def test_hash_sizes_grow_with_the_node():
+    """nginx stores a name as pointer + 2-byte length + name (aligned to 8) and ends
+    each bucket with a pointer: a 199-character name needs 224 bytes, which nginx
+    rounds up to its 64-byte cache line; the real ``nginx -t`` accepts 256 and refuses
+    128 (tests/integration/test_nginx_engine.py proves each size here)."""
+    sites = numbered_sites(5000, geo_every=4)
+    sites.append(SiteSpec(id=9999, owner_id=1, domain=long_domain(199),
+                          backends=(BackendSpec("192.0.2.1", 80),)))
+    assert hash_settings(sites) == {
+        "server_names_hash_max_size": 32768,  # 10,001 names, twice over
+        "server_names_hash_bucket_size": 256,
+        "variables_hash_max_size": 4096,  # 1,250 country maps and nginx's own
+        "variables_hash_bucket_size": 128,
+    }
+    assert hash_settings([SITES["minimal"]]) == {
+        "server_names_hash_max_size": 512, "server_names_hash_bucket_size": 64,
+        "variables_hash_max_size": 1024, "variables_hash_bucket_size": 128,
+    }
+
+
+def test_a_hundred_ordinary_names_need_more_than_64_byte_buckets():
+    """A 64-byte bucket holds one name like ``www.s12.example.com``: nginx then needs
+    a table size where no two names collide, and warns when it finds none."""
+    assert hash_settings(numbered_sites(1000, geo_every=1)) == {
+        "server_names_hash_max_size": 4096, "server_names_hash_bucket_size": 128,
+        "variables_hash_max_size": 4096, "variables_hash_bucket_size": 128,
+    }
+
+
+@pytest.mark.parametrize("length,bucket", [(46, 64), (47, 128), (110, 128), (111, 256),
+                                           (238, 256), (239, 512), (253, 512)])
+def test_bucket_size_is_the_smallest_power_of_two_nginx_accepts(length, bucket):
+    site = replace(SITES["minimal"], domain=long_domain(length))
+    assert hash_settings([site])["server_names_hash_bucket_size"] == bucket
+
+
+def test_wildcard_aliases_are_sized_too():
+    """nginx keeps ``*.<label>.example.net`` as labels in nested hashes: a thousand
+    long labels under one parent need 256-byte buckets."""
+    sites = [replace(site, aliases=(f"*.{'w' * 56}{site.id}.example.net",))
+             for site in numbered_sites(1000)]
+    assert hash_settings(sites)["server_names_hash_bucket_size"] == 256
 
 
 # --------------------------------------------------------------------------- #
