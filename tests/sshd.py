@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
+import shutil
 import signal
 import socket
 import struct
@@ -97,18 +99,23 @@ class SshServer:
         passwords against /etc/shadow (UsePAM no); the machine's file is never
         touched: sshd runs in its own mount namespace where a copy holding this
         password is bind-mounted over it.
+    :param tiny_fs_bytes: if given, ``tiny_fs`` is a tmpfs of that size, mounted only
+        in sshd's own mount namespace: a node whose disk is full.
     """
 
     def __init__(self, addresses: Sequence[str] = ("127.0.0.1",), *,
-                 password: str | None = None) -> None:
+                 password: str | None = None, tiny_fs_bytes: int | None = None) -> None:
         if not 1 <= len(addresses) <= MAX_ADDRESSES:
             raise ValueError(f"one sshd listens on 1 to {MAX_ADDRESSES} addresses")
         self.binary = sshd_binary()
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation
         self.addresses = tuple(addresses)
         self.password = password
+        self.tiny_fs_bytes = tiny_fs_bytes
         self.root = Path(tempfile.mkdtemp(prefix="rpcc-sshd-"))
         self.root.chmod(0o755)
+        self.tiny_fs = self.root / "tiny"
+        self.tiny_fs.mkdir()
         self.home = self.root / "home"  # sessions' HOME: root's ~/.bashrc never runs
         self.home.mkdir()
         self.host_key_path = self.root / "ssh_host_ed25519_key"
@@ -188,7 +195,7 @@ class SshServer:
                 time.sleep(0.02)
             self.process = None
         if remove:
-            subprocess.run(["rm", "-rf", "--", str(self.root)], check=False, timeout=60)
+            shutil.rmtree(self.root, ignore_errors=True)
 
     # -- internals --------------------------------------------------------------
 
@@ -220,8 +227,21 @@ class SshServer:
 
     def _command(self) -> list[str]:
         sshd = [self.binary, "-D", "-f", str(self.config_path), "-e"]
-        if self.password is None:
+        mounts = []
+        if self.password is not None:
+            mounts.append(f"mount --bind {shlex.quote(str(self._shadow()))} /etc/shadow")
+        if self.tiny_fs_bytes is not None:
+            mounts.append(f"mount -t tmpfs -o size={self.tiny_fs_bytes} rpcc-tiny "
+                          f"{shlex.quote(str(self.tiny_fs))}")
+        if not mounts:
             return sshd
+        # unshare and sh exec in place: the PID we keep is sshd's own.
+        return [require_binary("unshare"), "--mount", "--propagation", "private",
+                "sh", "-c", " && ".join([*mounts, 'exec "$@"']), "sh", *sshd]
+
+    def _shadow(self) -> Path:
+        """A copy of /etc/shadow in which root has ``password``."""
+        assert self.password is not None
         shadow = self.root / "shadow"
         digest = subprocess.run([require_binary("openssl"), "passwd", "-6", "-stdin"],
                                 input=self.password, capture_output=True, text=True,
@@ -231,10 +251,7 @@ class SshServer:
             (":".join([line.split(":")[0], digest, *line.split(":")[2:]])
              if line.startswith("root:") else line) + "\n" for line in lines))
         shadow.chmod(0o600)
-        script = 'mount --bind "$1" /etc/shadow && shift && exec "$@"'
-        # unshare and sh exec in place: the PID we keep is sshd's own.
-        return [require_binary("unshare"), "--mount", "--propagation", "private",
-                "sh", "-c", script, "sh", str(shadow), *sshd]
+        return shadow
 
     def _start(self, *, fixed_port: bool) -> None:
         attempts = 1 if fixed_port else 3

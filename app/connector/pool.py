@@ -26,6 +26,11 @@ Failures and what is retried (with exponential backoff, ``retries`` times):
 * Errors the node reports on a live connection (no such file, permission denied,
   a command's non-zero exit) and timeouts are never retried.
 
+Writes are pipelined, and Paramiko then ignores their acknowledgements (its close()
+even hides a failure), so every written file's size is checked before it is renamed
+into place.  After a command starts, nothing more is sent on its channel that could
+arrive after the server closed it (see ``_DRAIN_STDIN``).
+
 Every wait is bounded: TCP connect, banner, key exchange and authentication by
 ``connect_timeout``; channel opens, channel requests, SFTP requests and commands by
 ``operation_timeout`` (or a command's own ``timeout``).  Messages and log lines name
@@ -79,6 +84,12 @@ _SFTP_CHUNK = 32768
 #: Idle SFTP sessions kept per connection; more concurrent users open their own.
 _IDLE_SFTP_SESSIONS = 4
 _RECV_SIZE = 65536
+#: Runs "$@" with the stdin we send, then reads what it left unread.  The server
+#: closes a channel as soon as its command exits; stdin still in flight (or our EOF)
+#: would then reach a channel OpenSSH has freed, and OpenSSH drops the whole
+#: connection, every other user's channels with it.  Draining keeps the command alive
+#: until our EOF has arrived.
+_DRAIN_STDIN = '"$@"; status=$?; cat >/dev/null; exit "$status"'
 
 
 @dataclass(frozen=True)
@@ -298,7 +309,10 @@ class SSHPool:
         """Run a command from an argument list; a non-zero exit is returned, not raised.
 
         The remote login shell receives ``shlex.join(argv)``, so every argument
-        arrives literally, whatever quotes, spaces or ``$(...)`` it holds.
+        arrives literally, whatever quotes, spaces or ``$(...)`` it holds.  Without
+        ``stdin`` the command reads ``/dev/null``; with it, the command runs under
+        ``sh -c`` which afterwards discards what the command did not read (so a
+        command killed by a signal then exits 128+N instead of -1).
 
         :raises CommandTimeout: if it does not finish within ``timeout`` (default
             ``operation_timeout``); its channel is closed.
@@ -307,7 +321,11 @@ class SSHPool:
         """
         if isinstance(argv, str | bytes) or not argv:
             raise ValueError("argv must be a non-empty list of arguments")
-        command = shlex.join(argv)
+        if stdin is None:
+            # Nothing, not even an EOF, is sent after the exec (see _DRAIN_STDIN).
+            command = shlex.join(argv) + " </dev/null"
+        else:
+            command = shlex.join(["sh", "-c", _DRAIN_STDIN, "sh", *argv])
         limit = self.operation_timeout if timeout is None else timeout
         what = f"command {argv[0]!r}"
 
@@ -329,14 +347,9 @@ class SSHPool:
         out, err = bytearray(), bytearray()
         try:
             _bounded(channel, limit, lambda: channel.exec_command(command))
-            if stdin:
-                try:
-                    channel.sendall(stdin)
-                except TimeoutError:
-                    raise
-                except OSError:
-                    pass  # it ended without reading everything; the EOF check tells
-            channel.shutdown_write()  # a command reading stdin sees its end, not a hang
+            if stdin is not None:
+                channel.sendall(stdin)
+                channel.shutdown_write()
             # The channel's pipe becomes readable when stdout or stderr has data or the
             # channel closes; reading both as they come keeps a chatty stderr from
             # filling the window while we wait on stdout.
@@ -407,6 +420,7 @@ class SSHPool:
                 sftp.chmod(path, 0o755)  # exact, whatever the server's umask
             for relative, data in ordered:
                 _put(sftp, f"{staging}/{relative}", data, mode)
+            _check_tree(target, sftp, staging, directories, ordered)
             state.renaming = True
             try:
                 # Plain SFTP rename: unlike posix-rename it refuses an existing target.
@@ -414,8 +428,7 @@ class SSHPool:
             except OSError as exc:
                 if exc.errno is not None or _lstat(sftp, remote_dir) is None:
                     raise
-                _rmtree(sftp, staging)
-                raise _exists(target, remote_dir) from exc
+                raise _exists(target, remote_dir) from exc  # the staging goes below
             state.done = True
 
         try:
@@ -478,8 +491,9 @@ class SSHPool:
             previous.append(temp)
             _put(sftp, temp, data, mode)
             try:
+                _check_size(target, temp, sftp.stat(temp).st_size, len(data))
                 sftp.posix_rename(temp, path)
-            except OSError:
+            except (OSError, RemoteFileError):
                 _remove_quietly(sftp, temp)
                 raise
 
@@ -942,13 +956,34 @@ def _lstat(sftp: paramiko.SFTPClient, path: str) -> paramiko.SFTPAttributes | No
 
 
 def _put(sftp: paramiko.SFTPClient, path: str, data: bytes, mode: int) -> None:
-    """Write a new file (always a fresh name: "x" refuses to reuse one)."""
+    """Write a new file (always a fresh name: "x" refuses to reuse one).
+
+    Pipelined: writes do not wait for their acknowledgements.  Paramiko then drops
+    their statuses, and its close() hides a failure too, so callers check the sizes
+    (:func:`_check_size`, :func:`_check_tree`) before anything depends on the file.
+    """
     with sftp.open(path, "wxb") as handle:
-        # Writes do not wait for each acknowledgement; close() collects them all.
         handle.set_pipelined(True)
         handle.chmod(mode)  # exact, whatever the server's umask
         if data:
             handle.write(data)
+
+
+def _check_size(target: SSHTarget, path: str, size: int | None, expected: int) -> None:
+    if size != expected:
+        raise RemoteFileError(f"node {target.node_id}: {path} holds {size or 0} of {expected} "
+                              "bytes after writing (disk full?)", errno.EIO)
+
+
+def _check_tree(target: SSHTarget, sftp: paramiko.SFTPClient, root: str,
+                directories: Sequence[str], files: Sequence[tuple[str, bytes]]) -> None:
+    """Prove the pipelined writes of a tree landed: one listing per directory."""
+    sizes: dict[str, int | None] = {}
+    for directory in ("", *directories):
+        for entry in sftp.listdir_attr(posixpath.join(root, directory) if directory else root):
+            sizes[f"{directory}/{entry.filename}" if directory else entry.filename] = entry.st_size
+    for relative, data in files:
+        _check_size(target, f"{root}/{relative}", sizes.get(relative), len(data))
 
 
 def _get(sftp: paramiko.SFTPClient, path: str, size: int) -> bytes:
@@ -987,7 +1022,7 @@ def _remove_quietly(sftp: paramiko.SFTPClient, path: str) -> None:
     the error that led to it."""
     try:
         sftp.remove(path)
-    except OSError:
+    except (OSError, EOFError, paramiko.SSHException):
         logger.debug("could not remove the temporary %s", path)
 
 
