@@ -8,6 +8,7 @@ escape again as defence in depth.
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -208,3 +209,19 @@ def file_header(comment: str, site: SiteSpec | None, version: str) -> str:
     return (f"{comment} Managed by Reverse Proxy Control Center; do not edit.\n"
             f"{comment} site {site.domain} (id {site.id}), owner {site.owner_id}, "
             f"config version {site.config_version}\n")
+
+
+# A file name may have 255 bytes; ".access.log" is the longest suffix a site's
+# files carry, and domains reach 253 characters.
+_NAME_MAX = 255
+_LONGEST_SUFFIX = len(".access.log")
+
+
+def file_stem(domain: str) -> str:
+    """The name a site's files and logs carry: its domain, unless that would make a
+    file name too long for the file system; then the domain's start and a digest of
+    all of it, which stays unique and still tells an operator whose file it is."""
+    if len(domain) + _LONGEST_SUFFIX <= _NAME_MAX:
+        return domain
+    digest = hashlib.sha256(domain.encode()).hexdigest()[:16]
+    return f"{domain[:_NAME_MAX - _LONGEST_SUFFIX - len(digest) - 1]}-{digest}"

@@ -41,6 +41,7 @@ from app.proxy.base import (
     SiteSpec,
     acme_webroot,
     file_header,
+    file_stem,
 )
 
 # Printable ASCII only, without the quote and escape characters of the lexer, the
@@ -150,7 +151,7 @@ def _fingerprint(certificate: CertificateSpec) -> str:
 
 
 def _site_path(site: SiteSpec) -> str:
-    return f"sites/{host_name(site.domain)}.caddy"
+    return f"sites/{file_stem(host_name(site.domain))}.caddy"
 
 
 class _SiteRenderer:
@@ -189,7 +190,7 @@ class _SiteRenderer:
         lines = []
         if self.node.listen_address is not None:
             lines.append(f"bind {quote(self.node.listen_address)}")
-        log_file = f"{self.node.log_dir.rstrip('/')}/{self.site.domain}.access.log"
+        log_file = f"{self.node.log_dir.rstrip('/')}/{file_stem(self.site.domain)}.access.log"
         lines += _block("log", [f"output file {quote(log_file)}"])
         lines += _block(
             "handle /.well-known/acme-challenge/*",

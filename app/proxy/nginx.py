@@ -64,6 +64,7 @@ from app.proxy.base import (
     SiteSpec,
     acme_webroot,
     file_header,
+    file_stem,
     listen_address,
 )
 
@@ -112,22 +113,6 @@ def nginx_bare(value: Any) -> str:
         raise ValueError(f"refusing to place {text[:40]!r} in an nginx configuration")
     nginx_quoted(text)
     return text
-
-
-# A file name may have 255 bytes; ".access.log" is the longest suffix a site's
-# files carry, and domains reach 253 characters.
-_NAME_MAX = 255
-_LONGEST_SUFFIX = len(".access.log")
-
-
-def file_stem(domain: str) -> str:
-    """The name a site's files and logs carry: its domain, unless that would make a
-    file name too long for the file system; then the domain's start and a digest of
-    all of it, which stays unique and still tells an operator whose file it is."""
-    if len(domain) + _LONGEST_SUFFIX <= _NAME_MAX:
-        return domain
-    digest = hashlib.sha256(domain.encode()).hexdigest()[:16]
-    return f"{domain[:_NAME_MAX - _LONGEST_SUFFIX - len(digest) - 1]}-{digest}"
 
 
 _LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")

@@ -298,3 +298,17 @@ def test_hostile_node_values_are_refused_too(node_field, value):
     node = dataclasses.replace(GOLDEN_NODE, **{node_field: value})
     with pytest.raises(ValueError):
         ENGINE.render(node, golden_sites())
+
+
+def test_a_253_character_domain_still_fits_the_file_system():
+    long_domain = ".".join(["a" * 62] * 4) + ".i"
+    assert len(long_domain) == 253
+    site = SiteSpec(id=77, owner_id=1, domain=long_domain,
+                    backends=(BackendSpec("127.0.0.1", 8080),))
+    node = NodeSpec(name="c", proxy_type="caddy", config_dir="/etc/caddy/rpcc.d",
+                    test_command="caddy validate", reload_command="caddy reload")
+    rendered = ENGINE.render(node, [site])
+    names = [path.rsplit("/", 1)[-1] for path in rendered.files]
+    assert all(len(name.encode()) <= 255 for name in names)
+    logs = re.findall(r"output file \"?([^\s\"]+)", "".join(rendered.files.values()))
+    assert logs and all(len(log.rsplit("/", 1)[-1]) <= 255 for log in logs)
