@@ -16,10 +16,10 @@ from app.extensions import db
 from app.models import Node, NodeStatus, ProxyType, User
 from app.models.base import utcnow
 from app.proxy import get_engine
-from app.proxy.base import acme_webroot
+from app.proxy.base import PROBE_HOST, acme_webroot
 from app.services import audit, rendering
 from app.services.common import get_or_404, require_admin
-from app.services.deployments import connector, ssh_target
+from app.services.deployments import connector, probe_token, ssh_target
 
 # Per engine: the binary, the package that provides it, and the file that must load
 # the managed directory (nginx reads every conf.d/*.conf inside http {}; Caddy has
@@ -72,19 +72,26 @@ def package_manager(os_release: dict[str, str]) -> tuple[str, list[list[str]]] |
     return None
 
 
-def _http_probe(address: str, port: int, timeout: float = 5.0) -> dict[str, Any]:
-    started = time.monotonic()
-    conn = http.client.HTTPConnection(address, port, timeout=timeout)
-    try:
-        conn.request("GET", "/", headers={"Host": "rpcc-check.invalid",
-                                          "User-Agent": "rpcc-check/1"})
-        status = conn.getresponse().status
-        return {"ok": True, "detail": f"HTTP {status}",
-                "seconds": round(time.monotonic() - started, 3)}
-    except (OSError, http.client.HTTPException) as exc:
-        return {"ok": False, "detail": f"no HTTP answer on {address}:{port}: {exc}"}
-    finally:
-        conn.close()
+def _http_probe(address: str, port: int, timeout: float = 5.0,
+                attempts: int = 3) -> dict[str, Any]:
+    """Any HTTP answer proves the proxy serves; a few attempts ride out a reload."""
+    problem = ""
+    for attempt in range(attempts):
+        started = time.monotonic()
+        conn = http.client.HTTPConnection(address, port, timeout=timeout)
+        try:
+            conn.request("GET", "/", headers={"Host": PROBE_HOST,
+                                              "User-Agent": "rpcc-check/1"})
+            status = conn.getresponse().status
+            return {"ok": True, "detail": f"HTTP {status}",
+                    "seconds": round(time.monotonic() - started, 3)}
+        except (OSError, http.client.HTTPException) as exc:
+            problem = f"no HTTP answer on {address}:{port}: {exc}"
+        finally:
+            conn.close()
+        if attempt + 1 < attempts:
+            time.sleep(0.3)
+    return {"ok": False, "detail": problem}
 
 
 def check_node(actor: User, node_id: int) -> Node:
@@ -147,6 +154,10 @@ def prepare_node(actor: User, node_id: int) -> list[str]:
             raise ValidationError("the node's test command fails after prepare", {
                 "test_command": (check.stderr or check.stdout).strip()[-1000:]})
         log.append("test command passes")
+        reload = pool.run(target, shlex.split(node.reload_command))
+        log.append("reloaded" if reload.ok else
+                   f"reload failed (is the proxy service running?): "
+                   f"{(reload.stderr or reload.stdout).strip()[-300:]}")
     except ConnectorError as exc:
         db.session.rollback()
         raise ValidationError("could not prepare the node",
@@ -185,10 +196,13 @@ def _ensure_directories(pool: SSHPool, target: SSHTarget, node: Node, log: list[
     for path in (node.log_dir, node.cache_dir, acme_webroot(spec)):
         pool.mkdir_p(target, path)
     if pool.kind(target, node.config_dir) is None:
-        # An empty managed directory that the include line can already load.
-        empty = get_engine(node.proxy_type.value).render(spec, [])
+        # An empty managed directory that the include line can already load, with the
+        # probe, so that the node answers HTTP (and "check" passes) before any site.
+        engine = get_engine(node.proxy_type.value)
+        files = engine.render(spec, []).files
+        files.update(engine.probe(spec, probe_token(files)))
         pool.upload_tree(target, node.config_dir,
-                         {path: text.encode() for path, text in empty.files.items()})
+                         {path: text.encode() for path, text in files.items()})
         log.append(f"created {node.config_dir}")
     else:
         log.append(f"{node.config_dir} exists")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import random
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from app.errors import Conflict
 from app.models import Deployment, DeploymentStatus, Node, Rollout, Site
 from app.services import deployments, node_actions, nodes, sites
 from app.services.node_lock import node_lease
@@ -23,6 +25,7 @@ from tests import factories
 from tests.caddy_node import CaddyNode
 from tests.conftest import api_headers
 from tests.fleet import Backends, FleetNode, register, release_dirs, start_nginx
+from tests.nginx_node import NginxNode
 from tests.sshd import FaultyRelay, SshServer
 
 
@@ -417,3 +420,50 @@ def test_a_caddy_node_takes_the_same_deployment_as_the_nginx_nodes(
         assert after == before
     finally:
         caddy.stop()
+
+
+def test_prepare_makes_a_bare_node_deployable_and_is_idempotent(
+        admin, alice, sshd, backends, db, app):
+    nginx = NginxNode(address="127.0.0.40")
+    try:
+        conf_d = nginx.prefix / "conf.d"
+        conf_d.mkdir()
+        nginx.write_main_conf(f"include {conf_d}/*.conf;")
+        shutil.rmtree(nginx.config_dir)
+        nginx.start()
+        row = register(admin, nginx, "bare-0", sshd.port, sshd.client_key_text,
+                       main_config=str(conf_d / "rpcc.conf"))
+        first = node_actions.prepare_node(admin, row.id)
+        assert any(step.startswith("nginx already installed") for step in first)
+        assert f"created {nginx.config_dir}" in first
+        assert f"added the include line to {conf_d / 'rpcc.conf'}" in first
+        assert first[-2:] == ["test command passes", "reloaded"]
+        assert (conf_d / "rpcc.conf").read_text() == (
+            f"include {nginx.config_dir}/rpcc.conf;\n")
+        again = node_actions.prepare_node(admin, row.id)
+        assert f"{nginx.config_dir} exists" in again
+        assert f"{conf_d / 'rpcc.conf'} already loads {nginx.config_dir}" in again
+        assert (conf_d / "rpcc.conf").read_text().count("include") == 1
+
+        checked = node_actions.check_node(admin, row.id)
+        assert checked.status.value == "online", checked.last_check
+        assert all(part["ok"] for part in checked.last_check.values())
+
+        backend = backends.start("prepared")
+        site = factories.make_site(alice, "fresh.example.com",
+                                   backends=[{"host": "127.0.0.1", "port": backend.port}])
+        assert deploy(alice, site).status == DeploymentStatus.SUCCEEDED
+        assert row.get("fresh.example.com").json()["backend"] == "prepared"
+
+        # Disabled, then draining: the node gets no more deployments.
+        nodes.set_enabled(admin, row.id, False)
+        with pytest.raises(Conflict):
+            deployments.deploy_site(alice, site.id)
+        nodes.set_enabled(admin, row.id, True)
+        nodes.drain_node(admin, row.id)
+        with pytest.raises(Conflict):
+            deployments.deploy_site(alice, site.id)
+    finally:
+        nginx.stop()
+        nginx.remove()
+        deployments.close_connector(app)
