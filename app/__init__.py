@@ -28,6 +28,7 @@ def create_app(config_name: str | None = None, overrides: dict[str, Any] | None 
     name = config_name or os.environ.get("APP_ENV", "development")
     app.config.from_object(CONFIGS[name])
     app.config.update(overrides or {})
+    configure_database_pool(app)
     configure_secrets(app, production=name == "production")
     configure_logging(app)
     if app.config["PROXY_FIX_COUNT"]:
@@ -42,6 +43,18 @@ def create_app(config_name: str | None = None, overrides: dict[str, Any] | None 
     if app.config["DISCOVER_NODES_AT_STARTUP"]:
         discover_nodes_at_startup(app)
     return app
+
+
+def configure_database_pool(app: Flask) -> None:
+    """Room for every deploying thread (each holds one connection at a time) beside
+    the web requests; in-memory SQLite keeps its single shared connection."""
+    url = app.config["SQLALCHEMY_DATABASE_URI"]
+    if url in ("sqlite://", "sqlite:///:memory:"):
+        return
+    options = dict(app.config["SQLALCHEMY_ENGINE_OPTIONS"])
+    options.setdefault("pool_size", 10)
+    options.setdefault("max_overflow", app.config["DEPLOY_PARALLELISM"] + 10)
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
 
 
 def configure_secrets(app: Flask, *, production: bool) -> None:

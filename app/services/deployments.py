@@ -422,8 +422,12 @@ def deploy_node(app: Flask, deployment_id: int) -> DeploymentStatus:
             return _deploy_node(app, deployment_id)
         except Exception as exc:  # a bug must not leave the row "running"
             logger.exception("deployment %s failed unexpectedly", deployment_id)
-            _set(deployment_id, status=DeploymentStatus.FAILED, error=_describe(exc),
-                 finished_at=utcnow())
+            try:
+                _set(deployment_id, status=DeploymentStatus.FAILED, error=_describe(exc),
+                     finished_at=utcnow())
+            except Exception:  # the rollout's conclusion marks it then
+                logger.exception("could not record the failure of deployment %s",
+                                 deployment_id)
             return DeploymentStatus.FAILED
         finally:
             db.session.remove()
@@ -434,8 +438,12 @@ def _deploy_node(app: Flask, deployment_id: int) -> DeploymentStatus:
     deployment = db.session.get(Deployment, deployment_id)
     assert deployment is not None
     rollout = deployment.rollout
-    node = db.session.get(Node, deployment.node_id) if deployment.node_id else None
-    if node is None:
+    node_id = deployment.node_id
+    node = db.session.get(Node, node_id) if node_id else None
+    # A thread holds at most one database connection at a time: the session gives
+    # its own back before the lease and progress writes take one.
+    db.session.rollback()
+    if node is None or node_id is None:
         _set(deployment_id, status=DeploymentStatus.FAILED, error="the node was deleted",
              finished_at=utcnow())
         return DeploymentStatus.FAILED
@@ -443,10 +451,9 @@ def _deploy_node(app: Flask, deployment_id: int) -> DeploymentStatus:
     _set(deployment_id, status=DeploymentStatus.RUNNING, step="lock", started_at=utcnow())
     started = time.monotonic()
     try:
-        with node_lease(node.id, ttl=cfg["DEPLOY_LOCK_TTL"], wait=cfg["DEPLOY_LOCK_WAIT"]) as lease:
+        with node_lease(node_id, ttl=cfg["DEPLOY_LOCK_TTL"], wait=cfg["DEPLOY_LOCK_WAIT"]) as lease:
             steps.append({"step": "lock", "seconds": round(time.monotonic() - started, 4),
                           "ok": True})
-            db.session.refresh(node)
             render_started = time.monotonic()
             if rollout.kind == RolloutKind.ROLLBACK:
                 target_version = db.session.get(ConfigVersion, rollout.target_version_id)
@@ -475,9 +482,11 @@ def _deploy_node(app: Flask, deployment_id: int) -> DeploymentStatus:
                 verify_timeout=cfg["DEPLOY_VERIFY_TIMEOUT"], steps=steps,
                 on_step=lambda step: _progress(lease, deployment_id, step),
             )
-            # Commit before any other connection writes: SQLite has one writer at a time.
+            version_id = version.id
+            # Commit before any other connection writes (SQLite has one writer at a
+            # time); the session then holds no connection while the node is worked on.
             db.session.commit()
-            _set(deployment_id, config_version_id=version.id)
+            _set(deployment_id, config_version_id=version_id)
             _Remote(connector(app), job).run()
     except StepFailed as failure:
         status = (DeploymentStatus.ROLLED_BACK if failure.step == "verify"
@@ -485,27 +494,30 @@ def _deploy_node(app: Flask, deployment_id: int) -> DeploymentStatus:
         note = "" if failure.restored else (
             " The previous configuration could not be put back: the node is flagged for a "
             "drift check.")
-        _finish(deployment_id, node.id, status, f"{failure.step}: {failure.message}{note}",
+        _finish(deployment_id, node_id, status, f"{failure.step}: {failure.message}{note}",
                 steps, drifted=not failure.restored)
         return status
     except HostKeyChanged as exc:
         with db.engine.begin() as conn:
-            conn.execute(update(Node).where(Node.id == node.id).values(
+            conn.execute(update(Node).where(Node.id == node_id).values(
                 pending_host_key=exc.presented_key))
-        _finish(deployment_id, node.id, DeploymentStatus.FAILED, _describe(exc), steps)
+        _finish(deployment_id, node_id, DeploymentStatus.FAILED, _describe(exc), steps)
         return DeploymentStatus.FAILED
     except Exception as exc:
         db.session.rollback()
-        _finish(deployment_id, node.id, DeploymentStatus.FAILED, _describe(exc), steps)
+        _finish(deployment_id, node_id, DeploymentStatus.FAILED, _describe(exc), steps)
         return DeploymentStatus.FAILED
-    _finish(deployment_id, node.id, DeploymentStatus.SUCCEEDED, "", steps)
+    _finish(deployment_id, node_id, DeploymentStatus.SUCCEEDED, "", steps)
     return DeploymentStatus.SUCCEEDED
 
 
 def _progress(lease: NodeLease, deployment_id: int, step: str) -> None:
-    """Each step renews the node's lease and shows where the deployment is."""
-    lease.renew()
-    _set(deployment_id, step=step)
+    """Each step shows where the deployment is, and renews the node's lease once a
+    third of it has passed, in one short transaction."""
+    with db.engine.begin() as conn:
+        lease.renew(conn, only_if_older_than=lease.ttl / 3)
+        conn.execute(update(Deployment).where(Deployment.id == deployment_id)
+                     .values(step=step))
 
 
 def _finish(deployment_id: int, node_id: int, status: DeploymentStatus, error: str,
@@ -661,6 +673,11 @@ def run_rollout(app: Flask, rollout_id: int) -> None:
             with db.engine.begin() as conn:
                 conn.execute(update(Rollout).where(Rollout.id == rollout_id).values(
                     status=DeploymentStatus.FAILED, error=_describe(exc), finished_at=utcnow()))
+                conn.execute(update(Deployment).where(
+                    Deployment.rollout_id == rollout_id,
+                    Deployment.status.in_([DeploymentStatus.PENDING, DeploymentStatus.RUNNING]))
+                    .values(status=DeploymentStatus.FAILED, finished_at=utcnow(),
+                            error="interrupted: " + _describe(exc)))
         finally:
             db.session.remove()
             _THREADS.pop(rollout_id, None)

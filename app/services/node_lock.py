@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
-from sqlalchemy import delete, insert, update
+from sqlalchemy import Connection, delete, insert, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from app.errors import Conflict
@@ -42,6 +42,7 @@ class NodeLease:
         self.node_id = node_id
         self.ttl = ttl
         self.holder = uuid.uuid4().hex
+        self._renewed = time.monotonic()
 
     def _try_take(self) -> bool:
         now = utcnow()
@@ -54,6 +55,7 @@ class NodeLease:
                 conn.execute(insert(NodeLock).values(
                     node_id=self.node_id, holder=self.holder, acquired_at=now,
                     expires_at=now + timedelta(seconds=self.ttl)))
+            self._renewed = time.monotonic()
             return True
         except IntegrityError:
             return False
@@ -78,15 +80,25 @@ class NodeLease:
             delay = min(delay * 2, 0.25)
         return time.monotonic() - started
 
-    def renew(self) -> None:
-        """:raises LeaseLost: when the lease is no longer ours."""
-        with db.engine.begin() as conn:
-            result = conn.execute(
-                update(NodeLock)
-                .where(NodeLock.node_id == self.node_id, NodeLock.holder == self.holder)
-                .values(expires_at=utcnow() + timedelta(seconds=self.ttl)))
+    def renew(self, conn: Connection | None = None, *, only_if_older_than: float = 0.0) -> None:
+        """Push the deadline back (within the caller's transaction when given; skipped
+        while the last renewal is younger than ``only_if_older_than`` seconds).
+
+        :raises LeaseLost: when the lease is no longer ours.
+        """
+        if time.monotonic() - self._renewed < only_if_older_than:
+            return
+        if conn is None:
+            with db.engine.begin() as own:
+                self.renew(own)
+            return
+        result = conn.execute(
+            update(NodeLock)
+            .where(NodeLock.node_id == self.node_id, NodeLock.holder == self.holder)
+            .values(expires_at=utcnow() + timedelta(seconds=self.ttl)))
         if result.rowcount != 1:
             raise LeaseLost(f"lost the lock on node {self.node_id}")
+        self._renewed = time.monotonic()
 
     def release(self) -> None:
         with db.engine.begin() as conn:
