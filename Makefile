@@ -10,5 +10,8 @@ lint:
 	.venv/bin/ruff check app tests bench config.py wsgi.py
 	.venv/bin/mypy app/services app/proxy app/connector app/security.py
 
-bench:
+bench:  ## every benchmark (the fan-out one starts 50 nginx nodes: a few minutes)
 	.venv/bin/python bench/api_latency.py
+	.venv/bin/python bench/render.py
+	.venv/bin/python bench/ssh_pool.py
+	.venv/bin/python bench/deploy_fanout.py
