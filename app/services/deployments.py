@@ -231,9 +231,12 @@ class _Remote:
         self.previous: str | None = None
         self.adopted = False
         self.swapped = False
+        self.reloaded = False
+        self.current = ""
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
+        self.current = name
         self.job.on_step(name)
         started = time.monotonic()
         ok = False
@@ -245,6 +248,28 @@ class _Remote:
                                    "ok": ok})
 
     def run(self) -> None:
+        """:raises StepFailed: for any failure, after putting the previous release back
+            once the swap happened (a lost connection, an expired lease or a timeout
+            mid-way included: nothing half-deployed stays live)."""
+        try:
+            self._steps()
+        except StepFailed:
+            raise
+        except Exception as exc:
+            restored = self.restore(reload=self.reloaded) if self.swapped else True
+            raise StepFailed(self.current, _describe(exc), restored=restored,
+                             after_swap=self.swapped) from exc
+        # The new release is live and verified: a failure from here on is no reason to
+        # roll back (the next deployment's sweep removes what is left).
+        try:
+            with self.step("cleanup"):
+                if self.previous and not self.adopted and self._ours(self.previous):
+                    self.pool.remove_tree(self.job.target, self._absolute(self.previous))
+        except Exception:
+            logger.warning("node %s: could not remove the previous release",
+                           self.job.target.node_id, exc_info=True)
+
+    def _steps(self) -> None:
         pool, target, job = self.pool, self.job.target, self.job
         with self.step("upload"):
             kind = pool.kind(target, self.config_dir)
@@ -270,6 +295,7 @@ class _Remote:
                 self._fail("test", f"the node's test command refused the configuration: "
                                    f"{_output(result)}", reload=False)
         with self.step("reload"):
+            self.reloaded = True  # from here on, the new release may be loaded
             result = pool.run(target, job.reload_command, timeout=job.command_timeout)
             if not result.ok:
                 self._fail("reload", f"reload failed: {_output(result)}", reload=True)
@@ -280,9 +306,6 @@ class _Remote:
                                               job.verify_hosts, job.verify_timeout)
             if problem:
                 self._fail("verify", problem, reload=True)
-        with self.step("cleanup"):
-            if self.previous and not self.adopted and self._ours(self.previous):
-                pool.remove_tree(target, self._absolute(self.previous))
 
     def _absolute(self, link: str) -> str:
         return link if link.startswith("/") else f"{self.config_dir.rsplit('/', 1)[0]}/{link}"
@@ -323,7 +346,7 @@ class _Remote:
             if reload:
                 pool.run(target, self.job.reload_command, timeout=self.job.command_timeout)
             return True
-        except ConnectorError:
+        except Exception:
             logger.exception("node %s: could not restore the previous release",
                              self.job.target.node_id)
             return False

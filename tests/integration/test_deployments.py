@@ -12,6 +12,7 @@ import random
 import shutil
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,11 @@ def test_the_api_answers_202_then_reports_each_node(app, alice, fleet, backends)
     listed = http.get(f"/api/v1/sites/{site.id}/deployments",
                       headers=api_headers(alice)).get_json()
     assert [item["id"] for item in listed["items"]] == [rollout_id]
+
+
+def _as_utc(moment: datetime) -> datetime:
+    """SQLite hands timestamps back without their zone; they were written in UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _serving_before(fleet: list[FleetNode]) -> dict[str, Any]:
@@ -309,7 +315,10 @@ def test_two_deployments_at_once_serialize_and_the_later_wins(app, alice, fleet,
                  .order_by(Deployment.started_at).all())[-2:]
         # Never both on the node: one finished before the other left its lock step.
         one, two = sorted(steps, key=lambda d: d.finished_at)
-        assert one.finished_at <= two.finished_at
+        # The second got the node's lock only after the first had finished.
+        locked = _as_utc(two.started_at) + timedelta(seconds=two.steps[0]["seconds"])
+        assert two.steps[0]["step"] == "lock"
+        assert _as_utc(one.finished_at) <= locked + timedelta(milliseconds=50)
         assert deployments.current_version(node.id).version == 3
 
 
@@ -463,6 +472,61 @@ def test_prepare_makes_a_bare_node_deployable_and_is_idempotent(
         nodes.drain_node(admin, row.id)
         with pytest.raises(Conflict):
             deployments.deploy_site(alice, site.id)
+    finally:
+        nginx.stop()
+        nginx.remove()
+        deployments.close_connector(app)
+
+
+
+def test_a_node_that_stops_answering_after_the_swap_gets_its_previous_release_back(
+        app, admin, alice, fleet, live_site, sshd, monkeypatch, db):
+    relay = FaultyRelay(sshd.port)
+    try:
+        victim = fleet[3]
+        nodes.update_node(admin, victim.id, {"ssh_port": relay.port})
+        before = _serving_before(fleet)
+        monkeypatch.setitem(app.config, "SSH_OPERATION_TIMEOUT", 3.0)
+        deployments.close_connector(app)
+        pool = deployments.connector(app)
+        run = pool.run
+        test_command = db.session.get(Node, victim.id).test_command.split()
+
+        def cut_during_test(target: Any, argv: Any, **kwargs: Any) -> Any:
+            if target.node_id == victim.id and list(argv) == test_command:
+                relay.stall()  # the node stops answering while it tests
+                try:
+                    return run(target, argv, **kwargs)
+                finally:
+                    relay.resume()
+            return run(target, argv, **kwargs)
+
+        monkeypatch.setattr(pool, "run", cut_during_test)
+        sites.update_site(alice, live_site.id, {"headers": {"X-Shop": "v3"}})
+        rollout = deploy(alice, live_site)
+        failed = next(d for d in rollout.deployments if d.node_name == victim.name)
+        assert failed.status == DeploymentStatus.FAILED
+        assert failed.error.startswith("test: ")
+        assert victim.snapshot() == before[victim.name][0]
+        assert victim.get("shop.example.com").headers.get("x-shop") is None
+        assert db.session.get(Node, victim.id).drifted is False
+    finally:
+        relay.close()
+
+
+def test_a_failed_first_deployment_gives_the_operator_directory_back(
+        app, admin, alice, sshd, backends):
+    nginx = start_nginx("127.0.0.41")
+    try:
+        node = register(admin, nginx, "first-0", sshd.port, sshd.client_key_text)
+        original = node.snapshot()
+        site = factories.make_site(alice, "first.example.com",
+                                   backends=[{"host": "backend.invalid", "port": 80}])
+        rollout = deploy(alice, site)
+        assert rollout.status == DeploymentStatus.FAILED
+        assert nginx.config_dir.is_dir() and not nginx.config_dir.is_symlink()
+        assert node.snapshot() == original
+        assert release_dirs(node) == []
     finally:
         nginx.stop()
         nginx.remove()
