@@ -24,6 +24,7 @@ def detail(actor: User, rollout_id: int, panel: str) -> str:
     site_url = (url_for(f"{panel}.site_detail", site_id=rollout.site_id)
                 if rollout.site_id else "")
     return render_template("deployments/detail.html", rollout=rollout, site_url=site_url,
+                           redact=deployments.redactor(actor, rollout.pool_id),
                            events_url=url_for(f"{panel}.deployment_events",
                                               rollout_id=rollout.id))
 
@@ -31,7 +32,7 @@ def detail(actor: User, rollout_id: int, panel: str) -> str:
 def _state(actor: User, rollout_id: int) -> dict[str, Any]:
     db.session.expire_all()
     rollout = deployments.get_rollout(actor, rollout_id)
-    state = deployments.rollout_to_dict(rollout)
+    state = deployments.rollout_to_dict(rollout, actor)
     state["finished"] = rollout.status.finished
     return state
 

@@ -406,6 +406,7 @@ def _site_page(site: Site, block_form: BlockForm) -> Any:
                            recent=deployments.list_rollouts(_actor(), site_id=site.id,
                                                             per_page=5),
                            deploy_url=url_for(".site_deploy", site_id=site.id),
+                           redact=deployments.redactor(_actor(), site.pool_id),
                            detail_endpoint="admin.deployment_detail")
 
 

@@ -66,7 +66,8 @@ class DeployRequestSchema(Schema):
 
 
 def _page(result: Page[Any]) -> dict[str, Any]:
-    return {"items": [deployments.rollout_to_dict(r) for r in result.items],
+    actor = current_actor()
+    return {"items": [deployments.rollout_to_dict(r, actor) for r in result.items],
             "page": result.page, "per_page": result.per_page, "total": result.total}
 
 
@@ -108,7 +109,8 @@ class DeploymentItem(MethodView):
     @blp.alt_response(404, response="NOT_FOUND")
     def get(self, rollout_id: int) -> Any:
         """A deployment's status and each node's progress."""
-        return deployments.rollout_to_dict(deployments.get_rollout(current_actor(), rollout_id))
+        actor = current_actor()
+        return deployments.rollout_to_dict(deployments.get_rollout(actor, rollout_id), actor)
 
 
 class VersionSchema(Schema):

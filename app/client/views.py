@@ -65,6 +65,7 @@ def site_detail(site_id: int) -> Any:
                                                      request.args.get("engine", "nginx")),
                            recent=deployments.list_rollouts(actor, site_id=site.id, per_page=5),
                            deploy_url=url_for(".site_deploy", site_id=site.id),
+                           redact=deployments.redactor(actor, site.pool_id),
                            detail_endpoint="client.deployment_detail")
 
 

@@ -255,6 +255,11 @@ class _Remote:
             self._steps()
         except StepFailed:
             raise
+        except HostKeyChanged:
+            if not self.swapped:
+                raise  # nothing was sent; the caller records the key to accept
+            self.restore(reload=self.reloaded)  # reconnecting fails too, but try
+            raise
         except Exception as exc:
             restored = self.restore(reload=self.reloaded) if self.swapped else True
             raise StepFailed(self.current, _describe(exc), restored=restored,
@@ -811,13 +816,37 @@ def get_rollout(actor: User, rollout_id: int) -> Rollout:
     return rollout
 
 
-def rollout_to_dict(rollout: Rollout) -> dict[str, Any]:
+def redactor(actor: User, pool_id: int | None) -> Callable[[str], str]:
+    """What a node printed can name other tenants' sites (a failed test quotes the
+    file and upstream it stopped at): for a client, those names become
+    "[another site]"; administrators see everything."""
+    if actor.is_admin or pool_id is None:
+        return lambda text: text
+    stmt = (select(Site).where(Site.pool_id == pool_id)
+            .options(selectinload(Site.hostnames), selectinload(Site.backends)))
+    theirs: set[str] = set()
+    mine: set[str] = set()
+    for site in db.session.scalars(stmt):
+        names = {site.domain, *site.aliases, *(b.host for b in site.backends)}
+        (mine if site.owner_id == actor.id else theirs).update(names)
+    hidden = sorted(theirs - mine, key=len, reverse=True)
+
+    def redact(text: str) -> str:
+        for name in hidden:
+            text = text.replace(name, "[another site]")
+        return text
+
+    return redact
+
+
+def rollout_to_dict(rollout: Rollout, actor: User) -> dict[str, Any]:
+    redact = redactor(actor, rollout.pool_id)
     return {
         "id": rollout.id,
         "kind": rollout.kind.value,
         "site_id": rollout.site_id,
         "status": rollout.status.value,
-        "error": rollout.error,
+        "error": redact(rollout.error),
         "created_at": rollout.created_at,
         "started_at": rollout.started_at,
         "finished_at": rollout.finished_at,
@@ -826,7 +855,7 @@ def rollout_to_dict(rollout: Rollout) -> dict[str, Any]:
             "node_id": d.node_id,
             "status": d.status.value,
             "step": d.step,
-            "error": d.error,
+            "error": redact(d.error),
             "steps": d.steps,
             "version": d.config_version.version if d.config_version else None,
         } for d in rollout.deployments],

@@ -531,3 +531,26 @@ def test_a_failed_first_deployment_gives_the_operator_directory_back(
         nginx.stop()
         nginx.remove()
         deployments.close_connector(app)
+
+
+def test_a_client_never_reads_another_tenants_names_in_node_errors(
+        app, admin, alice, bob, fleet, live_site, alice_client):
+    # Bob's broken backend makes every node's test fail, quoting his upstream.
+    factories.make_site(bob, "bob-secret.example.com",
+                        backends=[{"host": "bob-internal.invalid", "port": 80}])
+    rollout = deploy(alice, live_site)
+    assert rollout.status == DeploymentStatus.FAILED
+    raw = rollout.deployments[0].error
+    assert "bob-internal.invalid" in raw  # what the node printed, as admins see it
+    as_alice = app.test_client().get(f"/api/v1/deployments/{rollout.id}",
+                                     headers=api_headers(alice)).get_json()
+    shown = as_alice["error"] + "".join(n["error"] for n in as_alice["nodes"])
+    assert "[another site]" in shown
+    assert "bob-internal" not in shown and "bob-secret" not in shown
+    page = alice_client.get(f"/client/deployments/{rollout.id}").get_data(as_text=True)
+    site_page = alice_client.get(f"/client/sites/{live_site.id}").get_data(as_text=True)
+    for text in (page, site_page):
+        assert "bob-internal" not in text and "bob-secret" not in text
+    as_admin = app.test_client().get(f"/api/v1/deployments/{rollout.id}",
+                                     headers=api_headers(admin)).get_json()
+    assert "bob-internal.invalid" in "".join(n["error"] for n in as_admin["nodes"])
