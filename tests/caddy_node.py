@@ -8,7 +8,6 @@ in their teardown); Caddy is stopped by PID.
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
 import io
 import os
@@ -19,11 +18,6 @@ import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from app.proxy.base import CertificateSpec, NodeSpec, RenderedConfig, SiteSpec
 from app.proxy.caddy import ENGINE
@@ -108,28 +102,6 @@ class CaddyNode:
         if self.process is not None:
             stop(self.process)
             self.process = None
-
-
-def self_signed(names: list[str]) -> CertificateSpec:
-    """A one-day self-signed certificate for ``names`` (its own trust anchor)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
-                       critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return CertificateSpec(
-        chain_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
-        key_pem=key.private_bytes(serialization.Encoding.PEM,
-                                  serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()).decode(),
-    )
 
 
 def websocket_frame(payload: bytes, mask: bytes | None) -> bytes:

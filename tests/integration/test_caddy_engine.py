@@ -23,10 +23,10 @@ from tests.caddy_node import (
     Backend,
     CaddyNode,
     read_websocket_frame,
-    self_signed,
     websocket_accept,
     websocket_frame,
 )
+from tests.nginx_node import self_signed
 from tests.unit.test_render_caddy import batch_sites, golden_sites
 
 PASSWORD = "open-sesame-2026"
