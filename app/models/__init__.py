@@ -1,6 +1,15 @@
 """All models, importable from one place (Alembic needs them registered)."""
 
 from app.models.audit import AuditLog
+from app.models.certificate import (
+    AcmeAccount,
+    AcmeChallenge,
+    Certificate,
+    CertificateAttempt,
+    CertificateProvider,
+    CertificateStatus,
+    DnsProvider,
+)
 from app.models.deployment import (
     ConfigVersion,
     Deployment,
@@ -9,6 +18,7 @@ from app.models.deployment import (
     Rollout,
     RolloutKind,
 )
+from app.models.jobs import JobRun, JobStatus, SchedulerLease, Setting
 from app.models.node import Node, NodeStatus, Pool, ProxyType
 from app.models.site import (
     BackendProtocol,
@@ -24,6 +34,9 @@ from app.models.site import (
 from app.models.user import ApiToken, Role, User
 
 __all__ = [
+    "AcmeAccount", "AcmeChallenge", "Certificate", "CertificateAttempt",
+    "CertificateProvider", "CertificateStatus", "DnsProvider", "JobRun", "JobStatus",
+    "SchedulerLease", "Setting",
     "ApiToken", "AuditLog", "BackendProtocol", "ConfigVersion", "Deployment",
     "DeploymentStatus", "GeoMode", "Node", "NodeLock", "NodeStatus", "Pool", "Rollout",
     "RolloutKind",

@@ -69,6 +69,10 @@ class Site(TimestampMixin, db.Model):
     ssl_mode: Mapped[SslMode] = mapped_column(
         enum_column(SslMode, name="site_ssl_mode"), default=SslMode.NONE
     )
+    # How an ACME certificate is validated: "http-01" (token on every node of the
+    # pool) or "dns-01" (TXT record through the zone's DNS provider).
+    acme_challenge: Mapped[str] = mapped_column(String(16), default="http-01",
+                                                server_default="http-01")
     force_https: Mapped[bool] = mapped_column(Boolean, default=False)
     hsts: Mapped[bool] = mapped_column(Boolean, default=False)
     http2: Mapped[bool] = mapped_column(Boolean, default=True)
