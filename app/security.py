@@ -197,6 +197,35 @@ def validate_basic_auth_username(value: Any) -> str:
     return value
 
 
+_TSIG_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
+_BASE64 = re.compile(r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")
+
+
+def validate_tsig_key_name(value: Any) -> str:
+    """A TSIG key name as DNS servers write it (``acme-key``, ``acme._tsig.example.com``):
+    a DNS name of letters, digits, '-' and '_' labels; single labels allowed."""
+    if not isinstance(value, str) or not value:
+        raise ValueError("is required")
+    name = value.lower().removesuffix(".")
+    if not name or len(name) > MAX_DOMAIN_LENGTH or not all(
+        _TSIG_LABEL.fullmatch(label) for label in name.split(".")
+    ):
+        raise ValueError("must be a DNS name of letters, digits, '-' and '_' (e.g. acme-key)")
+    return name
+
+
+def validate_base64_secret(value: Any, *, min_bytes: int = 16, max_bytes: int = 128) -> str:
+    """A key given in base64 (TSIG secrets): canonical padding, no spaces or newlines."""
+    if not isinstance(value, str) or not value:
+        raise ValueError("is required")
+    if len(value) > 4 * max_bytes or not _BASE64.fullmatch(value):
+        raise ValueError("must be base64 (letters, digits, '+', '/', '=' padding)")
+    size = len(value) // 4 * 3 - value.count("=")
+    if not min_bytes <= size <= max_bytes:
+        raise ValueError(f"must decode to {min_bytes} to {max_bytes} bytes")
+    return value
+
+
 def validate_secret_text(value: Any, *, max_length: int = 256) -> str:
     """A password that is hashed or encrypted, never placed in a config verbatim."""
     if not isinstance(value, str) or not value:

@@ -1,0 +1,180 @@
+"""DNS providers: the zones whose DNS-01 records the control plane may write.
+
+Administrators register one provider per zone (the server and TSIG key that accept
+signed updates for it); issuance picks the provider of a domain with
+:func:`provider_for_domain`.  TSIG secrets are write-only: encrypted at rest, never
+returned, never logged or audited.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
+
+from app.acme.dns import DnsChallengeError, DnsChallengeProvider
+from app.acme.dns_rfc2136 import TSIG_ALGORITHMS, Rfc2136Provider
+from app.errors import ValidationError
+from app.extensions import db
+from app.models import DnsProvider, User
+from app.security import (
+    validate_base64_secret,
+    validate_domain,
+    validate_host,
+    validate_port,
+    validate_tsig_key_name,
+)
+from app.services import audit
+from app.services.common import Page, get_or_404, paginate, require_admin
+
+FIELDS = ("name", "kind", "zone", "server", "port", "tsig_name", "tsig_algorithm",
+          "tsig_secret")
+KINDS = (Rfc2136Provider.kind,)
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def provider_for_domain(domain: str) -> DnsChallengeProvider:
+    """The provider whose zone is the longest label-wise suffix of ``domain``
+    (``a.b.example.com`` picks zone ``b.example.com`` over ``example.com``;
+    ``evil-example.com`` never matches ``example.com``).
+
+    ``domain`` may be a wildcard or the ``_acme-challenge`` name itself.
+
+    :raises DnsChallengeError: no registered zone contains the domain.
+    """
+    name = domain.strip().lower().rstrip(".").removeprefix("*.")
+    labels = [label for label in name.split(".") if label]
+    suffixes = [".".join(labels[i:]) for i in range(len(labels))]
+    rows = db.session.scalars(select(DnsProvider).where(DnsProvider.zone.in_(suffixes))).all()
+    if not rows:
+        raise DnsChallengeError(
+            f"no DNS provider serves {name}: an administrator must add one for its zone")
+    best = max(rows, key=lambda row: len(row.zone.split(".")))
+    return _build(best)
+
+
+def _build(row: DnsProvider) -> DnsChallengeProvider:
+    if row.kind == Rfc2136Provider.kind:
+        return Rfc2136Provider.from_model(row)
+    raise DnsChallengeError(f"the DNS provider {row.name} has an unknown kind {row.kind!r}")
+
+
+def _clean(data: dict[str, Any], *, partial: bool) -> dict[str, Any]:
+    errors: dict[str, str] = {}
+    out: dict[str, Any] = {}
+    for key in sorted(set(data) - set(FIELDS)):
+        errors[key] = "unknown field"
+
+    def name_check(v: Any) -> str:
+        if not isinstance(v, str) or not _NAME.fullmatch(v):
+            raise ValueError("1 to 64 lowercase letters, digits, '.', '_' or '-'")
+        return v
+
+    def kind_check(v: Any) -> str:
+        v = Rfc2136Provider.kind if v in (None, "") else v
+        if v not in KINDS:
+            raise ValueError(f"must be one of {', '.join(KINDS)}")
+        return str(v)
+
+    def algorithm_check(v: Any) -> str:
+        v = "hmac-sha256" if v in (None, "") else v
+        if v not in TSIG_ALGORITHMS:
+            raise ValueError(f"must be one of {', '.join(TSIG_ALGORITHMS)}")
+        return str(v)
+
+    def port_check(v: Any) -> int:
+        return validate_port(53 if v in (None, "") else v)
+
+    checks: dict[str, Callable[[Any], Any]] = {
+        "name": name_check,
+        "kind": kind_check,
+        "zone": validate_domain,
+        "server": validate_host,
+        "port": port_check,
+        "tsig_name": validate_tsig_key_name,
+        "tsig_algorithm": algorithm_check,
+    }
+    for key, check in checks.items():
+        if key not in data and partial:
+            continue
+        try:
+            out[key] = check(data.get(key))
+        except ValueError as exc:
+            errors[key] = str(exc)
+    secret = data.get("tsig_secret")
+    if secret not in (None, "") or not partial:
+        try:
+            out["tsig_secret"] = validate_base64_secret(secret)
+        except ValueError as exc:
+            errors["tsig_secret"] = str(exc)
+    if errors:
+        raise ValidationError("invalid DNS provider", errors)
+    return out
+
+
+def _check_unique(clean: dict[str, Any], exclude_id: int | None) -> None:
+    errors: dict[str, str] = {}
+    for key in ("name", "zone"):
+        if key not in clean:
+            continue
+        stmt = select(DnsProvider.id).where(getattr(DnsProvider, key) == clean[key])
+        if exclude_id is not None:
+            stmt = stmt.where(DnsProvider.id != exclude_id)
+        if db.session.scalar(stmt) is not None:
+            errors[key] = "is already used by another DNS provider"
+    if errors:
+        raise ValidationError("invalid DNS provider", errors)
+
+
+def _audit_fields(clean: dict[str, Any]) -> dict[str, Any]:
+    """What changed, without the secret's value."""
+    details = {k: v for k, v in clean.items() if k != "tsig_secret"}
+    if "tsig_secret" in clean:
+        details["tsig_secret"] = "changed"
+    return details
+
+
+def create_provider(actor: User, data: dict[str, Any]) -> DnsProvider:
+    require_admin(actor)
+    clean = _clean(data, partial=False)
+    _check_unique(clean, None)
+    row = DnsProvider(**clean)
+    db.session.add(row)
+    db.session.flush()
+    audit.record(actor, "dns_provider.create", "dns_provider", row.id, _audit_fields(clean))
+    db.session.commit()
+    return row
+
+
+def update_provider(actor: User, provider_id: int, data: dict[str, Any]) -> DnsProvider:
+    """Keys left out keep their value; an empty secret keeps the stored one."""
+    require_admin(actor)
+    row = get_or_404(DnsProvider, provider_id, "DNS provider")
+    clean = _clean(data, partial=True)
+    _check_unique(clean, row.id)
+    for key, value in clean.items():
+        setattr(row, key, value)
+    audit.record(actor, "dns_provider.update", "dns_provider", row.id, _audit_fields(clean))
+    db.session.commit()
+    return row
+
+
+def delete_provider(actor: User, provider_id: int) -> None:
+    require_admin(actor)
+    row = get_or_404(DnsProvider, provider_id, "DNS provider")
+    audit.record(actor, "dns_provider.delete", "dns_provider", row.id,
+                 {"name": row.name, "zone": row.zone})
+    db.session.delete(row)
+    db.session.commit()
+
+
+def get_provider(actor: User, provider_id: int) -> DnsProvider:
+    require_admin(actor)
+    return get_or_404(DnsProvider, provider_id, "DNS provider")
+
+
+def list_providers(actor: User, *, page: int = 1, per_page: int = 50) -> Page[DnsProvider]:
+    require_admin(actor)
+    return paginate(select(DnsProvider).order_by(DnsProvider.zone), page, per_page)

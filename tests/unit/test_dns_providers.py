@@ -1,0 +1,173 @@
+"""DNS providers: validation, write-only secrets, admin-only access, and the choice of
+provider for a domain."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+
+from app.acme.dns import DnsChallengeError
+from app.acme.dns_rfc2136 import Rfc2136Provider
+from app.errors import Forbidden, NotFound, ValidationError
+from app.extensions import db as _db
+from app.models import AuditLog, DnsProvider, User
+from app.services import dns_providers
+
+SECRET = base64.b64encode(b"k" * 32).decode()
+
+
+def provider_data(**extra: Any) -> dict[str, Any]:
+    data = {"name": "main", "zone": "example.com", "server": "127.0.0.1", "port": 5300,
+            "tsig_name": "acme-key", "tsig_algorithm": "hmac-sha256", "tsig_secret": SECRET}
+    data.update(extra)
+    return data
+
+
+def make(admin: User, **extra: Any) -> DnsProvider:
+    return dns_providers.create_provider(admin, provider_data(**extra))
+
+
+# ------------------------------------------------------------------ provider_for_domain
+
+
+def test_provider_for_domain_picks_the_longest_matching_zone(admin: User) -> None:
+    make(admin, name="outer", zone="example.com", server="127.0.0.1")
+    make(admin, name="inner", zone="dev.example.com", server="127.0.0.2")
+
+    inner = dns_providers.provider_for_domain("app.dev.example.com")
+    outer = dns_providers.provider_for_domain("www.example.com")
+
+    assert isinstance(inner, Rfc2136Provider) and inner.server == "127.0.0.2"
+    assert isinstance(outer, Rfc2136Provider) and outer.server == "127.0.0.1"
+    assert dns_providers.provider_for_domain("dev.example.com").server == "127.0.0.2"
+    assert dns_providers.provider_for_domain("*.dev.example.com").server == "127.0.0.2"
+    assert dns_providers.provider_for_domain("_acme-challenge.x.dev.example.com.").server \
+        == "127.0.0.2"
+    assert dns_providers.provider_for_domain("EXAMPLE.com").server == "127.0.0.1"
+
+
+@pytest.mark.parametrize("domain", ["evil-example.com", "www.evil-example.com",
+                                    "example.com.evil.net", "notexample.com", "com"])
+def test_provider_for_domain_never_matches_across_a_label_boundary(admin: User,
+                                                                   domain: str) -> None:
+    make(admin, zone="example.com")
+
+    with pytest.raises(DnsChallengeError) as err:
+        dns_providers.provider_for_domain(domain)
+
+    assert "no DNS provider serves" in str(err.value)
+    assert "an administrator must add one for its zone" in str(err.value)
+
+
+def test_provider_for_domain_without_providers_names_the_domain(db: Any) -> None:
+    with pytest.raises(DnsChallengeError, match="no DNS provider serves shop.example.org"):
+        dns_providers.provider_for_domain("shop.example.org")
+
+
+# ------------------------------------------------------------------------- service
+
+
+def test_create_stores_the_secret_encrypted_and_audits_without_it(admin: User) -> None:
+    row = make(admin, zone="Example.COM.", tsig_name="ACME-Key.")
+
+    assert (row.zone, row.tsig_name, row.kind) == ("example.com", "acme-key", "rfc2136")
+    stored = _db.session.execute(
+        text("SELECT tsig_secret FROM dns_providers WHERE id = :id"), {"id": row.id}).scalar()
+    assert SECRET not in stored
+    entry = _db.session.scalar(select(AuditLog).where(AuditLog.action == "dns_provider.create"))
+    assert entry is not None and SECRET not in str(entry.details)
+    assert entry.details["tsig_secret"] == "changed"
+
+
+def test_update_keeps_the_secret_when_left_empty(admin: User) -> None:
+    row = make(admin)
+
+    dns_providers.update_provider(admin, row.id, {"server": "ns1.example.net",
+                                                  "tsig_secret": ""})
+
+    assert row.server == "ns1.example.net" and row.tsig_secret == SECRET
+
+
+@pytest.mark.parametrize("field,value", [
+    ("zone", "example.com\nexample.org"),
+    ("zone", "exa\"mple.com"),
+    ("zone", "example.com; rm -rf /"),
+    ("zone", "com"),
+    ("server", "127.0.0.1; rm -rf /"),
+    ("server", "ns1 .example.com"),
+    ("server", "::1%eth0"),
+    ("port", 0),
+    ("port", "53;"),
+    ("tsig_name", "acme key"),
+    ("tsig_name", "acme\nkey"),
+    ("tsig_name", "key\"."),
+    ("tsig_algorithm", "hmac-md5"),
+    ("tsig_algorithm", "hmac-sha1"),
+    ("tsig_secret", "not base64!"),
+    ("tsig_secret", SECRET + "\n"),
+    ("tsig_secret", base64.b64encode(b"short").decode()),
+    ("kind", "route53"),
+    ("name", "Main Provider"),
+])
+def test_hostile_or_invalid_values_are_refused_per_field(admin: User, field: str,
+                                                         value: Any) -> None:
+    with pytest.raises(ValidationError) as err:
+        make(admin, **{field: value})
+
+    assert field in err.value.fields
+    assert _db.session.scalar(select(DnsProvider)) is None
+
+
+def test_secret_is_required_on_create(admin: User) -> None:
+    data = provider_data()
+    del data["tsig_secret"]
+
+    with pytest.raises(ValidationError) as err:
+        dns_providers.create_provider(admin, data)
+
+    assert "tsig_secret" in err.value.fields
+
+
+def test_name_and_zone_are_unique(admin: User) -> None:
+    make(admin)
+
+    with pytest.raises(ValidationError) as err:
+        make(admin)
+
+    assert set(err.value.fields) == {"name", "zone"}
+
+
+def test_unknown_fields_are_refused(admin: User) -> None:
+    with pytest.raises(ValidationError) as err:
+        make(admin, owner="x")
+
+    assert err.value.fields == {"owner": "unknown field"}
+
+
+def test_clients_cannot_manage_or_read_providers(admin: User, alice: User) -> None:
+    row = make(admin)
+
+    with pytest.raises(Forbidden):
+        dns_providers.create_provider(alice, provider_data(name="other", zone="other.org"))
+    with pytest.raises(Forbidden):
+        dns_providers.update_provider(alice, row.id, {"server": "127.0.0.9"})
+    with pytest.raises(Forbidden):
+        dns_providers.delete_provider(alice, row.id)
+    with pytest.raises(Forbidden):
+        dns_providers.list_providers(alice)
+    with pytest.raises(Forbidden):
+        dns_providers.get_provider(alice, row.id)
+
+
+def test_delete_removes_the_provider_and_its_zone(admin: User) -> None:
+    row = make(admin)
+
+    dns_providers.delete_provider(admin, row.id)
+
+    with pytest.raises(NotFound):
+        dns_providers.get_provider(admin, row.id)
+    with pytest.raises(DnsChallengeError):
+        dns_providers.provider_for_domain("www.example.com")
