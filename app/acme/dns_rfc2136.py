@@ -154,6 +154,16 @@ class Rfc2136Provider(DnsChallengeProvider):
             raise self._error(
                 f"the answer from {self._where} for zone {self._zone_text} is not signed with "
                 "the configured TSIG key (check the key on the server)") from None
+        except dns.exception.FormError as exc:
+            if "TSIG" not in str(exc):
+                raise self._error(
+                    f"{self._where} sent a malformed answer to the update for zone "
+                    f"{self._zone_text}") from None
+            # A server that does not serve the zone refuses without signing (RFC 8945).
+            raise self._error(
+                f"the DNS server refused the update for zone {self._zone_text} with an "
+                f"unsigned answer: {self._where} is probably not authoritative for "
+                f"{self._zone_text} (check the zone name and the server)") from None
         except dns.exception.Timeout:
             raise self._error(
                 f"no answer from {self._where} within {self.timeout:g} s") from None
