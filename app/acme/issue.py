@@ -1,0 +1,305 @@
+"""Obtaining a site's certificate from an ACME CA: one call, :func:`issue`.
+
+It orders one certificate for the site's domain and aliases with a fresh key,
+proves control of every name (HTTP-01 on every active node of the site's pool, or
+DNS-01 through the zone's DNS provider), and returns the chain and key.  Storing and
+deploying the result is the certificates service's business.
+
+One ACME account per directory URL is registered on first use (agreeing to the CA's
+terms, with the configured contact) and reused afterwards; its key is stored
+encrypted.  Account rows are written on their own connection, so the caller's
+session and transaction stay untouched.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import dns.exception
+import dns.nameserver
+import dns.resolver
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from flask import current_app
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from app.acme import http01
+from app.acme.client import (
+    ERROR_CODES,
+    VALIDATION_TIMEOUT,
+    AcmeClient,
+    AcmeIssueError,
+    Authorization,
+    new_account_key,
+)
+from app.acme.dns import DnsChallengeError, DnsChallengeProvider
+from app.extensions import db
+from app.models import AcmeAccount, Node, Site
+from app.services import deployments
+from app.services.dns_providers import provider_for_domain
+
+__all__ = ["ERROR_CODES", "AcmeIssueError", "AcmeSettings", "Issued", "issue"]
+
+logger = logging.getLogger(__name__)
+
+CHALLENGES = ("http-01", "dns-01")
+PRECHECK_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class AcmeSettings:
+    directory_url: str
+    email: str
+    ca_bundle: str | None  # path to a PEM bundle for a private CA (verify=), None = system store
+
+
+@dataclass(frozen=True)
+class Issued:
+    chain_pem: str   # leaf first, then intermediates
+    key_pem: str     # the new certificate's private key (PKCS#8 PEM)
+
+
+def issue(site_id: int, settings: AcmeSettings, *, challenge: str = "http-01") -> Issued:
+    """Order a certificate for the site's domain and aliases and return it; raises
+    AcmeIssueError with a message a client can act on."""
+    if challenge not in CHALLENGES:
+        raise AcmeIssueError("invalid_request", f"unknown challenge type {challenge!r}; "
+                             f"use one of {', '.join(CHALLENGES)}")
+    site = db.session.get(Site, site_id)
+    if site is None:
+        raise AcmeIssueError("invalid_request", f"site {site_id} does not exist")
+    names = [site.domain, *site.aliases]
+    if challenge == "http-01":
+        wildcards = [name for name in names if name.startswith("*.")]
+        if wildcards:
+            raise AcmeIssueError("invalid_request", f"{', '.join(wildcards)} can only be "
+                                 "validated with DNS-01")
+    nodes = deployments.active_nodes(site.pool_id)
+    hosts = http01.token_hosts(nodes) if challenge == "http-01" else []
+    resolvers = current_app.config.get("ACME_PRECHECK_RESOLVERS") or ""
+    if challenge == "http-01" and resolvers.strip():
+        precheck(names, nodes, resolvers)
+    if settings.ca_bundle and not os.path.isfile(settings.ca_bundle):
+        raise AcmeIssueError("ca_unreachable", f"the ACME CA bundle {settings.ca_bundle} "
+                             "does not exist; fix the certificate settings")
+    key_pem, csr_pem = _key_and_csr(names)
+
+    client = _account_client(settings)
+    try:
+        order, authorizations = client.new_order(csr_pem, challenge)
+        logger.info("site %s: ACME order %s for %d names", site_id, order.uri, len(names))
+        deadline = time.monotonic() + VALIDATION_TIMEOUT
+        proving = (_http01(hosts, authorizations) if challenge == "http-01"
+                   else _dns01(authorizations))
+        with proving:
+            client.answer(authorizations)
+            client.wait_for_validation(authorizations, challenge, deadline)
+        chain_pem = client.finalize(order, deadline)
+    finally:
+        client.close()
+    _check_issued(chain_pem, key_pem)
+    logger.info("site %s: certificate issued by %s", site_id, settings.directory_url)
+    return Issued(chain_pem=chain_pem, key_pem=key_pem)
+
+
+# -- keys, CSR, result ------------------------------------------------------------
+
+def _key_and_csr(names: Sequence[str]) -> tuple[str, bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    subject = ([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]
+               if len(names[0]) <= 64 else [])  # a CN holds at most 64 characters
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name(subject))
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
+                          critical=False)
+           .sign(key, hashes.SHA256()))
+    return key_pem, csr.public_bytes(serialization.Encoding.PEM)
+
+
+def _check_issued(chain_pem: str, key_pem: str) -> None:
+    """The CA's answer is a chain whose leaf carries our key."""
+    try:
+        chain = x509.load_pem_x509_certificates(chain_pem.encode())
+    except ValueError as exc:
+        raise AcmeIssueError("ca_refused", f"the CA returned no usable certificate: {exc}") \
+            from exc
+    key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+    raw = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if chain[0].public_key().public_bytes(*raw) != key.public_key().public_bytes(*raw):
+        raise AcmeIssueError("ca_refused", "the CA returned a certificate for another key")
+
+
+# -- the account ------------------------------------------------------------------
+
+def _account_client(settings: AcmeSettings) -> AcmeClient:
+    """A client signed in to the directory's account, registering it on first use."""
+    row = db.session.scalar(select(AcmeAccount)
+                            .where(AcmeAccount.directory_url == settings.directory_url))
+    if row is None:
+        key_pem = new_account_key()
+        client = AcmeClient(settings.directory_url, settings.ca_bundle, key_pem)
+        try:
+            _refuse_external_binding(client)
+            uri = client.register(settings.email)
+        except BaseException:
+            client.close()
+            raise
+        _save_account(settings, key_pem, uri)
+        return client
+    row_id, row_uri, row_email = row.id, row.uri, row.email
+    client = AcmeClient(settings.directory_url, settings.ca_bundle, row.key_pem)
+    try:
+        account = client.find_account()
+        if account is None:  # the CA forgot it (reset, deactivated): register again
+            _refuse_external_binding(client)
+            uri = client.register(settings.email)
+            logger.info("ACME account for %s registered again", settings.directory_url)
+        else:
+            uri = account.uri
+            if row_email != settings.email:
+                client.update_contact(account, settings.email)
+    except BaseException:
+        client.close()
+        raise
+    if (uri, settings.email) != (row_uri, row_email):
+        with db.engine.begin() as conn:
+            conn.execute(update(AcmeAccount).where(AcmeAccount.id == row_id)
+                         .values(uri=uri, email=settings.email))
+    return client
+
+
+def _refuse_external_binding(client: AcmeClient) -> None:
+    if client.external_account_required():
+        raise AcmeIssueError(
+            "ca_refused", "this CA requires an external account binding (EAB), which the "
+            "control plane does not support; choose another ACME directory")
+
+
+def _save_account(settings: AcmeSettings, key_pem: str, uri: str) -> None:
+    try:
+        with db.engine.begin() as conn:
+            conn.execute(insert(AcmeAccount).values(
+                directory_url=settings.directory_url, email=settings.email, key_pem=key_pem,
+                uri=uri))
+        logger.info("ACME account registered at %s", settings.directory_url)
+    except IntegrityError:
+        # Another issuance registered the directory's account at the same moment;
+        # its row is kept, this account is used for this order only.
+        logger.info("ACME account for %s was registered concurrently",
+                    settings.directory_url)
+
+
+# -- proving control --------------------------------------------------------------
+
+@contextmanager
+def _http01(hosts: Sequence[http01.TokenHost],
+            authorizations: Sequence[Authorization]) -> Iterator[None]:
+    tokens = {a.challenge.chall.encode("token"): a.validation
+              for a in authorizations if a.challenge is not None}
+    if not tokens:
+        yield
+        return
+    with http01.published(deployments.connector(), hosts, tokens):
+        yield
+
+
+@contextmanager
+def _dns01(authorizations: Sequence[Authorization]) -> Iterator[None]:
+    """The TXT records of every name to prove, removed afterwards whatever happens;
+    waiting until they propagate is the provider's business."""
+    added: list[tuple[DnsChallengeProvider, str, str]] = []
+    try:
+        for authz in authorizations:
+            if authz.challenge is None:
+                continue
+            fqdn = "_acme-challenge." + authz.name.removeprefix("*.")
+            try:
+                provider = provider_for_domain(authz.name)
+                provider.add_txt(fqdn, authz.validation)
+            except DnsChallengeError as exc:
+                raise AcmeIssueError("dns_provider", str(exc)) from exc
+            added.append((provider, fqdn, authz.validation))
+        yield
+    finally:
+        for provider, fqdn, value in added:
+            try:
+                provider.remove_txt(fqdn, value)
+            except DnsChallengeError as exc:
+                logger.warning("DNS-01 record %s left in place: %s", fqdn, exc)
+
+
+# -- pre-check --------------------------------------------------------------------
+
+def _resolver(setting: str) -> dns.resolver.Resolver:
+    """``"127.0.0.1:5300, 192.0.2.53"`` -> a resolver asking exactly those servers."""
+    resolver = dns.resolver.Resolver(configure=False)
+    servers: list[dns.nameserver.Nameserver] = []
+    for item in setting.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        host, port = item, 53
+        if item.startswith("["):  # [IPv6]:port
+            host, _, rest = item[1:].partition("]")
+            port = int(rest[1:]) if rest.startswith(":") else 53
+        elif item.count(":") == 1:
+            host, port_text = item.split(":")
+            port = int(port_text)
+        servers.append(dns.nameserver.Do53Nameserver(str(ipaddress.ip_address(host)), port))
+    resolver.nameservers = servers
+    resolver.lifetime = PRECHECK_TIMEOUT
+    return resolver
+
+
+def _node_addresses(nodes: Sequence[Node]) -> set[str]:
+    found = set()
+    for node in nodes:
+        for value in (node.listen_address, node.host):
+            try:
+                found.add(str(ipaddress.ip_address(value or "")))
+            except ValueError:
+                continue
+    return found
+
+
+def precheck(names: Sequence[str], nodes: Sequence[Node], resolvers: str) -> None:
+    """Fail early, before asking the CA, when a name does not point at any node of
+    the pool (resolved through the configured resolvers).
+
+    :raises AcmeIssueError: ``dns_not_pointing``.
+    """
+    try:
+        resolver = _resolver(resolvers)
+    except ValueError as exc:
+        logger.warning("ACME_PRECHECK_RESOLVERS is not a list of addresses: %s", exc)
+        return
+    allowed = _node_addresses(nodes)
+    for name in names:
+        addresses: set[str] = set()
+        for rdtype in ("A", "AAAA"):
+            try:
+                answer = resolver.resolve(name, rdtype, search=False)
+            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+                continue
+            except dns.exception.DNSException as exc:
+                logger.warning("pre-check of %s skipped: %s", name, exc)
+                return  # the resolvers failed: let the CA decide
+            addresses.update(str(ipaddress.ip_address(r.to_text())) for r in answer)
+        if not addresses:
+            raise AcmeIssueError("dns_not_pointing", f"{name} has no A or AAAA record; point "
+                                 "it at the site's proxy nodes and try again")
+        if not addresses & allowed:
+            raise AcmeIssueError(
+                "dns_not_pointing", f"{name} resolves to {', '.join(sorted(addresses))}, "
+                "which is not one of the site's proxy nodes; point it at them and try again")
