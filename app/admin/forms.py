@@ -20,8 +20,9 @@ from wtforms import (
 )
 from wtforms.validators import Optional
 
+from app.acme.dns_rfc2136 import TSIG_ALGORITHMS
 from app.forms import ServiceForm, enum_choices
-from app.models import Node, ProxyType, Role, User
+from app.models import DnsProvider, Node, ProxyType, Role, User
 from app.services.nodes import ENGINE_DEFAULTS
 
 _NGINX = ENGINE_DEFAULTS[ProxyType.NGINX]
@@ -161,6 +162,49 @@ class PoolForm(ServiceForm):
     name = StringField("Name")
     description = StringField("Description")
     submit = SubmitField("Save")
+
+
+class DnsProviderForm(ServiceForm):
+    """An RFC 2136 server for one zone.  The TSIG secret is write-only: never shown,
+    and a blank one keeps the stored secret."""
+
+    name = StringField("Name")
+    zone = StringField("Zone", description="e.g. example.com: DNS-01 records of every "
+                       "domain under it are written here (the longest matching zone wins).")
+    server = StringField("Server", description="IP address or name of the primary "
+                         "authoritative server that accepts signed updates.")
+    port = IntegerField("Port", default=53, validators=[Optional()])
+    tsig_name = StringField("TSIG key name")
+    tsig_algorithm = SelectField("TSIG algorithm", choices=list(TSIG_ALGORITHMS),
+                                 default="hmac-sha256")
+    tsig_secret = PasswordField("TSIG secret", description="Base64, as <code>keymgr -t</code> "
+                                "or <code>tsig-keygen</code> print it. Stored encrypted; "
+                                "never shown again.")
+    submit = SubmitField("Save")
+
+    def __init__(self, *args: Any, creating: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not creating:
+            self.tsig_secret.description = "Write-only. Leave blank to keep the stored one."
+
+    @staticmethod
+    def initial(provider: DnsProvider) -> dict[str, Any]:
+        return {"name": provider.name, "zone": provider.zone, "server": provider.server,
+                "port": provider.port, "tsig_name": provider.tsig_name,
+                "tsig_algorithm": provider.tsig_algorithm}
+
+    def to_data(self) -> dict[str, Any]:
+        """Text as typed (the service judges it); a blank port or secret is left out."""
+        data: dict[str, Any] = {
+            name: (self[name].data or "").strip()
+            for name in ("name", "zone", "server", "tsig_name")
+        }
+        data["tsig_algorithm"] = self.tsig_algorithm.data
+        if self.port.data is not None:
+            data["port"] = self.port.data
+        if self.tsig_secret.data:
+            data["tsig_secret"] = self.tsig_secret.data
+        return data
 
 
 class BlockForm(ServiceForm):

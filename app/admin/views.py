@@ -17,6 +17,7 @@ from app.admin import bp
 from app.admin.forms import (
     AuditFilterForm,
     BlockForm,
+    DnsProviderForm,
     NodeFilterForm,
     NodeForm,
     PoolForm,
@@ -27,7 +28,16 @@ from app.admin.forms import (
 from app.errors import Conflict, Forbidden, ValidationError
 from app.forms import SiteForm, form_status
 from app.models import Site, User
-from app.services import audit, deployments, node_actions, nodes, rendering, sites, users
+from app.services import (
+    audit,
+    deployments,
+    dns_providers,
+    node_actions,
+    nodes,
+    rendering,
+    sites,
+    users,
+)
 from app.services import dashboard as dashboard_service
 
 
@@ -359,6 +369,61 @@ def pool_delete(pool_id: int) -> Any:
         return _refused(exc, ".pools")
     flash("Pool deleted.", "success")
     return redirect(url_for(".pools"))
+
+
+# ----------------------------------------------------------------------------- DNS providers
+
+
+@bp.get("/dns-providers", endpoint="dns_providers")
+def dns_provider_list() -> Any:
+    page = dns_providers.list_providers(_actor(), page=_page_number())
+    return render_template("admin/dns_provider_list.html", page=page)
+
+
+@bp.route("/dns-providers/new", methods=["GET", "POST"])
+def dns_provider_create() -> Any:
+    form = DnsProviderForm(creating=True)
+    if form.validate_on_submit():
+        try:
+            provider = dns_providers.create_provider(_actor(), form.to_data())
+        except ValidationError as exc:
+            form.add_service_errors(exc.fields)
+        else:
+            flash(f"DNS provider {provider.name} added for zone {provider.zone}.", "success")
+            return redirect(url_for(".dns_providers"))
+    return (render_template("admin/dns_provider_form.html", form=form, provider=None),
+            form_status(form))
+
+
+@bp.route("/dns-providers/<int:provider_id>/edit", methods=["GET", "POST"])
+def dns_provider_edit(provider_id: int) -> Any:
+    actor = _actor()
+    provider = dns_providers.get_provider(actor, provider_id)
+    form = DnsProviderForm(creating=False, data=DnsProviderForm.initial(provider))
+    if form.validate_on_submit():
+        try:
+            dns_providers.update_provider(actor, provider_id, form.to_data())
+        except ValidationError as exc:
+            form.add_service_errors(exc.fields)
+        else:
+            flash(f"DNS provider {provider.name} saved.", "success")
+            return redirect(url_for(".dns_providers"))
+    return (render_template("admin/dns_provider_form.html", form=form, provider=provider),
+            form_status(form))
+
+
+@bp.post("/dns-providers/<int:provider_id>/check")
+def dns_provider_check(provider_id: int) -> Any:
+    ok, detail = dns_providers.check_provider(_actor(), provider_id)
+    flash(detail, "success" if ok else "error")
+    return redirect(url_for(".dns_providers"))
+
+
+@bp.post("/dns-providers/<int:provider_id>/delete")
+def dns_provider_delete(provider_id: int) -> Any:
+    dns_providers.delete_provider(_actor(), provider_id)
+    flash("DNS provider deleted.", "success")
+    return redirect(url_for(".dns_providers"))
 
 
 # ----------------------------------------------------------------------------- sites

@@ -9,6 +9,7 @@ returned, never logged or audited.
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -173,6 +174,32 @@ def delete_provider(actor: User, provider_id: int) -> None:
 def get_provider(actor: User, provider_id: int) -> DnsProvider:
     require_admin(actor)
     return get_or_404(DnsProvider, provider_id, "DNS provider")
+
+
+CHECK_LABEL = "_rpcc-check"
+
+
+def check_provider(actor: User, provider_id: int) -> tuple[bool, str]:
+    """Prove the server, key and update policy work before an issuance depends on
+    them: write a random TXT value under the zone, see it served, remove it.
+
+    Returns (ok, what happened); the message never contains the secret.
+    """
+    require_admin(actor)
+    row = get_or_404(DnsProvider, provider_id, "DNS provider")
+    name, value = f"{CHECK_LABEL}.{row.zone}", secrets.token_urlsafe(16)
+    try:
+        provider = _build(row)
+        provider.add_txt(name, value)
+        provider.remove_txt(name, value)
+    except DnsChallengeError as exc:
+        ok, detail = False, str(exc)
+    else:
+        ok, detail = True, f"{row.server} port {row.port} accepted, served and removed a " \
+                           f"TXT record at {name}"
+    audit.record(actor, "dns_provider.check", "dns_provider", row.id, {"ok": ok})
+    db.session.commit()
+    return ok, detail
 
 
 def list_providers(actor: User, *, page: int = 1, per_page: int = 50) -> Page[DnsProvider]:

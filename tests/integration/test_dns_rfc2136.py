@@ -16,6 +16,7 @@ from app.acme.dns_rfc2136 import Rfc2136Provider
 from app.models import User
 from app.services import dns_providers
 from tests.components import free_port
+from tests.conftest import api_headers
 from tests.knot import ADDRESS, KnotServer, knot  # noqa: F401 - fixture
 
 WRONG_SECRET = base64.b64encode(b"wrong-secret-but-long-enough-32b").decode()
@@ -150,3 +151,34 @@ def test_a_closed_port_is_reported_as_refused() -> None:
 
     assert f"{ADDRESS}:{port} refused the connection" in str(err.value)
     assert WRONG_SECRET not in str(err.value)
+
+
+def test_the_admin_check_writes_sees_and_removes_a_record(
+        client: Any, admin: User, knot: KnotServer) -> None:  # noqa: F811
+    headers = api_headers(admin)
+    good = client.post("/api/v1/dns-providers", headers=headers,
+                       json=knot.provider_data("example.com")).get_json()
+    bad = client.post("/api/v1/dns-providers", headers=headers,
+                      json=knot.provider_data("example.net", tsig_secret=WRONG_SECRET)).get_json()
+
+    passed = client.post(f"/api/v1/dns-providers/{good['id']}/check", headers=headers)
+    failed = client.post(f"/api/v1/dns-providers/{bad['id']}/check", headers=headers)
+
+    assert passed.status_code == 200 and passed.get_json()["ok"] is True
+    assert "_rpcc-check.example.com" in passed.get_json()["detail"]
+    assert knot.txt("_rpcc-check.example.com") == set()
+    assert failed.status_code == 200 and failed.get_json()["ok"] is False
+    assert "NOTAUTH/BADSIG" in failed.get_json()["detail"]
+    assert WRONG_SECRET not in failed.get_data(as_text=True)
+
+
+def test_the_check_button_flashes_what_the_server_said(
+        admin_client: Any, admin: User, knot: KnotServer) -> None:  # noqa: F811
+    row = dns_providers.create_provider(admin, knot.provider_data("dev.example.com"))
+
+    response = admin_client.post(f"/admin/dns-providers/{row.id}/check",
+                                 follow_redirects=True)
+
+    assert response.status_code == 200
+    assert "accepted, served and removed a TXT record at _rpcc-check.dev.example.com" \
+        in response.get_data(as_text=True)

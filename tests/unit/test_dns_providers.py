@@ -4,9 +4,11 @@ provider for a domain."""
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
 
 import pytest
+from flask.testing import FlaskClient
 from sqlalchemy import select, text
 
 from app.acme.dns import DnsChallengeError
@@ -15,6 +17,7 @@ from app.errors import Forbidden, NotFound, ValidationError
 from app.extensions import db as _db
 from app.models import AuditLog, DnsProvider, User
 from app.services import dns_providers
+from tests.conftest import api_headers
 
 SECRET = base64.b64encode(b"k" * 32).decode()
 
@@ -171,3 +174,150 @@ def test_delete_removes_the_provider_and_its_zone(admin: User) -> None:
         dns_providers.get_provider(admin, row.id)
     with pytest.raises(DnsChallengeError):
         dns_providers.provider_for_domain("www.example.com")
+
+
+# ----------------------------------------------------------------------------- API
+
+HOSTILE = [
+    ("zone", "example.com\nexample.org"),
+    ("zone", "example.com\" IN TXT \"x"),
+    ("zone", "'example.com'"),
+    ("tsig_name", "acme key"),
+    ("tsig_name", "acme\nkey"),
+    ("server", "127.0.0.1; rm -rf /"),
+    ("server", "$(id)"),
+    ("tsig_secret", "c2VjcmV0c2VjcmV0c2VjcmV0\nX"),
+    ("tsig_algorithm", "hmac-md5"),
+]
+
+
+def test_api_creates_reads_updates_and_deletes_without_ever_showing_the_secret(
+        client: FlaskClient, admin: User) -> None:
+    headers = api_headers(admin)
+
+    created = client.post("/api/v1/dns-providers", headers=headers, json=provider_data())
+    assert created.status_code == 201, created.get_json()
+    body = created.get_json()
+    assert body["zone"] == "example.com" and body["has_tsig_secret"] is True
+    assert "tsig_secret" not in body and SECRET not in created.get_data(as_text=True)
+
+    listed = client.get("/api/v1/dns-providers", headers=headers).get_json()
+    assert set(listed) == {"items", "page", "per_page", "total"} and listed["total"] == 1
+    assert SECRET not in str(listed)
+
+    pid = body["id"]
+    patched = client.patch(f"/api/v1/dns-providers/{pid}", headers=headers,
+                           json={"port": 53, "tsig_algorithm": "hmac-sha512"})
+    assert patched.status_code == 200
+    assert (patched.get_json()["port"], patched.get_json()["tsig_algorithm"]) \
+        == (53, "hmac-sha512")
+    assert client.get(f"/api/v1/dns-providers/{pid}", headers=headers).get_json()["port"] == 53
+
+    assert client.delete(f"/api/v1/dns-providers/{pid}", headers=headers).status_code == 204
+    assert client.get(f"/api/v1/dns-providers/{pid}", headers=headers).status_code == 404
+
+
+@pytest.mark.parametrize("field,value", HOSTILE)
+def test_api_refuses_hostile_values_with_422_naming_the_field(
+        client: FlaskClient, admin: User, field: str, value: str) -> None:
+    response = client.post("/api/v1/dns-providers", headers=api_headers(admin),
+                           json=provider_data(**{field: value}))
+
+    assert response.status_code == 422
+    error = response.get_json()["error"]
+    assert error["code"] == "invalid" and field in error["fields"]
+    assert SECRET not in response.get_data(as_text=True)
+    assert _db.session.scalar(select(DnsProvider)) is None
+
+
+def test_api_refuses_a_port_that_is_not_a_number(client: FlaskClient, admin: User) -> None:
+    response = client.post("/api/v1/dns-providers", headers=api_headers(admin),
+                           json=provider_data(port="53; drop"))
+
+    assert response.status_code == 422
+    assert "port" in response.get_json()["error"]["fields"]
+
+
+def test_api_is_for_administrators_only(client: FlaskClient, admin: User, alice: User) -> None:
+    row = make(admin)
+    headers = api_headers(alice)
+
+    assert client.get("/api/v1/dns-providers", headers=headers).status_code == 403
+    assert client.post("/api/v1/dns-providers", headers=headers,
+                       json=provider_data(name="x", zone="x.org")).status_code == 403
+    assert client.delete(f"/api/v1/dns-providers/{row.id}", headers=headers).status_code == 403
+    assert client.get("/api/v1/dns-providers").status_code == 401
+
+
+def test_openapi_document_keeps_the_secret_write_only(client: FlaskClient) -> None:
+    schemas = client.get("/api/v1/openapi.json").get_json()["components"]["schemas"]
+
+    assert "tsig_secret" not in schemas["DnsProvider"]["properties"]
+    assert schemas["DnsProviderCreate"]["properties"]["tsig_secret"]["writeOnly"] is True
+    assert set(schemas["DnsProviderPage"]["properties"]) == {"items", "page", "per_page",
+                                                             "total"}
+
+
+# ----------------------------------------------------------------------------- web UI
+
+
+def form_data(**extra: Any) -> dict[str, Any]:
+    data = provider_data()
+    data.update(extra)
+    return data
+
+
+def test_admin_adds_a_provider_in_the_ui_and_sees_it_listed(
+        admin_client: FlaskClient) -> None:
+    response = admin_client.post("/admin/dns-providers/new", data=form_data())
+
+    assert response.status_code == 302
+    page = admin_client.get("/admin/dns-providers").get_data(as_text=True)
+    assert "example.com" in page and "acme-key" in page and SECRET not in page
+
+
+@pytest.mark.parametrize("field,value", HOSTILE)
+def test_ui_shows_hostile_values_under_their_field_and_stores_nothing(
+        admin_client: FlaskClient, field: str, value: str) -> None:
+    response = admin_client.post("/admin/dns-providers/new", data=form_data(**{field: value}))
+
+    assert response.status_code == 422
+    page = response.get_data(as_text=True)
+    feedback = re.search(rf'id="{field}".*?<div class="invalid-feedback[^"]*">\s*(.*?)</div>',
+                         page, re.S)
+    assert feedback and feedback[1].strip(), page
+    assert SECRET not in page
+    assert _db.session.scalar(select(DnsProvider)) is None
+
+
+def test_ui_edit_keeps_the_secret_when_left_blank_and_never_shows_it(
+        admin: User, admin_client: FlaskClient) -> None:
+    row = make(admin)
+
+    form = admin_client.get(f"/admin/dns-providers/{row.id}/edit").get_data(as_text=True)
+    assert SECRET not in form and "Leave blank to keep the stored one" in form
+    response = admin_client.post(f"/admin/dns-providers/{row.id}/edit",
+                                 data=form_data(server="ns1.example.net", tsig_secret=""))
+
+    assert response.status_code == 302
+    _db.session.expire_all()
+    row = dns_providers.get_provider(admin, row.id)
+    assert row.server == "ns1.example.net" and row.tsig_secret == SECRET
+
+
+def test_ui_deletes_a_provider(admin: User, admin_client: FlaskClient) -> None:
+    row = make(admin)
+
+    response = admin_client.post(f"/admin/dns-providers/{row.id}/delete")
+
+    assert response.status_code == 302
+    _db.session.expire_all()
+    assert _db.session.scalar(select(DnsProvider)) is None
+    assert admin_client.post(f"/admin/dns-providers/{row.id}/delete").status_code == 404
+
+
+def test_ui_pages_are_refused_to_clients(admin: User, alice_client: FlaskClient) -> None:
+    row = make(admin)
+
+    assert alice_client.get("/admin/dns-providers").status_code == 403
+    assert alice_client.post(f"/admin/dns-providers/{row.id}/delete").status_code == 403

@@ -7,6 +7,7 @@ The UI actions themselves are exercised in test_admin_ui.py and test_client_ui.p
 
 from __future__ import annotations
 
+from app.services import dns_providers
 from tests import factories
 
 UI_FOR_API = {
@@ -40,6 +41,13 @@ UI_FOR_API = {
     ("pools.Pools", "POST"): "admin.pool_create",
     ("pools.PoolItem", "PUT"): "admin.pool_edit",
     ("pools.PoolItem", "DELETE"): "admin.pool_delete",
+    ("dns_providers.DnsProviders", "GET"): "admin.dns_providers",
+    ("dns_providers.DnsProviders", "POST"): "admin.dns_provider_create",
+    ("dns_providers.DnsProviderItem", "GET"): "admin.dns_provider_edit",
+    ("dns_providers.DnsProviderItem", "PUT"): "admin.dns_provider_edit",
+    ("dns_providers.DnsProviderItem", "PATCH"): "admin.dns_provider_edit",
+    ("dns_providers.DnsProviderItem", "DELETE"): "admin.dns_provider_delete",
+    ("dns_providers.DnsProviderCheck", "POST"): "admin.dns_provider_check",
     ("users.Users", "GET"): "admin.users",
     ("users.Users", "POST"): "admin.user_create",
     ("users.UserItem", "GET"): "admin.user_edit",
@@ -76,6 +84,9 @@ def test_ui_counterparts_exist_and_answer_the_admin(app, admin, admin_client):
     ids = {"site_id": site.id, "node_id": node.id, "user_id": admin.id, "pool_id": 1,
            "token_id": 1, "rollout_id": factories.make_rollout(site).id,
            "version_id": factories.make_version(node).id}
+    ids["provider_id"] = dns_providers.create_provider(admin, {
+        "name": "main", "zone": "example.com", "server": "127.0.0.1", "tsig_name": "acme-key",
+        "tsig_secret": "a2V5LWtleS1rZXkta2V5LWtleS1rZXk="}).id
     endpoints = {rule.endpoint: rule for rule in app.url_map.iter_rules()}
     for ui_endpoint in set(UI_FOR_API.values()):
         assert ui_endpoint in endpoints, ui_endpoint
