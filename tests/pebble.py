@@ -1,0 +1,242 @@
+"""A real ACME CA on loopback: Pebble, with pebble-challtestsrv as its DNS.
+
+:func:`make_tls_files` makes the CA and ``127.0.0.1``/``localhost`` leaf that
+Pebble's own HTTPS listener presents (Debian's package ships none); clients verify
+with :attr:`Pebble.ca_bundle`.  :class:`ChallTestSrv` answers Pebble's DNS lookups:
+every name resolves to ``default_ipv4`` unless :meth:`ChallTestSrv.set_a` points it
+elsewhere.  :class:`Pebble` validates HTTP-01 on ``http_port`` of whatever address a
+name resolves to, asking the DNS server it is given (challtestsrv, or any other,
+e.g. Knot for DNS-01 through RFC 2136 updates).
+
+Both listen on 127.0.0.1 only, on free ports, and are stopped by PID.  The
+fixtures at the bottom start them for a test module; ``pebble_factory`` starts
+more (another DNS server, a blocklist, another HTTP port) for one test.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import tempfile
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.components import free_port, require_binary, stop, wait_for_port
+
+ADDRESS = "127.0.0.1"
+# Validations without Pebble's random sleeps, every nonce accepted, and a fresh
+# authorization (so a fresh validation) for every order.
+PEBBLE_ENV = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0",
+              "PEBBLE_AUTHZREUSE": "0"}
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def make_tls_files(directory: Path, common_name: str = "rpcc test CA") -> tuple[Path, Path, Path]:
+    """A CA and a leaf for ``localhost`` and ``127.0.0.1`` signed by it, as PEM files
+    in ``directory``; returns (CA certificate, leaf certificate, leaf key)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
+                                       crl_sign=True, content_commitment=False,
+                                       key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False,
+                                       decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_name).public_key(leaf_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(ADDRESS))]),
+                critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    ca_path, cert_path, key_path = (directory / "ca.pem", directory / "cert.pem",
+                                    directory / "key.pem")
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(_key_pem(leaf_key))
+    return ca_path, cert_path, key_path
+
+
+def _post_json(url: str, payload: dict[str, Any]) -> None:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
+
+
+class ChallTestSrv:
+    """pebble-challtestsrv as a mock DNS server only (its own challenge servers off).
+
+    :param default_ipv4: what every A query answers unless a name has its own record.
+    """
+
+    def __init__(self, default_ipv4: str = ADDRESS) -> None:
+        binary = require_binary("pebble-challtestsrv")
+        self.dns_port, self.management_port = free_port(ADDRESS), free_port(ADDRESS)
+        self.root = Path(tempfile.mkdtemp(prefix="rpcc-challtestsrv-"))
+        self.log_path = self.root / "challtestsrv.log"
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [binary, "-defaultIPv4", default_ipv4, "-defaultIPv6", "",
+                 "-dns01", f"{ADDRESS}:{self.dns_port}", "-http01", "", "-https01", "",
+                 "-tlsalpn01", "", "-management", f"{ADDRESS}:{self.management_port}"],
+                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(ADDRESS, self.management_port)
+        except RuntimeError:
+            self.stop()
+            raise
+
+    @property
+    def dns_server(self) -> str:
+        """``address:port`` for Pebble's ``-dnsserver``."""
+        return f"{ADDRESS}:{self.dns_port}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://{ADDRESS}:{self.management_port}"
+
+    def set_a(self, host: str, addresses: Sequence[str]) -> None:
+        """Answer A queries for ``host`` with exactly ``addresses`` (challtestsrv's
+        own add-a appends to what was there)."""
+        self.clear_a(host)
+        _post_json(f"{self.management_url}/add-a",
+                   {"host": host.rstrip(".") + ".", "addresses": list(addresses)})
+
+    def clear_a(self, host: str) -> None:
+        """Back to the default address for ``host``."""
+        _post_json(f"{self.management_url}/clear-a", {"host": host.rstrip(".") + "."})
+
+    def set_servfail(self, host: str) -> None:
+        """Answer every query for ``host`` with SERVFAIL, as a broken zone does."""
+        _post_json(f"{self.management_url}/set-servfail", {"host": host.rstrip(".") + "."})
+
+    def clear_servfail(self, host: str) -> None:
+        _post_json(f"{self.management_url}/clear-servfail", {"host": host.rstrip(".") + "."})
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        stop(self.process)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Pebble:
+    """Pebble on 127.0.0.1 with its own TLS files.
+
+    :param http_port: the port Pebble connects to for HTTP-01 validations (where
+        the nodes serve ``/.well-known/acme-challenge/``).
+    :param dns_server: ``address:port`` of the DNS server Pebble resolves names with.
+    :param blocklist: domains Pebble refuses to issue for (``rejectedIdentifier``).
+    :param env: environment overrides (e.g. ``PEBBLE_VA_ALWAYS_VALID``).
+    """
+
+    def __init__(self, *, http_port: int, dns_server: str, blocklist: Sequence[str] = (),
+                 env: dict[str, str] | None = None) -> None:
+        binary = require_binary("pebble")
+        self.root = Path(tempfile.mkdtemp(prefix="rpcc-pebble-"))
+        self.ca_path, cert_path, key_path = make_tls_files(self.root)
+        self.port, self.management_port = free_port(ADDRESS), free_port(ADDRESS)
+        self.http_port = http_port
+        config = {"pebble": {
+            "listenAddress": f"{ADDRESS}:{self.port}",
+            "managementListenAddress": f"{ADDRESS}:{self.management_port}",
+            "certificate": str(cert_path), "privateKey": str(key_path),
+            "httpPort": http_port, "tlsPort": free_port(ADDRESS),
+            "ocspResponderURL": "", "externalAccountBindingRequired": False,
+            "domainBlocklist": list(blocklist),
+        }}
+        config_path = self.root / "pebble-config.json"
+        config_path.write_text(json.dumps(config))
+        self.log_path = self.root / "pebble.log"
+        environment = {**os.environ, **PEBBLE_ENV, **(env or {})}
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [binary, "-config", str(config_path), "-dnsserver", dns_server],
+                stdout=log, stderr=subprocess.STDOUT, env=environment)
+        try:
+            wait_for_port(ADDRESS, self.port)
+            wait_for_port(ADDRESS, self.management_port)
+        except RuntimeError:
+            self.stop()
+            raise
+
+    @property
+    def directory_url(self) -> str:
+        return f"https://{ADDRESS}:{self.port}/dir"
+
+    @property
+    def ca_bundle(self) -> str:
+        """The CA that signed Pebble's HTTPS listener (not the CA it issues from)."""
+        return str(self.ca_path)
+
+    def _tls(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.ca_bundle)
+
+    def issuing_root(self) -> str:
+        """The root Pebble's certificates chain to (new on every start)."""
+        url = f"https://{ADDRESS}:{self.management_port}/roots/0"
+        with urllib.request.urlopen(url, timeout=10, context=self._tls()) as response:
+            return str(response.read().decode())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        stop(self.process)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# -- fixtures ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def challtestsrv() -> Iterator[ChallTestSrv]:
+    """A mock DNS for the module; every name resolves to 127.0.0.1 unless told."""
+    server = ChallTestSrv()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def pebble_factory() -> Iterator[Callable[..., Pebble]]:
+    """Start Pebbles (``pebble_factory(http_port=..., dns_server=...)``); all stopped
+    after the test."""
+    started: list[Pebble] = []
+
+    def start(**kwargs: Any) -> Pebble:
+        server = Pebble(**kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
