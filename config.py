@@ -23,6 +23,13 @@ def _float(name: str, default: float) -> float:
     return float(raw) if raw not in (None, "") else default
 
 
+def _intervals(prefix: str) -> dict[str, float]:
+    """``JOB_INTERVAL_NODE_HEALTH=60`` -> ``{"node_health": 60.0}``: any job's
+    interval is set without a setting per job."""
+    return {name[len(prefix):].lower(): float(value) for name, value in os.environ.items()
+            if name.startswith(prefix) and value.strip()}
+
+
 class Config:
     """Shared defaults: safe values, overridden per environment."""
 
@@ -76,6 +83,19 @@ class Config:
     SSH_OPERATION_TIMEOUT = _float("SSH_OPERATION_TIMEOUT", 60.0)
     SSH_IDLE_TIMEOUT = _float("SSH_IDLE_TIMEOUT", 300.0)
     SSH_RETRIES = _int("SSH_RETRIES", 2)
+
+    # Background jobs: a scheduler thread in each gunicorn worker; the one holding the
+    # database lease runs the jobs.  Seconds: how often the leader renews its lease
+    # and writes its heartbeat (followers try to take over as often), how long a lease
+    # outlives its last renewal (SQLite), and how long shutdown waits for a running job.
+    SCHEDULER_ENABLED = _bool("SCHEDULER_ENABLED", True)
+    SCHEDULER_HEARTBEAT = _float("SCHEDULER_HEARTBEAT", 10.0)
+    SCHEDULER_LEASE_TTL = _float("SCHEDULER_LEASE_TTL", 30.0)
+    SCHEDULER_STOP_TIMEOUT = _float("SCHEDULER_STOP_TIMEOUT", 20.0)
+    # Seconds between runs of each job (JOB_INTERVAL_<JOB>); 0 turns a job off.
+    JOB_INTERVALS = _intervals("JOB_INTERVAL_")
+    JOB_RUN_RETENTION_DAYS = _float("JOB_RUN_RETENTION_DAYS", 30.0)
+    NODE_CHECK_PARALLELISM = _int("NODE_CHECK_PARALLELISM", 8)
 
 
 class DevelopmentConfig(Config):

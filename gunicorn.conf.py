@@ -12,3 +12,19 @@ graceful_timeout = 30
 accesslog = "-"
 errorlog = "-"
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+
+def post_worker_init(worker):
+    """Each worker runs a scheduler thread (one of them, deployment-wide, leads);
+    started here, after the fork, because threads do not survive one."""
+    from app.scheduler import start_scheduler
+
+    start_scheduler(worker.wsgi)
+
+
+def worker_exit(server, worker):
+    """Let the running job finish and give the lease back before the worker goes."""
+    from app.scheduler import stop_scheduler
+
+    if getattr(worker, "wsgi", None) is not None:
+        stop_scheduler(worker.wsgi)

@@ -12,7 +12,8 @@ from sqlalchemy import select
 from app.errors import ServiceError
 from app.extensions import db
 from app.models import ConfigVersion, Node, Role, Site, User
-from app.services import deployments, discovery, keys, node_actions, users
+from app.scheduler import JOBS, find_job
+from app.services import deployments, discovery, jobs, keys, node_actions, users
 
 
 def register(app: Flask) -> None:
@@ -20,6 +21,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(keys_cli)
     app.cli.add_command(nodes_cli)
     app.cli.add_command(sites_cli)
+    app.cli.add_command(jobs_cli)
 
 
 def _fail(error: ServiceError) -> None:
@@ -249,3 +251,21 @@ def nodes_check(name: str, as_admin: str | None) -> None:
         click.echo(f"{part}: {'ok' if outcome['ok'] else 'FAILED'} ({_shown(outcome['detail'])})")
     if not all(outcome["ok"] for outcome in result.values()):
         raise click.ClickException(f"node {name} is not healthy")
+
+
+@click.group("jobs", help="Background jobs (the scheduler runs them in the app's workers).")
+def jobs_cli() -> None:
+    pass
+
+
+@jobs_cli.command("run")
+@click.argument("name", type=click.Choice([job.name for job in JOBS]))
+def jobs_run(name: str) -> None:
+    """Run job NAME once, now, in the foreground; recorded like a scheduled run.  It
+    does not wait for the scheduler's lease: every job is safe to run twice."""
+    job = find_job(name)
+    assert job is not None  # click checked the name
+    run = jobs.run_recorded(job.name, job.work, jobs.runner_id("cli"))
+    click.echo(f"{name}: {run.status.value} ({_shown(run.detail)})")
+    if run.status.value != "succeeded":
+        raise click.ClickException(f"job {name} failed")

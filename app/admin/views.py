@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import flash, redirect, render_template, request, url_for
+from flask import current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
 from app import deployment_pages
@@ -28,6 +28,7 @@ from app.admin.forms import (
 from app.errors import Conflict, Forbidden, ValidationError
 from app.forms import SiteForm, form_status
 from app.models import Site, User
+from app.scheduler import JOBS
 from app.services import (
     audit,
     deployments,
@@ -39,6 +40,7 @@ from app.services import (
     users,
 )
 from app.services import dashboard as dashboard_service
+from app.services import jobs as job_service
 
 
 def _actor() -> User:
@@ -568,3 +570,18 @@ def audit_list() -> Any:
         return render_template("admin/audit_list.html", filters=filters, page=None), 422
     page = audit.list_entries(actor, page=_page_number(), **filters.criteria())
     return render_template("admin/audit_list.html", filters=filters, page=page)
+
+
+# ----------------------------------------------------------------------------- jobs
+
+
+@bp.get("/jobs", endpoint="jobs")
+def job_list() -> Any:
+    actor = _actor()
+    job, status = request.args.get("job") or None, request.args.get("status") or None
+    page = job_service.list_runs(actor, page=_page_number(), job=job, status=status)
+    schedule = [(j.name, j.interval(current_app)) for j in JOBS]
+    return render_template(
+        "admin/job_list.html", page=page, schedule=schedule, state=job_service.scheduler_state(),
+        latest=job_service.latest_runs(actor, [name for name, _ in schedule]),
+        job=job, status=status)

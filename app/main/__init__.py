@@ -9,6 +9,7 @@ from flask_login import current_user
 from sqlalchemy import text
 
 from app.extensions import db
+from app.services import jobs
 
 bp = Blueprint("main", __name__)
 
@@ -24,11 +25,14 @@ def index() -> Any:
 def health() -> Any:
     from app import __version__
 
+    scheduler: dict[str, Any] = {"leader": None, "heartbeat_age_seconds": None}
     try:
         db.session.execute(text("SELECT 1"))
         database = "ok"
+        state = jobs.scheduler_state()
+        scheduler = {"leader": state.leader, "heartbeat_age_seconds": state.heartbeat_age_seconds}
     except Exception as exc:  # noqa: BLE001 - any failure means the database is down
         database = f"error: {type(exc).__name__}"
     status = 200 if database == "ok" else 503
     return jsonify({"status": "ok" if status == 200 else "degraded", "database": database,
-                    "version": __version__}), status
+                    "scheduler": scheduler, "version": __version__}), status

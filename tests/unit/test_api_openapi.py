@@ -36,6 +36,7 @@ EXPECTED = {
     "/api/v1/users": {"get", "post"},
     "/api/v1/users/{user_id}": {"get", "put", "patch", "delete"},
     "/api/v1/audit": {"get"},
+    "/api/v1/jobs": {"get"},
 }
 HTTP_METHODS = {"get", "put", "post", "patch", "delete", "head", "options"}
 
@@ -101,7 +102,7 @@ def test_bearer_scheme_is_required_everywhere_but_the_token_exchange(document):
 def test_list_answers_use_the_items_envelope(document):
     schemas = document["components"]["schemas"]
     for path in ("/api/v1/sites", "/api/v1/nodes", "/api/v1/pools", "/api/v1/users",
-                 "/api/v1/audit", "/api/v1/tokens"):
+                 "/api/v1/audit", "/api/v1/tokens", "/api/v1/jobs"):
         operation = document["paths"][path]["get"]
         ref = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
         envelope = schemas[ref.rsplit("/", 1)[1]]
@@ -130,7 +131,7 @@ def test_secrets_are_write_only_in_the_document(document):
 
 
 def test_admin_only_operations_document_403(document):
-    for path in ("/api/v1/nodes", "/api/v1/users", "/api/v1/audit"):
+    for path in ("/api/v1/nodes", "/api/v1/users", "/api/v1/audit", "/api/v1/jobs"):
         assert "403" in document["paths"][path]["get"]["responses"]
     assert "403" in document["paths"]["/api/v1/pools"]["post"]["responses"]
     assert "403" not in document["paths"]["/api/v1/pools"]["get"]["responses"]

@@ -55,6 +55,7 @@ UI_FOR_API = {
     ("users.UserItem", "PATCH"): "admin.user_edit",
     ("users.UserItem", "DELETE"): "admin.user_delete",
     ("audit.AuditEntries", "GET"): "admin.audit",
+    ("jobs.JobRuns", "GET"): "admin.jobs",
     ("tokens.Tokens", "GET"): "client.tokens",
     ("tokens.Tokens", "POST"): "client.tokens",
     ("tokens.TokenItem", "DELETE"): "client.token_revoke",
