@@ -16,6 +16,7 @@ more (another DNS server, a blocklist, another HTTP port) for one test.
 from __future__ import annotations
 
 import datetime
+import http.client
 import ipaddress
 import json
 import os
@@ -23,8 +24,10 @@ import shutil
 import ssl
 import subprocess
 import tempfile
+import threading
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -164,13 +167,13 @@ class Pebble:
                  env: dict[str, str] | None = None) -> None:
         binary = require_binary("pebble")
         self.root = Path(tempfile.mkdtemp(prefix="rpcc-pebble-"))
-        self.ca_path, cert_path, key_path = make_tls_files(self.root)
+        self.ca_path, self.cert_path, self.key_path = make_tls_files(self.root)
         self.port, self.management_port = free_port(ADDRESS), free_port(ADDRESS)
         self.http_port = http_port
         config = {"pebble": {
             "listenAddress": f"{ADDRESS}:{self.port}",
             "managementListenAddress": f"{ADDRESS}:{self.management_port}",
-            "certificate": str(cert_path), "privateKey": str(key_path),
+            "certificate": str(self.cert_path), "privateKey": str(self.key_path),
             "httpPort": http_port, "tlsPort": free_port(ADDRESS),
             "ocspResponderURL": "", "externalAccountBindingRequired": False,
             "domainBlocklist": list(blocklist),
@@ -199,13 +202,14 @@ class Pebble:
         """The CA that signed Pebble's HTTPS listener (not the CA it issues from)."""
         return str(self.ca_path)
 
-    def _tls(self) -> ssl.SSLContext:
+    def tls(self) -> ssl.SSLContext:
+        """A client context trusting Pebble's HTTPS listener."""
         return ssl.create_default_context(cafile=self.ca_bundle)
 
     def issuing_root(self) -> str:
         """The root Pebble's certificates chain to (new on every start)."""
         url = f"https://{ADDRESS}:{self.management_port}/roots/0"
-        with urllib.request.urlopen(url, timeout=10, context=self._tls()) as response:
+        with urllib.request.urlopen(url, timeout=10, context=self.tls()) as response:
             return str(response.read().decode())
 
     def log(self) -> str:
@@ -214,6 +218,74 @@ class Pebble:
     def stop(self) -> None:
         stop(self.process)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class ProblemRelay:
+    """A TLS front for Pebble that passes every request through, except those to
+    ``path``, which it answers with ``status`` and the problem document ``problem``:
+    answers Pebble never gives (it has no rate limits) reach the client over the real
+    protocol.  The Host header is passed on, so Pebble's URLs name the relay.
+    """
+
+    def __init__(self, pebble: Pebble, path: str, status: int, problem: dict[str, Any],
+                 headers: dict[str, str] | None = None) -> None:
+        relay = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _relay(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                if self.path == path:
+                    self._answer(status, {"Content-Type": "application/problem+json",
+                                          **(headers or {})}, json.dumps(problem).encode())
+                    return
+                upstream = http.client.HTTPSConnection(ADDRESS, pebble.port, timeout=10,
+                                                       context=pebble.tls())
+                try:
+                    upstream.request(self.command, self.path, body=body,
+                                     headers=dict(self.headers.items()))
+                    response = upstream.getresponse()
+                    data = response.read()
+                    passed = {k: v for k, v in response.getheaders()
+                              if k.lower() not in ("content-length", "transfer-encoding",
+                                                   "connection")}
+                    self._answer(response.status, passed,
+                                 b"" if self.command == "HEAD" else data)
+                finally:
+                    upstream.close()
+
+            def _answer(self, code: int, answer_headers: dict[str, str], data: bytes) -> None:
+                self.send_response(code)
+                for name, value in answer_headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_HEAD = _relay  # noqa: N815 (http.server's naming)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                relay.requests.append(self.path)
+
+        self.requests: list[str] = []
+        self.server = ThreadingHTTPServer((ADDRESS, 0), Handler)
+        self.port = self.server.server_address[1]
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(pebble.cert_path, pebble.key_path)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def directory_url(self) -> str:
+        return f"https://{ADDRESS}:{self.port}/dir"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
 
 
 # -- fixtures ---------------------------------------------------------------------

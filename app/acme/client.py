@@ -174,6 +174,8 @@ def _root_cause(exc: BaseException) -> str:
 
 
 def _client_error(exc: errors.ClientError) -> str:
+    if isinstance(exc, errors.ConflictError):
+        return f"conflict with {exc.location}"
     response = exc.args[0] if exc.args else None
     if isinstance(response, requests.Response):
         return f"HTTP {response.status_code} from {response.url}"
@@ -205,12 +207,18 @@ class AcmeClient:
         verify: bool = ca_bundle or True  # type: ignore[assignment]
         self.net = ClientNetwork(self.key, alg=alg, verify_ssl=verify, user_agent=USER_AGENT,
                                  timeout=NETWORK_TIMEOUT)  # type: ignore[arg-type]
-        with translated(f"reading the directory {directory_url}"):
-            directory = ClientV2.get_directory(directory_url, self.net)
-            try:
-                directory["newOrder"], directory["newAccount"]
-            except KeyError as exc:
-                raise ValueError(f"{directory_url} is not an ACME directory") from exc
+        try:
+            with translated(f"reading the directory {directory_url}"):
+                directory = ClientV2.get_directory(directory_url, self.net)
+                missing = {"newNonce", "newAccount", "newOrder"} - set(directory.to_partial_json())
+                if missing:
+                    raise ValueError(f"it lacks {', '.join(sorted(missing))}")
+        except AcmeIssueError as exc:
+            if exc.code != "ca_refused":
+                raise
+            # Whatever answered there is no ACME server we can use.
+            raise AcmeIssueError("ca_unreachable", f"{directory_url} does not answer as an "
+                                 f"ACME directory: {exc}") from exc
         self.client = ClientV2(directory, self.net)
 
     def close(self) -> None:
@@ -227,11 +235,12 @@ class AcmeClient:
         already has; returns its URL."""
         registration = messages.NewRegistration.from_data(email=email or None,
                                                           terms_of_service_agreed=True)
+        self.net.account = None  # a new-account request is signed with the bare key
         with translated("registering the ACME account"):
             try:
                 return str(self.client.new_account(registration).uri)
             except errors.ConflictError as exc:  # this key has an account already
-                uri = str(exc.args[0]) if exc.args else ""
+                uri = str(exc.location)
                 self.use_account(uri)
                 return uri
 

@@ -84,10 +84,18 @@ def issue(site_id: int, settings: AcmeSettings, *, challenge: str = "http-01") -
             raise AcmeIssueError("invalid_request", f"{', '.join(wildcards)} can only be "
                                  "validated with DNS-01")
     nodes = deployments.active_nodes(site.pool_id)
-    hosts = http01.token_hosts(nodes) if challenge == "http-01" else []
-    resolvers = current_app.config.get("ACME_PRECHECK_RESOLVERS") or ""
-    if challenge == "http-01" and resolvers.strip():
-        precheck(names, nodes, resolvers)
+    hosts: list[http01.TokenHost] = []
+    providers: dict[str, DnsChallengeProvider] = {}
+    if challenge == "http-01":
+        if not nodes:
+            raise AcmeIssueError("challenge_unreachable", "the site's pool has no active "
+                                 "proxy node to serve the HTTP-01 token")
+        hosts = http01.token_hosts(nodes)
+        resolvers = current_app.config.get("ACME_PRECHECK_RESOLVERS") or ""
+        if resolvers.strip():
+            precheck(names, nodes, resolvers)
+    else:
+        providers = _dns_providers(names)
     if settings.ca_bundle and not os.path.isfile(settings.ca_bundle):
         raise AcmeIssueError("ca_unreachable", f"the ACME CA bundle {settings.ca_bundle} "
                              "does not exist; fix the certificate settings")
@@ -99,7 +107,7 @@ def issue(site_id: int, settings: AcmeSettings, *, challenge: str = "http-01") -
         logger.info("site %s: ACME order %s for %d names", site_id, order.uri, len(names))
         deadline = time.monotonic() + VALIDATION_TIMEOUT
         proving = (_http01(hosts, authorizations) if challenge == "http-01"
-                   else _dns01(authorizations))
+                   else _dns01(providers, authorizations))
         with proving:
             client.answer(authorizations)
             client.wait_for_validation(authorizations, challenge, deadline)
@@ -214,8 +222,20 @@ def _http01(hosts: Sequence[http01.TokenHost],
         yield
 
 
+def _dns_providers(names: Sequence[str]) -> dict[str, DnsChallengeProvider]:
+    """The provider of each name, found before the CA is asked for anything."""
+    providers = {}
+    for name in names:
+        try:
+            providers[name.removeprefix("*.")] = provider_for_domain(name)
+        except DnsChallengeError as exc:
+            raise AcmeIssueError("dns_provider", str(exc)) from exc
+    return providers
+
+
 @contextmanager
-def _dns01(authorizations: Sequence[Authorization]) -> Iterator[None]:
+def _dns01(providers: dict[str, DnsChallengeProvider],
+           authorizations: Sequence[Authorization]) -> Iterator[None]:
     """The TXT records of every name to prove, removed afterwards whatever happens;
     waiting until they propagate is the provider's business."""
     added: list[tuple[DnsChallengeProvider, str, str]] = []
@@ -223,9 +243,13 @@ def _dns01(authorizations: Sequence[Authorization]) -> Iterator[None]:
         for authz in authorizations:
             if authz.challenge is None:
                 continue
-            fqdn = "_acme-challenge." + authz.name.removeprefix("*.")
+            name = authz.name.removeprefix("*.")
+            fqdn = "_acme-challenge." + name
+            provider = providers.get(name)
+            if provider is None:
+                raise AcmeIssueError("ca_refused", f"the CA asked to prove {name}, which "
+                                     "the order did not name")
             try:
-                provider = provider_for_domain(authz.name)
                 provider.add_txt(fqdn, authz.validation)
             except DnsChallengeError as exc:
                 raise AcmeIssueError("dns_provider", str(exc)) from exc
