@@ -407,6 +407,8 @@ def dns_provider_edit(provider_id: int) -> Any:
             dns_providers.update_provider(actor, provider_id, form.to_data())
         except ValidationError as exc:
             form.add_service_errors(exc.fields)
+        except Conflict as exc:
+            form.add_service_errors({"zone": exc.message})
         else:
             flash(f"DNS provider {provider.name} saved.", "success")
             return redirect(url_for(".dns_providers"))
@@ -423,7 +425,10 @@ def dns_provider_check(provider_id: int) -> Any:
 
 @bp.post("/dns-providers/<int:provider_id>/delete")
 def dns_provider_delete(provider_id: int) -> Any:
-    dns_providers.delete_provider(_actor(), provider_id)
+    try:
+        dns_providers.delete_provider(_actor(), provider_id)
+    except Conflict as exc:
+        return _refused(exc, ".dns_providers")
     flash("DNS provider deleted.", "success")
     return redirect(url_for(".dns_providers"))
 

@@ -13,7 +13,7 @@ from marshmallow import Schema, fields
 
 from app.acme.dns_rfc2136 import TSIG_ALGORITHMS
 from app.api.auth import ApiBlueprint, admin_only, current_actor
-from app.api.schemas import PageQuerySchema, page_schema
+from app.api.schemas import ErrorSchema, PageQuerySchema, page_schema
 from app.models import DnsProvider
 from app.services import dns_providers
 
@@ -94,6 +94,8 @@ class DnsProviderItem(MethodView):
     @blp.arguments(DnsProviderUpdateSchema)
     @blp.response(200, DnsProviderSchema)
     @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(409, schema=ErrorSchema, description="a new zone would leave "
+                      "certificates that renew with DNS-01 without a provider")
     def put(self, data: dict[str, Any], provider_id: int) -> DnsProvider:
         """Update a DNS provider; keys left out keep their value."""
         return dns_providers.update_provider(current_actor(), provider_id, data)
@@ -102,6 +104,8 @@ class DnsProviderItem(MethodView):
     @blp.arguments(DnsProviderUpdateSchema)
     @blp.response(200, DnsProviderSchema)
     @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(409, schema=ErrorSchema, description="a new zone would leave "
+                      "certificates that renew with DNS-01 without a provider")
     def patch(self, data: dict[str, Any], provider_id: int) -> DnsProvider:
         """Update some fields of a DNS provider."""
         return dns_providers.update_provider(current_actor(), provider_id, data)
@@ -109,6 +113,8 @@ class DnsProviderItem(MethodView):
     @admin_only
     @blp.response(204)
     @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(409, schema=ErrorSchema,
+                      description="certificates renew with DNS-01 through this zone")
     def delete(self, provider_id: int) -> None:
         """Delete a DNS provider; domains of its zone can no longer use DNS-01."""
         dns_providers.delete_provider(current_actor(), provider_id)

@@ -17,9 +17,9 @@ from sqlalchemy import select
 
 from app.acme.dns import DnsChallengeError, DnsChallengeProvider
 from app.acme.dns_rfc2136 import TSIG_ALGORITHMS, Rfc2136Provider
-from app.errors import ValidationError
+from app.errors import Conflict, ValidationError
 from app.extensions import db
-from app.models import DnsProvider, User
+from app.models import AcmeChallenge, Certificate, DnsProvider, Site, User
 from app.security import (
     validate_base64_secret,
     validate_domain,
@@ -36,6 +36,17 @@ KINDS = (Rfc2136Provider.kind,)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
+def _labels(domain: str) -> list[str]:
+    name = domain.strip().lower().rstrip(".").removeprefix("*.")
+    return [label for label in name.split(".") if label]
+
+
+def _in_zone(domain: str, zone: str) -> bool:
+    """Label-wise: ``a.example.com`` is in ``example.com``, ``evil-example.com`` is not."""
+    zone_labels = zone.split(".")
+    return _labels(domain)[-len(zone_labels):] == zone_labels
+
+
 def provider_for_domain(domain: str) -> DnsChallengeProvider:
     """The provider whose zone is the longest label-wise suffix of ``domain``
     (``a.b.example.com`` picks zone ``b.example.com`` over ``example.com``;
@@ -45,13 +56,12 @@ def provider_for_domain(domain: str) -> DnsChallengeProvider:
 
     :raises DnsChallengeError: no registered zone contains the domain.
     """
-    name = domain.strip().lower().rstrip(".").removeprefix("*.")
-    labels = [label for label in name.split(".") if label]
+    labels = _labels(domain)
     suffixes = [".".join(labels[i:]) for i in range(len(labels))]
     rows = db.session.scalars(select(DnsProvider).where(DnsProvider.zone.in_(suffixes))).all()
     if not rows:
-        raise DnsChallengeError(
-            f"no DNS provider serves {name}: an administrator must add one for its zone")
+        raise DnsChallengeError(f"no DNS provider serves {'.'.join(labels)}: an "
+                                "administrator must add one for its zone")
     best = max(rows, key=lambda row: len(row.zone.split(".")))
     return _build(best)
 
@@ -129,6 +139,27 @@ def _check_unique(clean: dict[str, Any], exclude_id: int | None) -> None:
         raise ValidationError("invalid DNS provider", errors)
 
 
+def _check_no_certificate_left_without(row: DnsProvider, new_zone: str | None) -> None:
+    """Refuse to take a zone away from certificates that renew with DNS-01 when no
+    other provider would serve their names."""
+    zones = set(db.session.scalars(select(DnsProvider.zone).where(DnsProvider.id != row.id)))
+    if new_zone:
+        zones.add(new_zone)
+    stranded: set[str] = set()
+    stmt = (select(Site.domain, Certificate.domains).join(Certificate.site)
+            .where(Certificate.challenge == AcmeChallenge.DNS01))
+    for site_domain, domains in db.session.execute(stmt):
+        if any(_in_zone(d, row.zone) and not any(_in_zone(d, z) for z in zones)
+               for d in domains or []):
+            stranded.add(site_domain)
+    if stranded:
+        names = sorted(stranded)
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        raise Conflict(
+            f"certificates of {', '.join(names[:5])}{more} renew with DNS-01 through zone "
+            f"{row.zone}: add another provider for their names or switch them to HTTP-01 first")
+
+
 def _audit_fields(clean: dict[str, Any]) -> dict[str, Any]:
     """What changed, without the secret's value."""
     details = {k: v for k, v in clean.items() if k != "tsig_secret"}
@@ -155,6 +186,8 @@ def update_provider(actor: User, provider_id: int, data: dict[str, Any]) -> DnsP
     row = get_or_404(DnsProvider, provider_id, "DNS provider")
     clean = _clean(data, partial=True)
     _check_unique(clean, row.id)
+    if clean.get("zone", row.zone) != row.zone:
+        _check_no_certificate_left_without(row, clean["zone"])
     for key, value in clean.items():
         setattr(row, key, value)
     audit.record(actor, "dns_provider.update", "dns_provider", row.id, _audit_fields(clean))
@@ -165,6 +198,7 @@ def update_provider(actor: User, provider_id: int, data: dict[str, Any]) -> DnsP
 def delete_provider(actor: User, provider_id: int) -> None:
     require_admin(actor)
     row = get_or_404(DnsProvider, provider_id, "DNS provider")
+    _check_no_certificate_left_without(row, None)
     audit.record(actor, "dns_provider.delete", "dns_provider", row.id,
                  {"name": row.name, "zone": row.zone})
     db.session.delete(row)

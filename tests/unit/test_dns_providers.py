@@ -13,10 +13,18 @@ from sqlalchemy import select, text
 
 from app.acme.dns import DnsChallengeError
 from app.acme.dns_rfc2136 import Rfc2136Provider
-from app.errors import Forbidden, NotFound, ValidationError
+from app.errors import Conflict, Forbidden, NotFound, ValidationError
 from app.extensions import db as _db
-from app.models import AuditLog, DnsProvider, User
+from app.models import (
+    AcmeChallenge,
+    AuditLog,
+    Certificate,
+    CertificateProvider,
+    DnsProvider,
+    User,
+)
 from app.services import dns_providers
+from tests import factories
 from tests.conftest import api_headers
 
 SECRET = base64.b64encode(b"k" * 32).decode()
@@ -176,6 +184,64 @@ def test_delete_removes_the_provider_and_its_zone(admin: User) -> None:
         dns_providers.provider_for_domain("www.example.com")
 
 
+def renewing_with_dns01(owner: User, domain: str, aliases: list[str]) -> Certificate:
+    """A site whose certificate was obtained (and so renews) with DNS-01."""
+    site = factories.make_site(owner, domain, aliases=aliases)
+    certificate = Certificate(site_id=site.id, provider=CertificateProvider.ACME,
+                              challenge=AcmeChallenge.DNS01, domains=[domain, *aliases])
+    _db.session.add(certificate)
+    _db.session.commit()
+    return certificate
+
+
+def test_a_zone_that_dns01_certificates_need_cannot_be_deleted(admin: User,
+                                                              alice: User) -> None:
+    row = make(admin)
+    renewing_with_dns01(alice, "shop.example.org", ["*.shop.example.com"])
+
+    with pytest.raises(Conflict) as err:
+        dns_providers.delete_provider(admin, row.id)
+
+    assert "certificates of shop.example.org renew with DNS-01 through zone example.com" \
+        in err.value.message
+    assert dns_providers.get_provider(admin, row.id) is row
+
+
+def test_a_zone_may_go_when_another_provider_serves_its_certificates(admin: User,
+                                                                    alice: User) -> None:
+    inner = make(admin, name="inner", zone="shop.example.com")
+    make(admin, name="outer", zone="example.com")
+    renewing_with_dns01(alice, "shop.example.com", [])
+
+    dns_providers.delete_provider(admin, inner.id)
+
+    assert dns_providers.provider_for_domain("shop.example.com").zone.to_text() \
+        == "example.com."
+
+
+def test_changing_the_zone_away_from_dns01_certificates_is_refused(admin: User,
+                                                                   alice: User) -> None:
+    row = make(admin)
+    renewing_with_dns01(alice, "shop.example.com", [])
+
+    with pytest.raises(Conflict):
+        dns_providers.update_provider(admin, row.id, {"zone": "example.net"})
+    dns_providers.update_provider(admin, row.id, {"zone": "example.com", "port": 53})
+
+    assert (row.zone, row.port) == ("example.com", 53)
+
+
+def test_http01_certificates_do_not_hold_a_zone(admin: User, alice: User) -> None:
+    row = make(admin)
+    certificate = renewing_with_dns01(alice, "shop.example.com", [])
+    certificate.challenge = AcmeChallenge.HTTP01
+    _db.session.commit()
+
+    dns_providers.delete_provider(admin, row.id)
+
+    assert _db.session.scalar(select(DnsProvider)) is None
+
+
 # ----------------------------------------------------------------------------- API
 
 HOSTILE = [
@@ -314,6 +380,19 @@ def test_ui_deletes_a_provider(admin: User, admin_client: FlaskClient) -> None:
     _db.session.expire_all()
     assert _db.session.scalar(select(DnsProvider)) is None
     assert admin_client.post(f"/admin/dns-providers/{row.id}/delete").status_code == 404
+
+
+def test_ui_explains_why_a_needed_zone_is_not_deleted(admin: User, alice: User,
+                                                     admin_client: FlaskClient) -> None:
+    row = make(admin)
+    renewing_with_dns01(alice, "shop.example.com", [])
+
+    response = admin_client.post(f"/admin/dns-providers/{row.id}/delete",
+                                 follow_redirects=True)
+
+    assert "renew with DNS-01 through zone example.com" in response.get_data(as_text=True)
+    assert admin_client.delete(f"/api/v1/dns-providers/{row.id}",
+                               headers=api_headers(admin)).status_code == 409
 
 
 def test_ui_pages_are_refused_to_clients(admin: User, alice_client: FlaskClient) -> None:
