@@ -91,17 +91,20 @@ def issue(site_id: int, settings: AcmeSettings, *, challenge: str = "http-01") -
             raise AcmeIssueError("challenge_unreachable", "the site's pool has no active "
                                  "proxy node to serve the HTTP-01 token")
         hosts = http01.token_hosts(nodes)
-        resolvers = current_app.config.get("ACME_PRECHECK_RESOLVERS") or ""
-        if resolvers.strip():
-            precheck(names, nodes, resolvers)
     else:
         providers = _dns_providers(names)
+    addresses = _node_addresses(nodes)
+    stored = _stored_account(settings.directory_url)
+    resolvers = current_app.config.get("ACME_PRECHECK_RESOLVERS") or ""
+    _release_connection()
+
+    if challenge == "http-01" and resolvers.strip():
+        precheck(names, addresses, resolvers)
     if settings.ca_bundle and not os.path.isfile(settings.ca_bundle):
         raise AcmeIssueError("ca_unreachable", f"the ACME CA bundle {settings.ca_bundle} "
                              "does not exist; fix the certificate settings")
     key_pem, csr_pem = _key_and_csr(names)
-
-    client = _account_client(settings)
+    client = _account_client(settings, stored)
     try:
         order, authorizations = client.new_order(csr_pem, challenge)
         logger.info("site %s: ACME order %s for %d names", site_id, order.uri, len(names))
@@ -150,11 +153,31 @@ def _check_issued(chain_pem: str, key_pem: str) -> None:
 
 # -- the account ------------------------------------------------------------------
 
-def _account_client(settings: AcmeSettings) -> AcmeClient:
+@dataclass(frozen=True)
+class _StoredAccount:
+    id: int
+    key_pem: str
+    uri: str
+    email: str
+
+
+def _stored_account(directory_url: str) -> _StoredAccount | None:
+    row = db.session.scalar(select(AcmeAccount).where(AcmeAccount.directory_url == directory_url))
+    return None if row is None else _StoredAccount(row.id, row.key_pem, row.uri, row.email)
+
+
+def _release_connection() -> None:
+    """End the session's read-only transaction, so that no database connection is
+    held while the CA works (minutes at worst); a caller's unsaved changes, if any,
+    are left alone."""
+    session = db.session
+    if not (session.new or session.dirty or session.deleted):
+        session.commit()
+
+
+def _account_client(settings: AcmeSettings, stored: _StoredAccount | None) -> AcmeClient:
     """A client signed in to the directory's account, registering it on first use."""
-    row = db.session.scalar(select(AcmeAccount)
-                            .where(AcmeAccount.directory_url == settings.directory_url))
-    if row is None:
+    if stored is None:
         key_pem = new_account_key()
         client = AcmeClient(settings.directory_url, settings.ca_bundle, key_pem)
         try:
@@ -165,8 +188,7 @@ def _account_client(settings: AcmeSettings) -> AcmeClient:
             raise
         _save_account(settings, key_pem, uri)
         return client
-    row_id, row_uri, row_email = row.id, row.uri, row.email
-    client = AcmeClient(settings.directory_url, settings.ca_bundle, row.key_pem)
+    client = AcmeClient(settings.directory_url, settings.ca_bundle, stored.key_pem)
     try:
         account = client.find_account()
         if account is None:  # the CA forgot it (reset, deactivated): register again
@@ -175,14 +197,14 @@ def _account_client(settings: AcmeSettings) -> AcmeClient:
             logger.info("ACME account for %s registered again", settings.directory_url)
         else:
             uri = account.uri
-            if row_email != settings.email:
+            if stored.email != settings.email:
                 client.update_contact(account, settings.email)
     except BaseException:
         client.close()
         raise
-    if (uri, settings.email) != (row_uri, row_email):
+    if (uri, settings.email) != (stored.uri, stored.email):
         with db.engine.begin() as conn:
-            conn.execute(update(AcmeAccount).where(AcmeAccount.id == row_id)
+            conn.execute(update(AcmeAccount).where(AcmeAccount.id == stored.id)
                          .values(uri=uri, email=settings.email))
     return client
 
@@ -297,9 +319,9 @@ def _node_addresses(nodes: Sequence[Node]) -> set[str]:
     return found
 
 
-def precheck(names: Sequence[str], nodes: Sequence[Node], resolvers: str) -> None:
-    """Fail early, before asking the CA, when a name does not point at any node of
-    the pool (resolved through the configured resolvers).
+def precheck(names: Sequence[str], allowed: set[str], resolvers: str) -> None:
+    """Fail early, before asking the CA, when a name does not point at any of the
+    ``allowed`` addresses (the pool's nodes), resolved through the configured resolvers.
 
     :raises AcmeIssueError: ``dns_not_pointing``.
     """
@@ -308,7 +330,6 @@ def precheck(names: Sequence[str], nodes: Sequence[Node], resolvers: str) -> Non
     except ValueError as exc:
         logger.warning("ACME_PRECHECK_RESOLVERS is not a list of addresses: %s", exc)
         return
-    allowed = _node_addresses(nodes)
     for name in names:
         addresses: set[str] = set()
         for rdtype in ("A", "AAAA"):

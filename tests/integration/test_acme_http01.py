@@ -18,6 +18,7 @@ import pytest
 from cryptography import x509
 from sqlalchemy import select, text
 
+from app.acme.client import new_account_key
 from app.acme.issue import AcmeIssueError, AcmeSettings, Issued, issue
 from app.extensions import db
 from app.models import AcmeAccount, DeploymentStatus, Site
@@ -244,3 +245,19 @@ def test_the_pre_check_refuses_a_name_pointing_elsewhere_before_asking_the_ca(
 
     point(dns, ADDRESSES[1])
     check_chain(issue(site.id, settings), pebble)
+
+
+def test_an_account_the_ca_forgot_is_registered_again_with_its_key(
+        site: Site, fleet: list[FleetNode], dns: ChallTestSrv, pebble: Pebble,
+        settings: AcmeSettings) -> None:
+    # As after the CA was reset: a stored account whose key the CA never saw.
+    stale = f"{pebble.directory_url.removesuffix('/dir')}/my-account/forgotten"
+    db.session.add(AcmeAccount(directory_url=settings.directory_url, email=settings.email,
+                               key_pem=new_account_key(), uri=stale))
+    db.session.commit()
+    key = db.session.scalars(select(AcmeAccount)).one().key_pem
+    point(dns, ADDRESSES[2])
+    check_chain(issue(site.id, settings), pebble)
+    db.session.expire_all()
+    account = db.session.scalars(select(AcmeAccount)).one()
+    assert account.key_pem == key and account.uri not in ("", stale)
