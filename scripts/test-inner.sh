@@ -33,6 +33,9 @@ done
 runuser -u postgres -- "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" rpcc_test
 
 export PYTHONDONTWRITEBYTECODE=1
+# Tests that need a PostgreSQL of their own (several app processes on one database)
+# create and drop their databases here, in both runs.
+export TEST_POSTGRES_ADMIN_URL="postgresql+psycopg://postgres@127.0.0.1:$pg_port/postgres"
 .venv/bin/pytest -p no:cacheprovider "$@" >"$work/sqlite.log" 2>&1 &
 sqlite_pid=$!
 TEST_DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:$pg_port/rpcc_test" \
