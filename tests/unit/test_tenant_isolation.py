@@ -27,7 +27,7 @@ OWNED = {
         factories.make_site(victim, "deployed.example.com")).id,
 }
 # Segments whose routes are for administrators only: a client gets 403 there.
-ADMIN_ONLY = {"nodes", "users", "pools", "audit"}
+ADMIN_ONLY = {"nodes", "users", "pools", "audit", "dns-providers"}
 
 SITE_JSON = {"domain": "attacker.example.com", "backends": [{"host": "127.0.0.1", "port": 80}],
              "websocket": True}
