@@ -157,15 +157,16 @@ def test_two_running_schedulers_never_run_jobs_at_the_same_time(db, schedulers):
 
 
 def test_a_long_job_keeps_the_lease_renewed(db, schedulers):
-    """The lease lives 0.5 s; a job of 1.5 s must not let another process in."""
+    """The lease lives 1 s past each renewal; a job of 2.5 s must not let another
+    process in."""
     def long_job() -> str:
-        time.sleep(1.5)
+        time.sleep(2.5)
         return "long"
 
     leader = schedulers(Job("long", long_job, every=3600), runner="leader",
-                        lease=RowLease("leader", 0.5))
+                        lease=RowLease("leader", 1.0))
     challenger = schedulers(Job("long", long_job, every=3600), runner="challenger",
-                            lease=RowLease("challenger", 0.5))
+                            lease=RowLease("challenger", 1.0))
     leader.start()
     wait_for(lambda: bool(runs(db)))
     while runs(db)[0].status == JobStatus.RUNNING:
