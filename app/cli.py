@@ -265,7 +265,7 @@ def jobs_run(name: str) -> None:
     does not wait for the scheduler's lease: every job is safe to run twice."""
     job = find_job(name)
     assert job is not None  # click checked the name
-    run = jobs.run_recorded(job.name, job.work, jobs.runner_id("cli"))
+    run = jobs.run_recorded(job.name, job.work, jobs.runner_id(jobs.CLI_RUNNER))
     click.echo(f"{name}: {run.status.value} ({_shown(run.detail)})")
     if run.status.value != "succeeded":
         raise click.ClickException(f"job {name} failed")

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 LEASE_NAME = "scheduler"
 # JobRun.detail is free text; a runaway error message must not bloat the table.
 DETAIL_LIMIT = 4000
+CLI_RUNNER = "cli"
 
 
 def runner_id(kind: str = "") -> str:
@@ -79,10 +80,12 @@ def last_starts(names: list[str]) -> dict[str, datetime]:
 
 
 def close_interrupted(runner: str) -> int:
-    """Runs left ``running`` by another process can never finish: it stopped or lost
-    the lease (only the lease holder runs jobs, and ``runner`` holds it now)."""
-    runs = db.session.scalars(select(JobRun).where(JobRun.status == JobStatus.RUNNING,
-                                                   JobRun.runner != runner)).all()
+    """Runs left ``running`` by another scheduler can never finish: it stopped or lost
+    the lease (only the lease holder runs jobs, and ``runner`` holds it now).  Runs
+    started by hand (``jobs run``) need no lease and are left alone."""
+    runs = db.session.scalars(select(JobRun).where(
+        JobRun.status == JobStatus.RUNNING, JobRun.runner != runner,
+        JobRun.runner.not_like(f"%:{CLI_RUNNER}-%"))).all()
     for run in runs:
         run.status, run.finished_at = JobStatus.FAILED, utcnow()
         run.detail = "interrupted: its process stopped or lost the scheduler lease"

@@ -184,6 +184,8 @@ def test_an_expired_lease_is_taken_over_and_its_unfinished_run_closed(db, schedu
                                   expires_at=now + timedelta(seconds=30)))
     db.session.add(JobRun(job="tick", runner="crashed", status=JobStatus.RUNNING,
                           started_at=now))
+    db.session.add(JobRun(job="drift", runner="ops:77:cli-1234abcd", status=JobStatus.RUNNING,
+                          started_at=now))  # an operator's `jobs run`, needing no lease
     db.session.commit()
     job = Job("tick", done_work(), every=3600)
     successor = schedulers(job, runner="successor", lease=RowLease("successor", 30))
@@ -195,9 +197,10 @@ def test_an_expired_lease_is_taken_over_and_its_unfinished_run_closed(db, schedu
     db.session.commit()
     successor.step()
     assert successor.is_leader
-    crashed = runs(db)[0]
+    crashed = runs(db, "tick")[0]
     assert crashed.runner == "crashed" and crashed.status == JobStatus.FAILED
     assert "interrupted" in crashed.detail and crashed.finished_at is not None
+    assert runs(db, "drift")[0].status == JobStatus.RUNNING
     db.session.refresh(lease)
     assert lease.holder == "successor" and as_utc(lease.expires_at) > utcnow()
 
