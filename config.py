@@ -97,6 +97,15 @@ class Config:
     JOB_RUN_RETENTION_DAYS = _float("JOB_RUN_RETENTION_DAYS", 30.0)
     NODE_CHECK_PARALLELISM = _int("NODE_CHECK_PARALLELISM", 8)
 
+    # Certificates: the ACME CA (an admin may override these in the settings page),
+    # when to renew, and how long one issuance may take.
+    ACME_DIRECTORY_URL = os.environ.get(
+        "ACME_DIRECTORY_URL", "https://acme-v02.api.letsencrypt.org/directory")
+    ACME_CA_BUNDLE = os.environ.get("ACME_CA_BUNDLE", "")
+    ACME_EMAIL = os.environ.get("ACME_EMAIL", "")
+    CERT_RENEW_BEFORE_DAYS = _int("CERT_RENEW_BEFORE_DAYS", 30)
+    CERT_SELF_SIGNED_DAYS = _int("CERT_SELF_SIGNED_DAYS", 365)
+
 
 class DevelopmentConfig(Config):
     """Embedded defaults for one machine: SQLite and in-memory rate limits."""

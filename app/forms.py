@@ -170,6 +170,13 @@ class SiteForm(ServiceForm):
     backend_protocol = SelectField("Backend protocol", choices=enum_choices(BackendProtocol))
     pool = SelectField("Pool", description="The group of proxy nodes that serves the site.")
     ssl_mode = SelectField("TLS certificate", choices=enum_choices(SslMode))
+    acme_challenge = SelectField(
+        "ACME validation",
+        choices=[SelectChoice("http-01", "HTTP-01 (through the proxy nodes)"),
+                 SelectChoice("dns-01", "DNS-01 (TXT record in the zone's DNS)")],
+        validate_choice=False,  # the service checks it, with its own message
+        description="For letsencrypt: DNS-01 needs a DNS provider for the domain's zone "
+                    "(ask an administrator) and is the only way to get wildcard names.")
     force_https = BooleanField("Redirect HTTP to HTTPS")
     hsts = BooleanField("HSTS (tell browsers to use HTTPS only)")
     http2 = BooleanField("HTTP/2", default=True)
@@ -241,6 +248,7 @@ class SiteForm(ServiceForm):
             "backend_protocol": site["backend_protocol"],
             "pool": site["pool"],
             "ssl_mode": site["ssl_mode"],
+            "acme_challenge": site["acme_challenge"],
             "force_https": site["force_https"],
             "hsts": site["hsts"],
             "http2": site["http2"],
@@ -291,6 +299,8 @@ class SiteForm(ServiceForm):
             },
             "headers": dict(self.headers.values),
         }
+        if self.acme_challenge.data:
+            data["acme_challenge"] = self.acme_challenge.data
         if self.is_admin_form:
             data["owner_id"] = self.owner_id.data
             data["blocked"] = self.blocked.data
@@ -323,3 +333,26 @@ class SiteForm(ServiceForm):
         field = self[name]
         field.errors = [*field.errors, message]
 
+
+
+# ----------------------------------------------------------------------- certificates
+
+
+class CertificateUploadForm(ServiceForm):
+    chain_pem = TextAreaField(
+        "Certificate chain (PEM)",
+        description="The site's certificate first, then its intermediates.")
+    key_pem = TextAreaField("Private key (PEM)",
+                            description="Unencrypted; it is stored encrypted.")
+    submit = SubmitField("Upload and deploy")
+
+
+class AcmeSettingsForm(ServiceForm):
+    directory_url = StringField(
+        "ACME directory URL", description="Empty restores the default from ACME_DIRECTORY_URL.")
+    email = StringField("Account email", description="The CA writes here about expiring "
+                                                     "certificates; may be empty.")
+    ca_bundle_pem = TextAreaField(
+        "CA bundle (PEM)", description="Roots that sign a private CA's TLS certificate; "
+                                       "empty uses the system's trust store.")
+    submit = SubmitField("Save")

@@ -86,6 +86,7 @@ def hostile_site_payloads() -> list[tuple[str, str, Any]]:
     for ttl in [0, -1, "60;", "1h", 10**12]:
         cases.append(("cache", "cache", {"enabled": True, "ttl": ttl}))
     for key, value in [("backend_protocol", "http; evil"), ("ssl_mode", "auto"),
+                       ("acme_challenge", "http-01;rm"),
                        ("waf_level", "paranoid"), ("force_https", "yes"), ("http2", 1),
                        ("websocket", "true"), ("pool", "default;"), ("pool", "../etc"),
                        ("pool", "no-such-pool")]:

@@ -12,7 +12,7 @@ from typing import Any
 from flask import current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from app import deployment_pages
+from app import certificate_pages, deployment_pages
 from app.admin import bp
 from app.admin.forms import (
     AuditFilterForm,
@@ -26,7 +26,7 @@ from app.admin.forms import (
     UserForm,
 )
 from app.errors import Conflict, Forbidden, ValidationError
-from app.forms import SiteForm, form_status
+from app.forms import AcmeSettingsForm, SiteForm, form_status
 from app.models import Site, User
 from app.scheduler import JOBS
 from app.services import (
@@ -36,6 +36,7 @@ from app.services import (
     node_actions,
     nodes,
     rendering,
+    settings,
     sites,
     users,
 )
@@ -470,9 +471,10 @@ def site_create() -> Any:
                            capabilities=rendering.capability_matrix()), form_status(form)
 
 
-def _site_page(site: Site, block_form: BlockForm) -> Any:
+def _site_page(site: Site, block_form: BlockForm, upload_form: Any = None) -> Any:
     engine = request.args.get("engine", "nginx")
     return render_template("admin/site_detail.html", site=site, block_form=block_form,
+                           **certificate_pages.context(site, "admin", upload_form),
                            settings=sites.site_to_dict(site, admin=True),
                            preview=rendering.preview(_actor(), site.id, engine),
                            recent=deployments.list_rollouts(_actor(), site_id=site.id,
@@ -512,6 +514,39 @@ def deployment_events(rollout_id: int) -> Any:
 @bp.get("/sites/<int:site_id>")
 def site_detail(site_id: int) -> Any:
     return _site_page(sites.get_site(_actor(), site_id), BlockForm())
+
+
+@bp.post("/sites/<int:site_id>/certificate/issue")
+def site_certificate_issue(site_id: int) -> Any:
+    return certificate_pages.issue(_actor(), site_id, "admin")
+
+
+@bp.post("/sites/<int:site_id>/certificate")
+def site_certificate_upload(site_id: int) -> Any:
+    form, done = certificate_pages.upload(_actor(), site_id, "admin")
+    if done:
+        return done
+    return _site_page(sites.get_site(_actor(), site_id), BlockForm(), form), form_status(form)
+
+
+@bp.route("/settings", methods=["GET", "POST"])
+def settings_page() -> Any:
+    actor = _actor()
+    current = settings.get_acme_settings(actor)
+    form = AcmeSettingsForm(data=current)
+    if form.validate_on_submit():
+        try:
+            settings.update_acme_settings(actor, {
+                "directory_url": (form.directory_url.data or "").strip(),
+                "email": (form.email.data or "").strip(),
+                "ca_bundle_pem": form.ca_bundle_pem.data or ""})
+        except ValidationError as exc:
+            form.add_service_errors(exc.fields)
+        else:
+            flash("Settings saved.", "success")
+            return redirect(url_for(".settings_page"))
+    return render_template("admin/settings.html", form=form, current=current), \
+        form_status(form)
 
 
 @bp.route("/sites/<int:site_id>/edit", methods=["GET", "POST"])

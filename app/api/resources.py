@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from flask import Flask
 
-from app.api import audit, deployments, dns_providers, jobs, nodes, pools, sites, tokens, users
+from app.api import (
+    audit,
+    certificates,
+    deployments,
+    dns_providers,
+    jobs,
+    nodes,
+    pools,
+    sites,
+    tokens,
+    users,
+)
 from app.extensions import api, csrf
 
 BLUEPRINTS = (tokens.blp, sites.blp, deployments.blp, nodes.blp, pools.blp, users.blp,
-              audit.blp, dns_providers.blp, jobs.blp)
+              audit.blp, certificates.blp, jobs.blp, dns_providers.blp)
 
 
 def register(app: Flask) -> None:

@@ -67,6 +67,9 @@ class SiteSettingsSchema(Schema):
     backend_protocol = fields.String(metadata=_choices(BackendProtocol))
     pool = fields.String(metadata={"description": "pool name (GET /api/v1/pools)"})
     ssl_mode = fields.String(metadata=_choices(SslMode))
+    acme_challenge = fields.String(metadata={
+        "enum": ["http-01", "dns-01"],
+        "description": "how a letsencrypt certificate is validated (default http-01)"})
     force_https = StrictBoolean()
     hsts = StrictBoolean()
     http2 = StrictBoolean()

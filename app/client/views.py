@@ -11,7 +11,7 @@ from typing import Any
 from flask import flash, redirect, render_template, request, url_for
 from flask_login import current_user, logout_user
 
-from app import deployment_pages
+from app import certificate_pages, deployment_pages
 from app.client import bp
 from app.client.forms import EmailForm, PasswordForm, TokenForm
 from app.errors import Conflict, ValidationError
@@ -57,9 +57,14 @@ def site_create() -> Any:
 
 @bp.get("/sites/<int:site_id>")
 def site_detail(site_id: int) -> Any:
+    return _site_page(site_id)
+
+
+def _site_page(site_id: int, upload_form: Any = None) -> Any:
     actor = _actor()
     site = sites.get_site(actor, site_id)
     return render_template("client/site_detail.html", site=site,
+                           **certificate_pages.context(site, "client", upload_form),
                            settings=sites.site_to_dict(site, admin=False),
                            preview=rendering.preview(actor, site.id,
                                                      request.args.get("engine", "nginx")),
@@ -67,6 +72,17 @@ def site_detail(site_id: int) -> Any:
                            deploy_url=url_for(".site_deploy", site_id=site.id),
                            redact=deployments.redactor(actor, site.pool_id),
                            detail_endpoint="client.deployment_detail")
+
+
+@bp.post("/sites/<int:site_id>/certificate/issue")
+def site_certificate_issue(site_id: int) -> Any:
+    return certificate_pages.issue(_actor(), site_id, "client")
+
+
+@bp.post("/sites/<int:site_id>/certificate")
+def site_certificate_upload(site_id: int) -> Any:
+    form, done = certificate_pages.upload(_actor(), site_id, "client")
+    return done or (_site_page(site_id, form), form_status(form))
 
 
 @bp.post("/sites/<int:site_id>/deploy")

@@ -63,12 +63,18 @@ class Certificate(TimestampMixin, db.Model):
     last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
                                                              nullable=True)
     last_error: Mapped[str] = mapped_column(Text, default="")
+    # What kind of problem it was (app.acme.issue.AcmeIssueError codes, or "invalid").
+    last_error_code: Mapped[str] = mapped_column(String(32), default="")
+    # Set while an issuance runs (in whichever process): claimed by a conditional
+    # UPDATE so that two never run at once for one certificate.
+    issuing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                           nullable=True)
     # Consecutive failures, and when the scheduler may try again (backoff).
     failures: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
                                                              nullable=True, index=True)
 
-    site: Mapped[Site] = relationship()
+    site: Mapped[Site] = relationship(back_populates="certificate")
     attempts: Mapped[list[CertificateAttempt]] = relationship(
         back_populates="certificate", cascade="all, delete-orphan", passive_deletes=True,
         order_by="CertificateAttempt.id.desc()")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     JSON,
@@ -22,6 +22,9 @@ from app.extensions import db
 from app.models.base import TimestampMixin, enum_column
 from app.models.node import Pool
 from app.models.user import User
+
+if TYPE_CHECKING:
+    from app.models.certificate import Certificate
 
 
 class BackendProtocol(enum.StrEnum):
@@ -124,6 +127,11 @@ class Site(TimestampMixin, db.Model):
         cascade="all, delete-orphan",
         order_by="SiteBasicAuthUser.username",
         passive_deletes=True,
+    )
+
+    # Loaded with every site query (one extra SELECT for all rows): renderers need it.
+    certificate: Mapped[Certificate | None] = relationship(
+        back_populates="site", uselist=False, lazy="selectin", passive_deletes=True,
     )
 
     @property

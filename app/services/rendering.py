@@ -11,7 +11,7 @@ from app.errors import ValidationError
 from app.extensions import db
 from app.models import Node, ProxyType, Site, User
 from app.proxy import get_engine
-from app.proxy.base import BackendSpec, NodeSpec, SiteSpec
+from app.proxy.base import BackendSpec, CertificateSpec, NodeSpec, SiteSpec
 from app.services.common import get_scoped
 from app.services.nodes import ENGINE_DEFAULTS
 
@@ -63,7 +63,17 @@ def site_spec(site: Site) -> SiteSpec:
         blocked=site.blocked,
         blocked_reason=site.blocked_reason,
         config_version=site.config_version,
+        certificate=certificate_spec(site),
     )
+
+
+def certificate_spec(site: Site) -> CertificateSpec | None:
+    """The stored chain and key, whatever the latest attempt's outcome: a failed
+    renewal keeps serving the previous certificate."""
+    cert = site.certificate
+    if cert is None or not cert.chain_pem or not cert.key_pem:
+        return None
+    return CertificateSpec(chain_pem=cert.chain_pem, key_pem=cert.key_pem)
 
 
 def node_spec(node: Node) -> NodeSpec:

@@ -40,15 +40,18 @@ from app.security import (
     validate_safe_text,
     validate_secret_text,
 )
-from app.services import audit, rendering
+from app.services import audit, certificates, rendering
 from app.services.common import Page, get_or_404, get_scoped, paginate, require_admin
 
 SITE_FIELDS = (
-    "domain", "aliases", "backends", "backend_protocol", "pool", "ssl_mode", "force_https",
+    "domain", "aliases", "backends", "backend_protocol", "pool", "ssl_mode", "acme_challenge",
+    "force_https",
     "hsts", "http2", "websocket", "waf_level", "cache", "geo", "ip_allow", "ip_deny",
     "basic_auth", "rate_limit", "headers", "blocked", "blocked_reason",
 )
 ADMIN_FIELDS = ("owner_id",)
+# How a "letsencrypt" site proves its names to the CA (see services/certificates.py).
+ACME_CHALLENGES = ("http-01", "dns-01")
 LIMITS = {
     "aliases": 50, "backends": 32, "countries": 250, "ip_rules": 500, "basic_auth": 50,
     "headers": 30,
@@ -143,6 +146,11 @@ def _clean(actor: User, data: Any, site: Site | None) -> dict[str, Any]:
     ):
         if key in data:
             out[key] = _enum(errors, key, enum_cls, data[key])
+    if "acme_challenge" in data:
+        if data["acme_challenge"] in ACME_CHALLENGES:
+            out["acme_challenge"] = data["acme_challenge"]
+        else:
+            errors["acme_challenge"] = "must be one of: " + ", ".join(ACME_CHALLENGES)
     for key in ("force_https", "hsts", "http2", "websocket"):
         if key in data:
             out[key] = _bool(errors, key, data[key])
@@ -324,10 +332,10 @@ def _apply(site: Site, out: dict[str, Any]) -> None:
                 "invalid site", {field: f"already used by another site: {', '.join(sorted(taken))}"}
             )
     simple = (
-        "backend_protocol", "ssl_mode", "force_https", "hsts", "http2", "websocket", "waf_level",
-        "cache_enabled", "cache_ttl", "geo_mode", "geo_countries", "ip_allow", "ip_deny",
-        "rate_limit_rps", "rate_limit_burst", "headers", "blocked", "blocked_reason", "pool",
-        "owner",
+        "backend_protocol", "ssl_mode", "acme_challenge", "force_https", "hsts", "http2",
+        "websocket", "waf_level", "cache_enabled", "cache_ttl", "geo_mode", "geo_countries",
+        "ip_allow", "ip_deny", "rate_limit_rps", "rate_limit_burst", "headers", "blocked",
+        "blocked_reason", "pool", "owner",
     )
     for key in simple:
         if key in out:
@@ -399,6 +407,7 @@ def create_site(actor: User, data: dict[str, Any]) -> Site:
     db.session.add(site)
     db.session.flush()
     _check_engines(site)
+    certificates.sync_site(site)
     audit.record(actor, "site.create", "site", site.id,
                  {"domain": site.domain, "owner": owner.username})
     _commit_or_conflict()
@@ -417,6 +426,7 @@ def update_site(actor: User, site_id: int, data: dict[str, Any]) -> Site:
     _check_engines(site)
     if out:
         site.config_version += 1
+    certificates.sync_site(site)
     audit.record(actor, "site.update", "site", site.id,
                  {"domain": site.domain, "fields": _changed_fields(out)})
     _commit_or_conflict()
@@ -482,6 +492,7 @@ def site_to_dict(site: Site, *, admin: bool) -> dict[str, Any]:
         "backend_protocol": site.backend_protocol.value,
         "pool": site.pool.name,
         "ssl_mode": site.ssl_mode.value,
+        "acme_challenge": site.acme_challenge,
         "force_https": site.force_https,
         "hsts": site.hsts,
         "http2": site.http2,

@@ -90,6 +90,8 @@ def upgrade():
     sa.Column('acme_directory', sa.String(length=500), nullable=False),
     sa.Column('last_attempt_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=False),
+    sa.Column('last_error_code', sa.String(length=32), nullable=False),
+    sa.Column('issuing_since', sa.DateTime(timezone=True), nullable=True),
     sa.Column('failures', sa.Integer(), nullable=False),
     sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),

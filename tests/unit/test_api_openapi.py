@@ -15,6 +15,8 @@ EXPECTED = {
     "/api/v1/sites/{site_id}/config": {"get"},
     "/api/v1/sites/{site_id}/deploy": {"post"},
     "/api/v1/sites/{site_id}/deployments": {"get"},
+    "/api/v1/sites/{site_id}/certificate": {"get", "post", "put"},
+    "/api/v1/settings/acme": {"get", "put"},
     "/api/v1/deployments": {"get"},
     "/api/v1/deployments/{rollout_id}": {"get"},
     "/api/v1/nodes/{node_id}/deploy": {"post"},

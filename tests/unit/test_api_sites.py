@@ -9,7 +9,7 @@ from tests import factories
 from tests.conftest import api_headers
 
 SITE_FIELDS = {
-    "id", "domain", "aliases", "backends", "backend_protocol", "pool", "ssl_mode",
+    "id", "domain", "aliases", "backends", "backend_protocol", "pool", "ssl_mode", "acme_challenge",
     "force_https", "hsts", "http2", "websocket", "waf_level", "cache", "geo", "ip_allow",
     "ip_deny", "basic_auth", "rate_limit", "headers", "blocked", "blocked_reason", "status",
     "config_version", "created_at", "updated_at",

@@ -19,7 +19,8 @@ from tests.hostile import hostile_site_payloads
 BASE = {
     "domain": "safe.example.com", "aliases": [], "pool": "default",
     "backends": [{"host": "127.0.0.1", "port": 80, "weight": 1}],
-    "backend_protocol": "http", "ssl_mode": "none", "force_https": False, "hsts": False,
+    "backend_protocol": "http", "ssl_mode": "none", "acme_challenge": "http-01",
+    "force_https": False, "hsts": False,
     "http2": True, "websocket": False, "waf_level": "off", "cache": {"enabled": False, "ttl": 300},
     "geo": {"mode": "off", "countries": []}, "ip_allow": [], "ip_deny": [], "basic_auth": [],
     "rate_limit": None, "headers": {}, "blocked": False, "blocked_reason": "",

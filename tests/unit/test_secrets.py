@@ -72,7 +72,8 @@ def test_rotation_command_reports_counts(app, db):
 def test_encrypted_columns_are_discovered_from_the_models():
     assert set(keys.encrypted_columns()) == {
         ("users", "totp_secret"), ("nodes", "ssh_private_key"), ("nodes", "ssh_password"),
-        ("config_versions", "files"),
+        ("config_versions", "files"), ("acme_accounts", "key_pem"),
+        ("certificates", "key_pem"), ("dns_providers", "tsig_secret"),
     }
 
 

@@ -101,7 +101,8 @@ def test_other_clients_ids_answer_404_and_change_nothing(app, alice, bob, surfac
                 kwargs["headers"] = headers
                 if method in {"POST", "PUT", "PATCH"}:
                     # Actions take no site fields: a valid body reaches the lookup.
-                    kwargs["json"] = {} if url.endswith("/deploy") else SITE_JSON
+                    kwargs["json"] = ({} if url.endswith(("/deploy", "/certificate"))
+                                      else SITE_JSON)
             elif method == "POST":
                 kwargs["data"] = SITE_FORM
             response = attacker.open(url, method=method, **kwargs)

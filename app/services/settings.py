@@ -1,0 +1,143 @@
+"""Settings an administrator may change at run time (stored in the database), over
+the environment's values.  Today: the ACME certificate authority."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from flask import current_app
+
+from app.acme.issue import AcmeSettings
+from app.errors import ValidationError
+from app.extensions import db
+from app.models import Setting, User
+from app.services import audit
+from app.services.common import require_admin
+
+ACME_KEYS = ("acme_directory_url", "acme_email", "acme_ca_bundle_pem")
+_MAX_BUNDLE = 256 * 1024
+
+
+def _stored() -> dict[str, str]:
+    return {row.key: row.value for row in db.session.scalars(
+        db.select(Setting).where(Setting.key.in_(ACME_KEYS)))}
+
+
+def acme_settings() -> AcmeSettings:
+    """The CA every issuance and renewal uses now.  A CA bundle pasted by an admin is
+    written once to the instance folder, where the HTTP client can read it."""
+    cfg = current_app.config
+    stored = _stored()
+    bundle: str | None = cfg.get("ACME_CA_BUNDLE") or None
+    if stored.get("acme_ca_bundle_pem"):
+        pem = stored["acme_ca_bundle_pem"]
+        path = Path(current_app.instance_path) / (
+            "acme-ca-" + hashlib.sha256(pem.encode()).hexdigest()[:16] + ".pem")
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(pem)
+            tmp.replace(path)
+        bundle = str(path)
+    return AcmeSettings(
+        directory_url=stored.get("acme_directory_url") or cfg["ACME_DIRECTORY_URL"],
+        email=stored.get("acme_email") or cfg.get("ACME_EMAIL", ""),
+        ca_bundle=bundle,
+    )
+
+
+def get_acme_settings(actor: User) -> dict[str, Any]:
+    """What the settings page and API show: the value in force and where it comes from."""
+    require_admin(actor)
+    cfg = current_app.config
+    stored = _stored()
+    return {
+        "directory_url": stored.get("acme_directory_url") or cfg["ACME_DIRECTORY_URL"],
+        "email": stored.get("acme_email") or cfg.get("ACME_EMAIL", ""),
+        "ca_bundle_pem": stored.get("acme_ca_bundle_pem", ""),
+        "ca_bundle_path": cfg.get("ACME_CA_BUNDLE") or "",
+        "overridden": sorted(k for k in ACME_KEYS if stored.get(k)),
+    }
+
+
+def _check_url(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 500:
+        raise ValueError("must be an https:// URL of at most 500 characters")
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname or any(c.isspace() for c in value):
+        raise ValueError("must be an https:// URL (ACME directories are served over TLS)")
+    return value
+
+
+def _check_email(value: Any) -> str:
+    from email_validator import EmailNotValidError, validate_email
+
+    if not isinstance(value, str):
+        raise ValueError("must be text")
+    if not value:
+        return ""
+    try:
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _check_bundle(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be PEM text")
+    value = value.strip()
+    if not value:
+        return ""
+    if len(value) > _MAX_BUNDLE:
+        raise ValueError("must be at most 256 KiB")
+    try:
+        certs = x509.load_pem_x509_certificates(value.encode())
+    except ValueError:
+        raise ValueError("is not a PEM certificate bundle") from None
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    # Stored re-encoded: nothing but certificates reaches the file.
+    return "".join(c.public_bytes(Encoding.PEM).decode() for c in certs)
+
+
+def update_acme_settings(actor: User, data: dict[str, Any]) -> dict[str, Any]:
+    """Override (or, with an empty value, go back to the environment's) ACME CA
+    directory, account email and CA bundle."""
+    require_admin(actor)
+    if not isinstance(data, dict):
+        raise ValidationError("invalid settings", {"_": "must be an object"})
+    checks = {"directory_url": _check_url, "email": _check_email,
+              "ca_bundle_pem": _check_bundle}
+    errors: dict[str, str] = {}
+    clean: dict[str, str] = {}
+    for key in sorted(set(data) - set(checks)):
+        errors[key] = "unknown field"
+    for key, check in checks.items():
+        if key not in data or (key == "directory_url" and data[key] in ("", None)):
+            if key in data:
+                clean[key] = ""
+            continue
+        try:
+            clean[key] = check(data[key])
+        except ValueError as exc:
+            errors[key] = str(exc)
+    if errors:
+        raise ValidationError("invalid settings", errors)
+    for key, value in clean.items():
+        row = db.session.get(Setting, f"acme_{key}")
+        if value:
+            if row is None:
+                row = Setting(key=f"acme_{key}")
+                db.session.add(row)
+            row.value = value
+            row.updated_by_id = actor.id
+        elif row is not None:
+            db.session.delete(row)
+    audit.record(actor, "settings.acme", "settings", "acme", {"changed": sorted(clean)})
+    db.session.commit()
+    return get_acme_settings(actor)
