@@ -101,10 +101,13 @@ class SshServer:
         password is bind-mounted over it.
     :param tiny_fs_bytes: if given, ``tiny_fs`` is a tmpfs of that size, mounted only
         in sshd's own mount namespace: a node whose disk is full.
+    :param sftp_umask: if given (e.g. ``"077"``), the umask of the SFTP server, which
+        then creates files and directories with modes other than the usual ones.
     """
 
     def __init__(self, addresses: Sequence[str] = ("127.0.0.1",), *,
-                 password: str | None = None, tiny_fs_bytes: int | None = None) -> None:
+                 password: str | None = None, tiny_fs_bytes: int | None = None,
+                 sftp_umask: str | None = None) -> None:
         if not 1 <= len(addresses) <= MAX_ADDRESSES:
             raise ValueError(f"one sshd listens on 1 to {MAX_ADDRESSES} addresses")
         self.binary = sshd_binary()
@@ -112,6 +115,7 @@ class SshServer:
         self.addresses = tuple(addresses)
         self.password = password
         self.tiny_fs_bytes = tiny_fs_bytes
+        self.sftp_umask = sftp_umask
         self.root = Path(tempfile.mkdtemp(prefix="rpcc-sshd-"))
         self.root.chmod(0o755)
         self.tiny_fs = self.root / "tiny"
@@ -216,7 +220,8 @@ class SshServer:
             "MaxSessions 100",
             "LogLevel VERBOSE",
             f"SetEnv HOME={self.home}",
-            "Subsystem sftp internal-sftp",
+            "Subsystem sftp internal-sftp"
+            + (f" -u {self.sftp_umask}" if self.sftp_umask else ""),
             "UseDNS no",
             "PrintMotd no",
             "PermitTTY no",

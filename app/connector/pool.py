@@ -414,13 +414,15 @@ class SSHPool:
                 raise _exists(target, remote_dir)
             staging = state.staging = f"{remote_dir}.partial-{secrets.token_hex(4)}"
             state.renaming = False
-            for directory in ("", *directories):
-                path = posixpath.join(staging, directory) if directory else staging
-                sftp.mkdir(path)
-                sftp.chmod(path, 0o755)  # exact, whatever the server's umask
+            # Private while the modes inside are whatever the server's umask made them;
+            # the listing that proves the writes also shows the modes to correct.
+            sftp.mkdir(staging, 0o700)
+            for directory in directories:
+                sftp.mkdir(posixpath.join(staging, directory), 0o755)
             for relative, data in ordered:
-                _put(sftp, f"{staging}/{relative}", data, mode)
-            _check_tree(target, sftp, staging, directories, ordered)
+                _put(sftp, f"{staging}/{relative}", data)
+            _check_tree(target, sftp, staging, directories, ordered, mode)
+            sftp.chmod(staging, 0o755)
             state.renaming = True
             try:
                 # Plain SFTP rename: unlike posix-rename it refuses an existing target.
@@ -498,6 +500,21 @@ class SSHPool:
                 raise
 
         self._file_op(target, f"write {path}", body)
+
+    def listdir(self, target: SSHTarget, path: str) -> list[str]:
+        """The names in directory ``path`` (sorted; no '.' or '..'); nothing if it is
+        missing.  One SFTP request: no process starts on the node."""
+        path = _absolute(path)
+
+        def body(sftp: paramiko.SFTPClient) -> list[str]:
+            try:
+                return sorted(sftp.listdir(path))
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    return []
+                raise
+
+        return self._file_op(target, f"list {path}", body)
 
     def readlink(self, target: SSHTarget, path: str) -> str | None:
         """The target of the symbolic link ``path``; None if it is missing or no link."""
@@ -955,8 +972,9 @@ def _lstat(sftp: paramiko.SFTPClient, path: str) -> paramiko.SFTPAttributes | No
         raise
 
 
-def _put(sftp: paramiko.SFTPClient, path: str, data: bytes, mode: int) -> None:
-    """Write a new file (always a fresh name: "x" refuses to reuse one).
+def _put(sftp: paramiko.SFTPClient, path: str, data: bytes, mode: int | None = None) -> None:
+    """Write a new file (always a fresh name: "x" refuses to reuse one), with exactly
+    ``mode`` if given (else the server's umask decides; see :func:`_check_tree`).
 
     Pipelined: writes do not wait for their acknowledgements.  Paramiko then drops
     their statuses, and its close() hides a failure too, so callers check the sizes
@@ -964,7 +982,8 @@ def _put(sftp: paramiko.SFTPClient, path: str, data: bytes, mode: int) -> None:
     """
     with sftp.open(path, "wxb") as handle:
         handle.set_pipelined(True)
-        handle.chmod(mode)  # exact, whatever the server's umask
+        if mode is not None:
+            handle.chmod(mode)  # exact, whatever the server's umask
         if data:
             handle.write(data)
 
@@ -976,14 +995,22 @@ def _check_size(target: SSHTarget, path: str, size: int | None, expected: int) -
 
 
 def _check_tree(target: SSHTarget, sftp: paramiko.SFTPClient, root: str,
-                directories: Sequence[str], files: Sequence[tuple[str, bytes]]) -> None:
-    """Prove the pipelined writes of a tree landed: one listing per directory."""
-    sizes: dict[str, int | None] = {}
+                directories: Sequence[str], files: Sequence[tuple[str, bytes]],
+                mode: int) -> None:
+    """Prove the pipelined writes of a tree landed (one listing per directory), and
+    give every file ``mode`` and every directory below ``root`` 0o755 exactly, where
+    the server's umask made them otherwise."""
+    found: dict[str, paramiko.SFTPAttributes] = {}
     for directory in ("", *directories):
         for entry in sftp.listdir_attr(posixpath.join(root, directory) if directory else root):
-            sizes[f"{directory}/{entry.filename}" if directory else entry.filename] = entry.st_size
+            found[f"{directory}/{entry.filename}" if directory else entry.filename] = entry
     for relative, data in files:
-        _check_size(target, f"{root}/{relative}", sizes.get(relative), len(data))
+        entry = found.get(relative)
+        _check_size(target, f"{root}/{relative}", entry.st_size if entry else None, len(data))
+    wanted = {**{relative: mode for relative, _ in files}, **dict.fromkeys(directories, 0o755)}
+    for relative, bits in wanted.items():
+        if (found[relative].st_mode or 0) & 0o7777 != bits:
+            sftp.chmod(f"{root}/{relative}", bits)
 
 
 def _get(sftp: paramiko.SFTPClient, path: str, size: int) -> bytes:

@@ -418,6 +418,20 @@ def sample_tree() -> dict[str, bytes]:
     }
 
 
+def test_uploaded_modes_are_exact_whatever_the_servers_umask(pool, sshd_factory, workdir):
+    server = sshd_factory(sftp_umask="077")
+    target, tree = server.target(), sample_tree()
+    release = workdir / "v1"
+    pool.upload_tree(target, str(release), tree)
+    assert {str(p.relative_to(release)): p.read_bytes()
+            for p in release.rglob("*") if p.is_file()} == tree
+    assert {oct(p.stat().st_mode & 0o777) for p in release.rglob("*") if p.is_file()} == {"0o644"}
+    assert {oct(p.stat().st_mode & 0o777) for p in [release, *release.rglob("*")]
+            if p.is_dir()} == {"0o755"}
+    pool.upload_tree(target, str(workdir / "v2"), {"key.pem": b"secret"}, mode=0o600)
+    assert (workdir / "v2" / "key.pem").stat().st_mode & 0o777 == 0o600
+
+
 def test_upload_and_read_tree_round_trip(pool, sshd_server, workdir):
     target, tree = sshd_server.target(), sample_tree()
     release = workdir / "v1"
