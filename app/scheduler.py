@@ -38,6 +38,7 @@ from sqlalchemy.pool import NullPool
 from app.extensions import db
 from app.models import SchedulerLease
 from app.models.base import utcnow
+from app.services import certificates
 from app.services import jobs as job_service
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ JOBS: tuple[Job, ...] = (
     Job("node_health", job_service.check_node_health, every=300),
     Job("drift", job_service.check_drift, every=3600),
     Job("job_retention", job_service.purge_job_runs, every=86400),
+    Job("certificates", certificates.renew_due, every=3600),
 )
 
 
