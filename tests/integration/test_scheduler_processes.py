@@ -150,10 +150,22 @@ def test_a_leader_whose_lock_connection_dies_stops_leading_until_it_wins_the_loc
                                  "SCHEDULER_HEARTBEAT": 0.1, "SCHEDULER_LEASE_TTL": 5.0})
     job = Job("tick", lambda: "tick", every=0.01)
     first, second = Scheduler(app, [job], runner="first"), Scheduler(app, [job], runner="second")
+    def lock_sessions() -> list[int]:
+        with engine.connect() as conn:
+            return conn.execute(text(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'rpcc-scheduler' "
+                "AND datname = current_database()")).scalars().all()
+
     try:
         first.step()
         second.step()
         assert first.is_leader and not second.is_leader
+        # Renewals keep the one session that holds the lock; the follower keeps none.
+        holder = lock_sessions()
+        assert len(holder) == 1
+        first.step()
+        second.step()
+        assert first.is_leader and lock_sessions() == holder
 
         # The server ends the session holding the lock (as when a network or a
         # PostgreSQL failover cuts it): the lock goes with it.
