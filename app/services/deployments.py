@@ -22,16 +22,19 @@ import json
 import logging
 import secrets
 import shlex
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
+from select import POLLHUP, POLLIN, poll
 from typing import Any
 
 from flask import Flask, current_app
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import selectinload
 
 from app.connector import (
@@ -56,10 +59,10 @@ from app.models import (
 )
 from app.models.base import utcnow
 from app.proxy import get_engine
-from app.proxy.base import PROBE_HOST, PROBE_PATH
+from app.proxy.base import PROBE_HOST, PROBE_PATH, SiteSpec
 from app.services import audit, rendering
 from app.services.common import Page, get_or_404, get_scoped, paginate, require_admin, scoped
-from app.services.node_lock import NodeLease, node_lease
+from app.services.node_lock import NodeLeases
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +70,16 @@ RELEASE_PREFIX = "v"
 ADOPTED_PREFIX = "adopted-"
 PRIVATE_KEY_MARK = "PRIVATE KEY-----"
 MASKED_KEY = "# private key withheld\n"
-# After a reload: how long the old generation may still answer, then how many fresh
-# connections in a row must see the new configuration.
+# After a reload: how long the old generation may still answer (nginx's master lets
+# it accept for 100 ms after starting the new one), unless it is seen to retire
+# sooner, then a moment for the other old workers told at the same instant, then how
+# many fresh connections in a row must see the new configuration.
 PROBE_SETTLE_SECONDS = 0.15
+PROBE_GRACE_SECONDS = 0.01
 PROBE_CONFIRMATIONS = 3
+PROBE_INTERVAL_SECONDS = 0.01
+# How often a rollout writes its nodes' progress (one transaction for all of them).
+PROGRESS_INTERVAL = 0.1
 
 
 # --------------------------------------------------------------------------- #
@@ -128,16 +137,30 @@ def pool_sites(pool_id: int) -> list[Site]:
     return list(db.session.scalars(stmt))
 
 
-def render_node(node: Node) -> tuple[dict[str, str], dict[str, int], list[str]]:
-    """The node's files (with the engine's probe), the site versions they carry, and
-    the sites' domains."""
-    sites = pool_sites(node.pool_id)
+@dataclass(frozen=True)
+class PoolState:
+    """A pool's sites as the engines take them, read once for every node of a
+    rollout's batch (each node still gets its own rendering)."""
+
+    specs: list[SiteSpec]
+    versions: dict[str, int]
+    domains: dict[int, str]
+
+    @classmethod
+    def load(cls, pool_id: int) -> PoolState:
+        sites = pool_sites(pool_id)
+        return cls(specs=[rendering.site_spec(site) for site in sites],
+                   versions={str(site.id): site.config_version for site in sites},
+                   domains={site.id: site.domain for site in sites})
+
+
+def render_node(node: Node, state: PoolState) -> dict[str, str]:
+    """The node's files, with the engine's probe."""
     engine = get_engine(node.proxy_type.value)
     spec = rendering.node_spec(node)
-    files = engine.render(spec, [rendering.site_spec(site) for site in sites]).files
+    files = engine.render(spec, state.specs).files
     files.update(engine.probe(spec, probe_token(files)))
-    versions = {str(site.id): site.config_version for site in sites}
-    return files, versions, [site.domain for site in sites]
+    return files
 
 
 def probe_token(files: dict[str, str]) -> str:
@@ -176,6 +199,31 @@ def current_version(node_id: int) -> ConfigVersion | None:
                    Deployment.status == DeploymentStatus.SUCCEEDED)
             .order_by(Deployment.finished_at.desc(), Deployment.id.desc()).limit(1))
     return db.session.scalar(stmt)
+
+
+def _latest_deployments(node_ids: list[int], statuses: list[DeploymentStatus], *,
+                        by_id: bool = False) -> Any:
+    """The latest deployment of each node (by finish, or by creation) among those
+    with these statuses, ranked 1 in a subquery: one query for a whole pool."""
+    order = ((Deployment.id.desc(),) if by_id
+             else (Deployment.finished_at.desc(), Deployment.id.desc()))
+    rank = func.row_number().over(partition_by=Deployment.node_id, order_by=order)
+    return (select(Deployment.node_id, Deployment.status, Deployment.error,
+                   Deployment.config_version_id, rank.label("rank"))
+            .where(Deployment.node_id.in_(node_ids), Deployment.status.in_(statuses))
+            .subquery())
+
+
+def carried_versions(node_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Per node, the site versions of what it last took successfully."""
+    if not node_ids:
+        return {}
+    latest = _latest_deployments(node_ids, [DeploymentStatus.SUCCEEDED])
+    rows = db.session.execute(
+        select(latest.c.node_id, ConfigVersion.site_versions)
+        .join(ConfigVersion, ConfigVersion.id == latest.c.config_version_id)
+        .where(latest.c.rank == 1))
+    return {node_id: dict(versions or {}) for node_id, versions in rows}
 
 
 # --------------------------------------------------------------------------- #
@@ -233,6 +281,7 @@ class _Remote:
         self.swapped = False
         self.reloaded = False
         self.current = ""
+        self.old_generation: OldGeneration | None = None
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -264,6 +313,9 @@ class _Remote:
             restored = self.restore(reload=self.reloaded) if self.swapped else True
             raise StepFailed(self.current, _describe(exc), restored=restored,
                              after_swap=self.swapped) from exc
+        finally:
+            if self.old_generation is not None:
+                self.old_generation.close()
         # The new release is live and verified: a failure from here on is no reason to
         # roll back (the next deployment's sweep removes what is left).
         try:
@@ -277,12 +329,12 @@ class _Remote:
     def _steps(self) -> None:
         pool, target, job = self.pool, self.job.target, self.job
         with self.step("upload"):
-            kind = pool.kind(target, self.config_dir)
+            # Usually a link already (one request); otherwise, what it is.
+            self.previous = pool.readlink(target, self.config_dir)
+            kind = "link" if self.previous is not None else pool.kind(target, self.config_dir)
             if kind == "file":
                 raise StepFailed("upload", f"{self.config_dir} is a file, not a directory",
                                  restored=True, after_swap=False)
-            if kind == "link":
-                self.previous = pool.readlink(target, self.config_dir)
             pool.mkdir_p(target, self.releases)
             self._sweep(kind)
             pool.upload_tree(target, self.release, job.files)
@@ -300,13 +352,17 @@ class _Remote:
                 self._fail("test", f"the node's test command refused the configuration: "
                                    f"{_output(result)}", reload=False)
         with self.step("reload"):
+            if job.probe is not None:
+                # A connection the running workers hold, to see them retire.
+                self.old_generation = OldGeneration.attach(job.verify_address, job.verify_port,
+                                                           min(job.verify_timeout, 2.0))
             self.reloaded = True  # from here on, the new release may be loaded
             result = pool.run(target, job.reload_command, timeout=job.command_timeout)
             if not result.ok:
                 self._fail("reload", f"reload failed: {_output(result)}", reload=True)
         with self.step("verify"):
             problem = wait_for_probe(job.verify_address, job.verify_port, job.probe,
-                                     job.verify_timeout)
+                                     job.verify_timeout, self.old_generation)
             problem = problem or verify_sites(job.verify_address, job.verify_port,
                                               job.verify_hosts, job.verify_timeout)
             if problem:
@@ -321,13 +377,10 @@ class _Remote:
     def _sweep(self, kind: str | None) -> None:
         """Remove releases left by interrupted deployments (never the live one, never
         an adopted operator directory)."""
-        listing = self.pool.run(self.job.target, ["find", self.releases, "-mindepth", "1",
-                                                  "-maxdepth", "1", "-name",
-                                                  f"{RELEASE_PREFIX}*"],
-                                timeout=self.job.command_timeout)
         live = self._absolute(self.previous) if kind == "link" and self.previous else None
-        for path in listing.stdout.split("\n"):
-            if path and path != live:
+        for name in self.pool.listdir(self.job.target, self.releases):
+            path = f"{self.releases}/{name}"
+            if name.startswith(RELEASE_PREFIX) and path != live:
                 self.pool.remove_tree(self.job.target, path)
 
     def _fail(self, step: str, message: str, *, reload: bool) -> None:
@@ -357,26 +410,87 @@ class _Remote:
             return False
 
 
-def wait_for_probe(address: str, port: int, token: str | None, timeout: float) -> str:
-    """Wait until the node answers with the new configuration's token: right after a
-    reload the old workers may still be the ones answering.  Returns the problem."""
+class OldGeneration:
+    """An idle keep-alive connection to the node's HTTP port, opened before the
+    reload: the workers running the previous configuration hold it.
+
+    On a reload, nginx's master starts the new workers, lets the old ones accept for
+    another 100 ms, then tells them all at once to shut down gracefully; each first
+    closes its listening sockets, then its idle connections.  This connection closing
+    therefore says that the previous generation no longer accepts.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    @classmethod
+    def attach(cls, address: str, port: int, timeout: float) -> OldGeneration | None:
+        """None if the node answers nothing that stays open (then verification waits
+        a fixed time instead)."""
+        conn = http.client.HTTPConnection(address, port, timeout=timeout)
+        try:
+            conn.request("GET", PROBE_PATH, headers={"Host": PROBE_HOST,
+                                                     "User-Agent": "rpcc-verify/1"})
+            response = conn.getresponse()
+            response.read(65536)
+            if response.will_close or not response.isclosed() or conn.sock is None:
+                conn.close()
+                return None
+            sock, conn.sock = conn.sock, None  # ours now; the HTTPConnection forgets it
+            return cls(sock)
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            return None
+
+    def wait_retired(self, seconds: float) -> bool:
+        """Whether the server closed the connection within ``seconds``."""
+        poller = poll()
+        poller.register(self.sock, POLLIN | POLLHUP)
+        deadline = time.monotonic() + seconds
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not poller.poll(remaining * 1000):
+                return False
+            try:
+                if not self.sock.recv(4096, socket.MSG_DONTWAIT):
+                    return True
+            except BlockingIOError:
+                continue
+            except OSError:
+                return True  # reset: closed as well
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def wait_for_probe(address: str, port: int, token: str | None, timeout: float,
+                   old: OldGeneration | None = None) -> str:
+    """Wait until the node answers with the new configuration's token, and until the
+    previous generation of workers no longer accepts: right after a reload the old
+    workers may still be the ones answering.  Returns the problem."""
     if token is None:
         return ""
     deadline = time.monotonic() + timeout
     seen = ""
     confirmed = 0
+    needed = PROBE_CONFIRMATIONS
     while True:
         try:
             status, body = _http_get(address, port, PROBE_HOST, PROBE_PATH,
                                      max(0.5, deadline - time.monotonic()))
             if status == 200 and body.strip() == token:
-                # A new worker answered, but nginx's master lets the old workers accept
-                # for another 100 ms before telling them to stop: let that pass, then
-                # see the new configuration on a few fresh connections in a row.
                 if confirmed == 0:
-                    time.sleep(PROBE_SETTLE_SECONDS)
+                    # A new worker answered.  Wait for the old ones to stop accepting:
+                    # seen directly when they drop our idle connection, else (and at
+                    # most) the time nginx's master gives them before telling them;
+                    # then see the new configuration on fresh connections in a row.
+                    if old is not None and old.wait_retired(PROBE_SETTLE_SECONDS):
+                        time.sleep(PROBE_GRACE_SECONDS)
+                        needed = 1
+                    elif old is None:
+                        time.sleep(PROBE_SETTLE_SECONDS)
                 confirmed += 1
-                if confirmed > PROBE_CONFIRMATIONS:
+                if confirmed > needed:
                     return ""
                 continue
             confirmed = 0
@@ -386,7 +500,8 @@ def wait_for_probe(address: str, port: int, token: str | None, timeout: float) -
             seen = f"no answer: {exc}"
         if time.monotonic() >= deadline:
             return f"the node did not load the new configuration within {timeout:g} s ({seen})"
-        time.sleep(0.02)
+        time.sleep(PROBE_INTERVAL_SECONDS)
+
 
 
 def verify_sites(address: str, port: int, hosts: list[str], timeout: float) -> str:
@@ -414,6 +529,7 @@ def verify_sites(address: str, port: int, hosts: list[str], timeout: float) -> s
     return "; ".join(problems)
 
 
+
 def _http_status(address: str, port: int, host: str, timeout: float) -> int:
     return _http_get(address, port, host, "/", timeout)[0]
 
@@ -437,166 +553,354 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _set(deployment_id: int, **values: Any) -> None:
-    """Progress for the UI and API, in its own short transaction."""
-    with db.engine.begin() as conn:
-        conn.execute(update(Deployment).where(Deployment.id == deployment_id).values(**values))
+# --------------------------------------------------------------------------- #
+# Recording progress                                                          #
+# --------------------------------------------------------------------------- #
+
+class Recorder:
+    """A rollout's writes to the database, batched: the deployments' progress and
+    outcome, their nodes' state, and the renewal and release of the rollout's node
+    leases, every ``interval`` seconds in one short transaction from one thread.
+
+    Fifty nodes each writing their every step in its own transaction made the
+    database's write lock the bottleneck of a rollout.  Batched, progress shows up to
+    ``interval`` late; an outcome is written before its node's lease is given back,
+    in the same transaction, so whoever takes the node next sees it.
+    """
+
+    def __init__(self, app: Flask, leases: NodeLeases, interval: float = PROGRESS_INTERVAL,
+                 name: str = "recorder") -> None:
+        self.app = app
+        self.leases = leases
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._flushing = threading.Lock()
+        self._deployments: dict[int, dict[str, Any]] = {}
+        self._nodes: dict[int, dict[str, Any]] = {}
+        self._release: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def update(self, deployment_id: int, **values: Any) -> None:
+        with self._lock:
+            self._deployments.setdefault(deployment_id, {}).update(values)
+
+    def finish(self, deployment_id: int, node_id: int | None, status: DeploymentStatus,
+               error: str, steps: list[dict[str, Any]], *, drifted: bool = False) -> None:
+        """The deployment's outcome; the node's lease goes back with it."""
+        node_values: dict[str, Any] = {}
+        if status == DeploymentStatus.SUCCEEDED:
+            node_values = {"last_seen": utcnow(), "drifted": False, "drift_details": "",
+                           "status": NodeStatus.ONLINE}
+        elif drifted:
+            node_values = {"drifted": True, "drift_details": error[:2000]}
+        with self._lock:
+            self._deployments.setdefault(deployment_id, {}).update(
+                status=status, error=error[:4000], steps=steps, step="", finished_at=utcnow())
+            if node_id is not None:
+                if node_values:
+                    self._nodes.setdefault(node_id, {}).update(node_values)
+                self._release.add(node_id)
+
+    def flush(self) -> None:
+        """Write what is pending (and renew the leases when due); on failure it stays
+        pending for the next attempt."""
+        with self._flushing:
+            with self._lock:
+                deployments, self._deployments = self._deployments, {}
+                nodes, self._nodes = self._nodes, {}
+                release, self._release = self._release, set()
+            if not (deployments or nodes or release) and not self._renewal_due():
+                return
+            try:
+                with db.engine.begin() as conn:
+                    self.leases.renew(conn, only_if_older_than=self.leases.ttl / 3)
+                    _update_many(conn, Deployment, deployments)
+                    _update_many(conn, Node, nodes, Node.status != NodeStatus.DRAINING)
+                    if release:
+                        self.leases.release(release, conn)
+            except Exception:
+                with self._lock:
+                    for key, values in deployments.items():
+                        self._deployments[key] = {**values, **self._deployments.get(key, {})}
+                    for key, values in nodes.items():
+                        self._nodes[key] = {**values, **self._nodes.get(key, {})}
+                    self._release |= release
+                raise
+
+    def close(self) -> None:
+        """Stop the thread, write everything, give back every lease."""
+        self._stop.set()
+        self._thread.join()
+        for attempt in range(3):
+            try:
+                self.flush()
+                break
+            except Exception:
+                logger.exception("could not record a rollout's progress (attempt %d)",
+                                 attempt + 1)
+                time.sleep(0.2 * (attempt + 1))
+        try:
+            self.leases.release()
+        except Exception:  # they then simply expire
+            logger.exception("could not release a rollout's node locks")
+
+    def _renewal_due(self) -> bool:
+        return bool(self.leases.held) and self.leases.renewal_age() >= self.leases.ttl / 3
+
+    def _run(self) -> None:
+        with self.app.app_context():
+            while not self._stop.wait(self.interval):
+                try:
+                    self.flush()
+                except Exception:
+                    logger.exception("could not record a rollout's progress; retrying")
 
 
-def deploy_node(app: Flask, deployment_id: int) -> DeploymentStatus:
+def _update_many(conn: Any, model: Any, rows: dict[int, dict[str, Any]],
+                 *conditions: Any) -> None:
+    """UPDATE rows by id, one executemany per set of columns."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row_id, values in rows.items():
+        groups.setdefault(tuple(sorted(values)), []).append(
+            {"row_id": row_id, **{f"v_{key}": value for key, value in values.items()}})
+    for keys, params in groups.items():
+        statement = (update(model).where(model.id == bindparam("row_id"), *conditions)
+                     .values({key: bindparam(f"v_{key}") for key in keys}))
+        conn.execute(statement, params)
+
+
+# --------------------------------------------------------------------------- #
+# Deploying a batch of nodes                                                  #
+# --------------------------------------------------------------------------- #
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """What every node of a rollout needs to know about it."""
+
+    id: int
+    kind: RolloutKind
+    site_id: int | None
+    triggered_by_id: int | None
+    target_version_id: int | None
+
+
+@dataclass
+class _Prepared:
+    job: NodeJob | None = None
+    error: BaseException | None = None
+
+
+def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], recorder: Recorder,
+             steps_before: list[dict[str, Any]],
+             started_at: datetime | None) -> dict[int, _Prepared]:
+    """Render and record a version for each (deployment, node) whose lease is held:
+    the sites of each pool are read once, every node gets its own files, the versions
+    are written in one transaction.  Leaves the session without a connection."""
+    cfg = app.config
+    started = time.monotonic()
+    prepared: dict[int, _Prepared] = {}
+    node_ids = [node_id for _, node_id in items]
+    nodes = {node.id: node
+             for node in db.session.scalars(select(Node).where(Node.id.in_(node_ids)))}
+    target_version: ConfigVersion | None = None
+    if plan.kind == RolloutKind.ROLLBACK:
+        target_version = (db.session.get(ConfigVersion, plan.target_version_id)
+                          if plan.target_version_id is not None else None)
+    states: dict[int, PoolState] = {}
+    rendered: dict[int, tuple[Node, dict[str, str], dict[str, int], dict[int, str]]] = {}
+    for deployment_id, node_id in items:
+        node = nodes.get(node_id)
+        try:
+            if node is None:
+                raise NotFound("the node was deleted")
+            if plan.kind == RolloutKind.ROLLBACK:
+                if target_version is None:
+                    raise NotFound("the version to roll back to no longer exists")
+                site_versions = dict(target_version.site_versions)
+                rendered[deployment_id] = (node, version_files(target_version), site_versions,
+                                           _domains(site_versions))
+            else:
+                if node.pool_id not in states:
+                    states[node.pool_id] = PoolState.load(node.pool_id)
+                state = states[node.pool_id]
+                rendered[deployment_id] = (node, render_node(node, state), state.versions,
+                                           state.domains)
+        except Exception as exc:
+            prepared[deployment_id] = _Prepared(error=exc)
+    if not rendered:
+        db.session.rollback()
+        return prepared
+    ids = [node.id for node, *_ in rendered.values()]
+    previous = carried_versions(ids)
+    numbers = dict(db.session.execute(
+        select(ConfigVersion.node_id, func.max(ConfigVersion.version))
+        .where(ConfigVersion.node_id.in_(ids)).group_by(ConfigVersion.node_id)).all())
+    order = list(rendered)
+    rows = []
+    for deployment_id in order:
+        node, files, site_versions, _ = rendered[deployment_id]
+        rows.append({"node_id": node.id, "version": (numbers.get(node.id) or 0) + 1,
+                     "files": json.dumps(files), "sha256": files_digest(files),
+                     "site_versions": site_versions, "file_count": len(files),
+                     "created_by_id": plan.triggered_by_id, "created_at": utcnow()})
+    # The node's lease makes max()+1 safe.
+    version_ids = list(db.session.scalars(
+        insert(ConfigVersion).returning(ConfigVersion.id, sort_by_parameter_order=True),
+        rows))
+    db.session.commit()
+    render_seconds = round(time.monotonic() - started, 4)
+    for deployment_id, version_id, row in zip(order, version_ids, rows, strict=True):
+        node, files, site_versions, domains = rendered[deployment_id]
+        values: dict[str, Any] = {"status": DeploymentStatus.RUNNING, "step": "render",
+                                  "config_version_id": version_id}
+        if started_at is not None:
+            values["started_at"] = started_at
+        recorder.update(deployment_id, **values)
+        changed = _changed_hosts(previous.get(node.id, {}), site_versions, domains,
+                                 plan.site_id)
+        steps = [*steps_before, {"step": "render", "seconds": render_seconds, "ok": True}]
+        prepared[deployment_id] = _Prepared(job=NodeJob(
+            target=ssh_target(node), config_dir=node.config_dir,
+            files={path: text.encode() for path, text in files.items()},
+            release_name=f"{RELEASE_PREFIX}{row['version']}-{secrets.token_hex(4)}",
+            test_command=shlex.split(node.test_command),
+            reload_command=shlex.split(node.reload_command),
+            verify_address=node.listen_address or node.host, verify_port=node.http_port,
+            verify_hosts=changed[:cfg["DEPLOY_VERIFY_MAX_SITES"]],
+            probe=expected_probe(node, files),
+            command_timeout=cfg["SSH_OPERATION_TIMEOUT"],
+            verify_timeout=cfg["DEPLOY_VERIFY_TIMEOUT"], steps=steps,
+        ))
+    return prepared
+
+
+def _run_node(app: Flask, plan: RolloutPlan, deployment_id: int, node_id: int | None,
+              prepared: _Prepared | None, leases: NodeLeases,
+              recorder: Recorder) -> DeploymentStatus:
     """Carry out one node's deployment end to end; never raises."""
     with app.app_context():
         try:
-            return _deploy_node(app, deployment_id)
+            return _deploy_node(app, plan, deployment_id, node_id, prepared, leases, recorder)
         except Exception as exc:  # a bug must not leave the row "running"
             logger.exception("deployment %s failed unexpectedly", deployment_id)
-            try:
-                _set(deployment_id, status=DeploymentStatus.FAILED, error=_describe(exc),
-                     finished_at=utcnow())
-            except Exception:  # the rollout's conclusion marks it then
-                logger.exception("could not record the failure of deployment %s",
-                                 deployment_id)
+            recorder.finish(deployment_id, node_id, DeploymentStatus.FAILED, _describe(exc), [])
             return DeploymentStatus.FAILED
         finally:
             db.session.remove()
 
 
-def _deploy_node(app: Flask, deployment_id: int) -> DeploymentStatus:
+def _deploy_node(app: Flask, plan: RolloutPlan, deployment_id: int, node_id: int | None,
+                 prepared: _Prepared | None, leases: NodeLeases,
+                 recorder: Recorder) -> DeploymentStatus:
     cfg = app.config
-    deployment = db.session.get(Deployment, deployment_id)
-    assert deployment is not None
-    rollout = deployment.rollout
-    node_id = deployment.node_id
-    node = db.session.get(Node, node_id) if node_id else None
-    # A thread holds at most one database connection at a time: the session gives
-    # its own back before the lease and progress writes take one.
-    db.session.rollback()
-    if node is None or node_id is None:
-        _set(deployment_id, status=DeploymentStatus.FAILED, error="the node was deleted",
-             finished_at=utcnow())
-        return DeploymentStatus.FAILED
     steps: list[dict[str, Any]] = []
-    _set(deployment_id, status=DeploymentStatus.RUNNING, step="lock", started_at=utcnow())
-    started = time.monotonic()
+    if node_id is None:
+        recorder.finish(deployment_id, None, DeploymentStatus.FAILED, "the node was deleted",
+                        steps)
+        return DeploymentStatus.FAILED
     try:
-        with node_lease(node_id, ttl=cfg["DEPLOY_LOCK_TTL"], wait=cfg["DEPLOY_LOCK_WAIT"]) as lease:
-            steps.append({"step": "lock", "seconds": round(time.monotonic() - started, 4),
-                          "ok": True})
-            render_started = time.monotonic()
-            if rollout.kind == RolloutKind.ROLLBACK:
-                target_version = db.session.get(ConfigVersion, rollout.target_version_id)
-                if target_version is None:
-                    raise NotFound("the version to roll back to no longer exists")
-                files = version_files(target_version)
-                site_versions = dict(target_version.site_versions)
-                domains = _domains(site_versions)
-            else:
-                files, site_versions, domains = render_node(node)
-            previous = current_version(node.id)
-            version = _record_version(node, files, site_versions, rollout.triggered_by_id)
-            steps.append({"step": "render", "ok": True,
-                          "seconds": round(time.monotonic() - render_started, 4)})
-            changed = _changed_hosts(previous, site_versions, domains, rollout.site_id)
-            job = NodeJob(
-                target=ssh_target(node), config_dir=node.config_dir,
-                files={path: text.encode() for path, text in files.items()},
-                release_name=f"{RELEASE_PREFIX}{version.version}-{secrets.token_hex(4)}",
-                test_command=shlex.split(node.test_command),
-                reload_command=shlex.split(node.reload_command),
-                verify_address=node.listen_address or node.host, verify_port=node.http_port,
-                verify_hosts=changed[:cfg["DEPLOY_VERIFY_MAX_SITES"]],
-                probe=expected_probe(node, files),
-                command_timeout=cfg["SSH_OPERATION_TIMEOUT"],
-                verify_timeout=cfg["DEPLOY_VERIFY_TIMEOUT"], steps=steps,
-                on_step=lambda step: _progress(lease, deployment_id, step),
-            )
-            version_id = version.id
-            # Commit before any other connection writes (SQLite has one writer at a
-            # time); the session then holds no connection while the node is worked on.
-            db.session.commit()
-            _set(deployment_id, config_version_id=version_id)
-            _Remote(connector(app), job).run()
+        if prepared is None:
+            # The node was busy when the batch took its leases: wait for it alone.
+            recorder.update(deployment_id, status=DeploymentStatus.RUNNING, step="lock",
+                            started_at=utcnow())
+            waited = leases.acquire(node_id, cfg["DEPLOY_LOCK_WAIT"])
+            steps.append({"step": "lock", "seconds": round(waited, 4), "ok": True})
+            try:
+                prepared = _prepare(app, plan, [(deployment_id, node_id)], recorder, steps,
+                                    None)[deployment_id]
+            finally:
+                db.session.remove()  # no connection held while the node is worked on
+        if prepared.error is not None:
+            raise prepared.error
+        assert prepared.job is not None
+        job = prepared.job
+        steps = job.steps
+
+        def on_step(step: str) -> None:
+            leases.check(node_id)
+            recorder.update(deployment_id, step=step)
+
+        job.on_step = on_step
+        _Remote(connector(app), job).run()
     except StepFailed as failure:
         status = (DeploymentStatus.ROLLED_BACK if failure.step == "verify"
                   else DeploymentStatus.FAILED)
         note = "" if failure.restored else (
             " The previous configuration could not be put back: the node is flagged for a "
             "drift check.")
-        _finish(deployment_id, node_id, status, f"{failure.step}: {failure.message}{note}",
-                steps, drifted=not failure.restored)
+        recorder.finish(deployment_id, node_id, status,
+                        f"{failure.step}: {failure.message}{note}", steps,
+                        drifted=not failure.restored)
         return status
     except HostKeyChanged as exc:
         with db.engine.begin() as conn:
             conn.execute(update(Node).where(Node.id == node_id).values(
                 pending_host_key=exc.presented_key))
-        _finish(deployment_id, node_id, DeploymentStatus.FAILED, _describe(exc), steps)
+        recorder.finish(deployment_id, node_id, DeploymentStatus.FAILED, _describe(exc), steps)
         return DeploymentStatus.FAILED
     except Exception as exc:
         db.session.rollback()
-        _finish(deployment_id, node_id, DeploymentStatus.FAILED, _describe(exc), steps)
+        recorder.finish(deployment_id, node_id, DeploymentStatus.FAILED, _describe(exc), steps)
         return DeploymentStatus.FAILED
-    _finish(deployment_id, node_id, DeploymentStatus.SUCCEEDED, "", steps)
+    recorder.finish(deployment_id, node_id, DeploymentStatus.SUCCEEDED, "", steps)
     return DeploymentStatus.SUCCEEDED
 
 
-def _progress(lease: NodeLease, deployment_id: int, step: str) -> None:
-    """Each step shows where the deployment is, and renews the node's lease once a
-    third of it has passed, in one short transaction."""
-    with db.engine.begin() as conn:
-        lease.renew(conn, only_if_older_than=lease.ttl / 3)
-        conn.execute(update(Deployment).where(Deployment.id == deployment_id)
-                     .values(step=step))
+def _deploy_batch(app: Flask, plan: RolloutPlan, items: list[tuple[int, int | None]],
+                  leases: NodeLeases, recorder: Recorder,
+                  workers: int) -> list[DeploymentStatus]:
+    """Deploy these (deployment, node) pairs in parallel, at most ``workers`` at once.
+
+    Every free node is leased and rendered up front, in one go; a node another
+    deployment holds waits for its lease in its own worker and is rendered then, so
+    that of two deployments racing for a node the one that gets it last carries the
+    newest state of the sites.
+    """
+    started, started_at = time.monotonic(), utcnow()
+    held = leases.try_take([node_id for _, node_id in items if node_id is not None])
+    lock_step = {"step": "lock", "seconds": round(time.monotonic() - started, 4), "ok": True}
+    bulk = [(deployment_id, node_id) for deployment_id, node_id in items
+            if node_id is not None and node_id in held]
+    prepared: dict[int, _Prepared] = {}
+    if bulk:
+        try:
+            prepared = _prepare(app, plan, bulk, recorder, [lock_step], started_at)
+        except Exception as exc:
+            logger.exception("rollout %s: preparing %d nodes failed", plan.id, len(bulk))
+            prepared = {deployment_id: _Prepared(error=exc) for deployment_id, _ in bulk}
+        finally:
+            db.session.remove()
+
+    def work(item: tuple[int, int | None]) -> DeploymentStatus:
+        return _run_node(app, plan, item[0], item[1], prepared.get(item[0]), leases, recorder)
+
+    if len(items) == 1:
+        return [work(items[0])]
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(items))),
+                            thread_name_prefix=f"rollout-{plan.id}") as executor:
+        return list(executor.map(work, items))
 
 
-def _finish(deployment_id: int, node_id: int, status: DeploymentStatus, error: str,
-            steps: list[dict[str, Any]], *, drifted: bool = False) -> None:
-    _set(deployment_id, status=status, error=error[:4000], steps=steps, step="",
-         finished_at=utcnow())
-    values: dict[str, Any] = {}
-    if status == DeploymentStatus.SUCCEEDED:
-        values = {"last_seen": utcnow(), "drifted": False, "drift_details": "",
-                  "status": NodeStatus.ONLINE}
-    elif drifted:
-        values = {"drifted": True, "drift_details": error[:2000]}
-    if values:
-        with db.engine.begin() as conn:
-            conn.execute(update(Node).where(Node.id == node_id,
-                                            Node.status != NodeStatus.DRAINING).values(**values))
-
-
-def _domains(site_versions: dict[str, int]) -> list[str]:
+def _domains(site_versions: dict[str, int]) -> dict[int, str]:
     ids = [int(i) for i in site_versions]
-    return list(db.session.scalars(select(Site.domain).where(Site.id.in_(ids))
-                                   .order_by(Site.domain))) if ids else []
+    if not ids:
+        return {}
+    rows = db.session.execute(select(Site.id, Site.domain).where(Site.id.in_(ids)))
+    return {site_id: domain for site_id, domain in rows}
 
 
-def _changed_hosts(previous: ConfigVersion | None, site_versions: dict[str, int],
-                   domains: list[str], focus_site_id: int | None) -> list[str]:
+def _changed_hosts(before: dict[str, int], site_versions: dict[str, int],
+                   domains: dict[int, str], focus_site_id: int | None) -> list[str]:
     """Domains whose configuration this deployment changes (the rollout's own site
     first): those are the ones to verify."""
-    before = previous.site_versions if previous is not None else {}
     changed_ids = {int(i) for i, v in site_versions.items() if before.get(i) != v}
     if focus_site_id is not None and str(focus_site_id) in site_versions:
         changed_ids.add(focus_site_id)
-    if not changed_ids:
-        return []
-    rows = db.session.execute(select(Site.id, Site.domain).where(Site.id.in_(changed_ids)))
-    by_id = {site_id: domain for site_id, domain in rows}
-    ordered = sorted(changed_ids, key=lambda i: (i != focus_site_id, by_id.get(i, "")))
-    return [by_id[i] for i in ordered if i in by_id and by_id[i] in domains]
+    ordered = sorted(changed_ids, key=lambda i: (i != focus_site_id, domains.get(i, "")))
+    return [domains[i] for i in ordered if i in domains]
 
-
-def _record_version(node: Node, files: dict[str, str], site_versions: dict[str, int],
-                    actor_id: int | None) -> ConfigVersion:
-    """Numbered per node; the node's lease makes max()+1 safe."""
-    number = (db.session.scalar(select(func.max(ConfigVersion.version))
-                                .where(ConfigVersion.node_id == node.id)) or 0) + 1
-    version = ConfigVersion(node_id=node.id, version=number, files=json.dumps(files),
-                            sha256=files_digest(files), site_versions=site_versions,
-                            file_count=len(files), created_by_id=actor_id)
-    db.session.add(version)
-    db.session.flush()
-    return version
 
 
 # --------------------------------------------------------------------------- #
@@ -610,20 +914,21 @@ def active_nodes(pool_id: int) -> list[Node]:
     return list(db.session.scalars(stmt))
 
 
-def _create_rollout(actor: User, nodes: list[Node], *, kind: RolloutKind,
+def _create_rollout(actor: User | None, nodes: list[Node], *, kind: RolloutKind,
                     site: Site | None = None, pool_id: int | None = None,
                     canary_node_id: int | None = None,
                     target_version_id: int | None = None) -> Rollout:
     if not nodes:
         raise Conflict("no enabled node to deploy to in this pool")
+    actor_id = actor.id if actor is not None else None
     rollout = Rollout(kind=kind, site_id=site.id if site else None,
                       owner_id=site.owner_id if site else None,
                       pool_id=pool_id if pool_id is not None else (site.pool_id if site else None),
                       canary_node_id=canary_node_id, target_version_id=target_version_id,
-                      triggered_by_id=actor.id)
+                      triggered_by_id=actor_id)
     rollout.deployments = [
         Deployment(site_id=site.id if site else None, node_id=node.id, node_name=node.name,
-                   triggered_by_id=actor.id)
+                   triggered_by_id=actor_id)
         for node in nodes
     ]
     db.session.add(rollout)
@@ -631,12 +936,15 @@ def _create_rollout(actor: User, nodes: list[Node], *, kind: RolloutKind,
     return rollout
 
 
-def deploy_site(actor: User, site_id: int, *, canary_node: str | None = None) -> Rollout:
+def deploy_site(actor: User | None, site_id: int, *, canary_node: str | None = None) -> Rollout:
     """Start deploying the site's pool (every active node); returns at once.
 
+    :param actor: None for the system itself (a certificate renewal): no tenancy
+        scope, and the audit log and the rollout name no user.
     :param canary_node: name of an active node of the pool to deploy first.
     """
-    site: Site = get_scoped(Site, site_id, actor, "site")
+    site: Site = (get_scoped(Site, site_id, actor, "site") if actor is not None
+                  else get_or_404(Site, site_id, "site"))
     targets = active_nodes(site.pool_id)
     canary_id = None
     if canary_node:
@@ -716,25 +1024,32 @@ def _run_rollout(app: Flask, rollout_id: int) -> None:
     assert rollout is not None
     rollout.status = DeploymentStatus.RUNNING
     rollout.started_at = utcnow()
-    db.session.commit()
+    plan = RolloutPlan(id=rollout.id, kind=rollout.kind, site_id=rollout.site_id,
+                       triggered_by_id=rollout.triggered_by_id,
+                       target_version_id=rollout.target_version_id)
     pending = [(d.id, d.node_id) for d in rollout.deployments]
-    canary = [d for d in pending if d[1] == rollout.canary_node_id]
-    rest = [d for d in pending if d[1] != rollout.canary_node_id]
+    canary_id = rollout.canary_node_id
+    db.session.commit()
     db.session.remove()
+    canary = [d for d in pending if canary_id is not None and d[1] == canary_id]
+    rest = [d for d in pending if canary_id is None or d[1] != canary_id]
+    leases = NodeLeases(app.config["DEPLOY_LOCK_TTL"])
+    recorder = Recorder(app, leases, name=f"rollout-{rollout_id}-recorder")
     error = ""
-    if canary:
-        status = deploy_node(app, canary[0][0])
-        if status != DeploymentStatus.SUCCEEDED:
-            error = "the canary node failed: the rollout stopped before the other nodes"
-            for deployment_id, _ in rest:
-                _set(deployment_id, status=DeploymentStatus.SKIPPED, finished_at=utcnow(),
-                     error="not attempted: the canary node failed")
-            rest = []
-    if rest:
-        workers = max(1, min(app.config["DEPLOY_PARALLELISM"], len(rest)))
-        with ThreadPoolExecutor(max_workers=workers,
-                                thread_name_prefix=f"rollout-{rollout_id}") as executor:
-            list(executor.map(lambda d: deploy_node(app, d[0]), rest))
+    try:
+        if canary:
+            [status] = _deploy_batch(app, plan, canary[:1], leases, recorder, 1)
+            if status != DeploymentStatus.SUCCEEDED:
+                error = "the canary node failed: the rollout stopped before the other nodes"
+                for deployment_id, _ in rest:
+                    recorder.update(deployment_id, status=DeploymentStatus.SKIPPED,
+                                    finished_at=utcnow(),
+                                    error="not attempted: the canary node failed")
+                rest = []
+        if rest:
+            _deploy_batch(app, plan, rest, leases, recorder, app.config["DEPLOY_PARALLELISM"])
+    finally:
+        recorder.close()
     _conclude(rollout_id, error)
 
 
@@ -761,24 +1076,21 @@ def refresh_site_status(pool_id: int) -> None:
     """"Deployed on X of Y nodes" for every site of the pool, from what each active
     node last took successfully, and the last error a node reported."""
     nodes = active_nodes(pool_id)
-    carried: list[dict[str, int]] = []
-    errors: dict[int, str] = {}
-    for node in nodes:
-        version = current_version(node.id)
-        carried.append(dict(version.site_versions) if version is not None else {})
-        last = db.session.scalar(select(Deployment).where(
-            Deployment.node_id == node.id,
-            Deployment.status.in_([DeploymentStatus.SUCCEEDED, DeploymentStatus.FAILED,
-                                   DeploymentStatus.ROLLED_BACK]))
-            .order_by(Deployment.id.desc()).limit(1))
-        if last is not None and last.status != DeploymentStatus.SUCCEEDED:
-            errors[node.id] = f"{node.name}: {last.error}"
+    ids = [node.id for node in nodes]
+    carried = carried_versions(ids)
+    last = _latest_deployments(ids, [DeploymentStatus.SUCCEEDED, DeploymentStatus.FAILED,
+                                     DeploymentStatus.ROLLED_BACK], by_id=True)
+    names = {node.id: node.name for node in nodes}
+    errors = {node_id: f"{names[node_id]}: {error}" for node_id, status, error in
+              db.session.execute(select(last.c.node_id, last.c.status, last.c.error)
+                                 .where(last.c.rank == 1))
+              if status != DeploymentStatus.SUCCEEDED} if ids else {}
     now = utcnow()
     for site in db.session.scalars(select(Site).where(Site.pool_id == pool_id)):
-        deployed = sum(1 for versions in carried
-                       if versions.get(str(site.id)) == site.config_version)
+        deployed = sum(1 for node_id in ids
+                       if carried.get(node_id, {}).get(str(site.id)) == site.config_version)
         site.deployed_nodes, site.target_nodes = deployed, len(nodes)
-        site.last_deploy_error = "; ".join(errors.values())[:4000]
+        site.last_deploy_error = "; ".join(errors[i] for i in ids if i in errors)[:4000]
         if deployed and deployed == len(nodes):
             site.status, site.last_deployed_at = SiteStatus.DEPLOYED, now
         elif deployed:

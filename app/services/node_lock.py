@@ -1,22 +1,29 @@
-"""A lease per node, in the database: two deployments never touch one node at once,
+"""Leases on nodes, in the database: two deployments never touch one node at once,
 whether they run in two threads, two gunicorn workers or two app instances.
 
 A Python lock would only cover one process.  A lease row (insert to take, delete to
 give back, a deadline a crashed holder cannot extend) works the same on SQLite and
 PostgreSQL.  Each operation is its own short transaction on its own connection, so it
 never holds a database lock while the node is being worked on.
+
+A rollout holds its nodes under one holder (:class:`NodeLeases`): it takes every free
+node in one transaction and renews them all with one statement, so that a fleet costs
+a handful of writes rather than several per node.  A holder that could not renew
+within its time to live stops trusting its leases (:meth:`NodeLeases.check`) even if
+it cannot tell the database so.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
-from sqlalchemy import Connection, delete, insert, update
+from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from app.errors import Conflict
@@ -35,75 +42,154 @@ class LeaseLost(Conflict):
     """The lease expired while we held it (another holder may now own the node)."""
 
 
-class NodeLease:
-    """One holder's lease on one node, renewed at each step of the work."""
+class NodeLeases:
+    """One holder's leases on any number of nodes, renewed together."""
 
-    def __init__(self, node_id: int, ttl: float) -> None:
-        self.node_id = node_id
+    #: Stop trusting a lease this long before its deadline, for the clock skew between
+    #: this process and the database and the time a step takes to notice.
+    MARGIN = 0.1
+
+    def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self.holder = uuid.uuid4().hex
+        self._lock = threading.Lock()
+        self._held: set[int] = set()
+        self._lost: set[int] = set()
+        # When the deadline of every held lease was last pushed back (monotonic).
         self._renewed = time.monotonic()
 
-    def _try_take(self) -> bool:
+    @property
+    def held(self) -> set[int]:
+        with self._lock:
+            return set(self._held)
+
+    def try_take(self, node_ids: Iterable[int]) -> set[int]:
+        """Take every free one of these nodes in one transaction (crashed holders'
+        leases end at their deadline); returns the nodes taken.  Under contention
+        (another holder racing for one of them) it takes none, and the caller waits
+        for each node with :meth:`acquire`."""
+        wanted = sorted(set(node_ids) - self.held)
+        if not wanted:
+            return set()
         now = utcnow()
+        started = time.monotonic()
         try:
             with db.engine.begin() as conn:
-                # A crashed holder's lease ends at its deadline.
-                conn.execute(delete(NodeLock).where(NodeLock.node_id == self.node_id,
+                conn.execute(delete(NodeLock).where(NodeLock.node_id.in_(wanted),
                                                     NodeLock.expires_at < now))
-            with db.engine.begin() as conn:
-                conn.execute(insert(NodeLock).values(
-                    node_id=self.node_id, holder=self.holder, acquired_at=now,
-                    expires_at=now + timedelta(seconds=self.ttl)))
-            self._renewed = time.monotonic()
-            return True
+                busy = set(conn.scalars(select(NodeLock.node_id)
+                                        .where(NodeLock.node_id.in_(wanted))))
+                free = [node_id for node_id in wanted if node_id not in busy]
+                if free:
+                    deadline = now + timedelta(seconds=self.ttl)
+                    conn.execute(insert(NodeLock), [
+                        {"node_id": node_id, "holder": self.holder, "acquired_at": now,
+                         "expires_at": deadline} for node_id in free])
         except IntegrityError:
-            return False
+            return set()
         except OperationalError as exc:
             # SQLite answers "database is locked" when writers pile up: wait and retry.
             if "locked" not in str(exc):
                 raise
-            return False
+            return set()
+        with self._lock:
+            if not self._held:
+                self._renewed = started
+            # else the older leases' deadline, earlier, is the one to trust
+            self._held.update(free)
+        return set(free)
 
-    def acquire(self, wait: float) -> float:
-        """Wait (with backoff, not spinning) until the node is ours.
+    def acquire(self, node_id: int, wait: float) -> float:
+        """Wait (with backoff, not spinning) until ``node_id`` is ours.
 
         :returns: seconds spent waiting.
         :raises LockTimeout: after ``wait`` seconds.
         """
         started = time.monotonic()
         delay = 0.01
-        while not self._try_take():
+        while node_id not in self.try_take([node_id]):
             if time.monotonic() - started > wait:
-                raise LockTimeout(f"node {self.node_id} is busy with another deployment")
+                raise LockTimeout(f"node {node_id} is busy with another deployment")
             time.sleep(delay)
             delay = min(delay * 2, 0.25)
         return time.monotonic() - started
 
     def renew(self, conn: Connection | None = None, *, only_if_older_than: float = 0.0) -> None:
-        """Push the deadline back (within the caller's transaction when given; skipped
-        while the last renewal is younger than ``only_if_older_than`` seconds).
-
-        :raises LeaseLost: when the lease is no longer ours.
-        """
-        if time.monotonic() - self._renewed < only_if_older_than:
+        """Push every held lease's deadline back in one statement (within the
+        caller's transaction when given; skipped while the last renewal is younger
+        than ``only_if_older_than`` seconds).  Leases found gone are marked lost
+        (:meth:`check` then refuses them)."""
+        with self._lock:
+            held = sorted(self._held - self._lost)
+            renewed = self._renewed
+        if not held or time.monotonic() - renewed < only_if_older_than:
             return
         if conn is None:
             with db.engine.begin() as own:
                 self.renew(own)
             return
+        started = time.monotonic()
         result = conn.execute(
             update(NodeLock)
-            .where(NodeLock.node_id == self.node_id, NodeLock.holder == self.holder)
+            .where(NodeLock.node_id.in_(held), NodeLock.holder == self.holder)
             .values(expires_at=utcnow() + timedelta(seconds=self.ttl)))
-        if result.rowcount != 1:
-            raise LeaseLost(f"lost the lock on node {self.node_id}")
-        self._renewed = time.monotonic()
+        lost: set[int] = set()
+        if result.rowcount != len(held):
+            ours = set(conn.scalars(select(NodeLock.node_id).where(
+                NodeLock.node_id.in_(held), NodeLock.holder == self.holder)))
+            lost = set(held) - ours
+            logger.warning("lost the lock on nodes %s", sorted(lost))
+        with self._lock:
+            self._lost |= lost
+            self._renewed = started
 
-    def release(self) -> None:
-        with db.engine.begin() as conn:
-            conn.execute(delete(NodeLock).where(NodeLock.node_id == self.node_id,
-                                                NodeLock.holder == self.holder))
+    def renewal_age(self) -> float:
+        """Seconds since every held lease's deadline was last pushed back."""
+        with self._lock:
+            return time.monotonic() - self._renewed
+
+    def check(self, node_id: int) -> None:
+        """:raises LeaseLost: unless the lease on ``node_id`` is ours and still within
+            the deadline of its last renewal."""
+        with self._lock:
+            ok = (node_id in self._held and node_id not in self._lost
+                  and time.monotonic() - self._renewed < self.ttl - self.MARGIN)
+        if not ok:
+            raise LeaseLost(f"lost the lock on node {node_id}")
+
+    def release(self, node_ids: Iterable[int] | None = None,
+                conn: Connection | None = None) -> None:
+        """Give back these nodes (default: all), within ``conn``'s transaction when
+        given."""
+        with self._lock:
+            doomed = sorted(self._held if node_ids is None else self._held & set(node_ids))
+            self._held -= set(doomed)
+            self._lost -= set(doomed)
+        if not doomed:
+            return
+        statement = delete(NodeLock).where(NodeLock.node_id.in_(doomed),
+                                           NodeLock.holder == self.holder)
+        if conn is None:
+            with db.engine.begin() as own:
+                own.execute(statement)
+        else:
+            conn.execute(statement)
+
+
+class NodeLease(NodeLeases):
+    """One holder's lease on one node."""
+
+    def __init__(self, node_id: int, ttl: float) -> None:
+        super().__init__(ttl)
+        self.node_id = node_id
+
+    def acquire(self, wait: float) -> float:  # type: ignore[override]
+        return super().acquire(self.node_id, wait)
+
+    def renew(self, conn: Connection | None = None, *, only_if_older_than: float = 0.0) -> None:
+        """:raises LeaseLost: when the lease is no longer ours."""
+        super().renew(conn, only_if_older_than=only_if_older_than)
+        self.check(self.node_id)
 
 
 @contextmanager

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from app.errors import Conflict
-from app.models import Deployment, DeploymentStatus, Node, Rollout, Site
+from app.errors import Conflict, NotFound
+from app.models import AuditLog, Deployment, DeploymentStatus, Node, Rollout, Site
 from app.services import deployments, node_actions, nodes, sites
 from app.services.node_lock import node_lease
 from tests import factories
@@ -112,6 +112,31 @@ def test_the_api_answers_202_then_reports_each_node(app, alice, fleet, backends)
     listed = http.get(f"/api/v1/sites/{site.id}/deployments",
                       headers=api_headers(alice)).get_json()
     assert [item["id"] for item in listed["items"]] == [rollout_id]
+
+
+def test_the_system_deploys_a_site_without_a_user(alice, bob, fleet, backends, db):
+    """A certificate renewal deploys as the system: no tenancy scope, no user named."""
+    backend = backends.start("system")
+    site = factories.make_site(bob, "renewed.example.com",
+                               backends=[{"host": "127.0.0.1", "port": backend.port}],
+                               headers={"X-Renewed": "yes"})
+    rollout = deployments.wait(deployments.deploy_site(None, site.id).id, timeout=120)
+    assert rollout.status == DeploymentStatus.SUCCEEDED, rollout.error
+    assert rollout.triggered_by_id is None
+    assert {d.triggered_by_id for d in rollout.deployments} == {None}
+    assert all(d.config_version.created_by_id is None for d in rollout.deployments)
+    assert {n.get("renewed.example.com").headers["x-renewed"] for n in fleet} == {"yes"}
+    entry = db.session.query(AuditLog).filter_by(action="site.deploy",
+                                                 object_id=str(site.id)).one()
+    assert entry.user_id is None and entry.username == "system"
+    assert entry.details["rollout"] == rollout.id
+    # Another client still cannot see it, and cannot deploy it either.
+    with pytest.raises(NotFound):
+        deployments.get_rollout(alice, rollout.id)
+    with pytest.raises(NotFound):
+        deployments.deploy_site(alice, site.id)
+    with pytest.raises(NotFound):
+        deployments.deploy_site(None, 10**9)
 
 
 def _as_utc(moment: datetime) -> datetime:
