@@ -103,6 +103,8 @@ class Config:
         "ACME_DIRECTORY_URL", "https://acme-v02.api.letsencrypt.org/directory")
     ACME_CA_BUNDLE = os.environ.get("ACME_CA_BUNDLE", "")
     ACME_EMAIL = os.environ.get("ACME_EMAIL", "")
+    # DNS servers that check an HTTP-01 site's names point at its pool before ordering.
+    ACME_PRECHECK_RESOLVERS = os.environ.get("ACME_PRECHECK_RESOLVERS", "")
     CERT_RENEW_BEFORE_DAYS = _int("CERT_RENEW_BEFORE_DAYS", 30)
     CERT_SELF_SIGNED_DAYS = _int("CERT_SELF_SIGNED_DAYS", 365)
 

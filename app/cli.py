@@ -13,7 +13,7 @@ from app.errors import ServiceError
 from app.extensions import db
 from app.models import ConfigVersion, Node, Role, Site, User
 from app.scheduler import JOBS, find_job
-from app.services import deployments, discovery, jobs, keys, node_actions, users
+from app.services import certificates, deployments, discovery, jobs, keys, node_actions, users
 
 
 def register(app: Flask) -> None:
@@ -22,6 +22,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(nodes_cli)
     app.cli.add_command(sites_cli)
     app.cli.add_command(jobs_cli)
+    app.cli.add_command(certs_cli)
 
 
 def _fail(error: ServiceError) -> None:
@@ -269,3 +270,37 @@ def jobs_run(name: str) -> None:
     click.echo(f"{name}: {run.status.value} ({_shown(run.detail)})")
     if run.status.value != "succeeded":
         raise click.ClickException(f"job {name} failed")
+
+
+@click.group("certs", help="TLS certificates of the sites.")
+def certs_cli() -> None:
+    pass
+
+
+@certs_cli.command("renew")
+def certs_renew() -> None:
+    """Obtain missing certificates and renew those due (what the scheduler does
+    hourly), in the foreground."""
+    click.echo(certificates.renew_due())
+
+
+@certs_cli.command("issue")
+@click.argument("domain")
+@click.option("--timeout", default=600.0, show_default=True, help="seconds to wait")
+@ADMIN_OPTION
+def certs_issue(domain: str, timeout: float, as_admin: str | None) -> None:
+    """Issue or renew DOMAIN's certificate now and wait until it is deployed."""
+    site = db.session.scalar(select(Site).where(Site.domain == domain))
+    if site is None:
+        raise click.ClickException(f"no site {domain!r}")
+    try:
+        cert = certificates.request_certificate(_admin(as_admin), site.id)
+    except ServiceError as error:
+        _fail(error)
+        return
+    cert = certificates.wait(cert.id, timeout=timeout)
+    click.echo(f"{domain}: {cert.status.value}"
+               + (f", valid until {certificates.aware(cert.not_after):%Y-%m-%d %H:%M} UTC"
+                  if cert.not_after else ""))
+    if cert.status.value != "valid":
+        raise click.ClickException(_shown(cert.last_error or "not finished in time"))

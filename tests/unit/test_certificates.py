@@ -304,3 +304,18 @@ def test_the_admin_settings_page_saves_and_shows_field_errors(admin_client):
         "ca_bundle_pem": ""}, follow_redirects=True)
     assert "Settings saved." in saved.get_data(as_text=True)
     assert settings.acme_settings().email == "ops@example.com"
+
+
+def test_the_cli_issues_now_and_runs_the_renewal_job(app, admin, alice):
+    site = factories.make_site(alice, "cli.example.com", ssl_mode="self_signed")
+    serial = site.certificate.serial
+    runner = app.test_cli_runner()
+    issued = runner.invoke(args=["certs", "issue", "cli.example.com"])
+    assert issued.exit_code == 0, issued.output
+    assert issued.output.startswith("cli.example.com: valid, valid until ")
+    _db.session.expire_all()
+    assert _db.session.get(Certificate, site.certificate.id).serial != serial
+    assert runner.invoke(args=["certs", "renew"]).output.strip() == (
+        "0 certificate(s) obtained, 0 failed")
+    missing = runner.invoke(args=["certs", "issue", "nowhere.example.com"])
+    assert missing.exit_code != 0 and "no site 'nowhere.example.com'" in missing.output
