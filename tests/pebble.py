@@ -27,6 +27,7 @@ import tempfile
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from app.proxy.nginx import ENGINE as NGINX
 from tests.components import free_port, require_binary, stop, wait_for_port
+from tests.fleet import FleetNode
+from tests.nginx_node import NginxNode
 
 ADDRESS = "127.0.0.1"
 # Validations without Pebble's random sleeps, every nonce accepted, and a fresh
@@ -286,6 +290,31 @@ class ProblemRelay:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=5)
+
+
+# -- nodes Pebble validates on ------------------------------------------------------
+
+def start_nginx_on(address: str, http_port: int) -> NginxNode:
+    """An nginx node whose sites listen for HTTP on ``http_port``: Pebble validates
+    HTTP-01 on one port, whichever address a name points at, so every node of a test
+    fleet uses the same port on its own address."""
+    node = NginxNode(address=address)
+    node.http_port = http_port
+    node.spec = replace(node.spec, http_port=http_port)
+    node.write(NGINX.render(node.spec, []))
+    node.start()
+    return node
+
+
+def tokens_left(fleet: Sequence[FleetNode]) -> dict[str, list[str]]:
+    """HTTP-01 token files still on each node (nodes without any are left out)."""
+    left = {}
+    for node in fleet:
+        directory = node.nginx.acme_root / ".well-known" / "acme-challenge"
+        names = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+        if names:
+            left[node.name] = names
+    return left
 
 
 # -- fixtures ---------------------------------------------------------------------

@@ -22,13 +22,12 @@ from app.acme.client import new_account_key
 from app.acme.issue import AcmeIssueError, AcmeSettings, Issued, issue
 from app.extensions import db
 from app.models import AcmeAccount, DeploymentStatus, Site
-from app.proxy.nginx import ENGINE as NGINX
 from app.services import deployments
 from tests import factories
 from tests.components import free_port
 from tests.fleet import Backends, FleetNode, register
 from tests.nginx_node import NginxNode
-from tests.pebble import ChallTestSrv, Pebble, make_tls_files
+from tests.pebble import ChallTestSrv, Pebble, make_tls_files, start_nginx_on, tokens_left
 from tests.sshd import SshServer
 
 ADDRESSES = ("127.0.0.21", "127.0.0.22", "127.0.0.23")
@@ -68,22 +67,12 @@ def settings(pebble: Pebble) -> AcmeSettings:
                         ca_bundle=pebble.ca_bundle)
 
 
-def start_node(address: str, http_port: int) -> NginxNode:
-    """An nginx node whose sites listen for HTTP on ``http_port``."""
-    node = NginxNode(address=address)
-    node.http_port = http_port
-    node.spec = replace(node.spec, http_port=http_port)
-    node.write(NGINX.render(node.spec, []))
-    node.start()
-    return node
-
-
 @pytest.fixture()
 def fleet(app: Any, admin: Any, sshd: SshServer, http_port: int) -> Iterator[list[FleetNode]]:
     started: list[NginxNode] = []
     try:
         for address in ADDRESSES:
-            started.append(start_node(address, http_port))
+            started.append(start_nginx_on(address, http_port))
         yield [register(admin, nginx, f"edge-{i}", sshd.port, sshd.client_key_text)
                for i, nginx in enumerate(started)]
     finally:
@@ -114,20 +103,12 @@ def point(dns: ChallTestSrv, address: str) -> None:
 
 
 def tokens_served(node: FleetNode) -> set[str]:
-    """The tokens the node has served (its sites' access logs)."""
+    """The tokens the node has served (its sites' access logs and its main one)."""
     pattern = re.compile(r'"GET /\.well-known/acme-challenge/([A-Za-z0-9_-]+) HTTP/1\.1" 200 ')
-    return {token for path in Path(node.nginx.log_dir).glob("*.access.log")
+    logs = [*Path(node.nginx.log_dir).glob("*.access.log"),
+            node.nginx.prefix / "logs" / "access.log"]
+    return {token for path in logs if path.exists()
             for token in pattern.findall(path.read_text())}
-
-
-def tokens_left(fleet: list[FleetNode]) -> dict[str, list[str]]:
-    left = {}
-    for node in fleet:
-        directory = node.nginx.acme_root / ".well-known" / "acme-challenge"
-        names = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
-        if names:
-            left[node.name] = names
-    return left
 
 
 def check_chain(issued: Issued, pebble: Pebble) -> x509.Certificate:
