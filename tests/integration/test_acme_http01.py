@@ -22,8 +22,10 @@ from app.acme.client import new_account_key
 from app.acme.issue import AcmeIssueError, AcmeSettings, Issued, issue
 from app.extensions import db
 from app.models import AcmeAccount, DeploymentStatus, Site
-from app.services import deployments
+from app.proxy.base import acme_webroot
+from app.services import deployments, nodes
 from tests import factories
+from tests.caddy_node import CaddyNode
 from tests.components import free_port
 from tests.fleet import Backends, FleetNode, register
 from tests.nginx_node import NginxNode
@@ -33,6 +35,7 @@ from tests.sshd import SshServer
 ADDRESSES = ("127.0.0.21", "127.0.0.22", "127.0.0.23")
 DOMAIN, ALIAS = "shop.example.com", "www.shop.example.com"
 NOWHERE = "127.0.0.99"  # no node listens there
+CADDY_ADDRESS = "127.0.0.24"
 
 
 @pytest.fixture(scope="module")
@@ -242,3 +245,33 @@ def test_an_account_the_ca_forgot_is_registered_again_with_its_key(
     db.session.expire_all()
     account = db.session.scalars(select(AcmeAccount)).one()
     assert account.key_pem == key and account.uri not in ("", stale)
+
+
+def test_a_caddy_node_of_the_pool_answers_the_ca_too(
+        admin: Any, alice: Any, site: Site, fleet: list[FleetNode], dns: ChallTestSrv,
+        pebble: Pebble, settings: AcmeSettings, sshd: SshServer, http_port: int,
+        tmp_path: Path) -> None:
+    caddy = CaddyNode(tmp_path, listen_address=CADDY_ADDRESS)
+    caddy.spec = replace(caddy.spec, http_port=http_port)
+    caddy.apply([])
+    try:
+        spec = caddy.spec
+        nodes.create_node(admin, {
+            "name": "caddy-0", "host": "127.0.0.1", "ssh_port": sshd.port, "ssh_user": "root",
+            "ssh_private_key": sshd.client_key_text, "proxy_type": "caddy",
+            "config_dir": spec.config_dir, "test_command": spec.test_command,
+            "reload_command": spec.reload_command, "listen_address": spec.listen_address,
+            "http_port": spec.http_port, "https_port": spec.https_port,
+            "log_dir": spec.log_dir})
+        rollout = deployments.wait(deployments.deploy_site(alice, site.id).id, timeout=120)
+        assert rollout.status == DeploymentStatus.SUCCEEDED, rollout.error
+        point(dns, CADDY_ADDRESS)  # only Caddy can answer the CA now
+        before = {node.name: tokens_served(node) for node in fleet}
+        check_chain(issue(site.id, settings), pebble)
+        assert {node.name: tokens_served(node) - before[node.name] for node in fleet} == {
+            node.name: set() for node in fleet}
+        challenge_dir = Path(acme_webroot(spec)) / ".well-known" / "acme-challenge"
+        assert challenge_dir.is_dir() and list(challenge_dir.iterdir()) == []
+        assert tokens_left(fleet) == {}
+    finally:
+        caddy.stop()
