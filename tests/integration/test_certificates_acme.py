@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from cryptography import x509
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from app.extensions import db
-from app.models import Certificate, DeploymentStatus, Site
+from app.models import AcmeAccount, Certificate, DeploymentStatus, Site
 from app.services import certificates, deployments
 from tests import factories
 from tests.components import free_port
@@ -182,7 +182,10 @@ def test_a_letsencrypt_site_gets_renews_and_keeps_its_certificate(
                                                                   renewed["serial"])
     assert served_serials(fleet, context) == {int(again["serial"], 16)}
 
-    # A failed attempt changes nothing on the nodes.
+    # A failed attempt changes nothing on the nodes.  (A fresh account, so that Pebble
+    # cannot skip the validation by reusing an authorization it already holds.)
+    db.session.execute(delete(AcmeAccount))
+    db.session.commit()
     before = {node.name: node.snapshot() for node in fleet}
     point(dns, NOWHERE)
     failed = request_and_wait(http, alice, site)
