@@ -470,7 +470,7 @@ def renew_due(now: datetime | None = None) -> str:
     """The scheduler's job: obtain what is missing, renew what expires within
     ``CERT_RENEW_BEFORE_DAYS`` or no longer covers the site's names, and retry failed
     attempts once their backoff has passed.  One site at a time; returns a summary."""
-    now = now or utcnow()
+    now = aware(now) or utcnow()
     soon = now + timedelta(days=current_app.config["CERT_RENEW_BEFORE_DAYS"])
     stmt = (select(Site).outerjoin(Certificate, Certificate.site_id == Site.id)
             .where(Site.ssl_mode.in_([SslMode.SELF_SIGNED, SslMode.LETSENCRYPT]),

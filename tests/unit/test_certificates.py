@@ -214,6 +214,9 @@ def test_the_renewal_job_renews_self_signed_certificates_near_expiry(app, alice)
     _db.session.expire_all()
     assert _db.session.get(Certificate, old.certificate.id).serial != old_serial
     assert _db.session.get(Certificate, fresh.certificate.id).serial == fresh_serial
+    # A time without its offset (as SQLite hands them back) is read as UTC.
+    naive = datetime.now(UTC).replace(tzinfo=None)
+    assert certificates.renew_due(now=naive) == "0 certificate(s) obtained, 0 failed"
 
 
 def test_two_issuances_of_one_certificate_never_run_at_once(app, alice):
