@@ -90,6 +90,22 @@ _RECV_SIZE = 65536
 #: connection, every other user's channels with it.  Draining keeps the command alive
 #: until our EOF has arrived.
 _DRAIN_STDIN = '"$@"; status=$?; cat >/dev/null; exit "$status"'
+#: Runs commands given as positional words ("N word1 .. wordN" per command, after a
+#: nonce) one after the other, output and errors merged, printing "<nonce> <status>"
+#: on a line after each and stopping at the first that fails.  Each command runs
+#: alone in a subshell: the words before it are rotated behind the others, the others
+#: shifted away.  Nothing from the caller is ever parsed as shell code.
+_CHAIN = """nonce=$1; shift
+while [ "$#" -gt 0 ]; do
+  n=$1; shift
+  (k=$(($# - n)); i=0
+   while [ "$i" -lt "$n" ]; do set -- "$@" "$1"; shift; i=$((i + 1)); done
+   shift "$k"; exec "$@") </dev/null 2>&1
+  status=$?
+  printf '\\n%s %d\\n' "$nonce" "$status"
+  [ "$status" -eq 0 ] || exit "$status"
+  shift "$n"
+done"""
 
 
 @dataclass(frozen=True)
@@ -326,8 +342,12 @@ class SSHPool:
             command = shlex.join(argv) + " </dev/null"
         else:
             command = shlex.join(["sh", "-c", _DRAIN_STDIN, "sh", *argv])
+        return self._command(target, command, f"command {argv[0]!r}", timeout, stdin)
+
+    def _command(self, target: SSHTarget, command: str, what: str, timeout: float | None,
+                 stdin: bytes | None = None,
+                 on_stdout: Callable[[bytes], None] | None = None) -> CommandResult:
         limit = self.operation_timeout if timeout is None else timeout
-        what = f"command {argv[0]!r}"
 
         def attempt(conn: _Connection) -> CommandResult:
             try:
@@ -335,14 +355,69 @@ class SSHPool:
             except (OSError, EOFError, paramiko.SSHException) as exc:
                 raise _Transient(f"could not open a channel: {_describe(exc)}") from exc
             try:
-                return self._execute(target, channel, command, what, limit, stdin)
+                return self._execute(target, channel, command, what, limit, stdin, on_stdout)
             finally:
                 channel.close()
 
         return self._call(target, what, attempt, idempotent=False)
 
+    def run_chain(self, target: SSHTarget, commands: Sequence[Sequence[str]], *,
+                  timeout: float | None = None,
+                  on_next: Callable[[int], None] | None = None) -> list[CommandResult]:
+        """Run commands one after another in one remote session (one channel, one
+        shell), stopping at the first that fails; returns the results of those that
+        ran, each with its output and errors merged in ``stdout``.
+
+        ``on_next(i)`` is called as soon as command ``i - 1`` has succeeded and
+        command ``i`` starts (to time each).  Arguments reach the node as in
+        :meth:`run`; a random marker separates the outputs, so no output can pass for
+        one.
+
+        :raises CommandTimeout: if the whole chain does not finish within ``timeout``.
+        :raises UnreachableError: if the connection is lost meanwhile (never repeated).
+        """
+        if not commands or any(isinstance(argv, str | bytes) or not argv for argv in commands):
+            raise ValueError("commands must be non-empty lists of arguments")
+        nonce = secrets.token_hex(16)
+        words: list[str] = ["sh", "-c", _CHAIN, "sh", nonce]
+        for argv in commands:
+            words += [str(len(argv)), *argv]
+        mark = f"\n{nonce} "
+        started = [0]  # commands known to have started after the first
+
+        def watch(out: bytes) -> None:
+            text = out.decode("utf-8", "replace")
+            position = 0
+            for index in range(1, len(commands)):
+                at = text.find(mark, position)
+                end = text.find("\n", at + len(mark)) if at >= 0 else -1
+                if end < 0 or text[at + len(mark):end] != "0":
+                    return
+                position = end
+                if index > started[0]:
+                    started[0] = index
+                    if on_next is not None:
+                        on_next(index)
+
+        command = shlex.join(words) + " </dev/null"
+        result = self._command(target, command, f"command {commands[0][0]!r} and the next",
+                               timeout, on_stdout=watch)
+        results: list[CommandResult] = []
+        rest = result.stdout
+        for _ in commands:
+            output, found, tail = rest.partition(mark)
+            if not found:
+                break
+            status_text, _, rest = tail.partition("\n")
+            results.append(CommandResult(int(status_text), output, ""))
+        if len(results) < len(commands) and (not results or results[-1].ok):
+            # It ended without reporting (killed by a signal): a failure all the same.
+            results.append(CommandResult(result.exit_status or -1, rest, result.stderr))
+        return results
+
     def _execute(self, target: SSHTarget, channel: paramiko.Channel, command: str, what: str,
-                 limit: float, stdin: bytes | None) -> CommandResult:
+                 limit: float, stdin: bytes | None,
+                 on_stdout: Callable[[bytes], None] | None = None) -> CommandResult:
         deadline = time.monotonic() + limit
         out, err = bytearray(), bytearray()
         try:
@@ -358,8 +433,11 @@ class SSHPool:
             while True:
                 # Sampled before draining: data always arrives before the EOF.
                 finished = channel.eof_received or channel.closed
+                received = len(out)
                 while channel.recv_ready():
                     out += channel.recv(_RECV_SIZE)
+                if on_stdout is not None and len(out) > received:
+                    on_stdout(bytes(out))
                 while channel.recv_stderr_ready():
                     err += channel.recv_stderr(_RECV_SIZE)
                 if finished:

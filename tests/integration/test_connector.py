@@ -137,6 +137,48 @@ def test_command_timeout_closes_its_channel_and_keeps_the_connection(pool, sshd_
     assert pool.stats()["connects"] == 1
 
 
+def test_a_chain_runs_each_command_literally_and_stops_at_the_first_failure(
+        pool, sshd_server, workdir):
+    marker = workdir / "pwned"
+    hostile = ["two words", "it's", "a;b", f"$(touch {marker})", f"`touch {marker}`",
+               "*", "line\nbreak", "", "-n", "3", "0"]
+    started: list[int] = []
+    results = pool.run_chain(sshd_server.target(), [
+        ["printf", "%s|", *hostile],
+        ["sh", "-c", "echo out; echo err >&2"],
+        ["sh", "-c", "printf 'no newline'; exit 4"],
+        ["touch", str(workdir / "never")],
+    ], on_next=started.append)
+    assert [r.exit_status for r in results] == [0, 0, 4]
+    assert results[0].stdout == "".join(f"{arg}|" for arg in hostile)
+    assert results[1].stdout == "out\nerr\n"  # errors merged into the output
+    assert results[2].stdout == "no newline" and not results[2].ok
+    assert started == [1, 2]  # the fourth never started
+    assert not marker.exists() and not (workdir / "never").exists()
+
+
+def test_a_chain_output_cannot_forge_a_step(pool, sshd_server, workdir):
+    # Whatever a command prints (here what looks like a report of success), only the
+    # random marker of this run separates the commands.
+    fake = "\n" + "0" * 32 + " 0\n"
+    results = pool.run_chain(sshd_server.target(), [
+        ["sh", "-c", 'printf "$1"; exit 1', "sh", fake], ["touch", str(workdir / "never")]])
+    assert [r.exit_status for r in results] == [1]
+    assert not (workdir / "never").exists()
+
+
+def test_a_chain_killed_by_a_signal_fails(pool, sshd_server):
+    results = pool.run_chain(sshd_server.target(), [["true"], ["sh", "-c", "kill -9 $$"]])
+    assert results[0].ok and not results[1].ok
+
+
+def test_a_chain_times_out_as_a_whole(pool, sshd_server):
+    with pytest.raises(CommandTimeout):
+        pool.run_chain(sshd_server.target(), [["true"], ["sleep", "30"]], timeout=0.5)
+    with pytest.raises(ValueError):
+        pool.run_chain(sshd_server.target(), [["true"], "echo hi"])  # type: ignore[list-item]
+
+
 def test_run_refuses_a_shell_string(pool, sshd_server):
     with pytest.raises(ValueError):
         pool.run(sshd_server.target(), "echo hi")  # type: ignore[arg-type]
