@@ -11,6 +11,12 @@ was if that first deployment fails.
 
 Rendering happens after the node's lease is taken, so of two deployments racing for
 a node the one that gets it last carries the newest state of the sites.
+
+A fleet costs the database a handful of statements, not a dozen per node: a rollout
+leases every free node in one transaction, reads the pool's sites once, renders each
+node, records every version in one transaction, and writes progress, outcomes and
+lease renewals in batches (:class:`Recorder`).  On the node, the test and the reload
+run in one session and verification waits only as long as the old workers do.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import selectinload
 
 from app.connector import (
+    CommandResult,
     ConnectorError,
     HostKeyChanged,
     SSHPool,
@@ -346,20 +353,7 @@ class _Remote:
                 self.adopted = True
             self.swapped = True
             pool.symlink_swap(target, self.config_dir, self.release)
-        with self.step("test"):
-            result = pool.run(target, job.test_command, timeout=job.command_timeout)
-            if not result.ok:
-                self._fail("test", f"the node's test command refused the configuration: "
-                                   f"{_output(result)}", reload=False)
-        with self.step("reload"):
-            if job.probe is not None:
-                # A connection the running workers hold, to see them retire.
-                self.old_generation = OldGeneration.attach(job.verify_address, job.verify_port,
-                                                           min(job.verify_timeout, 2.0))
-            self.reloaded = True  # from here on, the new release may be loaded
-            result = pool.run(target, job.reload_command, timeout=job.command_timeout)
-            if not result.ok:
-                self._fail("reload", f"reload failed: {_output(result)}", reload=True)
+        self._test_and_reload()
         with self.step("verify"):
             problem = wait_for_probe(job.verify_address, job.verify_port, job.probe,
                                      job.verify_timeout, self.old_generation)
@@ -367,6 +361,53 @@ class _Remote:
                                               job.verify_hosts, job.verify_timeout)
             if problem:
                 self._fail("verify", problem, reload=True)
+
+    def _test_and_reload(self) -> None:
+        """The test command, then the reload only if it passed, in one remote session
+        (one shell on the node instead of two); each step timed on its own."""
+        pool, target, job = self.pool, self.job.target, self.job
+        if job.probe is not None:
+            # A connection the running workers hold, to see them retire.
+            self.old_generation = OldGeneration.attach(job.verify_address, job.verify_port,
+                                                       min(job.verify_timeout, 2.0))
+        self.current = "test"
+        job.on_step("test")
+        started = time.monotonic()
+        reload_started: list[float] = []
+        lost: list[Exception] = []
+
+        def reloading(_index: int) -> None:
+            reload_started.append(time.monotonic())
+            self.current = "reload"
+            try:
+                job.on_step("reload")
+            except Exception as exc:  # raised once the session is over
+                lost.append(exc)
+
+        def record(results: list[CommandResult]) -> None:
+            now = time.monotonic()
+            middle = reload_started[0] if reload_started else now
+            job.steps.append({"step": "test", "seconds": round(middle - started, 4),
+                              "ok": bool(results) and results[0].ok})
+            if reload_started:
+                job.steps.append({"step": "reload", "seconds": round(now - middle, 4),
+                                  "ok": len(results) > 1 and results[1].ok})
+
+        self.reloaded = True  # the reload may start before we hear that the test passed
+        try:
+            results = pool.run_chain(target, [job.test_command, job.reload_command],
+                                     timeout=job.command_timeout, on_next=reloading)
+        except Exception:
+            record([])
+            raise
+        record(results)
+        if lost:
+            raise lost[0]
+        if not results[0].ok:
+            self._fail("test", f"the node's test command refused the configuration: "
+                               f"{_output(results[0])}", reload=False)
+        if not results[1].ok:
+            self._fail("reload", f"reload failed: {_output(results[1])}", reload=True)
 
     def _absolute(self, link: str) -> str:
         return link if link.startswith("/") else f"{self.config_dir.rsplit('/', 1)[0]}/{link}"

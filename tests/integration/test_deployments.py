@@ -514,19 +514,19 @@ def test_a_node_that_stops_answering_after_the_swap_gets_its_previous_release_ba
         monkeypatch.setitem(app.config, "SSH_OPERATION_TIMEOUT", 3.0)
         deployments.close_connector(app)
         pool = deployments.connector(app)
-        run = pool.run
+        run_chain = pool.run_chain
         test_command = db.session.get(Node, victim.id).test_command.split()
 
-        def cut_during_test(target: Any, argv: Any, **kwargs: Any) -> Any:
-            if target.node_id == victim.id and list(argv) == test_command:
+        def cut_during_test(target: Any, commands: Any, **kwargs: Any) -> Any:
+            if target.node_id == victim.id and list(commands[0]) == test_command:
                 relay.stall()  # the node stops answering while it tests
                 try:
-                    return run(target, argv, **kwargs)
+                    return run_chain(target, commands, **kwargs)
                 finally:
                     relay.resume()
-            return run(target, argv, **kwargs)
+            return run_chain(target, commands, **kwargs)
 
-        monkeypatch.setattr(pool, "run", cut_during_test)
+        monkeypatch.setattr(pool, "run_chain", cut_during_test)
         sites.update_site(alice, live_site.id, {"headers": {"X-Shop": "v3"}})
         rollout = deploy(alice, live_site)
         failed = next(d for d in rollout.deployments if d.node_name == victim.name)
