@@ -26,10 +26,8 @@ from app.proxy.base import acme_webroot
 from app.services import deployments, nodes
 from tests import factories
 from tests.caddy_node import CaddyNode
-from tests.components import free_port
-from tests.fleet import Backends, FleetNode, register
-from tests.nginx_node import NginxNode
-from tests.pebble import ChallTestSrv, Pebble, make_tls_files, start_nginx_on, tokens_left
+from tests.fleet import Backends, FleetNode
+from tests.pebble import ChallTestSrv, Pebble, make_tls_files, tokens_left
 from tests.sshd import SshServer
 
 ADDRESSES = ("127.0.0.21", "127.0.0.22", "127.0.0.23")
@@ -38,51 +36,10 @@ NOWHERE = "127.0.0.99"  # no node listens there
 CADDY_ADDRESS = "127.0.0.24"
 
 
-@pytest.fixture(scope="module")
-def http_port() -> int:
-    return free_port(ADDRESSES[0])
-
-
-@pytest.fixture(scope="module")
-def sshd() -> Iterator[SshServer]:
-    server = SshServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def dns() -> Iterator[ChallTestSrv]:
-    server = ChallTestSrv(default_ipv4=ADDRESSES[0])
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def pebble(http_port: int, dns: ChallTestSrv) -> Iterator[Pebble]:
-    server = Pebble(http_port=http_port, dns_server=dns.dns_server)
-    yield server
-    server.stop()
-
-
 @pytest.fixture()
 def settings(pebble: Pebble) -> AcmeSettings:
     return AcmeSettings(directory_url=pebble.directory_url, email="ops@example.com",
                         ca_bundle=pebble.ca_bundle)
-
-
-@pytest.fixture()
-def fleet(app: Any, admin: Any, sshd: SshServer, http_port: int) -> Iterator[list[FleetNode]]:
-    started: list[NginxNode] = []
-    try:
-        for address in ADDRESSES:
-            started.append(start_nginx_on(address, http_port))
-        yield [register(admin, nginx, f"edge-{i}", sshd.port, sshd.client_key_text)
-               for i, nginx in enumerate(started)]
-    finally:
-        for nginx in started:
-            nginx.stop()
-            nginx.remove()
-        deployments.close_connector(app)
 
 
 @pytest.fixture()

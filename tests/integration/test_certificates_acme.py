@@ -23,57 +23,14 @@ from app.extensions import db
 from app.models import AcmeAccount, Certificate, DeploymentStatus, Site
 from app.services import certificates, deployments
 from tests import factories
-from tests.components import free_port
 from tests.conftest import api_headers
-from tests.fleet import Backends, FleetNode, register
-from tests.nginx_node import NginxNode, fetch
-from tests.pebble import ChallTestSrv, Pebble, start_nginx_on, tokens_left
-from tests.sshd import SshServer
+from tests.fleet import Backends, FleetNode
+from tests.nginx_node import fetch
+from tests.pebble import ChallTestSrv, Pebble, tokens_left
 
 ADDRESSES = ("127.0.0.41", "127.0.0.42", "127.0.0.43")
 DOMAIN, ALIAS = "shop.example.com", "www.shop.example.com"
 NOWHERE = "127.0.0.99"
-
-
-@pytest.fixture(scope="module")
-def http_port() -> int:
-    return free_port(ADDRESSES[0])
-
-
-@pytest.fixture(scope="module")
-def sshd() -> Iterator[SshServer]:
-    server = SshServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def dns() -> Iterator[ChallTestSrv]:
-    server = ChallTestSrv(default_ipv4=ADDRESSES[0])
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def pebble(http_port: int, dns: ChallTestSrv) -> Iterator[Pebble]:
-    server = Pebble(http_port=http_port, dns_server=dns.dns_server)
-    yield server
-    server.stop()
-
-
-@pytest.fixture()
-def fleet(app: Any, admin: Any, sshd: SshServer, http_port: int) -> Iterator[list[FleetNode]]:
-    started: list[NginxNode] = []
-    try:
-        for address in ADDRESSES:
-            started.append(start_nginx_on(address, http_port))
-        yield [register(admin, nginx, f"edge-{i}", sshd.port, sshd.client_key_text)
-               for i, nginx in enumerate(started)]
-    finally:
-        for nginx in started:
-            nginx.stop()
-            nginx.remove()
-        deployments.close_connector(app)
 
 
 @pytest.fixture()

@@ -20,14 +20,6 @@ from tests import factories, pki
 from tests.caddy_node import CaddyNode
 from tests.conftest import api_headers
 from tests.fleet import Backends, register, start_nginx
-from tests.sshd import SshServer
-
-
-@pytest.fixture(scope="module")
-def sshd() -> Iterator[SshServer]:
-    server = SshServer()
-    yield server
-    server.stop()
 
 
 @pytest.fixture()

@@ -12,15 +12,7 @@ from app.models import DeploymentStatus, JobRun, Node, NodeStatus
 from app.scheduler import JOBS, Scheduler
 from app.services import deployments
 from tests import factories
-from tests.fleet import Backends, FleetNode, register, start_nginx
-from tests.sshd import SshServer
-
-
-@pytest.fixture(scope="module")
-def sshd() -> Iterator[SshServer]:
-    server = SshServer()
-    yield server
-    server.stop()
+from tests.fleet import FleetNode, register, start_nginx
 
 
 @pytest.fixture()
@@ -36,13 +28,6 @@ def nodes(app, admin, sshd) -> Iterator[list[FleetNode]]:
             nginx.stop()
             nginx.remove()
         deployments.close_connector(app)
-
-
-@pytest.fixture()
-def backends() -> Iterator[Backends]:
-    running = Backends()
-    yield running
-    running.stop()
 
 
 def latest(db, job: str) -> JobRun:

@@ -1,0 +1,68 @@
+"""Components shared by the integration modules: the sshd every node is reached
+through, local backends, and (for modules naming their node ``ADDRESSES``) a Pebble
+CA with its DNS and nginx nodes that answer HTTP-01 on Pebble's port."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from app.services import deployments
+from tests.components import free_port
+from tests.fleet import Backends, FleetNode, register
+from tests.nginx_node import NginxNode
+from tests.pebble import ChallTestSrv, Pebble, start_nginx_on
+from tests.sshd import SshServer
+
+
+@pytest.fixture(scope="module")
+def sshd() -> Iterator[SshServer]:
+    server = SshServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def backends() -> Iterator[Backends]:
+    running = Backends()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def http_port(request: pytest.FixtureRequest) -> int:
+    """The port every node of the module serves HTTP on: Pebble validates there."""
+    return free_port(request.module.ADDRESSES[0])
+
+
+@pytest.fixture(scope="module")
+def dns(request: pytest.FixtureRequest) -> Iterator[ChallTestSrv]:
+    server = ChallTestSrv(default_ipv4=request.module.ADDRESSES[0])
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def pebble(http_port: int, dns: ChallTestSrv) -> Iterator[Pebble]:
+    server = Pebble(http_port=http_port, dns_server=dns.dns_server)
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def fleet(request: pytest.FixtureRequest, app: Any, admin: Any, sshd: SshServer,
+          http_port: int) -> Iterator[list[FleetNode]]:
+    """One nginx node per address of the module's ``ADDRESSES``, in the default pool."""
+    started: list[NginxNode] = []
+    try:
+        for address in request.module.ADDRESSES:
+            started.append(start_nginx_on(address, http_port))
+        yield [register(admin, nginx, f"edge-{i}", sshd.port, sshd.client_key_text)
+               for i, nginx in enumerate(started)]
+    finally:
+        for nginx in started:
+            nginx.stop()
+            nginx.remove()
+        deployments.close_connector(app)
