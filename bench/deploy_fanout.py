@@ -8,7 +8,12 @@ answers for the site with the new header.  Prints cold and warm figures per flee
 against the goals (50 nodes warm under 1.5 s and under 3x one node) and the Ansible
 reference, the median of each deployment step across nodes, a DEPLOY_PARALLELISM
 sweep on the largest fleet, the control plane's peak resident memory, and its open
-file descriptors before and after many warm deploys (they must not grow).
+file descriptors before and after many warm deploys (they must not grow); then a
+summary, one figure per line, with the CPU seconds each deploy cost the control plane
+(this process) and the nodes (sshd sessions and what they ran, nginx masters and
+workers), steadier than wall times on a machine shared with other work.  The nodes
+load the ModSecurity and GeoIP2 modules as production nodes do (every ``nginx -t``
+and reload pays for them); the OWASP CRS is parsed only when a site has the WAF on.
 
     .venv/bin/python bench/deploy_fanout.py [--sizes 1,10,50] [--repeat 5]
 """
@@ -245,14 +250,8 @@ def profile_deploy(bench: Bench, active: list[FleetNode], top: int) -> None:
             profiles.append(profiler)
         profiler.enable()  # replaces this hook for the rest of the thread
 
-    def remote_pids() -> tuple[list[int], list[int]]:
-        sshd = bench.sshd.process.pid if bench.sshd.process else 0
-        masters = [n.nginx.process.pid for n in bench.fleet if n.nginx.process]
-        workers = [pid for master in masters for pid in descendants(master)]
-        return [sshd, *descendants(sshd)], masters + workers
-
     statements = Statements()
-    sshd_before, nginx_before = (process_cpu(p) for p in remote_pids())
+    sshd_before, nginx_before = (process_cpu(p) for p in bench.remote_pids())
     groups_before = {t.native_id: thread_group(t) for t in threading.enumerate()}
     cpu_before, total_before = thread_cpu(), cpu_self()
     threading.setprofile(start_profiler)  # type: ignore[arg-type]
@@ -264,7 +263,7 @@ def profile_deploy(bench: Bench, active: list[FleetNode], top: int) -> None:
     cpu_after, total_after = thread_cpu(), cpu_self()
     # Reaped sessions count in their sshd's children time; ended workers in their
     # master's (processes gone meanwhile are missed: a lower bound).
-    sshd_after, nginx_after = (process_cpu(p) for p in remote_pids())
+    sshd_after, nginx_after = (process_cpu(p) for p in bench.remote_pids())
     bench.check(run, active, value)
     print(f"\nprofile of one warm {len(active)}-node deploy ({run.seconds:.3f} s under "
           f"cProfile; {total_after - total_before:.2f} CPU s in this process):")
@@ -301,28 +300,6 @@ def profile_deploy(bench: Bench, active: list[FleetNode], top: int) -> None:
     print(f"  cProfile, the app's functions by cumulative time (thread-seconds summed over "
           f"{len(active)} nodes' workers; waits included):")
     stats.sort_stats("cumulative").print_stats(r"/app/", top)
-
-
-def what_if(bench: Bench, active: list[FleetNode], repeat: int, parallelism: list[int]) -> None:
-    """Not the app as shipped: the same warm deploy with the per-step progress writes
-    (lease renewal + current step, two write transactions per step) patched out in
-    this process, to size what they cost."""
-    original = deployments._progress
-    print(f"\nwhat-if (bench-only patch, app code unchanged): per-step progress writes "
-          f"skipped, {len(active)} nodes, median of {repeat}:")
-    try:
-        deployments._progress = lambda lease, deployment_id, step: None  # type: ignore
-        for workers in parallelism:
-            bench.app.config["DEPLOY_PARALLELISM"] = workers
-            times = []
-            for _ in range(repeat):
-                run, value = bench.deploy_change()
-                bench.check(run, active, value)
-                times.append(run.seconds)
-            print(f"  DEPLOY_PARALLELISM={workers:>3}: median {median(times):.3f} s, "
-                  f"min {min(times):.3f} s")
-    finally:
-        deployments._progress = original  # type: ignore[assignment]
 
 
 def cpu_self() -> float:
@@ -377,6 +354,8 @@ class Run:
     cpu_self: float
     cpu_machine_busy: float  # fraction of all cores busy during the run
     finished_at: float  # perf_counter when wait() returned
+    cpu_sshd: float  # the nodes' side: sshd sessions and what they ran (nginx -t, reload)
+    cpu_nginx: float  # the nodes' side: nginx masters reloading, workers starting
 
 
 @dataclass
@@ -421,10 +400,20 @@ class Bench:
                 self.enabled[node.id] = wanted
         return self.fleet[:size]
 
+    def remote_pids(self) -> tuple[list[int], list[int]]:
+        """The nodes' processes: sshd and every session below it; nginx masters and
+        their workers."""
+        sshd = self.sshd.process.pid if self.sshd.process else 0
+        masters = [n.nginx.process.pid for n in self.fleet if n.nginx.process]
+        workers = [pid for master in masters for pid in descendants(master)]
+        return [sshd, *descendants(sshd)], masters + workers
+
     def deploy_change(self) -> tuple[Run, str]:
         """One timed end-to-end deploy of a real change; returns it and the value."""
         self.counter += 1
         value = f"v{self.counter}"
+        # Outside the timed section: reading /proc costs time of its own.
+        sshd0, nginx0 = (process_cpu(p) for p in self.remote_pids())
         cpu0, (busy0, total0) = cpu_self(), cpu_machine()
         started = time.perf_counter()
         sites.update_site(self.client, self.site_id, {"headers": {HEADER: value}})
@@ -434,11 +423,13 @@ class Bench:
         rollout = deployments.wait(rollout.id, timeout=600)
         finished = time.perf_counter()
         busy1, total1 = cpu_machine()
+        cpu1 = cpu_self()
+        sshd1, nginx1 = (process_cpu(p) for p in self.remote_pids())
         run = Run(seconds=finished - started, update=updated - started,
                   launch=launched - updated, rollout_id=rollout.id,
-                  cpu_self=cpu_self() - cpu0,
+                  cpu_self=cpu1 - cpu0,
                   cpu_machine_busy=(busy1 - busy0) / max(1, total1 - total0),
-                  finished_at=finished)
+                  finished_at=finished, cpu_sshd=sshd1 - sshd0, cpu_nginx=nginx1 - nginx0)
         return run, value
 
     def check(self, run: Run, active: list[FleetNode], value: str, *,
@@ -533,8 +524,11 @@ def print_steps(result: SizeResult) -> None:
           f"last node end -> rollout end (conclude, site status) median "
           f"{median(result.after_last):.3f}")
     print(f"  control-plane CPU per deploy median {median([r.cpu_self for r in warm]):.3f} s; "
-          f"machine CPU busy during deploys median "
-          f"{100 * median([r.cpu_machine_busy for r in warm]):.0f}% of {os.cpu_count()} cores")
+          f"nodes' side median {median([r.cpu_sshd + r.cpu_nginx for r in warm]):.3f} s "
+          f"(sshd sessions {median([r.cpu_sshd for r in warm]):.3f} s, nginx "
+          f"{median([r.cpu_nginx for r in warm]):.3f} s); machine CPU busy during deploys "
+          f"median {100 * median([r.cpu_machine_busy for r in warm]):.0f}% of "
+          f"{os.cpu_count()} cores")
 
 
 def main() -> None:
@@ -552,14 +546,9 @@ def main() -> None:
     parser.add_argument("--profile", choices=["auto", "always", "never"], default="auto",
                         help="profile one warm deploy to the largest fleet (auto: when a "
                              "goal is missed)")
-    parser.add_argument("--what-if", action="store_true",
-                        help="also time the largest fleet with the per-step progress writes "
-                             "patched out (in this process only)")
-    parser.add_argument("--db-pool", type=int, default=-1,
-                        help="SQLAlchemy pool_size (overflow 10) for the app; 0 keeps the "
-                             "app's default (5 + 10 overflow); default: 2 x the largest "
-                             "DEPLOY_PARALLELISM + 10, as each deploying thread holds its "
-                             "session's connection while it takes another")
+    parser.add_argument("--db-pool", type=int, default=0,
+                        help="SQLAlchemy pool_size (overflow 10) for the app; default 0: the "
+                             "app's own sizing, as in production")
     args = parser.parse_args()
     sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
     largest = sizes[-1]
@@ -573,14 +562,14 @@ def main() -> None:
         "RATELIMIT_ENABLED": False, "WTF_CSRF_ENABLED": False,
         "DEPLOY_PARALLELISM": parallelism,
     }
-    db_pool = args.db_pool if args.db_pool >= 0 else 2 * max([parallelism, *sweep]) + 10
+    db_pool = args.db_pool
     if db_pool:
         overrides["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_pre_ping": True, "pool_size": db_pool,
                                                   "max_overflow": 10}
     app = create_app("testing", overrides)
     print(f"code: {code_version()}")
     print("database connection pool: " + (f"pool_size {db_pool} + overflow 10" if db_pool
-                                          else "the app's default (5 + overflow 10)"))
+                                          else "the app's default"))
     sshd: SshServer | None = None
     started: list[NginxNode] = []
     backend: subprocess.Popen[str] | None = None
@@ -614,6 +603,11 @@ def main() -> None:
             bench.check(first, fleet, value)
             print(f"first deploy to all {largest} nodes (adopt + pin host keys): "
                   f"{first.seconds:.2f} s")
+            crs = any("modsecurity_rules_file" in path.read_text()
+                      for path in fleet[0].nginx.config_dir.rglob("*.conf"))
+            print(f"nodes as in production: nginx.conf loads the ModSecurity and GeoIP2 "
+                  f"modules (every nginx -t and reload pays for them); the OWASP CRS is "
+                  f"{'parsed' if crs else 'not parsed (no site of the pool has the WAF on)'}")
 
             results: list[SizeResult] = []
             rss_largest: list[int] = []
@@ -698,11 +692,6 @@ def main() -> None:
             if args.profile == "always" or (args.profile == "auto" and missed):
                 profile_deploy(bench, bench.activate(largest), top=25)
 
-            if args.what_if:
-                what_if(bench, bench.activate(largest), args.repeat,
-                        sorted({parallelism, largest}))
-                app.config["DEPLOY_PARALLELISM"] = parallelism
-
             active = bench.activate(fd_nodes)
             run, value = bench.deploy_change()  # pool warm for exactly this fleet
             bench.check(run, active, value)
@@ -748,6 +737,26 @@ def main() -> None:
               f"(whole bench); VmRSS sampled every 10 ms during the {largest}-node deploys: "
               f"{peak_largest_mb:.0f} MB; goal < {GOAL_RSS_MB} MB -> "
               f"{'MET' if peak_rusage_mb < GOAL_RSS_MB else 'MISSED'}")
+
+        print("\nsummary (one figure per line; warm = median, seconds; CPU seconds per warm "
+              "deploy, control plane = this process, nodes = sshd sessions + nginx):")
+        for result in results:
+            assert result.cold is not None
+            warm = result.warm
+            print(f"cold {result.size} nodes: {result.cold.seconds:.3f} s")
+            print(f"warm {result.size} nodes: {median([r.seconds for r in warm]):.3f} s "
+                  f"(best {min(r.seconds for r in warm):.3f} s)")
+        for result in results:
+            warm = result.warm
+            print(f"control-plane CPU per deploy, {result.size} nodes: "
+                  f"{median([r.cpu_self for r in warm]):.3f} s")
+            print(f"nodes' CPU per deploy, {result.size} nodes: "
+                  f"{median([r.cpu_sshd + r.cpu_nginx for r in warm]):.3f} s")
+        print(f"ratio warm {largest} / warm {smallest}: {ratio:.2f}")
+        print(f"peak RSS during the {largest}-node deploys: {peak_largest_mb:.0f} MB")
+        print(f"peak RSS of the whole bench: {peak_rusage_mb:.0f} MB")
+        print(f"open fds before {args.fd_deploys} deploys: {fds_before}")
+        print(f"open fds after {args.fd_deploys} deploys: {fds_after}")
     finally:
         sampler.stop()
         deployments.close_connector(app)
