@@ -223,14 +223,24 @@ def _latest_deployments(node_ids: list[int], statuses: list[DeploymentStatus], *
 
 def carried_versions(node_ids: list[int]) -> dict[int, dict[str, int]]:
     """Per node, the site versions of what it last took successfully."""
+    return {node_id: versions for node_id, (versions, _) in
+            _last_taken(node_ids, with_files=False).items()}
+
+
+def _last_taken(node_ids: list[int], *, with_files: bool
+                ) -> dict[int, tuple[dict[str, int], dict[str, str] | None]]:
+    """Per node, what it last took successfully: site versions, and files if asked."""
     if not node_ids:
         return {}
     latest = _latest_deployments(node_ids, [DeploymentStatus.SUCCEEDED])
+    columns = [latest.c.node_id, ConfigVersion.site_versions]
+    if with_files:
+        columns.append(ConfigVersion.files)
     rows = db.session.execute(
-        select(latest.c.node_id, ConfigVersion.site_versions)
-        .join(ConfigVersion, ConfigVersion.id == latest.c.config_version_id)
+        select(*columns).join(ConfigVersion, ConfigVersion.id == latest.c.config_version_id)
         .where(latest.c.rank == 1))
-    return {node_id: dict(versions or {}) for node_id, versions in rows}
+    return {row[0]: (dict(row[1] or {}), json.loads(row[2]) if with_files else None)
+            for row in rows}
 
 
 # --------------------------------------------------------------------------- #
@@ -262,6 +272,8 @@ class NodeJob:
     verify_port: int
     verify_hosts: list[str]
     probe: str | None
+    # What the probe answers while the last deployed version runs (None if unknown).
+    previous_probe: str | None
     command_timeout: float
     verify_timeout: float
     steps: list[dict[str, Any]] = field(default_factory=list)
@@ -369,7 +381,8 @@ class _Remote:
         if job.probe is not None:
             # A connection the running workers hold, to see them retire.
             self.old_generation = OldGeneration.attach(job.verify_address, job.verify_port,
-                                                       min(job.verify_timeout, 2.0))
+                                                       min(job.verify_timeout, 2.0),
+                                                       job.previous_probe)
         self.current = "test"
         job.on_step("test")
         started = time.monotonic()
@@ -465,16 +478,21 @@ class OldGeneration:
         self.sock = sock
 
     @classmethod
-    def attach(cls, address: str, port: int, timeout: float) -> OldGeneration | None:
-        """None if the node answers nothing that stays open (then verification waits
-        a fixed time instead)."""
+    def attach(cls, address: str, port: int, timeout: float,
+               token: str | None) -> OldGeneration | None:
+        """A connection held by workers that answer ``token``: those of the version
+        this deployment replaces, not of an earlier one still retiring.  None if
+        that cannot be had (then verification waits a fixed time instead)."""
+        if token is None:
+            return None
         conn = http.client.HTTPConnection(address, port, timeout=timeout)
         try:
             conn.request("GET", PROBE_PATH, headers={"Host": PROBE_HOST,
                                                      "User-Agent": "rpcc-verify/1"})
             response = conn.getresponse()
-            response.read(65536)
-            if response.will_close or not response.isclosed() or conn.sock is None:
+            body = response.read(65536).decode(errors="replace")
+            if response.status != 200 or body.strip() != token or response.will_close \
+                    or not response.isclosed() or conn.sock is None:
                 conn.close()
                 return None
             sock, conn.sock = conn.sock, None  # ours now; the HTTPConnection forgets it
@@ -522,14 +540,16 @@ def wait_for_probe(address: str, port: int, token: str | None, timeout: float,
             if status == 200 and body.strip() == token:
                 if confirmed == 0:
                     # A new worker answered.  Wait for the old ones to stop accepting:
-                    # seen directly when they drop our idle connection, else (and at
-                    # most) the time nginx's master gives them before telling them;
-                    # then see the new configuration on fresh connections in a row.
-                    if old is not None and old.wait_retired(PROBE_SETTLE_SECONDS):
+                    # seen directly when they drop our idle connection afterwards (a
+                    # connection dropped already went with a generation retiring
+                    # before ours started), else (and at most) the time nginx's master
+                    # gives them before telling them; then see the new configuration
+                    # on fresh connections in a row.
+                    if old is None or old.wait_retired(0):
+                        time.sleep(PROBE_SETTLE_SECONDS)
+                    elif old.wait_retired(PROBE_SETTLE_SECONDS):
                         time.sleep(PROBE_GRACE_SECONDS)
                         needed = 1
-                    elif old is None:
-                        time.sleep(PROBE_SETTLE_SECONDS)
                 confirmed += 1
                 if confirmed > needed:
                     return ""
@@ -774,7 +794,7 @@ def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], record
         db.session.rollback()
         return prepared
     ids = [node.id for node, *_ in rendered.values()]
-    previous = carried_versions(ids)
+    previous = _last_taken(ids, with_files=True)
     numbers = dict(db.session.execute(
         select(ConfigVersion.node_id, func.max(ConfigVersion.version))
         .where(ConfigVersion.node_id.in_(ids)).group_by(ConfigVersion.node_id)).all())
@@ -799,7 +819,8 @@ def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], record
         if started_at is not None:
             values["started_at"] = started_at
         recorder.update(deployment_id, **values)
-        changed = _changed_hosts(previous.get(node.id, {}), site_versions, domains,
+        before, before_files = previous.get(node.id, ({}, None))
+        changed = _changed_hosts(before, site_versions, domains,
                                  plan.site_id)
         steps = [*steps_before, {"step": "render", "seconds": render_seconds, "ok": True}]
         prepared[deployment_id] = _Prepared(job=NodeJob(
@@ -811,6 +832,8 @@ def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], record
             verify_address=node.listen_address or node.host, verify_port=node.http_port,
             verify_hosts=changed[:cfg["DEPLOY_VERIFY_MAX_SITES"]],
             probe=expected_probe(node, files),
+            previous_probe=(expected_probe(node, before_files) if before_files is not None
+                            else None),
             command_timeout=cfg["SSH_OPERATION_TIMEOUT"],
             verify_timeout=cfg["DEPLOY_VERIFY_TIMEOUT"], steps=steps,
         ))
@@ -902,8 +925,10 @@ def _deploy_batch(app: Flask, plan: RolloutPlan, items: list[tuple[int, int | No
     started, started_at = time.monotonic(), utcnow()
     held = leases.try_take([node_id for _, node_id in items if node_id is not None])
     lock_step = {"step": "lock", "seconds": round(time.monotonic() - started, 4), "ok": True}
+    # A node named twice gets its second deployment after the first, on its own.
+    first = {node_id: deployment_id for deployment_id, node_id in reversed(items)}
     bulk = [(deployment_id, node_id) for deployment_id, node_id in items
-            if node_id is not None and node_id in held]
+            if node_id is not None and node_id in held and first[node_id] == deployment_id]
     prepared: dict[int, _Prepared] = {}
     if bulk:
         try:

@@ -347,6 +347,17 @@ def test_two_deployments_at_once_serialize_and_the_later_wins(app, alice, fleet,
         assert deployments.current_version(node.id).version == 3
 
 
+def test_a_node_named_twice_in_one_rollout_takes_one_deployment_after_the_other(
+        admin, fleet, live_site):
+    rollout = deployments.wait(deployments.deploy_nodes(admin, [fleet[0].id] * 2).id)
+    assert rollout.status == DeploymentStatus.SUCCEEDED, rollout.error
+    one, two = sorted(rollout.deployments, key=lambda d: d.finished_at)
+    locked = _as_utc(two.started_at) + timedelta(seconds=two.steps[0]["seconds"])
+    assert two.steps[0]["step"] == "lock"
+    assert _as_utc(one.finished_at) <= locked + timedelta(milliseconds=50)
+    assert deployments.current_version(fleet[0].id).version == 3
+
+
 def test_no_partial_config_after_deployments_with_random_faults(
         app, admin, alice, fleet, live_site, backends, sshd, db):
     """Bounded in count and time: every node always holds exactly one recorded version."""
