@@ -322,3 +322,18 @@ def test_the_cli_issues_now_and_runs_the_renewal_job(app, admin, alice):
         "0 certificate(s) obtained, 0 failed")
     missing = runner.invoke(args=["certs", "issue", "nowhere.example.com"])
     assert missing.exit_code != 0 and "no site 'nowhere.example.com'" in missing.output
+
+
+def test_site_lists_show_until_when_a_certificate_is_served_and_a_failure(
+        app, admin_client, alice_client, alice):
+    served = factories.make_site(alice, "listed.example.com", ssl_mode="self_signed")
+    failing = factories.make_site(alice, "failing.example.com", ssl_mode="letsencrypt")
+    _db.session.add(Certificate(site=failing, provider="acme", domains=[], chain_pem="",
+                                failures=1, status="failed", last_error="the CA refused",
+                                last_error_code="ca_refused"))
+    _db.session.commit()
+    until = certificates.aware(served.certificate.not_after).strftime("%Y-%m-%d")
+    for page in (alice_client.get("/client/").get_data(as_text=True),
+                 admin_client.get("/admin/sites").get_data(as_text=True)):
+        assert f"until {until}" in page
+        assert page.count("certificate failed") == 1 and 'title="the CA refused"' in page
