@@ -25,23 +25,9 @@ from app.services.node_lock import node_lease
 from tests import factories
 from tests.caddy_node import CaddyNode
 from tests.conftest import api_headers
-from tests.fleet import Backends, FleetNode, register, release_dirs, start_nginx
+from tests.fleet import FleetNode, register, release_dirs, start_nginx
 from tests.nginx_node import NginxNode
-from tests.sshd import FaultyRelay, SshServer
-
-
-@pytest.fixture(scope="module")
-def sshd() -> Iterator[SshServer]:
-    server = SshServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture()
-def backends() -> Iterator[Backends]:
-    running = Backends()
-    yield running
-    running.stop()
+from tests.sshd import FaultyRelay
 
 
 @pytest.fixture()
