@@ -14,6 +14,7 @@ from typing import Any
 
 from app.proxy.nginx import ENGINE as NGINX
 from app.services import nodes
+from tests.caddy_node import CaddyNode
 from tests.nginx_node import Backend, NginxNode, Response, fetch
 
 
@@ -78,3 +79,17 @@ class Backends:
 def release_dirs(node: FleetNode) -> list[Path]:
     releases = Path(str(node.nginx.config_dir) + ".releases")
     return sorted(releases.iterdir()) if releases.exists() else []
+
+
+def register_caddy(admin: Any, caddy: CaddyNode, name: str, ssh_port: int, key: str,
+                   pool: str = "default") -> int:
+    """Register a running Caddy node (reached over SSH like the nginx ones); its id."""
+    spec = caddy.spec
+    row = nodes.create_node(admin, {
+        "name": name, "host": "127.0.0.1", "ssh_port": ssh_port, "ssh_user": "root",
+        "ssh_private_key": key, "proxy_type": "caddy", "pool": pool,
+        "config_dir": spec.config_dir, "test_command": spec.test_command,
+        "reload_command": spec.reload_command, "listen_address": spec.listen_address,
+        "http_port": spec.http_port, "https_port": spec.https_port, "log_dir": spec.log_dir,
+    })
+    return row.id

@@ -23,10 +23,10 @@ from app.acme.issue import AcmeIssueError, AcmeSettings, Issued, issue
 from app.extensions import db
 from app.models import AcmeAccount, DeploymentStatus, Site
 from app.proxy.base import acme_webroot
-from app.services import deployments, nodes
+from app.services import deployments
 from tests import factories
 from tests.caddy_node import CaddyNode
-from tests.fleet import Backends, FleetNode
+from tests.fleet import Backends, FleetNode, register_caddy
 from tests.pebble import ChallTestSrv, Pebble, make_tls_files, tokens_left
 from tests.sshd import SshServer
 
@@ -216,13 +216,7 @@ def test_a_caddy_node_of_the_pool_answers_the_ca_too(
     caddy.apply([])
     try:
         spec = caddy.spec
-        nodes.create_node(admin, {
-            "name": "caddy-0", "host": "127.0.0.1", "ssh_port": sshd.port, "ssh_user": "root",
-            "ssh_private_key": sshd.client_key_text, "proxy_type": "caddy",
-            "config_dir": spec.config_dir, "test_command": spec.test_command,
-            "reload_command": spec.reload_command, "listen_address": spec.listen_address,
-            "http_port": spec.http_port, "https_port": spec.https_port,
-            "log_dir": spec.log_dir})
+        register_caddy(admin, caddy, "caddy-0", sshd.port, sshd.client_key_text)
         rollout = deployments.wait(deployments.deploy_site(alice, site.id).id, timeout=120)
         assert rollout.status == DeploymentStatus.SUCCEEDED, rollout.error
         point(dns, CADDY_ADDRESS)  # only Caddy can answer the CA now

@@ -19,7 +19,7 @@ from app.services import certificates, deployments, nodes, settings, sites
 from tests import factories, pki
 from tests.caddy_node import CaddyNode
 from tests.conftest import api_headers
-from tests.fleet import Backends, register, start_nginx
+from tests.fleet import Backends, register, register_caddy, start_nginx
 
 
 @pytest.fixture()
@@ -42,13 +42,7 @@ def endpoints(app, admin, sshd, tmp_path) -> Iterator[list[tuple[str, str, int]]
         (tmp_path / "caddy").mkdir(exist_ok=True)
         caddy.apply([])
         spec = caddy.spec
-        nodes.create_node(admin, {
-            "name": "tls-caddy", "host": "127.0.0.1", "ssh_port": sshd.port,
-            "ssh_user": "root", "ssh_private_key": sshd.client_key_text,
-            "proxy_type": "caddy", "config_dir": spec.config_dir,
-            "test_command": spec.test_command, "reload_command": spec.reload_command,
-            "listen_address": spec.listen_address, "http_port": spec.http_port,
-            "https_port": spec.https_port, "log_dir": spec.log_dir})
+        register_caddy(admin, caddy, "tls-caddy", sshd.port, sshd.client_key_text)
         yield ([(n.name, n.nginx.address, n.nginx.https_port) for n in fleet]
                + [("tls-caddy", caddy.host, spec.https_port)])
     finally:

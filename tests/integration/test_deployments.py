@@ -25,7 +25,7 @@ from app.services.node_lock import node_lease
 from tests import factories
 from tests.caddy_node import CaddyNode
 from tests.conftest import api_headers
-from tests.fleet import FleetNode, register, release_dirs, start_nginx
+from tests.fleet import FleetNode, register, register_caddy, release_dirs, start_nginx
 from tests.nginx_node import NginxNode
 from tests.sshd import FaultyRelay
 
@@ -421,13 +421,7 @@ def test_a_caddy_node_takes_the_same_deployment_as_the_nginx_nodes(
     caddy.apply([])
     try:
         spec = caddy.spec
-        nodes.create_node(admin, {
-            "name": "caddy-0", "host": "127.0.0.1", "ssh_port": sshd.port, "ssh_user": "root",
-            "ssh_private_key": sshd.client_key_text, "proxy_type": "caddy",
-            "config_dir": spec.config_dir, "test_command": spec.test_command,
-            "reload_command": spec.reload_command, "listen_address": spec.listen_address,
-            "http_port": spec.http_port, "https_port": spec.https_port,
-            "log_dir": spec.log_dir})
+        register_caddy(admin, caddy, "caddy-0", sshd.port, sshd.client_key_text)
         backend = backends.start("both")
         site = factories.make_site(alice, "mixed.example.com",
                                    backends=[{"host": "127.0.0.1", "port": backend.port}],
