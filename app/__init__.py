@@ -92,15 +92,19 @@ def configure_logging(app: Flask) -> None:
 def _tune_sqlite(engine: Any) -> None:
     """SQLite serves the embedded default with deployments writing from many threads:
     WAL lets readers carry on during a write, and writers wait for each other instead
-    of failing at once with "database is locked"."""
-    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+    of failing at once with "database is locked".  Foreign keys are enforced, as on
+    PostgreSQL, so that deleting a row cascades (or is refused) the same way on both."""
+    if engine.dialect.name != "sqlite":
         return
+    in_memory = engine.url.database in (None, "", ":memory:")
 
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
 

@@ -106,6 +106,11 @@ def run_migrations_online():
     connectable = get_engine()
 
     with connectable.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # Batch migrations rebuild tables (copy, drop, rename): with foreign keys
+            # enforced, dropping the old table would cascade into its children.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
         conf_args.setdefault("render_item", render_item)
         context.configure(
             connection=connection,
@@ -113,8 +118,15 @@ def run_migrations_online():
             **conf_args
         )
 
-        with context.begin_transaction():
-            context.run_migrations()
+        try:
+            with context.begin_transaction():
+                context.run_migrations()
+        finally:
+            if connection.dialect.name == "sqlite":
+                # The connection goes back to the app's pool: enforce them again.
+                connection.commit()
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
 
 
 if context.is_offline_mode():

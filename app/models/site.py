@@ -132,6 +132,7 @@ class Site(TimestampMixin, db.Model):
     # Loaded with every site query (one extra SELECT for all rows): renderers need it.
     certificate: Mapped[Certificate | None] = relationship(
         back_populates="site", uselist=False, lazy="selectin", passive_deletes=True,
+        cascade="all, delete-orphan",
     )
 
     @property

@@ -337,3 +337,14 @@ def test_site_lists_show_until_when_a_certificate_is_served_and_a_failure(
                  admin_client.get("/admin/sites").get_data(as_text=True)):
         assert f"until {until}" in page
         assert page.count("certificate failed") == 1 and 'title="the CA refused"' in page
+
+
+def test_deleting_a_site_deletes_its_certificate_and_attempts(client, alice):
+    site = factories.make_site(alice, "gone.example.com", ssl_mode="self_signed")
+    _db.session.add(CertificateAttempt(certificate_id=site.certificate.id, kind="renew"))
+    _db.session.commit()
+    assert client.delete(f"/api/v1/sites/{site.id}",
+                         headers=api_headers(alice)).status_code == 204
+    _db.session.expire_all()
+    assert _db.session.scalar(select(func.count()).select_from(Certificate)) == 0
+    assert _db.session.scalar(select(func.count()).select_from(CertificateAttempt)) == 0

@@ -25,3 +25,19 @@ def test_every_model_table_exists(app, db):
 
 def test_migrations_seed_the_default_pool(app, db):
     assert db.session.scalar(select(Pool.name)) == "default"
+
+
+def test_foreign_keys_are_enforced_on_every_database(app, db, admin):
+    """SQLite only honours ON DELETE rules with foreign keys switched on: deleting a
+    node takes its config versions with it, as on PostgreSQL."""
+    from sqlalchemy import func
+
+    from app.models import ConfigVersion
+    from app.services import nodes
+    from tests import factories
+
+    node = factories.make_node("cascade")
+    factories.make_version(node)
+    nodes.delete_node(admin, node.id)
+    db.session.expire_all()
+    assert db.session.scalar(select(func.count()).select_from(ConfigVersion)) == 0
