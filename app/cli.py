@@ -11,9 +11,19 @@ from sqlalchemy import select
 
 from app.errors import ServiceError
 from app.extensions import db
-from app.models import ConfigVersion, Node, Role, Site, User
+from app.models import Node, Role, Site, User
 from app.scheduler import JOBS, find_job
-from app.services import certificates, deployments, discovery, jobs, keys, node_actions, users
+from app.services import (
+    certificates,
+    deployments,
+    discovery,
+    jobs,
+    keys,
+    node_actions,
+    nodes,
+    sites,
+    users,
+)
 
 
 def register(app: Flask) -> None:
@@ -150,11 +160,18 @@ def _admin(username: str | None) -> User:
     return admin
 
 
-def _node(name: str) -> Node:
-    node = db.session.scalar(select(Node).where(Node.name == name))
-    if node is None:
-        raise click.ClickException(f"no node named {name!r}")
-    return node
+def _node(name: str, as_admin: str | None) -> Node:
+    try:
+        return nodes.get_node_by_name(_admin(as_admin), name)
+    except ServiceError as error:
+        raise click.ClickException(error.message) from None
+
+
+def _site(domain: str, as_admin: str | None) -> Site:
+    try:
+        return sites.get_site_by_domain(_admin(as_admin), domain)
+    except ServiceError as error:
+        raise click.ClickException(error.message) from None
 
 
 def _report(rollout_id: int, timeout: float) -> None:
@@ -183,9 +200,7 @@ def sites_cli() -> None:
 @ADMIN_OPTION
 def sites_deploy(domain: str, canary: str | None, timeout: float, as_admin: str | None) -> None:
     """Deploy DOMAIN to every active node of its pool and wait for the outcome."""
-    site = db.session.scalar(select(Site).where(Site.domain == domain))
-    if site is None:
-        raise click.ClickException(f"no site {domain!r}")
+    site = _site(domain, as_admin)
     try:
         rollout = deployments.deploy_site(_admin(as_admin), site.id, canary_node=canary)
     except ServiceError as error:
@@ -199,7 +214,7 @@ def sites_deploy(domain: str, canary: str | None, timeout: float, as_admin: str 
 @ADMIN_OPTION
 def nodes_versions(name: str, as_admin: str | None) -> None:
     """List NAME's config versions, newest first (* marks the live one)."""
-    node = _node(name)
+    node = _node(name, as_admin)
     page = deployments.list_versions(_admin(as_admin), node.id, per_page=200)
     live = deployments.current_version(node.id)
     statuses = deployments.version_statuses([v.id for v in page.items])
@@ -217,12 +232,9 @@ def nodes_versions(name: str, as_admin: str | None) -> None:
 @ADMIN_OPTION
 def nodes_rollback(name: str, version: int, timeout: float, as_admin: str | None) -> None:
     """Deploy NAME's config version VERSION again, exactly as it was."""
-    node = _node(name)
-    row = db.session.scalar(select(ConfigVersion).where(ConfigVersion.node_id == node.id,
-                                                        ConfigVersion.version == version))
-    if row is None:
-        raise click.ClickException(f"node {name} has no version {version}")
+    node = _node(name, as_admin)
     try:
+        row = deployments.get_version_number(_admin(as_admin), node.id, version)
         rollout = deployments.rollback_node(_admin(as_admin), node.id, row.id)
     except ServiceError as error:
         _fail(error)
@@ -235,7 +247,7 @@ def nodes_rollback(name: str, version: int, timeout: float, as_admin: str | None
 @ADMIN_OPTION
 def nodes_drift(name: str, as_admin: str | None) -> None:
     """Compare NAME's files with its last deployed version (exit 1 when they differ)."""
-    node = deployments.check_drift(_admin(as_admin), _node(name).id)
+    node = deployments.check_drift(_admin(as_admin), _node(name, as_admin).id)
     click.echo(_shown(node.drift_details) if node.drift_details else "no drift")
     if node.drifted:
         raise click.ClickException(f"node {name} has drifted")
@@ -246,7 +258,7 @@ def nodes_drift(name: str, as_admin: str | None) -> None:
 @ADMIN_OPTION
 def nodes_check(name: str, as_admin: str | None) -> None:
     """Check SSH, the proxy process and HTTP on NAME (exit 1 when one fails)."""
-    node = node_actions.check_node(_admin(as_admin), _node(name).id)
+    node = node_actions.check_node(_admin(as_admin), _node(name, as_admin).id)
     result = node.last_check or {}
     for part, outcome in result.items():
         click.echo(f"{part}: {'ok' if outcome['ok'] else 'FAILED'} ({_shown(outcome['detail'])})")
@@ -290,9 +302,7 @@ def certs_renew() -> None:
 @ADMIN_OPTION
 def certs_issue(domain: str, timeout: float, as_admin: str | None) -> None:
     """Issue or renew DOMAIN's certificate now and wait until it is deployed."""
-    site = db.session.scalar(select(Site).where(Site.domain == domain))
-    if site is None:
-        raise click.ClickException(f"no site {domain!r}")
+    site = _site(domain, as_admin)
     try:
         cert = certificates.request_certificate(_admin(as_admin), site.id)
     except ServiceError as error:

@@ -1266,6 +1266,16 @@ def get_version(actor: User, node_id: int, version_id: int) -> ConfigVersion:
     return version
 
 
+def get_version_number(actor: User, node_id: int, number: int) -> ConfigVersion:
+    """A node's version by its number (as ``nodes versions`` lists them)."""
+    require_admin(actor)
+    version = db.session.scalar(select(ConfigVersion).where(
+        ConfigVersion.node_id == node_id, ConfigVersion.version == number))
+    if version is None:
+        raise NotFound(f"the node has no version {number}")
+    return version
+
+
 def version_statuses(version_ids: list[int]) -> dict[int, str]:
     """The outcome of each version's deployment, for the history page."""
     rows = db.session.execute(select(Deployment.config_version_id, Deployment.status)

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.serialization import (
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
-from app.errors import Conflict, ValidationError
+from app.errors import Conflict, NotFound, ValidationError
 from app.extensions import db
 from app.models import Node, NodeStatus, Pool, ProxyType, Site, User
 from app.security import validate_host, validate_path, validate_port
@@ -311,6 +311,14 @@ def delete_node(actor: User, node_id: int) -> None:
 def get_node(actor: User, node_id: int) -> Node:
     require_admin(actor)
     return get_or_404(Node, node_id, "node")
+
+
+def get_node_by_name(actor: User, name: str) -> Node:
+    require_admin(actor)
+    node = db.session.scalar(select(Node).where(Node.name == name))
+    if node is None:
+        raise NotFound(f"no node named {name!r}")
+    return node
 
 
 def list_nodes(

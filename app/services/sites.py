@@ -12,7 +12,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
-from app.errors import Conflict, ValidationError
+from app.errors import Conflict, NotFound, ValidationError
 from app.extensions import db
 from app.models import (
     BackendProtocol,
@@ -447,6 +447,16 @@ def delete_site(actor: User, site_id: int) -> None:
 
 def get_site(actor: User, site_id: int) -> Site:
     return get_scoped(Site, site_id, actor, "site")
+
+
+def get_site_by_domain(actor: User, domain: str) -> Site:
+    """The site whose main name is ``domain`` (command-line tools name sites so)."""
+    from app.services.common import scoped
+
+    site = db.session.scalar(scoped(select(Site).where(Site.domain == domain), actor, Site))
+    if site is None:
+        raise NotFound(f"no site {domain!r}")
+    return site
 
 
 def list_sites(

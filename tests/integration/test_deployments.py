@@ -412,7 +412,11 @@ def test_the_cli_deploys_lists_versions_and_rolls_back(app, alice, fleet, live_s
     check = runner.invoke(args=["nodes", "check", "edge-0"])
     assert check.exit_code == 0 and "ssh: ok" in check.output and "service: ok" in check.output
     missing = runner.invoke(args=["sites", "deploy", "nope.example.com"])
-    assert missing.exit_code != 0 and "no site" in missing.output
+    assert missing.exit_code != 0 and "no site 'nope.example.com'" in missing.output
+    ghost = runner.invoke(args=["nodes", "versions", "ghost"])
+    assert ghost.exit_code != 0 and "no node named 'ghost'" in ghost.output
+    unknown = runner.invoke(args=["nodes", "rollback", "edge-0", "99"])
+    assert unknown.exit_code != 0 and "the node has no version 99" in unknown.output
 
 
 def test_a_caddy_node_takes_the_same_deployment_as_the_nginx_nodes(
