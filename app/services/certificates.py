@@ -414,10 +414,10 @@ def _obtain(cert_id: int, attempt_id: int, actor_id: int | None) -> bool:
     site = cert.site
     site_id, names = site.id, site.server_names
     challenge = site.acme_challenge
-    acme = settings.acme_settings()
-    db.session.commit()  # no connection held while the CA works
     error_code, error = "", ""
     try:
+        acme = settings.acme_settings()
+        db.session.commit()  # no connection held while the CA works
         issued = issue(site_id, acme, challenge=challenge)
         parsed = parse_chain(issued.chain_pem, issued.key_pem)
     except AcmeIssueError as exc:

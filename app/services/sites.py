@@ -306,6 +306,12 @@ def _check_consistency(out: dict[str, Any], site: Site | None) -> None:
     domain = out.get("domain") or (site.domain if site else None)
     if domain and domain in out.get("aliases", []):
         errors["aliases"] = "must not repeat the domain"
+    aliases = out["aliases"] if "aliases" in out else (site.aliases if site else [])
+    if (ssl_mode == SslMode.LETSENCRYPT
+            and _effective(out, site, "acme_challenge", "http-01") == "http-01"
+            and any(isinstance(n, str) and n.startswith("*.") for n in aliases)):
+        errors["acme_challenge"] = ("wildcard names can only be validated with dns-01 "
+                                    "(a TXT record in the zone's DNS)")
     if errors:
         raise ValidationError("invalid site", errors)
 

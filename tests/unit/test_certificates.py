@@ -4,6 +4,8 @@ requests and renewal bookkeeping, and the ACME settings."""
 
 from __future__ import annotations
 
+import socket
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -219,17 +221,73 @@ def test_the_renewal_job_renews_self_signed_certificates_near_expiry(app, alice)
     assert certificates.renew_due(now=naive) == "0 certificate(s) obtained, 0 failed"
 
 
-def test_two_issuances_of_one_certificate_never_run_at_once(app, alice):
-    site = factories.make_site(alice, "once.example.com", ssl_mode="letsencrypt")
-    cert = Certificate(site=site, provider="acme", domains=[], chain_pem="", failures=0,
-                       last_error="", last_error_code="")
-    _db.session.add(cert)
-    _db.session.commit()
-    now = datetime.now(UTC)
-    assert certificates._claim(cert.id, now) is True
-    assert certificates._claim(cert.id, now + timedelta(minutes=1)) is False
-    # A claim left by a process that died is taken over once it is stale.
-    assert certificates._claim(cert.id, now + timedelta(minutes=16)) is True
+class SilentCA:
+    """A loopback server that accepts the first connection and never answers it (an
+    issuance that hangs there) and closes every later one at once."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.held:
+                conn.close()
+            else:
+                self.held.append(conn)
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.held:
+            conn.close()
+        self.thread.join(5)
+
+
+def test_two_issuances_of_one_certificate_never_run_at_once(client, admin, alice):
+    ca = SilentCA()
+    try:
+        settings.update_acme_settings(
+            admin, {"directory_url": f"https://127.0.0.1:{ca.port}/directory"})
+        factories.make_node("edge")
+        site = factories.make_site(alice, "once.example.com", ssl_mode="letsencrypt")
+        url = f"/api/v1/sites/{site.id}/certificate"
+        first = client.post(url, headers=api_headers(alice))
+        assert first.status_code == 202 and first.get_json()["status"] == "pending"
+        second = client.post(url, headers=api_headers(alice))
+        assert second.status_code == 409
+        assert "being issued already" in second.get_json()["error"]["message"]
+        # The renewal job does not start a second attempt either...
+        soon = datetime.now(UTC) + timedelta(minutes=1)
+        assert certificates.renew_due(now=soon) == "0 certificate(s) obtained, 0 failed"
+        # ...until the running one is so old that its process must have died.
+        stale = datetime.now(UTC) + timedelta(minutes=16)
+        assert certificates.renew_due(now=stale) == "0 certificate(s) obtained, 1 failed"
+    finally:
+        ca.close()
+    cert = certificates.wait(site.certificate.id)
+    assert cert.status.value == "failed" and cert.last_error_code == "ca_unreachable"
+    assert _db.session.scalar(select(func.count()).select_from(CertificateAttempt)) == 2
+
+
+def test_a_wildcard_name_on_an_acme_site_needs_dns01(client, alice):
+    data = {"domain": "wild.example.com", "aliases": ["*.wild.example.com"],
+            "backends": [{"host": "127.0.0.1", "port": 80}], "ssl_mode": "letsencrypt"}
+    refused = client.post("/api/v1/sites", headers=api_headers(alice), json=data)
+    assert refused.status_code == 422
+    assert "dns-01" in refused.get_json()["error"]["fields"]["acme_challenge"]
+    created = client.post("/api/v1/sites", headers=api_headers(alice),
+                          json={**data, "acme_challenge": "dns-01"})
+    assert created.status_code == 201, created.get_json()
+    back = client.patch(f"/api/v1/sites/{created.get_json()['id']}",
+                        headers=api_headers(alice), json={"acme_challenge": "http-01"})
+    assert back.status_code == 422
 
 
 def test_acme_settings_come_from_the_environment_until_an_admin_changes_them(

@@ -17,6 +17,7 @@ FULL = {
     "backend_protocol": "https",
     "pool": "default",
     "ssl_mode": "letsencrypt",
+    "acme_challenge": "dns-01",
     "force_https": True,
     "hsts": True,
     "http2": True,
