@@ -191,6 +191,16 @@ def validate_path(value: Any, *, max_length: int = 512) -> str:
     return value
 
 
+_OBJECT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def validate_object_name(value: Any) -> str:
+    """An administrator's name for a node or DNS provider (shown in logs and CLI)."""
+    if not isinstance(value, str) or not _OBJECT_NAME.fullmatch(value):
+        raise ValueError("1 to 64 lowercase letters, digits, '.', '_' or '-'")
+    return value
+
+
 def validate_basic_auth_username(value: Any) -> str:
     if not isinstance(value, str) or not _USERNAME.fullmatch(value):
         raise ValueError("may use letters, digits, '.', '_' and '-' (1 to 64)")

@@ -8,7 +8,6 @@ returned, never logged or audited.
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +23,7 @@ from app.security import (
     validate_base64_secret,
     validate_domain,
     validate_host,
+    validate_object_name,
     validate_port,
     validate_tsig_key_name,
 )
@@ -33,7 +33,6 @@ from app.services.common import Page, get_or_404, paginate, require_admin
 FIELDS = ("name", "kind", "zone", "server", "port", "tsig_name", "tsig_algorithm",
           "tsig_secret")
 KINDS = (Rfc2136Provider.kind,)
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 def _labels(domain: str) -> list[str]:
@@ -78,11 +77,6 @@ def _clean(data: dict[str, Any], *, partial: bool) -> dict[str, Any]:
     for key in sorted(set(data) - set(FIELDS)):
         errors[key] = "unknown field"
 
-    def name_check(v: Any) -> str:
-        if not isinstance(v, str) or not _NAME.fullmatch(v):
-            raise ValueError("1 to 64 lowercase letters, digits, '.', '_' or '-'")
-        return v
-
     def kind_check(v: Any) -> str:
         v = Rfc2136Provider.kind if v in (None, "") else v
         if v not in KINDS:
@@ -99,7 +93,7 @@ def _clean(data: dict[str, Any], *, partial: bool) -> dict[str, Any]:
         return validate_port(53 if v in (None, "") else v)
 
     checks: dict[str, Callable[[Any], Any]] = {
-        "name": name_check,
+        "name": validate_object_name,
         "kind": kind_check,
         "zone": validate_domain,
         "server": validate_host,

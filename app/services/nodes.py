@@ -17,7 +17,7 @@ from sqlalchemy.orm import selectinload
 from app.errors import Conflict, NotFound, ValidationError
 from app.extensions import db
 from app.models import Node, NodeStatus, Pool, ProxyType, Site, User
-from app.security import validate_host, validate_path, validate_port
+from app.security import validate_host, validate_object_name, validate_path, validate_port
 from app.services import audit
 from app.services.common import Page, get_or_404, paginate, require_admin
 
@@ -67,7 +67,6 @@ ENGINE_DEFAULTS: dict[ProxyType, dict[str, str]] = {
     },
 }
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _SSH_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _COMMAND_ARG = re.compile(r"^[A-Za-z0-9_./:=@%+,-]+$")
 
@@ -141,11 +140,6 @@ def _clean_node(data: dict[str, Any], *, partial: bool, node: Node | None) -> di
         except ValueError as exc:
             errors[name] = str(exc)
 
-    def name_check(v: Any) -> str:
-        if not isinstance(v, str) or not _NAME.fullmatch(v):
-            raise ValueError("1 to 64 lowercase letters, digits, '.', '_' or '-'")
-        return v
-
     def proxy_check(v: Any) -> ProxyType:
         try:
             return ProxyType(v if v is not None else "nginx")
@@ -184,7 +178,7 @@ def _clean_node(data: dict[str, Any], *, partial: bool, node: Node | None) -> di
     def default_port(default: int) -> Any:
         return lambda v: validate_port(default if v is None else v)
 
-    field("name", name_check)
+    field("name", validate_object_name)
     field("host", validate_host)
     field("ssh_port", default_port(22))
     field("ssh_user", user_check)

@@ -171,6 +171,8 @@ def test_clients_cannot_manage_or_read_providers(admin: User, alice: User) -> No
         dns_providers.list_providers(alice)
     with pytest.raises(Forbidden):
         dns_providers.get_provider(alice, row.id)
+    with pytest.raises(Forbidden):
+        dns_providers.check_provider(alice, row.id)
 
 
 def test_delete_removes_the_provider_and_its_zone(admin: User) -> None:
@@ -312,6 +314,11 @@ def test_api_is_for_administrators_only(client: FlaskClient, admin: User, alice:
     assert client.post("/api/v1/dns-providers", headers=headers,
                        json=provider_data(name="x", zone="x.org")).status_code == 403
     assert client.delete(f"/api/v1/dns-providers/{row.id}", headers=headers).status_code == 403
+    for method in ("put", "patch"):
+        assert client.open(f"/api/v1/dns-providers/{row.id}", method=method, headers=headers,
+                           json={"server": "127.0.0.9"}).status_code == 403
+    assert client.post(f"/api/v1/dns-providers/{row.id}/check",
+                       headers=headers).status_code == 403
     assert client.get("/api/v1/dns-providers").status_code == 401
 
 

@@ -284,8 +284,23 @@ def test_api_lists_job_runs_newest_first_with_filters(db, client, admin, alice):
     first = body["items"][0]
     assert first["status"] == "failed" and first["runner"] == "web-1:10:a"
     assert first["started_at"].endswith("+00:00") and first["finished_at"]
-    only = client.get("/api/v1/jobs?status=succeeded&job=node_health", headers=headers)
-    assert [item["job"] for item in only.get_json()["items"]] == ["node_health"]
+    # One more run of each job with the other outcome: each filter must do its part.
+    earlier = utcnow() - timedelta(minutes=10)
+    db.session.add_all([
+        JobRun(job="node_health", runner="web-1:10:a", status=JobStatus.FAILED,
+               started_at=earlier, finished_at=earlier, detail="timeout"),
+        JobRun(job="drift", runner="web-1:10:a", status=JobStatus.SUCCEEDED,
+               started_at=earlier, finished_at=earlier, detail="0 drifted"),
+    ])
+    db.session.commit()
+
+    def listed(query: str) -> list[tuple[str, str]]:
+        items = client.get(f"/api/v1/jobs?{query}", headers=headers).get_json()["items"]
+        return sorted((item["job"], item["status"]) for item in items)
+
+    assert listed("status=succeeded&job=node_health") == [("node_health", "succeeded")]
+    assert listed("job=node_health") == [("node_health", "failed"), ("node_health", "succeeded")]
+    assert listed("status=failed") == [("drift", "failed"), ("node_health", "failed")]
     bad = client.get("/api/v1/jobs?status=exploded", headers=headers)
     assert bad.status_code == 422 and "status" in bad.get_json()["error"]["fields"]
     assert client.get("/api/v1/jobs", headers=api_headers(alice)).status_code == 403
