@@ -420,7 +420,8 @@ class _Remote:
             self._fail("test", f"the node's test command refused the configuration: "
                                f"{_output(results[0])}", reload=False)
         if not results[1].ok:
-            self._fail("reload", f"reload failed: {_output(results[1])}", reload=True)
+            self._fail("reload", f"reload failed: {_output(results[1])}", reload=True,
+                       reload_refused=True)
 
     def _absolute(self, link: str) -> str:
         return link if link.startswith("/") else f"{self.config_dir.rsplit('/', 1)[0]}/{link}"
@@ -437,13 +438,16 @@ class _Remote:
             if name.startswith(RELEASE_PREFIX) and path != live:
                 self.pool.remove_tree(self.job.target, path)
 
-    def _fail(self, step: str, message: str, *, reload: bool) -> None:
-        restored = self.restore(reload=reload)
+    def _fail(self, step: str, message: str, *, reload: bool,
+              reload_refused: bool = False) -> None:
+        restored = self.restore(reload=reload, reload_refused=reload_refused)
         raise StepFailed(step, message, restored=restored, after_swap=True)
 
-    def restore(self, *, reload: bool) -> bool:
+    def restore(self, *, reload: bool, reload_refused: bool = False) -> bool:
         """Put the previous release back (and reload it when the new one may have been
-        loaded).  Returns whether that worked."""
+        loaded).  Returns whether that worked: a reload that fails here means the proxy
+        may still run the new release, unless the node refused the deployment's own
+        reload too (``reload_refused``: it never left the previous one)."""
         pool, target = self.pool, self.job.target
         try:
             if self.swapped:
@@ -456,7 +460,12 @@ class _Remote:
                     pool.remove_tree(target, self.config_dir)
             pool.remove_tree(target, self.release)
             if reload:
-                pool.run(target, self.job.reload_command, timeout=self.job.command_timeout)
+                result = pool.run(target, self.job.reload_command,
+                                  timeout=self.job.command_timeout)
+                if not result.ok and not reload_refused:
+                    logger.error("node %s: reloading the previous release failed: %s",
+                                 target.node_id, _output(result))
+                    return False
             return True
         except Exception:
             logger.exception("node %s: could not restore the previous release",
@@ -676,11 +685,14 @@ class Recorder:
                 return
             try:
                 with db.engine.begin() as conn:
-                    self.leases.renew(conn, only_if_older_than=self.leases.ttl / 3)
+                    renewed = self.leases.renew(conn, only_if_older_than=self.leases.ttl / 3)
                     _update_many(conn, Deployment, deployments)
                     _update_many(conn, Node, nodes, Node.status != NodeStatus.DRAINING)
-                    if release:
-                        self.leases.release(release, conn)
+                    released = self.leases.release(release, conn) if release else None
+                # The leases' own view changes only once the transaction committed.
+                renewed()
+                if released is not None:
+                    released()
             except Exception:
                 with self._lock:
                     for key, values in deployments.items():
@@ -702,8 +714,12 @@ class Recorder:
                 logger.exception("could not record a rollout's progress (attempt %d)",
                                  attempt + 1)
                 time.sleep(0.2 * (attempt + 1))
+        with self._lock:
+            unrecorded = set(self._release)
         try:
-            self.leases.release()
+            # A lease goes back with its node's outcome; a node whose outcome could
+            # not be written keeps it until it expires.
+            self.leases.release(self.leases.held - unrecorded)
         except Exception:  # they then simply expire
             logger.exception("could not release a rollout's node locks")
 

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -32,6 +32,11 @@ from app.models import NodeLock
 from app.models.base import utcnow
 
 logger = logging.getLogger(__name__)
+
+
+def _nothing() -> None:
+    """What :meth:`NodeLeases.renew` and :meth:`NodeLeases.release` return when there
+    is nothing left to apply."""
 
 
 class LockTimeout(Conflict):
@@ -114,20 +119,25 @@ class NodeLeases:
             delay = min(delay * 2, 0.25)
         return time.monotonic() - started
 
-    def renew(self, conn: Connection | None = None, *, only_if_older_than: float = 0.0) -> None:
-        """Push every held lease's deadline back in one statement (within the
-        caller's transaction when given; skipped while the last renewal is younger
-        than ``only_if_older_than`` seconds).  Leases found gone are marked lost
-        (:meth:`check` then refuses them)."""
+    def renew(self, conn: Connection | None = None, *,
+              only_if_older_than: float = 0.0) -> Callable[[], None]:
+        """Push every held lease's deadline back in one statement (skipped while the
+        last renewal is younger than ``only_if_older_than`` seconds).  Leases found
+        gone are marked lost (:meth:`check` then refuses them).
+
+        Within the caller's transaction (``conn``), nothing changes here until the
+        caller calls the returned function after its commit: a renewal rolled back
+        must not be trusted."""
         with self._lock:
             held = sorted(self._held - self._lost)
             renewed = self._renewed
         if not held or time.monotonic() - renewed < only_if_older_than:
-            return
+            return _nothing
         if conn is None:
             with db.engine.begin() as own:
-                self.renew(own)
-            return
+                apply = self.renew(own)
+            apply()
+            return _nothing
         started = time.monotonic()
         result = conn.execute(
             update(NodeLock)
@@ -139,9 +149,12 @@ class NodeLeases:
                 NodeLock.node_id.in_(held), NodeLock.holder == self.holder)))
             lost = set(held) - ours
             logger.warning("lost the lock on nodes %s", sorted(lost))
-        with self._lock:
-            self._lost |= lost
-            self._renewed = started
+
+        def done() -> None:
+            with self._lock:
+                self._lost |= lost
+                self._renewed = started
+        return done
 
     def renewal_age(self) -> float:
         """Seconds since every held lease's deadline was last pushed back."""
@@ -158,22 +171,28 @@ class NodeLeases:
             raise LeaseLost(f"lost the lock on node {node_id}")
 
     def release(self, node_ids: Iterable[int] | None = None,
-                conn: Connection | None = None) -> None:
-        """Give back these nodes (default: all), within ``conn``'s transaction when
-        given."""
+                conn: Connection | None = None) -> Callable[[], None]:
+        """Give back these nodes (default: all).  Within ``conn``'s transaction they
+        stay ours until the caller calls the returned function after its commit, so a
+        rolled-back release is retried, never forgotten."""
         with self._lock:
             doomed = sorted(self._held if node_ids is None else self._held & set(node_ids))
-            self._held -= set(doomed)
-            self._lost -= set(doomed)
+
+        def done() -> None:
+            with self._lock:
+                self._held -= set(doomed)
+                self._lost -= set(doomed)
         if not doomed:
-            return
+            return _nothing
         statement = delete(NodeLock).where(NodeLock.node_id.in_(doomed),
                                            NodeLock.holder == self.holder)
         if conn is None:
             with db.engine.begin() as own:
                 own.execute(statement)
-        else:
-            conn.execute(statement)
+            done()
+            return _nothing
+        conn.execute(statement)
+        return done
 
 
 class NodeLease(NodeLeases):
@@ -186,10 +205,14 @@ class NodeLease(NodeLeases):
     def acquire(self, wait: float) -> float:  # type: ignore[override]
         return super().acquire(self.node_id, wait)
 
-    def renew(self, conn: Connection | None = None, *, only_if_older_than: float = 0.0) -> None:
-        """:raises LeaseLost: when the lease is no longer ours."""
-        super().renew(conn, only_if_older_than=only_if_older_than)
-        self.check(self.node_id)
+    def renew(self, conn: Connection | None = None, *,
+              only_if_older_than: float = 0.0) -> Callable[[], None]:
+        """:raises LeaseLost: when the lease is no longer ours (checked at once without
+            ``conn``; with it, once the caller applied the renewal)."""
+        done = super().renew(conn, only_if_older_than=only_if_older_than)
+        if conn is None:
+            self.check(self.node_id)
+        return done
 
 
 @contextmanager

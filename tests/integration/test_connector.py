@@ -161,15 +161,21 @@ def test_a_chain_output_cannot_forge_a_step(pool, sshd_server, workdir):
     # Whatever a command prints (here what looks like a report of success), only the
     # random marker of this run separates the commands.
     fake = "\n" + "0" * 32 + " 0\n"
+    started: list[int] = []
     results = pool.run_chain(sshd_server.target(), [
-        ["sh", "-c", 'printf "$1"; exit 1', "sh", fake], ["touch", str(workdir / "never")]])
-    assert [r.exit_status for r in results] == [1]
-    assert not (workdir / "never").exists()
+        ["sh", "-c", 'printf "$1"; exit 0', "sh", fake], ["sh", "-c", "exit 3"]],
+        on_next=started.append)
+    # The fake report is only output of the first command: both ran, each with its
+    # own status, and the second started once.
+    assert [r.exit_status for r in results] == [0, 3]
+    assert fake.strip() in results[0].stdout
+    assert started == [1]
 
 
 def test_a_chain_killed_by_a_signal_fails(pool, sshd_server):
-    results = pool.run_chain(sshd_server.target(), [["true"], ["sh", "-c", "kill -9 $$"]])
-    assert results[0].ok and not results[1].ok
+    # The chain's own shell dies: it never reports the second command's status.
+    results = pool.run_chain(sshd_server.target(), [["true"], ["sh", "-c", "kill -9 $PPID"]])
+    assert len(results) == 2 and results[0].ok and not results[1].ok
 
 
 def test_a_chain_times_out_as_a_whole(pool, sshd_server):
