@@ -29,8 +29,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ ! -e "$policy" ]; then
     printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; created_policy=1
   fi
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # A fresh machine may still be running its own apt at boot: wait for its lock.
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   if [ -n "$created_policy" ]; then rm -f "$policy"; fi
 fi
 # The distribution's PostgreSQL service is not used: tests start their own.

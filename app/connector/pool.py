@@ -160,6 +160,20 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) < 200 else text[:200] + "..."
 
 
+def _close_quietly(resource: Any, what: str, node_id: int | None = None) -> None:
+    """Close a channel, SFTP session, transport or socket whatever state it is in.
+
+    Closing a channel or an SFTP session sends a message to the server; when the
+    server has just dropped the connection, Paramiko raises ``EOFError`` or
+    ``OSError`` from that send. A cleanup path must never replace the error that led
+    to it, nor leave the rest of what it was closing open, so the failure is logged.
+    """
+    try:
+        resource.close()
+    except Exception as exc:  # noqa: BLE001 - any failure of a close is only logged
+        logger.debug("closing the %s (node %s) failed: %s", what, node_id, _describe(exc))
+
+
 def _bounded(channel: paramiko.Channel, seconds: float, request: Callable[[], Any]) -> None:
     """Run a channel request (exec, subsystem), failing with TimeoutError after
     ``seconds``: Paramiko waits for the server's reply without any timeout, so a
@@ -168,7 +182,7 @@ def _bounded(channel: paramiko.Channel, seconds: float, request: Callable[[], An
 
     def expire() -> None:
         fired.set()
-        channel.close()  # wakes the waiting request
+        _close_quietly(channel, "timed-out channel")  # wakes the waiting request
 
     timer = threading.Timer(seconds, expire)
     timer.daemon = True
@@ -259,7 +273,7 @@ class _Connection:
             _bounded(channel, timeout, lambda: channel.invoke_subsystem("sftp"))
             return paramiko.SFTPClient(channel)
         except BaseException:
-            channel.close()
+            _close_quietly(channel, "SFTP channel", self.node_id)
             raise
 
     def give_sftp(self, client: paramiko.SFTPClient, reusable: bool) -> None:
@@ -270,15 +284,18 @@ class _Connection:
                 if len(self._idle_sftp) < _IDLE_SFTP_SESSIONS and not self.retired:
                     self._idle_sftp.append(client)
                     return
-        client.close()
+        _close_quietly(client, "SFTP session", self.node_id)
 
     def close(self) -> None:
+        """Close the sessions, the transport and the socket; never raises, so that
+        closing a connection the server dropped still releases all of it."""
         with self._sftp_lock:
             idle, self._idle_sftp = self._idle_sftp, []
         for client in idle:
-            client.close()
-        self.transport.close()
-        self.sock.close()  # the transport skips this when it already died by itself
+            _close_quietly(client, "SFTP session", self.node_id)
+        _close_quietly(self.transport, "transport", self.node_id)
+        # The transport skips the socket when it already died by itself.
+        _close_quietly(self.sock, "socket", self.node_id)
 
 
 class _UploadState:
@@ -357,7 +374,7 @@ class SSHPool:
             try:
                 return self._execute(target, channel, command, what, limit, stdin, on_stdout)
             finally:
-                channel.close()
+                _close_quietly(channel, "channel", target.node_id)
 
         return self._call(target, what, attempt, idempotent=False)
 
@@ -905,8 +922,8 @@ class SSHPool:
                 transport.set_keepalive(self.keepalive_interval)
         except BaseException:
             if transport is not None:
-                transport.close()
-            sock.close()
+                _close_quietly(transport, "transport", target.node_id)
+            _close_quietly(sock, "socket", target.node_id)
             raise
         logger.info("node %s: connected to %s:%s in %.0f ms", target.node_id, target.host,
                     target.port, (time.monotonic() - started) * 1000)
@@ -946,7 +963,7 @@ class SSHPool:
                         raise OSError("no key exchange")
                     return key_line(transport.get_remote_server_key())
                 finally:
-                    transport.close()
+                    _close_quietly(transport, "probing transport", target.node_id)
         except (OSError, paramiko.SSHException) as exc:
             raise ConnectorError(f"node {target.node_id}: the server offers no host key of "
                                  "the pinned type, and reading its key failed") from exc

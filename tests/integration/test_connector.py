@@ -75,6 +75,18 @@ def workdir(sshd_server: SshServer) -> Iterator[Path]:
     yield path
 
 
+def running_on(server: SshServer, program: str) -> bool:
+    """Whether one of the server's sessions runs ``program`` now."""
+    for pid in server.sessions():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]) == program.encode():
+            return True
+    return False
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -280,6 +292,56 @@ def test_a_command_cut_off_midway_is_not_repeated(make_pool, sshd_server, workdi
         pool.run(sshd_server.target(), ["sh", "-c", f"echo run >> {counter}; sleep 5"])
     killer.join()
     assert counter.read_text() == "run\n"
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.0002, 0.001, 0.01])
+def test_closing_the_pool_after_the_server_dropped_the_connection_never_raises(
+        make_pool, sshd_server, faulty_relay, workdir, pause):
+    # Closing a channel or an SFTP session sends a message: right after the server
+    # side went away that send fails, at a moment that depends on when the
+    # transport's reader notices. Each pause closes at another point of that race.
+    relay = faulty_relay(sshd_server.port)
+    baseline = len(os.listdir("/proc/self/fd"))
+    for _ in range(8):
+        pool = make_pool(retries=0)
+        target = sshd_server.target(port=relay.port)
+        assert pool.kind(target, str(workdir)) == "dir"  # leaves an idle SFTP session
+        started, outcome = threading.Event(), []
+
+        def long_command(pool: SSHPool = pool, target=target, started=started,
+                         outcome=outcome) -> None:
+            started.set()
+            try:
+                pool.run(target, ["sleep", "30"])
+            except ConnectorError as exc:
+                outcome.append(exc)
+
+        runner = threading.Thread(target=long_command)
+        runner.start()
+        started.wait()
+        assert wait_until(lambda: running_on(sshd_server, "sleep"))  # its channel is open
+        relay.drop_all()
+        time.sleep(pause)
+        pool.close()  # must not raise, whatever the transport has noticed by now
+        runner.join(10)
+        assert not runner.is_alive()
+        assert len(outcome) == 1 and isinstance(outcome[0], ConnectorError)
+        assert pool.stats()["connections"] == 0
+    assert wait_until(lambda: len(os.listdir("/proc/self/fd")) <= baseline)
+
+
+def test_evicting_a_connection_the_server_dropped_never_raises(make_pool, sshd_server,
+                                                               faulty_relay, workdir):
+    relay = faulty_relay(sshd_server.port)
+    pool = make_pool()
+    target = sshd_server.target(port=relay.port)
+    pool.kind(target, str(workdir))
+    baseline = len(os.listdir("/proc/self/fd"))
+    relay.drop_all()
+    pool.evict(target.node_id)
+    assert pool.stats()["connections"] == 0
+    assert wait_until(lambda: len(os.listdir("/proc/self/fd")) < baseline)
+    assert pool.run(target, ["echo", "again"]).stdout == "again\n"
 
 
 def test_closed_pool_refuses_work(make_pool, sshd_server):
