@@ -323,11 +323,14 @@ class _Remote:
             self._steps()
         except StepFailed:
             raise
-        except HostKeyChanged:
+        except HostKeyChanged as exc:
             if not self.swapped:
                 raise  # nothing was sent; the caller records the key to accept
-            self.restore(reload=self.reloaded)  # reconnecting fails too, but try
-            raise
+            # Reconnecting to put the previous release back meets the same key, but
+            # try; whether it worked decides whether the node is flagged.
+            restored = self.restore(reload=self.reloaded)
+            raise StepFailed(self.current, _describe(exc), restored=restored,
+                             after_swap=True) from exc
         except Exception as exc:
             restored = self.restore(reload=self.reloaded) if self.swapped else True
             raise StepFailed(self.current, _describe(exc), restored=restored,
@@ -447,7 +450,12 @@ class _Remote:
         """Put the previous release back (and reload it when the new one may have been
         loaded).  Returns whether that worked: a reload that fails here means the proxy
         may still run the new release, unless the node refused the deployment's own
-        reload too (``reload_refused``: it never left the previous one)."""
+        reload too (``reload_refused``: it never left the previous one).
+
+        Removing the failed release is only tidying up: when that fails (a stall, a
+        dropped connection), the release stays for the next deployment's sweep and the
+        previous release is still reloaded, or the proxy would keep running the one
+        that failed."""
         pool, target = self.pool, self.job.target
         try:
             if self.swapped:
@@ -458,19 +466,29 @@ class _Remote:
                     pool.symlink_swap(target, self.config_dir, self.previous)
                 else:
                     pool.remove_tree(target, self.config_dir)
-            pool.remove_tree(target, self.release)
-            if reload:
-                result = pool.run(target, self.job.reload_command,
-                                  timeout=self.job.command_timeout)
-                if not result.ok and not reload_refused:
-                    logger.error("node %s: reloading the previous release failed: %s",
-                                 target.node_id, _output(result))
-                    return False
-            return True
         except Exception:
-            logger.exception("node %s: could not restore the previous release",
-                             self.job.target.node_id)
+            logger.exception("node %s: could not put the previous release back",
+                             target.node_id)
             return False
+        try:
+            pool.remove_tree(target, self.release)
+        except Exception:
+            logger.warning("node %s: could not remove the failed release %s; the next "
+                           "deployment's sweep does", target.node_id, self.release,
+                           exc_info=True)
+        if not reload:
+            return True
+        try:
+            result = pool.run(target, self.job.reload_command,
+                              timeout=self.job.command_timeout)
+        except Exception:
+            logger.exception("node %s: could not reload the previous release", target.node_id)
+            return False
+        if not result.ok and not reload_refused:
+            logger.error("node %s: reloading the previous release failed: %s",
+                         target.node_id, _output(result))
+            return False
+        return True
 
 
 class OldGeneration:
@@ -905,6 +923,8 @@ def _deploy_node(app: Flask, plan: RolloutPlan, deployment_id: int, node_id: int
         job.on_step = on_step
         _Remote(connector(app), job).run()
     except StepFailed as failure:
+        if isinstance(failure.__cause__, HostKeyChanged):  # the key changed after the swap
+            _hold_presented_key(node_id, failure.__cause__)
         status = (DeploymentStatus.ROLLED_BACK if failure.step == "verify"
                   else DeploymentStatus.FAILED)
         note = "" if failure.restored else (
@@ -915,9 +935,7 @@ def _deploy_node(app: Flask, plan: RolloutPlan, deployment_id: int, node_id: int
                         drifted=not failure.restored)
         return status
     except HostKeyChanged as exc:
-        with db.engine.begin() as conn:
-            conn.execute(update(Node).where(Node.id == node_id).values(
-                pending_host_key=exc.presented_key))
+        _hold_presented_key(node_id, exc)
         recorder.finish(deployment_id, node_id, DeploymentStatus.FAILED, _describe(exc), steps)
         return DeploymentStatus.FAILED
     except Exception as exc:
@@ -926,6 +944,13 @@ def _deploy_node(app: Flask, plan: RolloutPlan, deployment_id: int, node_id: int
         return DeploymentStatus.FAILED
     recorder.finish(deployment_id, node_id, DeploymentStatus.SUCCEEDED, "", steps)
     return DeploymentStatus.SUCCEEDED
+
+
+def _hold_presented_key(node_id: int, exc: HostKeyChanged) -> None:
+    """Keep the key the node presented, for an administrator to compare and accept."""
+    with db.engine.begin() as conn:
+        conn.execute(update(Node).where(Node.id == node_id).values(
+            pending_host_key=exc.presented_key))
 
 
 def _deploy_batch(app: Flask, plan: RolloutPlan, items: list[tuple[int, int | None]],

@@ -574,3 +574,86 @@ def test_a_client_never_reads_another_tenants_names_in_node_errors(
     as_admin = app.test_client().get(f"/api/v1/deployments/{rollout.id}",
                                      headers=api_headers(admin)).get_json()
     assert "bob-internal.invalid" in "".join(n["error"] for n in as_admin["nodes"])
+
+
+def _wait_serving(node: FleetNode, backend: str, timeout: float = 10.0) -> str:
+    """Which backend the node's shop site reaches, once it is ``backend`` or when
+    ``timeout`` is up (a reload's old workers may answer for a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = node.get("shop.example.com")
+        seen = answer.json()["backend"] if answer.status == 200 else f"HTTP {answer.status}"
+        if seen == backend or time.monotonic() >= deadline:
+            return seen
+        time.sleep(0.05)
+
+
+def test_a_failed_release_that_cannot_be_removed_still_gets_the_previous_one_reloaded(
+        app, admin, alice, fleet, live_site, sshd, monkeypatch, db):
+    """Removing the failed release is tidying up: a stall while doing it must not skip
+    reloading the previous release, nor flag a node whose previous release is live."""
+    relay = FaultyRelay(sshd.port)
+    try:
+        victim = fleet[4]
+        nodes.update_node(admin, victim.id, {"ssh_port": relay.port})
+        before = _serving_before(fleet)
+        monkeypatch.setitem(app.config, "SSH_OPERATION_TIMEOUT", 2.0)
+        monkeypatch.setitem(app.config, "SSH_RETRIES", 0)
+        monkeypatch.setitem(app.config, "DEPLOY_VERIFY_TIMEOUT", 2.0)
+        deployments.close_connector(app)
+        pool = deployments.connector(app)
+        remove_tree = pool.remove_tree
+
+        def stall_while_removing(target: Any, path: str) -> None:
+            if target.node_id != victim.id:
+                return remove_tree(target, path)
+            relay.stall()  # the node stops answering while the failed release goes
+            try:
+                return remove_tree(target, path)
+            finally:
+                relay.resume()
+
+        monkeypatch.setattr(pool, "remove_tree", stall_while_removing)
+        # Nothing listens on the new backend: the node answers 502 and fails verification.
+        from tests.components import free_port
+        sites.update_site(alice, live_site.id,
+                          {"backends": [{"host": "127.0.0.1", "port": free_port()}]})
+        rollout = deployments.wait(deployments.deploy_nodes(admin, [victim.id]).id)
+        [failed] = rollout.deployments
+        assert failed.status == DeploymentStatus.ROLLED_BACK, failed.error
+        assert failed.error.startswith("verify: ") and "could not be put back" not in failed.error
+        assert victim.snapshot() == before[victim.name][0]
+        assert _wait_serving(victim, "live") == "live"
+        db.session.expire_all()
+        assert db.session.get(Node, victim.id).drifted is False
+    finally:
+        relay.close()
+
+
+def test_a_host_key_changed_after_the_swap_is_recorded_and_the_node_flagged(
+        app, admin, alice, fleet, live_site, sshd, monkeypatch, db):
+    """The release was swapped in when the node came back with another key: the
+    previous one cannot be put back, so the node is flagged for a drift check, and
+    the key waits for an administrator as before the swap."""
+    victim = fleet[0]
+    pool = deployments.connector(app)
+    run_chain = pool.run_chain
+    new_key: list[str] = []
+
+    def key_changes_before_the_test(target: Any, commands: Any, **kwargs: Any) -> Any:
+        if target.node_id == victim.id and not new_key:
+            new_key.append(sshd.regenerate_host_key())
+            pool.evict(victim.id)  # the next call connects afresh and meets the new key
+        return run_chain(target, commands, **kwargs)
+
+    monkeypatch.setattr(pool, "run_chain", key_changes_before_the_test)
+    sites.update_site(alice, live_site.id, {"headers": {"X-Shop": "v2"}})
+    rollout = deployments.wait(deployments.deploy_nodes(admin, [victim.id]).id)
+    [failed] = rollout.deployments
+    assert failed.status == DeploymentStatus.FAILED
+    assert failed.error.startswith("test: ") and "host key" in failed.error
+    assert "could not be put back" in failed.error
+    db.session.expire_all()
+    row = db.session.get(Node, victim.id)
+    assert row.drifted is True
+    assert row.pending_host_key.split()[:2] == new_key[0].split()[:2]
