@@ -39,6 +39,7 @@ def create_app(config_name: str | None = None, overrides: dict[str, Any] | None 
     register_extensions(app)
     register_blueprints(app)
     register_errorhandlers(app)
+    register_response_headers(app)
     register_commands(app)
     if app.config["DISCOVER_NODES_AT_STARTUP"]:
         discover_nodes_at_startup(app)
@@ -147,6 +148,31 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(admin_bp, url_prefix="/admin")
     app.register_blueprint(client_bp, url_prefix="/client")
     register_api(app)
+
+
+# Pages load only their own scripts, styles and images; nothing may frame them.
+_CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; "
+    "object-src 'none'"
+)
+
+
+def register_response_headers(app: Flask) -> None:
+    """Security headers on every answer, and no caching of pages: after signing out,
+    the back button must not show a page of the signed-in session from the cache."""
+
+    @app.after_request
+    def add_headers(response: Any) -> Any:
+        headers = response.headers
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("Referrer-Policy", "same-origin")
+        headers.setdefault("X-Frame-Options", "DENY")
+        if response.mimetype == "text/html":
+            headers.setdefault("Content-Security-Policy", _CONTENT_SECURITY_POLICY)
+        if request.endpoint != "static" and "Cache-Control" not in headers:
+            headers["Cache-Control"] = "no-store"
+        return response
 
 
 def wants_json() -> bool:

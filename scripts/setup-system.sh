@@ -9,7 +9,7 @@ packages=(python3 python3-venv python3-pip)
 if [ "$mode" = test ]; then
   packages+=(postgresql memcached iproute2 util-linux openssh-server
              nginx-light libnginx-mod-http-modsecurity libnginx-mod-http-geoip2 modsecurity-crs
-             caddy pebble knot knot-dnsutils openssl)
+             caddy pebble knot knot-dnsutils openssl chromium)
 fi
 missing=()
 for pkg in "${packages[@]}"; do

@@ -1,0 +1,183 @@
+"""Browser journeys: the product as a real gunicorn process on loopback, driven by
+Playwright in Debian's Chromium, typing and clicking like a person.
+
+Every page a journey visits passes :meth:`Journey.check`: no JavaScript error, no
+failed request, no horizontal scroll at phone width, the dark preference honoured,
+no serious or critical axe-core finding; a desktop and a phone screenshot of it are
+written under ``E2E_ARTIFACTS`` (default ``test-artifacts/e2e``), not committed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from tests.components import ROOT, AppServer, app_env, flask_cli, require_binary
+
+# Chromium reaches out to Google's hosts unless told not to (RECIPES.md).
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
+]
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+ARTIFACTS = Path(os.environ.get("E2E_ARTIFACTS", os.path.join(ROOT, "test-artifacts", "e2e")))
+
+
+@dataclass
+class Product:
+    """The running product and its first administrator."""
+
+    server: AppServer
+    env: dict[str, str]
+    admin_password: str
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def cli(self, *args: str, stdin: str | None = None) -> str:
+        return flask_cli(self.env, *args, stdin=stdin)
+
+
+@pytest.fixture(scope="session")
+def product_env() -> dict[str, str]:
+    """Settings of the product under test; journeys that need more (a CA) add theirs
+    before the product starts."""
+    directory = tempfile.mkdtemp(prefix="rpcc-e2e-")
+    return app_env(f"sqlite:///{directory}/rpcc.db", LOGIN_RATE_LIMIT="200 per minute",
+                   SCHEDULER_HEARTBEAT="2", E2E_DIRECTORY=directory)
+
+
+@pytest.fixture(scope="session")
+def product(product_env: dict[str, str]) -> Iterator[Product]:
+    """One product process for the whole browser suite, set up as the README's run
+    command does: migrations, then the first administrator from the CLI."""
+    flask_cli(product_env, "db", "upgrade")
+    password = secrets.token_urlsafe(16)
+    flask_cli(product_env, "users", "create", "--username", "admin", "--email",
+              "admin@example.com", "--role", "admin", "--password-stdin", stdin=password)
+    server = AppServer(product_env)
+    try:
+        yield Product(server, product_env, password)
+    finally:
+        server.stop()
+        shutil.rmtree(product_env["E2E_DIRECTORY"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    executable = require_binary("chromium")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@dataclass
+class Journey:
+    """One person's browser session, with the checks every visited page must pass."""
+
+    page: Page
+    context: BrowserContext
+    base_url: str
+    artifacts: Path
+    problems: list[str] = field(default_factory=list)
+    visited: list[str] = field(default_factory=list)
+
+    def go(self, path: str) -> Page:
+        self.page.goto(self.base_url + path)
+        return self.page
+
+    def check(self, name: str) -> None:
+        """The page as it is now passes every check; screenshots for the reviewer."""
+        page = self.page
+        page.wait_for_load_state("load")
+        assert not self.problems, f"{name}: {self.problems}"
+        self.visited.append(page.url)
+        slug = f"{len(self.visited):02d}-{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}"
+        page.screenshot(path=str(self.artifacts / f"{slug}-desktop.png"), full_page=True)
+        findings = _axe_findings(page)
+        assert not findings, f"{name}: accessibility: {findings}"
+        page.emulate_media(color_scheme="dark")
+        expect(page.locator("html")).to_have_attribute("data-bs-theme", "dark")
+        findings = _axe_findings(page)
+        assert not findings, f"{name} (dark): accessibility: {findings}"
+        page.emulate_media(color_scheme="light")
+        expect(page.locator("html")).to_have_attribute("data-bs-theme", "light")
+        page.set_viewport_size(PHONE)
+        overflow = page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        page.screenshot(path=str(self.artifacts / f"{slug}-phone.png"), full_page=True)
+        page.set_viewport_size(DESKTOP)
+        assert overflow <= 0, f"{name}: scrolls sideways by {overflow}px at 390px"
+        assert not self.problems, f"{name}: {self.problems}"
+
+
+_AXE = Axe()
+
+
+def _axe_findings(page: Page) -> list[str]:
+    result = _AXE.run(page)
+    return [f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes']][:3]}"
+            for v in result.response["violations"] if v["impact"] in ("serious", "critical")]
+
+
+@pytest.fixture()
+def journey_factory(browser: Browser, product: Product,
+                    request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Fresh browser sessions (``journey_factory()``), each watching for JavaScript
+    errors and failed requests; all closed after the test."""
+    contexts: list[BrowserContext] = []
+    directory = ARTIFACTS / re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def start(name: str = "") -> Journey:
+        # Reduced motion: no colour transitions half-way through when axe measures.
+        context = browser.new_context(viewport=DESKTOP, base_url=product.url,
+                                      reduced_motion="reduce")
+        contexts.append(context)
+        page = context.new_page()
+        journey = Journey(page, context, product.url,
+                          directory / name if name else directory)
+        journey.artifacts.mkdir(parents=True, exist_ok=True)
+        page.on("pageerror", lambda error: journey.problems.append(f"JavaScript: {error}"))
+        page.on("console", lambda message: journey.problems.append(
+            f"console: {message.text}") if message.type == "error" else None)
+        page.on("requestfailed", lambda req: journey.problems.append(
+            f"request failed: {req.url} ({req.failure})")
+            if not req.url.endswith("/events") else None)
+        page.on("response", lambda response: journey.problems.append(
+            f"{response.status} for {response.url}")
+            if response.status >= 400 and response.request.resource_type != "document"
+            else None)
+        return journey
+
+    yield start
+    for context in contexts:
+        context.close()
+
+
+def sign_in(journey: Journey, username: str, password: str, *, press_enter: bool = False) -> None:
+    page = journey.page
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    if press_enter:
+        page.get_by_label("Password").press("Enter")
+    else:
+        page.get_by_role("button", name="Sign in").click()
+    page.wait_for_load_state("load")
