@@ -19,7 +19,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from app.acme.client import AcmeIssueError
-from app.connector import ConnectorError, SSHPool, SSHTarget
+from app.connector import (
+    AuthenticationFailed,
+    ConnectorError,
+    HostKeyChanged,
+    SSHPool,
+    SSHTarget,
+    UnreachableError,
+)
 from app.models import Node
 from app.proxy.base import acme_webroot
 from app.services.deployments import ssh_target
@@ -31,6 +38,9 @@ CHALLENGE_PATH = ".well-known/acme-challenge"
 # RFC 8555 section 8.3: a token is base64url without padding; it becomes a file name.
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 MAX_PARALLEL = 16
+# Failures after which the other tokens of a node are not even tried: the node
+# cannot be talked to at all.  Any other (a stall, a file that cannot go) is one token's.
+_NODE_GONE = (UnreachableError, AuthenticationFailed, HostKeyChanged)
 
 
 @dataclass(frozen=True)
@@ -105,15 +115,22 @@ def publish(pool: SSHPool, hosts: Sequence[TokenHost], tokens: Mapping[str, str]
 
 def withdraw(pool: SSHPool, hosts: Sequence[TokenHost], tokens: Mapping[str, str]) -> None:
     """Remove the tokens from every host; a node that cannot be reached keeps them
-    (they are public and useless once validated), which is logged, not raised."""
+    (they are public and useless once validated), which is logged, not raised.  A
+    token that cannot be removed (a removal that timed out) keeps only itself: the
+    node's other tokens are still removed."""
     names = [token for token in tokens if _TOKEN.fullmatch(token)]
 
     def remove(host: TokenHost) -> None:
         for name in names:
-            pool.remove_tree(host.target, posixpath.join(host.challenge_dir, name))
+            try:
+                pool.remove_tree(host.target, posixpath.join(host.challenge_dir, name))
+            except _NODE_GONE:
+                raise
+            except ConnectorError as exc:
+                logger.warning("an HTTP-01 token was left on node %s: %s", host.name, exc)
 
     for node, exc in _fan_out(hosts, remove).items():
-        logger.warning("HTTP-01 token left on node %s: %s", node, exc)
+        logger.warning("HTTP-01 tokens left on node %s: %s", node, exc)
 
 
 @contextmanager

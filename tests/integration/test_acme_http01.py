@@ -23,12 +23,12 @@ from app.acme.issue import AcmeIssueError, AcmeSettings, Issued, issue
 from app.extensions import db
 from app.models import AcmeAccount, DeploymentStatus, Site
 from app.proxy.base import acme_webroot
-from app.services import deployments
+from app.services import deployments, nodes
 from tests import factories
 from tests.caddy_node import CaddyNode
 from tests.fleet import Backends, FleetNode, register_caddy
 from tests.pebble import ChallTestSrv, Pebble, make_tls_files, tokens_left
-from tests.sshd import SshServer
+from tests.sshd import FaultyRelay, SshServer
 
 ADDRESSES = ("127.0.0.21", "127.0.0.22", "127.0.0.23")
 DOMAIN, ALIAS = "shop.example.com", "www.shop.example.com"
@@ -142,6 +142,42 @@ def test_a_node_that_cannot_take_the_token_is_named_and_the_others_are_cleaned(
     assert "edge-0" not in message and "edge-2" not in message
     assert tokens_left([fleet[0], fleet[2]]) == {}
     assert tokens_served(fleet[0]) == set()  # the CA was never asked to look
+
+
+def test_a_token_that_cannot_be_withdrawn_keeps_neither_the_others_nor_the_certificate(
+        app: Any, admin: Any, site: Site, fleet: list[FleetNode], dns: ChallTestSrv,
+        pebble: Pebble, settings: AcmeSettings, sshd: SshServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node stalls while its first token is removed: that token stays, its other
+    token and the other nodes' are still removed, and the issuance still succeeds."""
+    point(dns, ADDRESSES[0])
+    stalling = fleet[1]
+    relay = FaultyRelay(sshd.port)
+    try:
+        nodes.update_node(admin, stalling.id, {"ssh_port": relay.port})
+        monkeypatch.setitem(app.config, "SSH_OPERATION_TIMEOUT", 2.0)
+        monkeypatch.setitem(app.config, "SSH_RETRIES", 0)
+        deployments.close_connector(app)
+        pool = deployments.connector(app)
+        remove_tree = pool.remove_tree
+        stalled: list[str] = []
+
+        def stall_once(target: Any, path: str) -> None:
+            if target.node_id != stalling.id or stalled:
+                return remove_tree(target, path)
+            stalled.append(path)
+            relay.stall()
+            try:
+                return remove_tree(target, path)
+            finally:
+                relay.resume()
+
+        monkeypatch.setattr(pool, "remove_tree", stall_once)
+        check_chain(issue(site.id, settings), pebble)
+        assert len(stalled) == 1
+        assert tokens_left(fleet) == {stalling.name: [Path(stalled[0]).name]}
+    finally:
+        relay.close()
 
 
 def test_the_account_is_registered_once_and_reused(
