@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -422,6 +423,25 @@ def test_reload_applies_a_changed_site_without_restarting(backends, certificate)
         nginx.apply(ENGINE.render(nginx.spec, [sites[0], changed]))
         assert nginx.master_pid() == master
         assert fetch(nginx, "weighted.example.com").headers["x-version"] == "2"
+    finally:
+        nginx.stop()
+        nginx.remove()
+
+
+def test_stopping_a_node_whose_nginx_already_exited_does_not_fail_the_teardown():
+    """nginx removes its pid file when it exits: a teardown stopping a node that died
+    must not raise (and so leave the fixture's other nodes running)."""
+    nginx = NginxNode(NODE_ADDRESS)
+    try:
+        nginx.apply(ENGINE.render(nginx.spec, []))
+        process = nginx.process
+        assert process is not None
+        quit_command = nginx.spec.reload_command.replace("-s reload", "-s quit").split()
+        subprocess.run(quit_command, check=True, capture_output=True, timeout=30)
+        process.wait(timeout=10)
+        assert not nginx.pid_file.exists()
+        nginx.stop()
+        assert nginx.process is None
     finally:
         nginx.stop()
         nginx.remove()
