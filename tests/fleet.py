@@ -9,6 +9,7 @@ empty rendered configuration, which the first deployment adopts.
 from __future__ import annotations
 
 import hashlib
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +73,10 @@ class Backends:
         return backend
 
     def stop(self) -> None:
-        for backend in self.running:
-            backend.stop()
+        """Stop every one, even if stopping another fails."""
+        with ExitStack() as teardown:
+            for backend in self.running:
+                teardown.callback(backend.stop)
 
 
 def release_dirs(node: FleetNode) -> list[Path]:

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import dns.exception
 import dns.message
 import dns.query
 import dns.rcode
@@ -111,7 +112,7 @@ class KnotServer:
         try:
             wait_for_port(ADDRESS, self.port, timeout=START_TIMEOUT)
             self._wait_zones_loaded()
-        except (RuntimeError, AssertionError):
+        except BaseException:  # whatever went wrong, no knotd is left behind
             self.stop()
             raise
 
@@ -127,7 +128,8 @@ class KnotServer:
         try:
             response = dns.query.tcp(dns.message.make_query(zone, dns.rdatatype.SOA),
                                      self.host, port=self.port, timeout=2)
-        except OSError:
+        except (OSError, EOFError, dns.exception.DNSException):
+            # Not ready yet: a query timed out, or knotd closed the connection.
             return dns.rcode.SERVFAIL
         return response.rcode()
 

@@ -27,6 +27,7 @@ import tempfile
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -341,5 +342,6 @@ def pebble_factory() -> Iterator[Callable[..., Pebble]]:
         return server
 
     yield start
-    for server in started:
-        server.stop()
+    with ExitStack() as teardown:  # every one, even if stopping another fails
+        for server in started:
+            teardown.callback(server.stop)

@@ -449,8 +449,9 @@ def sshd_factory() -> Iterator[Callable[..., SshServer]]:
         return server
 
     yield start
-    for server in started:
-        server.stop()
+    with contextlib.ExitStack() as teardown:  # every one, even if stopping another fails
+        for server in started:
+            teardown.callback(server.stop)
 
 
 @pytest.fixture()
@@ -464,5 +465,6 @@ def faulty_relay() -> Iterator[Callable[..., FaultyRelay]]:
         return relay
 
     yield start
-    for relay in relays:
-        relay.close()
+    with contextlib.ExitStack() as teardown:  # every one, even if closing another fails
+        for relay in relays:
+            teardown.callback(relay.close)

@@ -5,6 +5,7 @@ CA with its DNS and nginx nodes that answer HTTP-01 on Pebble's port."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -54,15 +55,15 @@ def pebble(http_port: int, dns: ChallTestSrv) -> Iterator[Pebble]:
 @pytest.fixture()
 def fleet(request: pytest.FixtureRequest, app: Any, admin: Any, sshd: SshServer,
           http_port: int) -> Iterator[list[FleetNode]]:
-    """One nginx node per address of the module's ``ADDRESSES``, in the default pool."""
+    """One nginx node per address of the module's ``ADDRESSES``, in the default pool.
+    Every node is stopped at the end even if stopping another one fails."""
     started: list[NginxNode] = []
-    try:
+    with ExitStack() as teardown:
+        teardown.callback(deployments.close_connector, app)
         for address in request.module.ADDRESSES:
-            started.append(start_nginx_on(address, http_port))
+            nginx = start_nginx_on(address, http_port)
+            teardown.callback(nginx.remove)
+            teardown.callback(nginx.stop)
+            started.append(nginx)
         yield [register(admin, nginx, f"edge-{i}", sshd.port, sshd.client_key_text)
                for i, nginx in enumerate(started)]
-    finally:
-        for nginx in started:
-            nginx.stop()
-            nginx.remove()
-        deployments.close_connector(app)

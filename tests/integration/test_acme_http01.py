@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -44,17 +45,20 @@ def settings(pebble: Pebble) -> AcmeSettings:
 
 @pytest.fixture()
 def site(alice: Any, fleet: list[FleetNode], dns: ChallTestSrv) -> Iterator[Site]:
+    """The site deployed on the fleet; its backend is stopped and its names' DNS
+    answers reset even if the deployment fails."""
     backends = Backends()
-    backend = backends.start("shop")
-    site = factories.make_site(alice, DOMAIN, aliases=[ALIAS],
-                               backends=[{"host": "127.0.0.1", "port": backend.port}])
-    rollout = deployments.wait(deployments.deploy_site(alice, site.id).id, timeout=120)
-    assert rollout.status == DeploymentStatus.SUCCEEDED, rollout.error
-    yield site
-    backends.stop()
-    for name in (DOMAIN, ALIAS):
-        dns.clear_a(name)
-        dns.clear_servfail(name)
+    with ExitStack() as teardown:
+        for name in (DOMAIN, ALIAS):
+            teardown.callback(dns.clear_servfail, name)
+            teardown.callback(dns.clear_a, name)
+        teardown.callback(backends.stop)
+        backend = backends.start("shop")
+        site = factories.make_site(alice, DOMAIN, aliases=[ALIAS],
+                                   backends=[{"host": "127.0.0.1", "port": backend.port}])
+        rollout = deployments.wait(deployments.deploy_site(alice, site.id).id, timeout=120)
+        assert rollout.status == DeploymentStatus.SUCCEEDED, rollout.error
+        yield site
 
 
 def point(dns: ChallTestSrv, address: str) -> None:

@@ -10,6 +10,7 @@ import json
 import socket
 import ssl
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -31,27 +32,26 @@ def backend() -> Iterator[Any]:
 
 @pytest.fixture()
 def endpoints(app, admin, sshd, tmp_path) -> Iterator[list[tuple[str, str, int]]]:
-    """Two nginx nodes and one Caddy node in the default pool: (name, address, https port)."""
-    started, caddy = [], None
-    try:
+    """Two nginx nodes and one Caddy node in the default pool: (name, address, https port).
+    Every node is stopped at the end even if stopping another fails."""
+    started = []
+    with ExitStack() as teardown:
+        teardown.callback(deployments.close_connector, app)
         for index in range(2):
-            started.append(start_nginx(f"127.0.0.{40 + index}"))
+            nginx = start_nginx(f"127.0.0.{40 + index}")
+            teardown.callback(nginx.remove)
+            teardown.callback(nginx.stop)
+            started.append(nginx)
         fleet = [register(admin, nginx, f"tls-{i}", sshd.port, sshd.client_key_text)
                  for i, nginx in enumerate(started)]
         caddy = CaddyNode(tmp_path / "caddy", listen_address="127.0.0.45")
         (tmp_path / "caddy").mkdir(exist_ok=True)
+        teardown.callback(caddy.stop)
         caddy.apply([])
         spec = caddy.spec
         register_caddy(admin, caddy, "tls-caddy", sshd.port, sshd.client_key_text)
         yield ([(n.name, n.nginx.address, n.nginx.https_port) for n in fleet]
                + [("tls-caddy", caddy.host, spec.https_port)])
-    finally:
-        if caddy is not None:
-            caddy.stop()
-        for nginx in started:
-            nginx.stop()
-            nginx.remove()
-        deployments.close_connector(app)
 
 
 def handshake(address: str, port: int, server_name: str,

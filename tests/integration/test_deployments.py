@@ -12,6 +12,7 @@ import random
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,18 +33,17 @@ from tests.sshd import FaultyRelay
 
 @pytest.fixture()
 def fleet(app, admin, sshd) -> Iterator[list[FleetNode]]:
+    """Five nginx nodes, every one stopped at the end even if stopping another fails."""
     started = []
-    try:
+    with ExitStack() as teardown:
+        teardown.callback(deployments.close_connector, app)
         for index in range(5):
             nginx = start_nginx(f"127.0.0.{10 + index}")
+            teardown.callback(nginx.remove)
+            teardown.callback(nginx.stop)
             started.append(nginx)
         yield [register(admin, nginx, f"edge-{i}", sshd.port, sshd.client_key_text)
                for i, nginx in enumerate(started)]
-    finally:
-        for nginx in started:
-            nginx.stop()
-            nginx.remove()
-        deployments.close_connector(app)
 
 
 def deploy(actor: Any, site: Site, **kwargs: Any) -> Rollout:

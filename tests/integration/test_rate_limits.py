@@ -6,6 +6,7 @@ import os
 import re
 import tempfile
 import uuid
+from contextlib import ExitStack
 from urllib.parse import urlencode, urlsplit
 
 import pytest
@@ -80,8 +81,11 @@ def test_two_instances_share_the_limit_through_memcached(database, memcached):
     env = app_env(database, LOGIN_RATE_LIMIT="4 per minute", RATELIMIT_STORAGE_URI=memcached,
                   RATELIMIT_KEY_PREFIX=prefix)
     _prepare(env)
-    first, second = AppServer(env, "127.0.0.1"), AppServer(env, "127.0.0.1")
-    try:
+    with ExitStack() as teardown:  # the first is stopped even if the second fails to start
+        first = AppServer(env, "127.0.0.1")
+        teardown.callback(first.stop)
+        second = AppServer(env, "127.0.0.1")
+        teardown.callback(second.stop)
         assert login(first.url, "victim", "wrong-1") != 429
         assert login(second.url, "victim", "wrong-2") != 429
         assert login(first.url, "victim", "wrong-3") != 429
@@ -89,20 +93,17 @@ def test_two_instances_share_the_limit_through_memcached(database, memcached):
         # The fifth attempt is refused by whichever instance receives it.
         assert login(first.url, "victim", "wrong-5") == 429
         assert login(second.url, "victim", "wrong-6") == 429
-    finally:
-        first.stop()
-        second.stop()
 
 
 def test_without_shared_storage_each_instance_counts_alone(database):
     """The control for the test above: memory storage is per process."""
     env = app_env(database, LOGIN_RATE_LIMIT="2 per minute")
     _prepare(env)
-    first, second = AppServer(env), AppServer(env)
-    try:
+    with ExitStack() as teardown:  # the first is stopped even if the second fails to start
+        first = AppServer(env)
+        teardown.callback(first.stop)
+        second = AppServer(env)
+        teardown.callback(second.stop)
         assert [login(first.url, "victim", "x") for _ in range(2)] == [200, 200]
         assert login(first.url, "victim", "x") == 429
         assert login(second.url, "victim", "x") == 200
-    finally:
-        first.stop()
-        second.stop()

@@ -4,6 +4,7 @@ real sshd on loopback."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import pytest
 from sqlalchemy import select
@@ -17,17 +18,17 @@ from tests.fleet import FleetNode, register, start_nginx
 
 @pytest.fixture()
 def nodes(app, admin, sshd) -> Iterator[list[FleetNode]]:
+    """Two nginx nodes, both stopped at the end even if stopping one fails."""
     started = []
-    try:
+    with ExitStack() as teardown:
+        teardown.callback(deployments.close_connector, app)
         for index in range(2):
-            started.append(start_nginx(f"127.0.0.{40 + index}"))
+            nginx = start_nginx(f"127.0.0.{40 + index}")
+            teardown.callback(nginx.remove)
+            teardown.callback(nginx.stop)
+            started.append(nginx)
         yield [register(admin, nginx, f"edge-{i}", sshd.port, sshd.client_key_text)
                for i, nginx in enumerate(started)]
-    finally:
-        for nginx in started:
-            nginx.stop()
-            nginx.remove()
-        deployments.close_connector(app)
 
 
 def latest(db, job: str) -> JobRun:
