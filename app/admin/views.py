@@ -7,6 +7,7 @@ under the form's fields with status 422.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import current_app, flash, redirect, render_template, request, url_for
@@ -63,8 +64,9 @@ def _refused(error: Forbidden | Conflict, endpoint: str, **values: Any) -> Any:
 
 @bp.get("/")
 def dashboard() -> Any:
-    return render_template("admin/dashboard_overview.html",
-                           overview=dashboard_service.admin_overview(_actor()))
+    overview = dashboard_service.admin_overview(_actor())
+    return render_template("admin/dashboard_overview.html", overview=overview,
+                           names=audit.object_names(overview.recent))
 
 
 # ----------------------------------------------------------------------------- users
@@ -233,20 +235,33 @@ def node_diff(node_id: int) -> Any:
     return render_template("admin/node_diff.html", node=node, diff=diff)
 
 
-def _node_action(node_id: int, action: Any, done: str) -> Any:
+def _node_action(node_id: int, action: Any, done: str | Callable[[Any], tuple[str, str]]) -> Any:
+    """Run a node action and flash its outcome; ``done`` is the message, or a function
+    of the action's result giving the message and its category (an action that ran
+    may still have found the node unhealthy)."""
     try:
-        action()
+        result = action()
     except (Conflict, ValidationError) as exc:
         flash(exc.message + "".join(f" {v}" for v in exc.fields.values()), "error")
     else:
-        flash(done, "success")
+        message, category = done(result) if callable(done) else (done, "success")
+        flash(message, category)
     return redirect(url_for(".node_detail", node_id=node_id))
+
+
+def _check_outcome(node: Any) -> tuple[str, str]:
+    failed = [part for part, outcome in (node.last_check or {}).items() if not outcome["ok"]]
+    if not failed:
+        return f"Node {node.name} is healthy: SSH, the proxy and HTTP answer.", "success"
+    names = {"ssh": "SSH", "service": "the proxy process", "http": "HTTP"}
+    return (f"Node {node.name} failed its check ({', '.join(names.get(p, p) for p in failed)}):"
+            " see the results below.", "error")
 
 
 @bp.post("/nodes/<int:node_id>/check")
 def node_check(node_id: int) -> Any:
     return _node_action(node_id, lambda: node_actions.check_node(_actor(), node_id),
-                        "Check finished: see the results below.")
+                        _check_outcome)
 
 
 @bp.post("/nodes/<int:node_id>/prepare")
@@ -609,7 +624,8 @@ def audit_list() -> Any:
     if not filters.validate():
         return render_template("admin/audit_list.html", filters=filters, page=None), 422
     page = audit.list_entries(actor, page=_page_number(), **filters.criteria())
-    return render_template("admin/audit_list.html", filters=filters, page=page)
+    return render_template("admin/audit_list.html", filters=filters, page=page,
+                           names=audit.object_names(page.items))
 
 
 # ----------------------------------------------------------------------------- jobs

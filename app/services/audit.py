@@ -64,5 +64,26 @@ def list_entries(
     return paginate(stmt, page, per_page)
 
 
+def object_names(entries: list[AuditLog]) -> dict[tuple[str, str], str]:
+    """The current names of the objects ``entries`` are about (one query per kind), so
+    the log reads "node eu-1" rather than "node #1"; deleted objects have none."""
+    from app.models import DnsProvider, Node, Pool, Site
+
+    columns: dict[str, Any] = {"user": (User, User.username), "node": (Node, Node.name),
+                               "pool": (Pool, Pool.name), "site": (Site, Site.domain),
+                               "dns_provider": (DnsProvider, DnsProvider.name)}
+    wanted: dict[str, set[int]] = {}
+    for entry in entries:
+        if entry.object_type in columns and entry.object_id.isdigit():
+            wanted.setdefault(entry.object_type, set()).add(int(entry.object_id))
+    names: dict[tuple[str, str], str] = {}
+    for kind, ids in wanted.items():
+        model, column = columns[kind]
+        for object_id, name in db.session.execute(
+                select(model.id, column).where(model.id.in_(ids))):
+            names[(kind, str(object_id))] = name
+    return names
+
+
 def known_actions() -> list[str]:
     return list(db.session.scalars(select(AuditLog.action).distinct().order_by(AuditLog.action)))

@@ -6,6 +6,7 @@
   if (!table || !window.EventSource) { return; }
   const status = document.getElementById("deployment-status");
   const error = document.getElementById("deployment-error");
+  const summary = document.getElementById("deployment-summary");
   const colors = {pending: "secondary", running: "primary", succeeded: "success",
                   failed: "danger", rolled_back: "warning", skipped: "secondary"};
   function badge(value) {
@@ -34,6 +35,9 @@
       cell(row, node.steps.map(function (s) { return s.step + " " + s.seconds.toFixed(2) + "s"; }).join(", "));
       cell(row, node.error || "").className = "small text-danger";
     }
+    const live = state.nodes.filter(function (n) { return n.status === "succeeded"; }).length;
+    const total = state.nodes.length;
+    summary.textContent = "deployed on " + live + " of " + total + " node" + (total === 1 ? "" : "s");
     if (state.finished) { source.close(); }
   };
 })();

@@ -24,6 +24,9 @@ from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from tests.components import ROOT, AppServer, app_env, flask_cli, require_binary
+from tests.fleet import start_nginx
+from tests.nginx_node import NginxNode
+from tests.sshd import SshServer
 
 # Chromium reaches out to Google's hosts unless told not to (RECIPES.md).
 CHROMIUM_ARGS = [
@@ -31,6 +34,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
 ]
+NODE_ADDRESS = "127.0.0.61"
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 ARTIFACTS = Path(os.environ.get("E2E_ARTIFACTS", os.path.join(ROOT, "test-artifacts", "e2e")))
@@ -158,9 +162,10 @@ def journey_factory(browser: Browser, product: Product,
         page.on("pageerror", lambda error: journey.problems.append(f"JavaScript: {error}"))
         page.on("console", lambda message: journey.problems.append(
             f"console: {message.text}") if message.type == "error" else None)
+        # A navigation aborts what the page left loading (and its event stream).
         page.on("requestfailed", lambda req: journey.problems.append(
             f"request failed: {req.url} ({req.failure})")
-            if not req.url.endswith("/events") else None)
+            if req.failure != "net::ERR_ABORTED" else None)
         page.on("response", lambda response: journey.problems.append(
             f"{response.status} for {response.url}")
             if response.status >= 400 and response.request.resource_type != "document"
@@ -181,3 +186,24 @@ def sign_in(journey: Journey, username: str, password: str, *, press_enter: bool
     else:
         page.get_by_role("button", name="Sign in").click()
     page.wait_for_load_state("load")
+
+
+@pytest.fixture(scope="session")
+def sshd() -> Iterator[SshServer]:
+    """The sshd every node of the browser suite is reached through."""
+    server = SshServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def nginx_node() -> Iterator[NginxNode]:
+    """A real nginx on its own loopback address, on the operator's initial layout."""
+    node = start_nginx(NODE_ADDRESS)
+    try:
+        yield node
+    finally:
+        node.stop()
+        node.remove()
