@@ -169,13 +169,14 @@ def test_a_leader_whose_lock_connection_dies_stops_leading_until_it_wins_the_loc
 
         # The server ends the session holding the lock (as when a network or a
         # PostgreSQL failover cuts it): the lock goes with it.
+        # With a timeout, pg_terminate_backend waits until the session has ended (and
+        # its lock is gone) instead of only sending the signal.
         with engine.connect() as conn:
             killed = conn.execute(text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
                 "WHERE application_name = 'rpcc-scheduler' AND datname = current_database()"
             )).scalars().all()
         assert killed == [True]
-        time.sleep(0.2)
         second.step()
         assert second.is_leader
         runs_before = len(job_runs(engine, "tick"))
