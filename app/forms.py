@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable
 from typing import Any
 
 from flask_wtf import FlaskForm
@@ -90,6 +91,9 @@ _BACKEND = re.compile(
 
 class BackendsField(LinesField):
     def parse_line(self, line: str) -> dict[str, Any]:
+        if "://" in line:
+            raise ValueError("write host:port without http:// or https:// (the backend "
+                             "protocol is chosen below)")
         match = _BACKEND.match(line)
         if match is None:
             if line.count(":") > 1 and not line.startswith("["):
@@ -306,6 +310,27 @@ class SiteForm(ServiceForm):
             data["blocked"] = self.blocked.data
             data["blocked_reason"] = (self.blocked_reason.data or "").strip()
         return data
+
+    def validate_on_submit_with(self, check: Callable[[dict[str, Any]], dict[str, str]]) -> bool:
+        """``validate_on_submit``; when some fields fail to parse, the service still
+        checks what the others hold (``check`` returns its field errors), so that one
+        submission shows every problem instead of revealing them in rounds."""
+        if not self.is_submitted():
+            return False
+        if self.validate():
+            return True
+        failed = {name for name, field in self._fields.items() if field.errors}
+        self.add_service_errors({key: message for key, message in check(self.to_data()).items()
+                                 if self._field_of(key) not in failed})
+        return False
+
+    @staticmethod
+    def _field_of(key: str) -> str:
+        if key in _SITE_ERROR_FIELDS:
+            return _SITE_ERROR_FIELDS[key]
+        if key.startswith("geo.countries."):
+            return "geo_countries"
+        return key.partition(".")[0]
 
     def add_service_errors(self, fields: dict[str, str]) -> None:
         """Put each of the service's error keys ("backends.0.host", "cache.ttl",

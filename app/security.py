@@ -342,3 +342,20 @@ class EncryptedText(TypeDecorator):
 
     def process_result_value(self, value: str | None, dialect: Any) -> str | None:
         return None if value is None else decrypt(value)
+
+
+def normalize_email(value: str) -> str:
+    """A syntactically valid e-mail address, normalised. Fleets are run by companies
+    with internal mail, so internal and test domains (``ops@corp.internal``,
+    ``admin@example.test``) are accepted; names that never carry mail (``.invalid``,
+    ``localhost``, mDNS ``.local``) are not. Nothing is looked up.
+
+    :raises ValueError: with the reason.
+    """
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        return validate_email(value, check_deliverability=False, globally_deliverable=False,
+                              test_environment=True).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(str(exc)) from None

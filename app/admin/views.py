@@ -472,7 +472,7 @@ def site_create() -> Any:
     actor = _actor()
     owner_id = request.args.get("owner_id", actor.id, type=int)
     form = _site_form(actor, data={"owner_id": owner_id})
-    if form.validate_on_submit():
+    if form.validate_on_submit_with(lambda data: sites.check_site(actor, data)):
         try:
             site = sites.create_site(actor, form.to_data())
         except ValidationError as exc:
@@ -487,7 +487,7 @@ def site_create() -> Any:
 
 
 def _site_page(site: Site, block_form: BlockForm, upload_form: Any = None) -> Any:
-    engine = request.args.get("engine", "nginx")
+    engine = request.args.get("engine")
     return render_template("admin/site_detail.html", site=site, block_form=block_form,
                            **certificate_pages.context(site, "admin", upload_form),
                            settings=sites.site_to_dict(site, admin=True),
@@ -569,7 +569,7 @@ def site_edit(site_id: int) -> Any:
     actor = _actor()
     site = sites.get_site(actor, site_id)
     form = _site_form(actor, data=SiteForm.initial(sites.site_to_dict(site, admin=True)))
-    if form.validate_on_submit():
+    if form.validate_on_submit_with(lambda data: sites.check_site(actor, data, site_id)):
         try:
             sites.update_site(actor, site_id, form.to_data())
         except ValidationError as exc:

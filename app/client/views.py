@@ -40,7 +40,7 @@ def dashboard() -> Any:
 def site_create() -> Any:
     actor = _actor()
     form = _site_form(actor)
-    if form.validate_on_submit():
+    if form.validate_on_submit_with(lambda data: sites.check_site(actor, data)):
         try:
             site = sites.create_site(actor, form.to_data())
         except ValidationError as exc:
@@ -67,7 +67,7 @@ def _site_page(site_id: int, upload_form: Any = None) -> Any:
                            **certificate_pages.context(site, "client", upload_form),
                            settings=sites.site_to_dict(site, admin=False),
                            preview=rendering.preview(actor, site.id,
-                                                     request.args.get("engine", "nginx")),
+                                                     request.args.get("engine")),
                            recent=deployments.list_rollouts(actor, site_id=site.id, per_page=5),
                            deploy_url=url_for(".site_deploy", site_id=site.id),
                            redact=deployments.redactor(actor, site.pool_id),
@@ -110,7 +110,7 @@ def site_edit(site_id: int) -> Any:
     actor = _actor()
     site = sites.get_site(actor, site_id)
     form = _site_form(actor, data=SiteForm.initial(sites.site_to_dict(site, admin=False)))
-    if form.validate_on_submit():
+    if form.validate_on_submit_with(lambda data: sites.check_site(actor, data, site_id)):
         try:
             sites.update_site(actor, site_id, form.to_data())
         except ValidationError as exc:

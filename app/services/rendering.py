@@ -136,10 +136,16 @@ def capability_matrix(pool_id: int | None = None) -> dict[str, dict[str, bool]]:
     }
 
 
-def preview(actor: User, site_id: int, engine_name: str) -> dict[str, Any]:
+def preview(actor: User, site_id: int, engine_name: str | None) -> dict[str, Any]:
     """The files one node of this engine would get for this site (its own files and
-    the shared ones), as the site's owner or an admin may see them."""
+    the shared ones), as the site's owner or an admin may see them; rendered for a
+    real node of the site's pool where it has one. Without an engine, the first
+    engine of the pool's enabled nodes (``engines``)."""
     site: Site = get_scoped(Site, site_id, actor, "site")
+    in_pool = sorted({t.value for t in db.session.scalars(
+        select(Node.proxy_type).where(Node.pool_id == site.pool_id, Node.enabled.is_(True)))})
+    if engine_name is None:
+        engine_name = in_pool[0] if in_pool else "nginx"
     if engine_name not in {t.value for t in ProxyType}:
         raise ValidationError("unknown engine", {"engine": "must be nginx, caddy or traefik"})
     engine = get_engine(engine_name)
@@ -147,7 +153,10 @@ def preview(actor: User, site_id: int, engine_name: str) -> dict[str, Any]:
         select(Node).where(Node.pool_id == site.pool_id, Node.proxy_type == ProxyType(engine_name))
         .order_by(Node.enabled.desc(), Node.name).limit(1)
     )
-    spec = node_spec(node) if node is not None else default_node_spec(engine_name)
+    # Clients see their site as the engine renders it, never the fleet's addresses,
+    # ports or paths: those come from a real node only for administrators.
+    spec = (node_spec(node) if node is not None and actor.is_admin
+            else default_node_spec(engine_name))
     wanted = site_spec(site)
     missing = sorted(engine.missing_capabilities(wanted))
     files: dict[str, str] = {}
@@ -159,6 +168,7 @@ def preview(actor: User, site_id: int, engine_name: str) -> dict[str, Any]:
                  for path, text in sorted(rendered.files.items())}
     return {
         "engine": engine_name,
+        "engines": in_pool,
         "node": spec.name,
         "config_dir": spec.config_dir,
         "include_line": engine.include_line(spec),

@@ -16,6 +16,7 @@ from app.acme.issue import AcmeSettings
 from app.errors import ValidationError
 from app.extensions import db
 from app.models import Setting, User
+from app.security import normalize_email
 from app.services import audit
 from app.services.common import require_admin
 
@@ -75,16 +76,11 @@ def _check_url(value: Any) -> str:
 
 
 def _check_email(value: Any) -> str:
-    from email_validator import EmailNotValidError, validate_email
-
     if not isinstance(value, str):
         raise ValueError("must be text")
     if not value:
         return ""
-    try:
-        return validate_email(value, check_deliverability=False).normalized
-    except EmailNotValidError as exc:
-        raise ValueError(str(exc)) from None
+    return normalize_email(value)
 
 
 def _check_bundle(value: Any) -> str:

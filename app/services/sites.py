@@ -397,6 +397,17 @@ def _commit_or_conflict() -> None:
         raise Conflict("another site took one of these names at the same moment; retry") from None
 
 
+def check_site(actor: User, data: dict[str, Any], site_id: int | None = None) -> dict[str, str]:
+    """The field errors ``create_site`` (or ``update_site`` of ``site_id``) would raise
+    for ``data``, without writing anything: forms show them beside their own."""
+    site = get_site(actor, site_id) if site_id is not None else None
+    try:
+        _clean(actor, data, site)
+    except ValidationError as exc:
+        return dict(exc.fields)
+    return {}
+
+
 def create_site(actor: User, data: dict[str, Any]) -> Site:
     out = _clean(actor, data, None)
     owner: User = out.pop("owner", None) or actor

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 from sqlalchemy import func, or_, select
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -14,7 +13,7 @@ from app.errors import Conflict, Forbidden, NotFound, ValidationError
 from app.extensions import db
 from app.models import Role, Site, User
 from app.models.base import utcnow
-from app.security import check_password_policy, generate_password, validate_int
+from app.security import check_password_policy, generate_password, normalize_email, validate_int
 from app.services import audit
 from app.services.common import Page, get_or_404, paginate, require_admin
 
@@ -47,10 +46,8 @@ def _clean(data: dict[str, Any], *, partial: bool, user: User | None) -> dict[st
             out["username"] = value
     if "email" in data or not partial:
         try:
-            out["email"] = validate_email(
-                str(data.get("email") or ""), check_deliverability=False
-            ).normalized
-        except EmailNotValidError as exc:
+            out["email"] = normalize_email(str(data.get("email") or ""))
+        except ValueError as exc:
             errors["email"] = str(exc)
     if "role" in data or not partial:
         try:

@@ -9,11 +9,13 @@ written under ``E2E_ARTIFACTS`` (default ``test-artifacts/e2e``), not committed.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
 import shutil
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,8 @@ CHROMIUM_ARGS = [
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
 ]
 NODE_ADDRESS = "127.0.0.61"
+SHARED_NODE_ADDRESS = "127.0.0.62"
+SHARED_POOL = "shared"
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 ARTIFACTS = Path(os.environ.get("E2E_ARTIFACTS", os.path.join(ROOT, "test-artifacts", "e2e")))
@@ -160,8 +164,11 @@ def journey_factory(browser: Browser, product: Product,
                           directory / name if name else directory)
         journey.artifacts.mkdir(parents=True, exist_ok=True)
         page.on("pageerror", lambda error: journey.problems.append(f"JavaScript: {error}"))
+        # Chromium also logs a page answered 422 (a form with errors) as a failed load;
+        # failed assets are caught from their responses below.
         page.on("console", lambda message: journey.problems.append(
-            f"console: {message.text}") if message.type == "error" else None)
+            f"console: {message.text}") if message.type == "error"
+            and not message.text.startswith("Failed to load resource") else None)
         # A navigation aborts what the page left loading (and its event stream).
         page.on("requestfailed", lambda req: journey.problems.append(
             f"request failed: {req.url} ({req.failure})")
@@ -207,3 +214,46 @@ def nginx_node() -> Iterator[NginxNode]:
     finally:
         node.stop()
         node.remove()
+
+
+def api(product: Product, method: str, path: str, body: dict[str, Any],
+        token: str | None = None) -> dict[str, Any]:
+    """One call of the product's REST API (set-up the journeys do not click through)."""
+    request = urllib.request.Request(
+        product.url + "/api/v1" + path, method=method, data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json",
+                 **({"Authorization": f"Bearer {token}"} if token else {})})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"{}")
+
+
+@pytest.fixture(scope="session")
+def shared_pool(product: Product, sshd: SshServer) -> Iterator[NginxNode]:
+    """The pool ``SHARED_POOL`` with one real nginx node, set up by the administrator
+    through the API, for the clients' journeys; yields that node."""
+    node = start_nginx(SHARED_NODE_ADDRESS)
+    try:
+        token = api(product, "POST", "/tokens", {"username": "admin", "name": "e2e",
+                                                 "password": product.admin_password})["token"]
+        api(product, "POST", "/pools", {"name": SHARED_POOL}, token)
+        spec = node.spec
+        api(product, "POST", "/nodes", {
+            "name": "shared-1", "host": "127.0.0.1", "ssh_port": sshd.port, "ssh_user": "root",
+            "ssh_private_key": sshd.client_key_text, "proxy_type": "nginx", "pool": SHARED_POOL,
+            "config_dir": spec.config_dir, "test_command": spec.test_command,
+            "reload_command": spec.reload_command, "listen_address": spec.listen_address,
+            "http_port": spec.http_port, "https_port": spec.https_port,
+            "log_dir": spec.log_dir, "cache_dir": spec.cache_dir}, token)
+        yield node
+    finally:
+        node.stop()
+        node.remove()
+
+
+def make_client(product: Product, username: str, max_sites: int = 5) -> str:
+    """A client account made with the CLI, as an administrator would; its password."""
+    password = secrets.token_urlsafe(16)
+    product.cli("users", "create", "--username", username, "--email",
+                f"{username}@example.test", "--role", "client", "--max-sites", str(max_sites),
+                "--password-stdin", stdin=password)
+    return password

@@ -125,3 +125,16 @@ def test_api_tokens_are_random_and_hashed():
 
 def test_basic_auth_hash_is_bcrypt():
     assert security.hash_basic_auth_password("secret-password").startswith("$2b$")
+
+
+@pytest.mark.parametrize("address", ["ops@corp.internal", "admin@example.test",
+                                     "noc@corp.lan", "Ops@Example.COM"])
+def test_internal_and_test_mail_domains_are_accepted(address):
+    assert security.normalize_email(address).split("@")[0] == address.split("@")[0]
+
+
+@pytest.mark.parametrize("address", ["a@x.invalid", "a@localhost", "a@host.local", "bad@@x",
+                                     "no-at-sign", "a@b@c.com", "a b@example.com"])
+def test_addresses_that_never_carry_mail_are_refused(address):
+    with pytest.raises(ValueError):
+        security.normalize_email(address)

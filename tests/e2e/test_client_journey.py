@@ -1,0 +1,93 @@
+"""A client uses the product through the browser: a site with two backends, every
+error of a bad submission at once, a deployment watched live, an API token, a new
+password, signing out."""
+
+from __future__ import annotations
+
+from playwright.sync_api import expect
+
+from tests.e2e.conftest import SHARED_POOL, make_client, sign_in
+from tests.nginx_node import Backend, fetch
+
+
+def test_a_client_creates_deploys_and_manages_a_site(journey_factory, product, shared_pool):
+    password = make_client(product, "dave")
+    backends = [Backend("one"), Backend("two")]
+    try:
+        journey = journey_factory()
+        page = journey.go("/")
+        sign_in(journey, "dave", password)
+        expect(page.get_by_role("heading", level=1)).to_have_text("My sites")
+        navigation = page.get_by_role("navigation", name="Main")
+        expect(navigation.get_by_role("link", name="Nodes")).to_have_count(0)
+        expect(navigation.get_by_role("link", name="Users")).to_have_count(0)
+        journey.check("client dashboard")
+
+        page.get_by_role("link", name="Add a site").click()
+        journey.check("new site")
+        # Three problems at once: a name, a backend written as a URL, a header line.
+        page.get_by_label("Domain").fill("not a domain")
+        page.get_by_label("Backends").fill(
+            f"127.0.0.1:{backends[0].port}\nhttp://127.0.0.1:{backends[1].port}")
+        page.get_by_label("Pool").select_option(SHARED_POOL)
+        page.get_by_label("Custom headers").fill("X-Team: blue\nthis is no header")
+        page.get_by_role("button", name="Save").click()
+        summary = page.locator("#error-summary")
+        expect(summary).to_be_focused()
+        expect(summary).to_contain_text("Domain")
+        expect(summary).to_contain_text("line 2: write host:port without http://")
+        expect(summary).to_contain_text("line 2: write Name: value")
+        for label in ("Domain", "Backends", "Custom headers"):
+            expect(page.get_by_label(label)).to_have_attribute("aria-invalid", "true")
+        journey.check("site form with errors")
+
+        summary.get_by_role("link", name="Domain").click()
+        expect(page.get_by_label("Domain")).to_be_focused()
+        page.keyboard.press("Control+A")
+        page.keyboard.type("shop.example.test")
+        page.get_by_label("Backends").fill(
+            f"127.0.0.1:{backends[0].port}\n127.0.0.1:{backends[1].port}")
+        page.get_by_label("Custom headers").fill("X-Team: blue")
+        page.get_by_role("button", name="Save").click()
+        expect(page.get_by_role("heading", level=1)).to_contain_text("shop.example.test")
+        expect(page.get_by_role("status").first).to_contain_text("created")
+        journey.check("site page")
+
+        page.get_by_role("button", name="Deploy now").click()
+        expect(page.locator("#deployment-summary")).to_have_text("deployed on 1 of 1 node",
+                                                                 timeout=30_000)
+        journey.check("site deployment")
+        # The node serves it for real, from both backends.
+        answers = {fetch(shared_pool, "shop.example.test").json()["backend"] for _ in range(8)}
+        assert answers == {"one", "two"}
+
+        navigation.get_by_role("link", name="API tokens").click()
+        page.get_by_label("Name").fill("deploy script")
+        page.get_by_role("button", name="Create token").click()
+        token = page.get_by_label("API token").input_value()
+        assert token
+        journey.context.grant_permissions(["clipboard-read", "clipboard-write"])
+        page.get_by_role("button", name="Copy").click()
+        expect(page.locator("#token-copied")).to_have_text("Copied.")
+        assert page.evaluate("navigator.clipboard.readText()") == token
+        journey.check("token created")
+
+        navigation.get_by_role("link", name="Profile").click()
+        page.get_by_label("Current password").fill(password)
+        page.get_by_label("New password", exact=True).fill("a new long password 42")
+        page.get_by_label("Repeat the new password").fill("a new long password 42")
+        page.get_by_role("button", name="Change password").click()
+        expect(page).to_have_url(f"{product.url}/auth/login")
+        sign_in(journey, "dave", "a new long password 42")
+        expect(page.get_by_role("heading", level=1)).to_have_text("My sites")
+        expect(page.get_by_role("link", name="shop.example.test")).to_be_visible()
+
+        page.get_by_role("button", name="Sign out").click()
+        expect(page).to_have_url(f"{product.url}/auth/login")
+        page.go_back()
+        expect(page.get_by_role("button", name="Sign out")).to_have_count(0)
+        expect(page).to_have_url(f"{product.url}/auth/login?next=%2Fclient%2F")
+    finally:
+        for backend in backends:
+            backend.stop()
+
