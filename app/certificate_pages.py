@@ -30,8 +30,9 @@ def issue(actor: User, site_id: int, panel: str) -> Any:
     except (Conflict, ValidationError) as exc:
         flash(exc.message + "".join(f": {v}" for v in exc.fields.values()), "error")
     else:
-        flash("Certificate issued and being deployed." if cert.status.value == "valid"
-              else "The certificate is being requested; this page shows when it is done.",
+        flash("Certificate issued; it is being deployed to the pool's nodes."
+              if cert.status.value == "valid" else
+              "Certificate requested: its status below changes when the CA has answered.",
               "success")
     return redirect(url_for(f"{panel}.site_detail", site_id=site_id) + "#certificate")
 

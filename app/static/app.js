@@ -70,8 +70,33 @@
   }
   window.rpccRefreshTimes = refreshTimes;
 
+  // Parts of a page that change by themselves carry data-live="seconds" and an id:
+  // they are fetched again from the page's own address and swapped in place, until
+  // the fresh copy no longer carries data-live (it has settled).
+  function keepLive(element) {
+    const seconds = parseFloat(element.dataset.live);
+    if (!element.id || !(seconds > 0)) { return; }
+    window.setTimeout(function () {
+      fetch(window.location.href, {credentials: "same-origin", headers: {"Accept": "text/html"}})
+        .then(function (response) { return response.ok ? response.text() : null; })
+        .then(function (html) {
+          const current = document.getElementById(element.id);
+          if (!current) { return; }
+          if (html === null) { keepLive(current); return; }
+          const fresh = new DOMParser().parseFromString(html, "text/html")
+            .getElementById(element.id);
+          if (!fresh) { return; }
+          current.replaceWith(fresh);
+          refreshTimes(fresh);
+          keepLive(fresh);
+        })
+        .catch(function () { keepLive(element); });
+    }, seconds * 1000);
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     refreshTimes(document);
+    for (const element of document.querySelectorAll("[data-live]")) { keepLive(element); }
     window.setInterval(function () { refreshTimes(document); }, 30000);
     const summary = document.getElementById("error-summary");
     if (summary) { summary.focus(); }

@@ -25,9 +25,10 @@ import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from tests.components import ROOT, AppServer, app_env, flask_cli, require_binary
+from tests.components import ROOT, AppServer, app_env, flask_cli, free_port, require_binary
 from tests.fleet import start_nginx
 from tests.nginx_node import NginxNode
+from tests.pebble import ChallTestSrv, Pebble, start_nginx_on
 from tests.sshd import SshServer
 
 # Chromium reaches out to Google's hosts unless told not to (RECIPES.md).
@@ -61,12 +62,33 @@ class Product:
 
 
 @pytest.fixture(scope="session")
-def product_env() -> dict[str, str]:
-    """Settings of the product under test; journeys that need more (a CA) add theirs
-    before the product starts."""
+def acme_http_port() -> int:
+    """The port the shared pool's node serves HTTP on: Pebble validates HTTP-01 there."""
+    return free_port(SHARED_NODE_ADDRESS)
+
+
+@pytest.fixture(scope="session")
+def pebble(acme_http_port: int) -> Iterator[Pebble]:
+    """A real ACME CA whose DNS points every name at the shared pool's node."""
+    dns = ChallTestSrv(default_ipv4=SHARED_NODE_ADDRESS)
+    try:
+        server = Pebble(http_port=acme_http_port, dns_server=dns.dns_server)
+        try:
+            yield server
+        finally:
+            server.stop()
+    finally:
+        dns.stop()
+
+
+@pytest.fixture(scope="session")
+def product_env(pebble: Pebble) -> dict[str, str]:
+    """Settings of the product under test: its own SQLite database, the local CA."""
     directory = tempfile.mkdtemp(prefix="rpcc-e2e-")
     return app_env(f"sqlite:///{directory}/rpcc.db", LOGIN_RATE_LIMIT="200 per minute",
-                   SCHEDULER_HEARTBEAT="2", E2E_DIRECTORY=directory)
+                   SCHEDULER_HEARTBEAT="2", E2E_DIRECTORY=directory,
+                   ACME_DIRECTORY_URL=pebble.directory_url, ACME_CA_BUNDLE=pebble.ca_bundle,
+                   ACME_EMAIL="certs@example.test")
 
 
 @pytest.fixture(scope="session")
@@ -228,10 +250,10 @@ def api(product: Product, method: str, path: str, body: dict[str, Any],
 
 
 @pytest.fixture(scope="session")
-def shared_pool(product: Product, sshd: SshServer) -> Iterator[NginxNode]:
+def shared_pool(product: Product, sshd: SshServer, acme_http_port: int) -> Iterator[NginxNode]:
     """The pool ``SHARED_POOL`` with one real nginx node, set up by the administrator
     through the API, for the clients' journeys; yields that node."""
-    node = start_nginx(SHARED_NODE_ADDRESS)
+    node = start_nginx_on(SHARED_NODE_ADDRESS, acme_http_port)
     try:
         token = api(product, "POST", "/tokens", {"username": "admin", "name": "e2e",
                                                  "password": product.admin_password})["token"]

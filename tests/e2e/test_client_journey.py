@@ -61,6 +61,18 @@ def test_a_client_creates_deploys_and_manages_a_site(journey_factory, product, s
         answers = {fetch(shared_pool, "shop.example.test").json()["backend"] for _ in range(8)}
         assert answers == {"one", "two"}
 
+        # A certificate from the CA (Pebble validates HTTP-01 on the pool's node).
+        page.get_by_role("main").get_by_role("link", name="shop.example.test").click()
+        page.get_by_role("link", name="Edit").click()
+        page.get_by_label("TLS certificate").select_option("letsencrypt")
+        page.get_by_role("button", name="Save").click()
+        expect(page.get_by_role("status").first).to_contain_text("saved")
+        page.get_by_role("button", name="Issue now").click()
+        expect(page.get_by_role("status").first).to_contain_text("Certificate requested")
+        status = page.locator("#certificate [data-cert-status]")
+        expect(status).to_have_text("valid", timeout=60_000)  # refreshed without a reload
+        journey.check("certificate valid")
+
         navigation.get_by_role("link", name="API tokens").click()
         page.get_by_label("Name").fill("deploy script")
         page.get_by_role("button", name="Create token").click()
