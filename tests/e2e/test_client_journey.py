@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import SHARED_POOL, make_client, sign_in
+from tests.e2e.conftest import SHARED_POOL, api, make_client, sign_in
 from tests.nginx_node import Backend, fetch
 
 
@@ -103,3 +103,29 @@ def test_a_client_creates_deploys_and_manages_a_site(journey_factory, product, s
         for backend in backends:
             backend.stop()
 
+
+
+def test_a_client_sees_no_administration_and_no_other_clients_site(journey_factory, product,
+                                                                  shared_pool):
+    owner_password = make_client(product, "frank")
+    token = api(product, "POST", "/tokens", {"username": "frank", "password": owner_password,
+                                             "name": "setup"})["token"]
+    site = api(product, "POST", "/sites", {
+        "domain": "private.example.test", "pool": SHARED_POOL,
+        "backends": [{"host": "127.0.0.1", "port": 9, "weight": 1}]}, token)
+
+    journey = journey_factory()
+    page = journey.go("/")
+    sign_in(journey, "erin", make_client(product, "erin"))
+    navigation = page.get_by_role("navigation", name="Main")
+    for admin_page in ("Dashboard", "Nodes", "Pools", "Users", "Audit log", "Settings"):
+        expect(navigation.get_by_role("link", name=admin_page, exact=True)).to_have_count(0)
+
+    response = page.goto(f"{product.url}/client/sites/{site['id']}")
+    assert response is not None and response.status == 404
+    expect(page.get_by_role("heading", level=1)).to_contain_text("404")
+    expect(page.locator("main")).not_to_contain_text("private.example.test")
+    journey.check("another client's site")
+    response = page.goto(f"{product.url}/admin/nodes")
+    assert response is not None and response.status in (403, 404)
+    expect(page.locator("main")).not_to_contain_text("shared-1")
