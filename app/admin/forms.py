@@ -23,6 +23,7 @@ from wtforms.validators import Optional
 from app.acme.dns_rfc2136 import TSIG_ALGORITHMS
 from app.forms import ServiceForm, enum_choices
 from app.models import DnsProvider, Node, ProxyType, Role, User
+from app.services.dashboard import CERTIFICATE_STATES, NODE_STATES, SITE_STATES
 from app.services.nodes import ENGINE_DEFAULTS
 
 _NGINX = ENGINE_DEFAULTS[ProxyType.NGINX]
@@ -227,6 +228,8 @@ class UserFilterForm(FilterForm):
 class NodeFilterForm(FilterForm):
     q = StringField("Search")
     pool = SelectField("Pool", default="")
+    state = SelectField("State", default="", choices=[
+        SelectChoice("", "any state"), *(SelectChoice(s, s) for s in NODE_STATES)])
 
     def __init__(self, *args: Any, pools: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -237,6 +240,11 @@ class SiteFilterForm(FilterForm):
     q = StringField("Search")
     owner_id = SelectField("Owner", coerce=lambda v: int(v) if v else None)
     pool = SelectField("Pool", default="")
+    state = SelectField("State", default="", choices=[
+        SelectChoice("", "any state"), *(SelectChoice(s, s) for s in SITE_STATES)])
+    certificate = SelectField("Certificate", default="", choices=[
+        SelectChoice("", "any certificate"),
+        *(SelectChoice(s, s) for s in CERTIFICATE_STATES)])
 
     def __init__(self, *args: Any, pools: list[str], owners: list[User], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -64,7 +64,8 @@ def _refused(error: Forbidden | Conflict, endpoint: str, **values: Any) -> Any:
 
 @bp.get("/")
 def dashboard() -> Any:
-    overview = dashboard_service.admin_overview(_actor())
+    overview = dashboard_service.admin_overview(
+        _actor(), heartbeat=current_app.config["SCHEDULER_HEARTBEAT"])
     return render_template("admin/dashboard_overview.html", overview=overview,
                            names=audit.object_names(overview.recent))
 
@@ -168,7 +169,7 @@ def node_list() -> Any:
     filters = NodeFilterForm(request.args, pools=_pool_names(actor))
     filters.validate()
     page = nodes.list_nodes(actor, page=_page_number(), pool=filters.pool.data or None,
-                            q=filters.q.data or None)
+                            q=filters.q.data or None, state=filters.state.data or None)
     return render_template("admin/node_list.html", filters=filters, page=page)
 
 
@@ -459,7 +460,9 @@ def site_list() -> Any:
                              owners=sites.owner_choices(actor))
     filters.validate()
     page = sites.list_sites(actor, page=_page_number(), owner_id=filters.owner_id.data,
-                            q=filters.q.data or None, pool=filters.pool.data or None)
+                            q=filters.q.data or None, pool=filters.pool.data or None,
+                            state=filters.state.data or None,
+                            certificate=filters.certificate.data or None)
     return render_template("admin/site_list.html", filters=filters, page=page)
 
 

@@ -322,9 +322,17 @@ def list_nodes(
     per_page: int = 50,
     pool: str | None = None,
     q: str | None = None,
+    state: str | None = None,
 ) -> Page[Node]:
+    """:param state: one of ``dashboard.NODE_STATES`` (the dashboard links here)."""
+    from app.services.dashboard import NODE_STATES, node_state_filter
+
     require_admin(actor)
     stmt = select(Node).options(selectinload(Node.pool)).order_by(Node.name)
+    if state:
+        if state not in NODE_STATES:
+            raise ValidationError("unknown state", {"state": f"one of {', '.join(NODE_STATES)}"})
+        stmt = stmt.where(node_state_filter(state))
     if pool:
         stmt = stmt.join(Node.pool).where(Pool.name == pool)
     if q:

@@ -484,11 +484,32 @@ def list_sites(
     owner_id: int | None = None,
     q: str | None = None,
     pool: str | None = None,
+    state: str | None = None,
+    certificate: str | None = None,
 ) -> Page[Site]:
-    """Clients get their own sites; admins all, optionally filtered by owner."""
+    """Clients get their own sites; admins all, optionally filtered by owner.
+
+    :param state: one of ``dashboard.SITE_STATES``; ``certificate`` one of
+        ``dashboard.CERTIFICATE_STATES`` (the dashboards link here).
+    """
     from app.services.common import scoped
+    from app.services.dashboard import (
+        CERTIFICATE_STATES,
+        SITE_STATES,
+        certificate_state_filter,
+        site_state_filter,
+    )
 
     stmt = scoped(select(Site).options(*_LOAD_OPTIONS), actor, Site).order_by(Site.domain)
+    if state:
+        if state not in SITE_STATES:
+            raise ValidationError("unknown state", {"state": f"one of {', '.join(SITE_STATES)}"})
+        stmt = stmt.where(site_state_filter(state))
+    if certificate:
+        if certificate not in CERTIFICATE_STATES:
+            raise ValidationError("unknown certificate state", {
+                "certificate": f"one of {', '.join(CERTIFICATE_STATES)}"})
+        stmt = stmt.where(certificate_state_filter(certificate))
     if owner_id is not None and actor.is_admin:
         stmt = stmt.where(Site.owner_id == owner_id)
     if q:

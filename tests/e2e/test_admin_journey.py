@@ -8,7 +8,7 @@ import re
 
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import sign_in
+from tests.e2e.conftest import api, sign_in
 
 
 def test_an_administrator_sets_up_a_pool_a_node_and_a_client(journey_factory, product, sshd,
@@ -97,3 +97,19 @@ def test_an_administrator_sets_up_a_pool_a_node_and_a_client(journey_factory, pr
         expect(row).to_contain_text(name)
     expect(table).not_to_contain_text(re.compile(r"user #\d"))
     journey.check("audit log")
+
+    # The dashboard says how the fleet is, links each figure to its list, and keeps
+    # itself up to date without a reload.
+    navigation.get_by_role("link", name="Dashboard").click()
+    disabled = page.locator('[data-figure="disabled"]')
+    before = int(disabled.inner_text())
+    journey.check("dashboard with a node")
+    token = api(product, "POST", "/tokens", {"username": "admin", "name": "journey",
+                                             "password": product.admin_password})["token"]
+    api(product, "POST", "/nodes", {"name": "spare-1", "host": "127.0.0.1", "ssh_port": 22,
+                                    "ssh_password": "unused", "enabled": False}, token)
+    expect(disabled).to_have_text(str(before + 1), timeout=20_000)
+    page.get_by_role("link", name="disabled").click()
+    expect(page.get_by_role("link", name="spare-1")).to_be_visible()
+    expect(page.get_by_role("link", name="eu-1", exact=True)).to_have_count(0)
+    journey.check("disabled nodes")

@@ -8,6 +8,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
@@ -94,19 +95,64 @@ def test_every_admin_post_form_carries_a_csrf_token_and_is_refused_without_it(
 # ----------------------------------------------------------------------------- dashboard
 
 
-def test_dashboard_shows_counts_and_the_latest_ten_audit_entries(
+def test_dashboard_shows_health_and_the_latest_ten_audit_entries(
     db: Any, admin: User, alice: User, admin_client: FlaskClient
 ) -> None:
-    factories.make_node()
-    factories.make_site(alice, "counted.example.com")
+    from datetime import timedelta
+
+    from app.models import Certificate, CertificateStatus, NodeStatus, SiteStatus
+    from app.models.base import utcnow
+
+    online, offline, disabled = (factories.make_node() for _ in range(3))
+    online.status, offline.status, disabled.enabled = NodeStatus.ONLINE, NodeStatus.OFFLINE, False
+    offline.drifted = True
+    deployed, failing, expiring = (factories.make_site(alice, ssl_mode="self_signed")
+                                   for _ in range(3))
+    deployed.status, failing.status, expiring.blocked = (SiteStatus.DEPLOYED, SiteStatus.FAILED,
+                                                         True)
+    certificate = {c.site_id: c for c in db.session.scalars(select(Certificate))}
+    certificate[failing.id].status = CertificateStatus.FAILED
+    certificate[expiring.id].not_after = utcnow() + timedelta(days=3)
     for n in range(12):
         audit.record(admin, f"test.action{n:02d}", "thing", n)
     db.session.commit()
+
     text = page_text(admin_client.get("/admin/"))
-    for label, value in (("users", 2), ("nodes", 1), ("pools", 1), ("sites", 1)):
-        assert f'data-count="{label}">{value}<' in text, label
+    for label, value in (("online", 1), ("offline", 1), ("drifted", 1), ("disabled", 1),
+                         ("deployed", 1), ("failed", 1), ("pending", 1), ("blocked", 1),
+                         ("failing", 1), ("expiring within 14 days", 1)):
+        assert f'data-figure="{label}">{value}<' in text, label
+    assert "Something needs attention." in text and "not running" in text
     assert "test.action11" in text and "test.action02" in text
     assert "test.action01" not in text
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("state=offline", {"node-b"}), ("state=drifted", {"node-b"}),
+    ("state=disabled", {"node-c"}), ("state=online", {"node-a"}), ("", {"node-a", "node-b",
+                                                                         "node-c"})])
+def test_each_node_figure_links_to_the_matching_list(db: Any, admin_client: FlaskClient,
+                                                     query: str, expected: set[str]) -> None:
+    from app.models import NodeStatus
+
+    a, b, c = (factories.make_node(name) for name in ("node-a", "node-b", "node-c"))
+    a.status, b.status, b.drifted, c.enabled = NodeStatus.ONLINE, NodeStatus.OFFLINE, True, False
+    db.session.commit()
+    text = page_text(admin_client.get(f"/admin/nodes?{query}"))
+    assert {name for name in ("node-a", "node-b", "node-c") if f">{name}<" in text} == expected
+
+
+def test_site_figures_link_to_the_matching_list(db: Any, alice: User,
+                                                admin_client: FlaskClient) -> None:
+    from app.models import SiteStatus
+
+    ok = factories.make_site(alice, "ok.example.com")
+    bad = factories.make_site(alice, "bad.example.com")
+    ok.status, bad.status = SiteStatus.DEPLOYED, SiteStatus.FAILED
+    db.session.commit()
+    failed = page_text(admin_client.get("/admin/sites?state=failed"))
+    assert "bad.example.com" in failed and "ok.example.com" not in failed
+    assert admin_client.get("/admin/sites?state=bogus").status_code == 422
 
 
 # ----------------------------------------------------------------------------- users
