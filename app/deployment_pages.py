@@ -24,7 +24,7 @@ def detail(actor: User, rollout_id: int, panel: str) -> str:
     site_url = (url_for(f"{panel}.site_detail", site_id=rollout.site_id)
                 if rollout.site_id else "")
     return render_template("deployments/detail.html", rollout=rollout, site_url=site_url,
-                           redact=deployments.redactor(actor, rollout.pool_id),
+                           state=deployments.rollout_to_dict(rollout, actor),
                            events_url=url_for(f"{panel}.deployment_events",
                                               rollout_id=rollout.id))
 

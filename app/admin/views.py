@@ -34,6 +34,7 @@ from app.services import (
     audit,
     deployments,
     dns_providers,
+    explain,
     node_actions,
     nodes,
     rendering,
@@ -498,7 +499,8 @@ def _site_page(site: Site, block_form: BlockForm, upload_form: Any = None) -> An
                            recent=deployments.list_rollouts(_actor(), site_id=site.id,
                                                             per_page=5),
                            deploy_url=url_for(".site_deploy", site_id=site.id),
-                           redact=deployments.redactor(_actor(), site.pool_id),
+                           last_error=explain.site_failure(site.last_deploy_error,
+                                                           admin=_actor().is_admin),
                            detail_endpoint="admin.deployment_detail")
 
 

@@ -29,11 +29,13 @@ class StepSchema(Schema):
 
 
 class NodeDeploymentSchema(Schema):
-    node = fields.String(metadata={"description": "node name"})
+    node = fields.String(metadata={"description": "node name (for clients: node 1, node 2...)"})
     node_id = fields.Integer(allow_none=True)
     status = fields.String(metadata={"enum": STATUSES})
     step = fields.String(metadata={"description": "the step running now"})
-    error = fields.String()
+    error = fields.String(metadata={"description": "what the node reported (for clients: "
+                                                   "the same as message)"})
+    message = fields.String(metadata={"description": "what happened and what to do"})
     steps = fields.List(fields.Nested(StepSchema),
                         metadata={"description": "seconds each finished step took"})
     version = fields.Integer(allow_none=True, metadata={"description": "config version"})
@@ -45,6 +47,8 @@ class DeploymentSchema(Schema):
     site_id = fields.Integer(allow_none=True)
     status = fields.String(metadata={"enum": STATUSES})
     error = fields.String()
+    message = fields.String(metadata={"description": "what happened and what to do"})
+    deployed = fields.Integer(metadata={"description": "nodes the change went live on"})
     created_at = UtcDateTime()
     started_at = UtcDateTime(allow_none=True)
     finished_at = UtcDateTime(allow_none=True)

@@ -17,7 +17,7 @@ from app.client.forms import EmailForm, PasswordForm, TokenForm
 from app.errors import Conflict, ValidationError
 from app.forms import SiteForm, form_status
 from app.models import User
-from app.services import deployments, nodes, rendering, sites, tokens, users
+from app.services import deployments, explain, nodes, rendering, sites, tokens, users
 
 
 def _actor() -> User:
@@ -70,7 +70,8 @@ def _site_page(site_id: int, upload_form: Any = None) -> Any:
                                                      request.args.get("engine")),
                            recent=deployments.list_rollouts(actor, site_id=site.id, per_page=5),
                            deploy_url=url_for(".site_deploy", site_id=site.id),
-                           redact=deployments.redactor(actor, site.pool_id),
+                           last_error=explain.site_failure(site.last_deploy_error,
+                                                           admin=actor.is_admin),
                            detail_endpoint="client.deployment_detail")
 
 

@@ -67,7 +67,7 @@ from app.models import (
 from app.models.base import utcnow
 from app.proxy import get_engine
 from app.proxy.base import PROBE_HOST, PROBE_PATH, SiteSpec
-from app.services import audit, rendering
+from app.services import audit, explain, rendering
 from app.services.common import Page, get_or_404, get_scoped, paginate, require_admin, scoped
 from app.services.node_lock import NodeLeases
 
@@ -1259,25 +1259,43 @@ def redactor(actor: User, pool_id: int | None) -> Callable[[str], str]:
 
 
 def rollout_to_dict(rollout: Rollout, actor: User) -> dict[str, Any]:
+    """A rollout as ``actor`` may see it. Each failure comes with ``message``, a
+    sentence saying what happened and what to do; administrators also get the node's
+    name and raw ``error``, while clients get "node 1", "node 2"... and the sentence as
+    ``error``: never the fleet's names, addresses or paths (DESIGN: tenancy)."""
+    admin = actor.is_admin
     redact = redactor(actor, rollout.pool_id)
+    nodes = []
+    for index, d in enumerate(rollout.deployments, 1):
+        told = explain.node_failure(d.error, d.node_name, admin=admin)
+        nodes.append({
+            "node": d.node_name if admin else f"node {index}",
+            "node_id": d.node_id if admin else None,
+            "status": d.status.value,
+            "step": d.step,
+            "error": redact(d.error) if admin else told.summary,
+            "message": told.summary,
+            "steps": d.steps,
+            "version": d.config_version.version if d.config_version else None,
+        })
+    failed = sum(1 for d in rollout.deployments if d.status in (
+        DeploymentStatus.FAILED, DeploymentStatus.ROLLED_BACK))
+    outcome = explain.rollout_failure(failed, len(nodes), admin=admin, error=rollout.error)
+    if rollout.error and not failed:  # refused before any node was touched
+        outcome = explain.Explanation(redact(rollout.error), rollout.error if admin else "")
     return {
         "id": rollout.id,
         "kind": rollout.kind.value,
         "site_id": rollout.site_id,
         "status": rollout.status.value,
-        "error": redact(rollout.error),
+        "error": redact(rollout.error) if admin else outcome.summary,
+        "message": outcome.summary,
         "created_at": rollout.created_at,
         "started_at": rollout.started_at,
         "finished_at": rollout.finished_at,
-        "nodes": [{
-            "node": d.node_name,
-            "node_id": d.node_id,
-            "status": d.status.value,
-            "step": d.step,
-            "error": redact(d.error),
-            "steps": d.steps,
-            "version": d.config_version.version if d.config_version else None,
-        } for d in rollout.deployments],
+        "deployed": sum(1 for d in rollout.deployments
+                        if d.status == DeploymentStatus.SUCCEEDED),
+        "nodes": nodes,
     }
 
 

@@ -249,23 +249,33 @@ def api(product: Product, method: str, path: str, body: dict[str, Any],
         return json.loads(response.read() or b"{}")
 
 
+def admin_token(product: Product) -> str:
+    return str(api(product, "POST", "/tokens", {"username": "admin", "name": "e2e",
+                                               "password": product.admin_password})["token"])
+
+
+def add_pool_with_node(product: Product, sshd: SshServer, node: NginxNode, pool: str,
+                       name: str) -> None:
+    """What an administrator sets up before clients come: a pool and its node."""
+    token = admin_token(product)
+    api(product, "POST", "/pools", {"name": pool}, token)
+    spec = node.spec
+    api(product, "POST", "/nodes", {
+        "name": name, "host": "127.0.0.1", "ssh_port": sshd.port, "ssh_user": "root",
+        "ssh_private_key": sshd.client_key_text, "proxy_type": "nginx", "pool": pool,
+        "config_dir": spec.config_dir, "test_command": spec.test_command,
+        "reload_command": spec.reload_command, "listen_address": spec.listen_address,
+        "http_port": spec.http_port, "https_port": spec.https_port,
+        "log_dir": spec.log_dir, "cache_dir": spec.cache_dir}, token)
+
+
 @pytest.fixture(scope="session")
 def shared_pool(product: Product, sshd: SshServer, acme_http_port: int) -> Iterator[NginxNode]:
-    """The pool ``SHARED_POOL`` with one real nginx node, set up by the administrator
-    through the API, for the clients' journeys; yields that node."""
+    """The pool ``SHARED_POOL`` with one real nginx node that answers HTTP-01 for the
+    local CA, for the clients' journeys; yields that node."""
     node = start_nginx_on(SHARED_NODE_ADDRESS, acme_http_port)
     try:
-        token = api(product, "POST", "/tokens", {"username": "admin", "name": "e2e",
-                                                 "password": product.admin_password})["token"]
-        api(product, "POST", "/pools", {"name": SHARED_POOL}, token)
-        spec = node.spec
-        api(product, "POST", "/nodes", {
-            "name": "shared-1", "host": "127.0.0.1", "ssh_port": sshd.port, "ssh_user": "root",
-            "ssh_private_key": sshd.client_key_text, "proxy_type": "nginx", "pool": SHARED_POOL,
-            "config_dir": spec.config_dir, "test_command": spec.test_command,
-            "reload_command": spec.reload_command, "listen_address": spec.listen_address,
-            "http_port": spec.http_port, "https_port": spec.https_port,
-            "log_dir": spec.log_dir, "cache_dir": spec.cache_dir}, token)
+        add_pool_with_node(product, sshd, node, SHARED_POOL, "shared-1")
         yield node
     finally:
         node.stop()

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import SHARED_POOL, api, make_client, sign_in
+from tests.e2e.conftest import SHARED_POOL, add_pool_with_node, api, make_client, sign_in
+from tests.fleet import start_nginx
 from tests.nginx_node import Backend, fetch
 
 
@@ -129,3 +130,46 @@ def test_a_client_sees_no_administration_and_no_other_clients_site(journey_facto
     response = page.goto(f"{product.url}/admin/nodes")
     assert response is not None and response.status in (403, 404)
     expect(page.locator("main")).not_to_contain_text("shared-1")
+
+
+def test_a_failed_deployment_is_told_in_words_without_the_fleets_details(
+        journey_factory, product, sshd):
+    node = start_nginx("127.0.0.63")
+    try:
+        add_pool_with_node(product, sshd, node, "lonely", "lonely-1")
+        password = make_client(product, "gina")
+        token = api(product, "POST", "/tokens", {"username": "gina", "password": password,
+                                                 "name": "setup"})["token"]
+        # A backend name the node cannot resolve: its nginx refuses the configuration.
+        site = api(product, "POST", "/sites", {
+            "domain": "broken.example.test", "pool": "lonely",
+            "backends": [{"host": "no-such-backend.invalid", "port": 80, "weight": 1}]}, token)
+
+        client = journey_factory("client")
+        page = client.go(f"/client/sites/{site['id']}")
+        sign_in(client, "gina", password)
+        page.get_by_role("button", name="Deploy now").click()
+        expect(page.locator("#deployment-status")).to_have_text("failed", timeout=30_000)
+        expect(page.locator("#deployment-summary")).to_have_text("deployed on 0 of 1 node")
+        table = page.locator("#deployment-nodes")
+        expect(table).to_contain_text("The proxy refused the new configuration")
+        main = page.locator("main")
+        for secret in ("lonely-1", "127.0.0", str(sshd.port), "/tmp", "emerg", "Details"):
+            expect(main).not_to_contain_text(secret)
+        client.check("failed deployment, client")
+        page.reload()  # the page drawn by the server says the same as the live one
+        expect(table).to_contain_text("The proxy refused the new configuration")
+        expect(main).not_to_contain_text("lonely-1")
+        rollout_path = page.url.removeprefix(product.url).replace("/client/", "/admin/")
+
+        admin = journey_factory("admin")
+        page = admin.go(rollout_path)
+        sign_in(admin, "admin", product.admin_password)
+        table = page.locator("#deployment-nodes")
+        expect(table).to_contain_text("Node lonely-1 refused the new configuration")
+        table.get_by_text("Details").click()
+        expect(table).to_contain_text("host not found in upstream")
+        admin.check("failed deployment, admin")
+    finally:
+        node.stop()
+        node.remove()

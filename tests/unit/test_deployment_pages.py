@@ -43,7 +43,8 @@ def test_a_client_follows_their_deployment_and_not_anothers(app, alice, bob, ali
     assert answer.status_code == 200
     assert answer.get_json() == {
         "id": rollout.id, "kind": "deploy", "site_id": site.id, "status": "succeeded",
-        "error": "", "created_at": answer.get_json()["created_at"], "started_at": None,
+        "error": "", "message": "", "deployed": 0,
+        "created_at": answer.get_json()["created_at"], "started_at": None,
         "finished_at": None, "nodes": []}
     assert app.test_client().get(f"/api/v1/deployments/{rollout.id}",
                                  headers=api_headers(bob)).status_code == 404
