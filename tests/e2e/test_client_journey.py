@@ -63,7 +63,8 @@ def test_a_client_creates_deploys_and_manages_a_site(journey_factory, product, s
         assert answers == {"one", "two"}
 
         # A certificate from the CA (Pebble validates HTTP-01 on the pool's node).
-        page.get_by_role("main").get_by_role("link", name="shop.example.test").click()
+        page.get_by_role("navigation", name="breadcrumb").get_by_role(
+            "link", name="shop.example.test").click()
         page.get_by_role("link", name="Edit").click()
         page.get_by_label("TLS certificate").select_option("letsencrypt")
         page.get_by_role("button", name="Save").click()
