@@ -43,12 +43,18 @@ class UserForm(ServiceForm):
     is_active = BooleanField("Active (may sign in)", default=True)
     submit = SubmitField("Save")
 
-    def __init__(self, *args: Any, creating: bool, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, creating: bool, own_account: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if creating:
             del self.is_active
         else:
             del self.password
+        if own_account:
+            # Demoting or deactivating oneself is refused: not offered either.
+            del self.is_active
+            self.role.choices = [choice for choice in self.role.choices
+                                 if choice.value == Role.ADMIN.value]
 
     @staticmethod
     def initial(user: User) -> dict[str, Any]:

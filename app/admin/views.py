@@ -105,7 +105,7 @@ def user_create() -> Any:
 def user_edit(user_id: int) -> Any:
     actor = _actor()
     user = users.get_user(actor, user_id)
-    form = UserForm(creating=False, data=UserForm.initial(user))
+    form = UserForm(creating=False, own_account=user.id == actor.id, data=UserForm.initial(user))
     if form.validate_on_submit():
         try:
             users.update_user(actor, user_id, form.to_data())

@@ -249,12 +249,14 @@ def update_node(actor: User | None, node_id: int, data: dict[str, Any]) -> Node:
     node = get_or_404(Node, node_id, "node")
     clean = _clean_node(data, partial=True, node=node)
     _check_name_free(clean.get("name"), node.id)
+    # A secret is write-only (and compared encrypted would always differ): a submitted
+    # one counts as changed; anything else only when its value differs.
+    fields = sorted(k for k in clean if k not in SECRET_FIELDS and getattr(node, k) != clean[k])
+    fields += sorted(k for k in clean if k in SECRET_FIELDS)
     for key, value in clean.items():
         setattr(node, key, value)
     if "enabled" in clean and node.status == NodeStatus.DRAINING and clean["enabled"]:
         node.status = NodeStatus.UNKNOWN
-    fields = sorted(k for k in clean if k not in SECRET_FIELDS)
-    fields += sorted(k for k in clean if k in SECRET_FIELDS)
     audit.record(actor, "node.update", "node", node.id, {"fields": fields})
     db.session.commit()
     return node

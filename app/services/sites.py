@@ -384,9 +384,21 @@ def _check_engines(site: Site) -> None:
         raise
 
 
-def _changed_fields(out: dict[str, Any]) -> list[str]:
-    return sorted(k for k in out if k != "basic_auth") + (["basic_auth"] if "basic_auth" in out
-                                                          else [])
+# Bookkeeping that changes by itself, not by what a person submitted.
+_DERIVED_FIELDS = ("status", "config_version", "created_at", "updated_at")
+
+
+def _changed_fields(before: dict[str, Any], after: dict[str, Any],
+                    out: dict[str, Any]) -> list[str]:
+    """The fields whose value really changed (a form submits every field; the audit
+    log and the config version care only about what differs). A basic-auth password
+    is write-only: a new one is a change even though the listing looks the same."""
+    changed = [key for key in after if key not in _DERIVED_FIELDS
+               and before.get(key) != after[key]]
+    if "basic_auth" not in changed and any("password" in item
+                                           for item in out.get("basic_auth", [])):
+        changed.append("basic_auth")
+    return sorted(changed)
 
 
 def _commit_or_conflict() -> None:
@@ -439,13 +451,15 @@ def update_site(actor: User, site_id: int, data: dict[str, Any]) -> Site:
         count = db.session.scalar(select(func.count()).where(Site.owner_id == new_owner.id)) or 0
         if count >= new_owner.max_sites:
             raise Conflict(f"site quota reached for {new_owner.username}")
+    before = site_to_dict(site, admin=True)
     _apply(site, out)
     _check_engines(site)
-    if out:
+    changed = _changed_fields(before, site_to_dict(site, admin=True), out)
+    if changed:
         site.config_version += 1
     certificates.sync_site(site)
     audit.record(actor, "site.update", "site", site.id,
-                 {"domain": site.domain, "fields": _changed_fields(out)})
+                 {"domain": site.domain, "fields": changed})
     _commit_or_conflict()
     return site
 

@@ -126,14 +126,15 @@ def update_user(actor: User, user_id: int, data: dict[str, Any]) -> User:
     ):
         raise Forbidden("you cannot demote or deactivate your own account")
     password = clean.pop("password", None)
+    changed = sorted(key for key, value in clean.items() if getattr(user, key) != value)
     for key, value in clean.items():
         setattr(user, key, value)
     if password is not None:
         user.password_hash = _hash(password)
         user.session_version += 1
-    if clean.get("is_active") is False:
+        changed.append("password")
+    if "is_active" in changed and not user.is_active:
         user.session_version += 1
-    changed = sorted(clean) + (["password"] if password else [])
     audit.record(actor, "user.update", "user", user.id, {"fields": changed})
     db.session.commit()
     return user

@@ -6,6 +6,7 @@ from datetime import timedelta
 from urllib.parse import urlencode
 
 import pytest
+from sqlalchemy import select
 
 from app.extensions import db as _db
 from app.models import AuditLog
@@ -88,3 +89,38 @@ def test_bad_filters_are_422_naming_the_field(client, admin_h, query, field):
 
 def test_client_gets_403(client, alice):
     assert client.get("/api/v1/audit", headers=api_headers(alice)).status_code == 403
+
+
+def _last_fields(action: str) -> list[str]:
+    entry = _db.session.scalars(select(AuditLog).where(AuditLog.action == action)
+                                .order_by(AuditLog.id.desc())).first()
+    assert entry is not None
+    return entry.details["fields"]
+
+
+def test_updates_record_only_the_fields_that_really_changed(client, admin, alice, admin_h):
+    site = factories.make_site(alice, "changes.example.com")
+    whole = client.get(f"/api/v1/sites/{site.id}", headers=admin_h).get_json()
+    version = whole["config_version"]
+    submitted = {key: whole[key] for key in ("domain", "aliases", "backends", "pool", "hsts",
+                                            "ssl_mode", "waf_level", "headers")}
+    submitted["waf_level"] = "high"
+    assert client.put(f"/api/v1/sites/{site.id}", json=submitted,
+                      headers=admin_h).status_code == 200
+    assert _last_fields("site.update") == ["waf_level"]
+    submitted["basic_auth"] = [{"username": "ops", "password": "long enough secret"}]
+    client.put(f"/api/v1/sites/{site.id}", json=submitted, headers=admin_h)
+    assert _last_fields("site.update") == ["basic_auth"]
+    client.put(f"/api/v1/sites/{site.id}", json={"domain": "changes.example.com"},
+               headers=admin_h)
+    assert _last_fields("site.update") == []
+    after = client.get(f"/api/v1/sites/{site.id}", headers=admin_h).get_json()
+    assert after["config_version"] == version + 2  # an unchanged save deploys nothing new
+
+    client.patch(f"/api/v1/users/{alice.id}", json={"email": alice.email, "max_sites": 7},
+                 headers=admin_h)
+    assert _last_fields("user.update") == ["max_sites"]
+    node = factories.make_node("audited-node")
+    client.patch(f"/api/v1/nodes/{node.id}", json={"name": "audited-node", "ssh_port": 2222},
+                 headers=admin_h)
+    assert _last_fields("node.update") == ["ssh_port"]
