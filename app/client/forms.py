@@ -2,10 +2,34 @@
 
 from __future__ import annotations
 
-from wtforms import EmailField, IntegerField, PasswordField, StringField, SubmitField
+from flask_wtf import FlaskForm
+from wtforms import (
+    EmailField,
+    IntegerField,
+    PasswordField,
+    SelectChoice,
+    SelectField,
+    StringField,
+    SubmitField,
+)
 from wtforms.validators import DataRequired, EqualTo, Optional
 
 from app.forms import ServiceForm
+from app.services.dashboard import SITE_STATES
+
+
+class SiteListFilterForm(FlaskForm):
+    """Search, filter and order of the client's own site list (query string)."""
+
+    class Meta:
+        csrf = False
+
+    q = StringField("Search")
+    state = SelectField("State", default="", choices=[
+        SelectChoice("", "any state"), *(SelectChoice(state, state) for state in SITE_STATES)])
+    sort = SelectField("Order", default="domain", choices=[
+        SelectChoice("domain", "by name"), SelectChoice("-updated", "recently changed first"),
+        SelectChoice("status", "by state")])
 
 
 class TokenForm(ServiceForm):

@@ -13,7 +13,7 @@ from flask_login import current_user, logout_user
 
 from app import certificate_pages, deployment_pages
 from app.client import bp
-from app.client.forms import EmailForm, PasswordForm, TokenForm
+from app.client.forms import EmailForm, PasswordForm, SiteListFilterForm, TokenForm
 from app.errors import Conflict, ValidationError
 from app.forms import SiteForm, form_status
 from app.models import User
@@ -31,9 +31,17 @@ def _site_form(actor: User, **kwargs: Any) -> SiteForm:
 @bp.get("/")
 def dashboard() -> Any:
     actor = _actor()
+    filters = SiteListFilterForm(request.args)
+    if not filters.validate():
+        return render_template("client/site_list.html", filters=filters, page=None,
+                               summaries={}, quota=actor.max_sites,
+                               total=sites.count_sites(actor)), 422
     page = sites.list_sites(actor, page=request.args.get("page", 1, type=int),
-                            owner_id=actor.id)
-    return render_template("client/site_list.html", page=page, quota=actor.max_sites)
+                            owner_id=actor.id, q=filters.q.data or None,
+                            state=filters.state.data or None, sort=filters.sort.data)
+    return render_template("client/site_list.html", filters=filters, page=page,
+                           summaries=sites.site_summaries(actor, page.items),
+                           quota=actor.max_sites, total=sites.count_sites(actor))
 
 
 @bp.route("/sites/new", methods=["GET", "POST"])

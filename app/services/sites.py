@@ -6,6 +6,7 @@ dict), so that the web UI and the API enforce exactly the same rules.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, or_, select
@@ -17,7 +18,10 @@ from app.extensions import db
 from app.models import (
     BackendProtocol,
     GeoMode,
+    Node,
+    NodeStatus,
     Pool,
+    Rollout,
     Site,
     SiteBackend,
     SiteBasicAuthUser,
@@ -41,7 +45,14 @@ from app.security import (
     validate_secret_text,
 )
 from app.services import audit, certificates, rendering
-from app.services.common import Page, get_or_404, get_scoped, paginate, require_admin
+from app.services.common import (
+    Page,
+    get_or_404,
+    get_scoped,
+    paginate,
+    require_admin,
+    scoped,
+)
 
 SITE_FIELDS = (
     "domain", "aliases", "backends", "backend_protocol", "pool", "ssl_mode", "acme_challenge",
@@ -482,7 +493,6 @@ def get_site(actor: User, site_id: int) -> Site:
 
 def get_site_by_domain(actor: User, domain: str) -> Site:
     """The site whose main name is ``domain`` (command-line tools name sites so)."""
-    from app.services.common import scoped
 
     site = db.session.scalar(scoped(select(Site).where(Site.domain == domain), actor, Site))
     if site is None:
@@ -500,13 +510,13 @@ def list_sites(
     pool: str | None = None,
     state: str | None = None,
     certificate: str | None = None,
+    sort: str = "domain",
 ) -> Page[Site]:
     """Clients get their own sites; admins all, optionally filtered by owner.
 
     :param state: one of ``dashboard.SITE_STATES``; ``certificate`` one of
         ``dashboard.CERTIFICATE_STATES`` (the dashboards link here).
     """
-    from app.services.common import scoped
     from app.services.dashboard import (
         CERTIFICATE_STATES,
         SITE_STATES,
@@ -514,7 +524,12 @@ def list_sites(
         site_state_filter,
     )
 
-    stmt = scoped(select(Site).options(*_LOAD_OPTIONS), actor, Site).order_by(Site.domain)
+    orders = {"domain": Site.domain, "-updated": Site.updated_at.desc(),
+              "status": Site.status}
+    if sort not in orders:
+        raise ValidationError("unknown sort", {"sort": f"one of {', '.join(orders)}"})
+    stmt = scoped(select(Site).options(*_LOAD_OPTIONS), actor, Site).order_by(
+        orders[sort], Site.domain)
     if state:
         if state not in SITE_STATES:
             raise ValidationError("unknown state", {"state": f"one of {', '.join(SITE_STATES)}"})
@@ -536,9 +551,38 @@ def list_sites(
     return paginate(stmt, page, per_page)
 
 
-def count_sites(actor: User) -> int:
-    from app.services.common import scoped
+@dataclass(frozen=True)
+class SiteSummary:
+    """How a site stands: live on ``deployed`` of the ``target`` nodes that should
+    serve it now, and its latest deployment."""
 
+    deployed: int
+    target: int
+    last_rollout: Rollout | None
+
+
+def site_summaries(actor: User, listed: list[Site]) -> dict[int, SiteSummary]:
+    """Summaries of listed sites in two queries whatever their number. The target is
+    counted now (a node added to the pool since the last deployment counts), so a
+    page never says "deployed on 0 of 0 nodes" of a pool that has nodes."""
+    if not listed:
+        return {}
+    pool_ids = {site.pool_id for site in listed}
+    targets = dict(db.session.execute(
+        select(Node.pool_id, func.count()).where(
+            Node.pool_id.in_(pool_ids), Node.enabled.is_(True),
+            Node.status != NodeStatus.DRAINING).group_by(Node.pool_id)).all())
+    ids = [site.id for site in listed]
+    latest = select(func.max(Rollout.id)).where(Rollout.site_id.in_(ids)).group_by(
+        Rollout.site_id)
+    rollouts = {r.site_id: r for r in db.session.scalars(
+        scoped(select(Rollout), actor, Rollout).where(Rollout.id.in_(latest)))}
+    return {site.id: SiteSummary(min(site.deployed_nodes, targets.get(site.pool_id, 0)),
+                                 targets.get(site.pool_id, 0), rollouts.get(site.id))
+            for site in listed}
+
+
+def count_sites(actor: User) -> int:
     stmt = scoped(select(func.count(Site.id)), actor, Site)
     return db.session.scalar(stmt) or 0
 

@@ -54,17 +54,34 @@ def test_a_client_creates_deploys_and_manages_a_site(journey_factory, product, s
         expect(page.get_by_role("status").first).to_contain_text("created")
         journey.check("site page")
 
+        navigation.get_by_role("link", name="My sites").click()
+        row = page.get_by_role("row").filter(has_text="shop.example.test")
+        expect(row).to_contain_text("deployed on 0 of 1 node")
+        expect(row).to_contain_text("not deployed yet")
+        row.get_by_role("link", name="shop.example.test").click()
+
         page.get_by_role("button", name="Deploy now").click()
         expect(page.locator("#deployment-summary")).to_have_text("deployed on 1 of 1 node",
                                                                  timeout=30_000)
         journey.check("site deployment")
+
+        navigation.get_by_role("link", name="My sites").click()
+        expect(row).to_contain_text("deployed on 1 of 1 node")
+        expect(row).to_contain_text("succeeded")
+        page.get_by_label("Search").fill("nothing-like-it")
+        page.get_by_label("Search").press("Enter")
+        expect(page.get_by_text("No site matches these filters.")).to_be_visible()
+        page.get_by_label("Search").fill("shop")
+        page.get_by_label("State").select_option("deployed")
+        page.get_by_role("button", name="Filter").click()
+        expect(row).to_be_visible()
+        journey.check("my sites filtered")
+        row.get_by_role("link", name="shop.example.test").click()
         # The node serves it for real, from both backends.
         answers = {fetch(shared_pool, "shop.example.test").json()["backend"] for _ in range(8)}
         assert answers == {"one", "two"}
 
         # A certificate from the CA (Pebble validates HTTP-01 on the pool's node).
-        page.get_by_role("navigation", name="breadcrumb").get_by_role(
-            "link", name="shop.example.test").click()
         page.get_by_role("link", name="Edit").click()
         page.get_by_label("TLS certificate").select_option("letsencrypt")
         page.get_by_role("button", name="Save").click()
