@@ -22,9 +22,10 @@ from wtforms import (
     SubmitField,
     TextAreaField,
 )
-from wtforms.validators import Optional
+from wtforms.validators import Optional, ValidationError
 
 from app.models import BackendProtocol, SslMode, User, WafLevel
+from app.services.nodes import PoolChoice
 
 
 def enum_choices(enum_cls: type[enum.Enum]) -> list[SelectChoice]:
@@ -87,6 +88,13 @@ class LinesField(TextAreaField):
 _BACKEND = re.compile(
     r"^(?:\[(?P<ipv6>[^\[\]\s]+)\]|(?P<host>[^\[\]\s:]+)):(?P<port>\S+)(?:\s+(?P<weight>\S+))?$"
 )
+
+
+def _pool_label(pool: PoolChoice) -> str:
+    if not pool.usable:
+        return f"{pool.name} (no node yet)"
+    count = f"{pool.nodes} node{'' if pool.nodes == 1 else 's'}"
+    return f"{pool.name} ({count}: {', '.join(pool.engines)})"
 
 
 class BackendsField(LinesField):
@@ -219,10 +227,17 @@ class SiteForm(ServiceForm):
     blocked_reason = StringField("Reason for blocking", description="Shown to visitors.")
     submit = SubmitField("Save")
 
-    def __init__(self, *args: Any, pools: list[str], owners: list[User] | None = None,
+    def __init__(self, *args: Any, pools: list[PoolChoice], owners: list[User] | None = None,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.pool.choices = list(pools)
+        current = kwargs.get("data", {}).get("pool")
+        # A client cannot choose a pool that would serve the site nowhere (its current
+        # pool stays choosable, so that saving other changes never fails on it).
+        self._unusable = {p.name for p in pools
+                          if not p.usable and owners is None and p.name != current}
+        self.pool.choices = [SelectChoice(p.name, _pool_label(p), render_kw={
+            "data-engines": " ".join(p.engines),
+            **({"disabled": True} if p.name in self._unusable else {})}) for p in pools]
         if owners is None:
             del self.owner_id
             del self.blocked
@@ -231,6 +246,11 @@ class SiteForm(ServiceForm):
             self.owner_id.choices = [
                 SelectChoice(u.id, f"{u.username} ({u.role.value})") for u in owners
             ]
+
+    def validate_pool(self, field: SelectField) -> None:
+        if field.data in self._unusable:
+            raise ValidationError("this pool has no enabled node yet: choose another, or ask "
+                                  "an administrator to add a node")
 
     @property
     def is_admin_form(self) -> bool:

@@ -468,7 +468,8 @@ def site_list() -> Any:
 
 
 def _site_form(actor: User, **kwargs: Any) -> SiteForm:
-    return SiteForm(pools=_pool_names(actor), owners=sites.owner_choices(actor), **kwargs)
+    return SiteForm(pools=nodes.pool_choices(actor), owners=sites.owner_choices(actor),
+                    **kwargs)
 
 
 @bp.route("/sites/new", methods=["GET", "POST"])
@@ -585,7 +586,7 @@ def site_edit(site_id: int) -> Any:
             flash("Site saved.", "success")
             return redirect(url_for(".site_detail", site_id=site_id))
     return (render_template("admin/site_form.html", form=form, site=site,
-                           capabilities=rendering.capability_matrix(site.pool_id)),
+                           capabilities=rendering.capability_matrix()),
             form_status(form))
 
 

@@ -25,7 +25,7 @@ def _actor() -> User:
 
 
 def _site_form(actor: User, **kwargs: Any) -> SiteForm:
-    return SiteForm(pools=[p.name for p in nodes.list_pools(actor)], **kwargs)
+    return SiteForm(pools=nodes.pool_choices(actor), **kwargs)
 
 
 @bp.get("/")
@@ -131,7 +131,7 @@ def site_edit(site_id: int) -> Any:
             flash("Site saved.", "success")
             return redirect(url_for(".site_detail", site_id=site_id))
     return (render_template("client/site_form.html", form=form, site=site,
-                           capabilities=rendering.capability_matrix(site.pool_id)),
+                           capabilities=rendering.capability_matrix()),
             form_status(form))
 
 

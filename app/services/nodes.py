@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -350,6 +351,34 @@ _POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 def list_pools(actor: User) -> list[Pool]:
     """Every account may see pool names: clients pick one for each site."""
     return list(db.session.scalars(select(Pool).order_by(Pool.name)))
+
+
+@dataclass(frozen=True)
+class PoolChoice:
+    """What a person choosing a pool for a site needs to know of it."""
+
+    name: str
+    nodes: int
+    engines: tuple[str, ...]
+
+    @property
+    def usable(self) -> bool:
+        """A site in a pool without an enabled node would be served nowhere."""
+        return self.nodes > 0
+
+
+def pool_choices(actor: User) -> list[PoolChoice]:
+    """Every pool with its enabled nodes' count and engines (two queries): clients
+    see no node names, only what the pool offers."""
+    counts: dict[int, int] = {}
+    engines: dict[int, set[str]] = {}
+    for pool_id, proxy_type, count in db.session.execute(
+            select(Node.pool_id, Node.proxy_type, func.count()).where(Node.enabled.is_(True))
+            .group_by(Node.pool_id, Node.proxy_type)):
+        counts[pool_id] = counts.get(pool_id, 0) + count
+        engines.setdefault(pool_id, set()).add(proxy_type.value)
+    return [PoolChoice(pool.name, counts.get(pool.id, 0), tuple(sorted(engines.get(pool.id, ()))))
+            for pool in list_pools(actor)]
 
 
 def list_pools_page(actor: User, *, page: int = 1, per_page: int = 50) -> Page[Pool]:

@@ -124,12 +124,10 @@ def check_engines_support(site: Site) -> None:
         raise ValidationError("a proxy engine of this pool cannot honour these settings", errors)
 
 
-def capability_matrix(pool_id: int | None = None) -> dict[str, dict[str, bool]]:
-    """setting label -> {engine: supported}, for the site form; limited to the pool's
-    engines when one is given and it has nodes."""
-    names = pool_engines(pool_id) if pool_id is not None else []
-    names = names or ["nginx", "caddy", "traefik"]
-    engines = {name: get_engine(name) for name in names}
+def capability_matrix() -> dict[str, dict[str, bool]]:
+    """setting label -> {engine: supported}, for the site form (which shows the
+    columns of the engines of the pool chosen in it)."""
+    engines = {proxy_type.value: get_engine(proxy_type.value) for proxy_type in ProxyType}
     return {
         label: {name: setting in engine.capabilities for name, engine in engines.items()}
         for setting, label in SETTING_LABELS.items()

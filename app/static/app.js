@@ -94,7 +94,21 @@
     }, seconds * 1000);
   }
 
+  // The capability table shows the engines of the pool chosen in the same form.
+  function showPoolEngines(select) {
+    const option = select.options[select.selectedIndex];
+    const engines = option ? (option.dataset.engines || "").split(" ").filter(Boolean) : [];
+    for (const cell of document.querySelectorAll("#engine-support [data-engine]")) {
+      cell.hidden = engines.length > 0 && !engines.includes(cell.dataset.engine);
+    }
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    const pool = document.querySelector("select[name=pool]");
+    if (pool && document.getElementById("engine-support")) {
+      showPoolEngines(pool);
+      pool.addEventListener("change", function () { showPoolEngines(pool); });
+    }
     refreshTimes(document);
     for (const element of document.querySelectorAll("[data-live]")) { keepLive(element); }
     window.setInterval(function () { refreshTimes(document); }, 30000);

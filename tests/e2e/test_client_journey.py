@@ -26,6 +26,13 @@ def test_a_client_creates_deploys_and_manages_a_site(journey_factory, product, s
 
         page.get_by_role("link", name="Add a site").click()
         journey.check("new site")
+        # Each pool says what it has; the table shows what its engines can do.
+        page.get_by_label("Pool").select_option(SHARED_POOL)
+        expect(page.get_by_label("Pool").locator("option:checked")).to_have_text(
+            "shared (1 node: nginx)")
+        support = page.locator("#engine-support")
+        expect(support.get_by_role("columnheader", name="nginx")).to_be_visible()
+        expect(support.get_by_role("columnheader", name="caddy")).to_be_hidden()
         # Three problems at once: a name, a backend written as a URL, a header line.
         page.get_by_label("Domain").fill("not a domain")
         page.get_by_label("Backends").fill(

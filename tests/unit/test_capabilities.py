@@ -71,7 +71,7 @@ def test_web_form_shows_the_engine_message_and_support_table(alice, alice_client
     assert response.status_code == 422
     text = response.get_data(as_text=True)
     assert "caddy nodes in pool" in text and "rate limiting" in text
-    assert "What each proxy engine supports" in text
+    assert "What the engines of the pool support" in text
 
 
 def test_preview_returns_the_rendered_files_per_engine(app, alice):

@@ -72,7 +72,10 @@ EVERY_SETTING_STORED = {
 
 @pytest.fixture()
 def edge_pool(admin: User) -> str:
-    return nodes.create_pool(admin, "edge", "edge nodes").name
+    """A pool with a node: clients can choose only pools that would serve the site."""
+    name = nodes.create_pool(admin, "edge", "edge nodes").name
+    factories.make_node(pool=name)
+    return name
 
 
 def stored(site: Site) -> dict[str, Any]:
@@ -334,6 +337,7 @@ def test_client_at_quota_sees_disabled_add_button_and_cannot_add_a_site(
     db: Any, client: FlaskClient
 ) -> None:
     carol = factories.make_user("client", "carol", max_sites=1)
+    factories.make_node()  # in the default pool the site form chooses
     factories.make_site(carol, "only.example.com")
     login(client, carol)
     text = page_text(client.get("/client/"))
@@ -438,3 +442,17 @@ def test_client_cannot_revoke_another_users_token(
     row, plaintext = tokens.create_token(bob, "bobs")
     assert alice_client.post(f"/client/tokens/{row.id}/revoke").status_code == 404
     assert tokens.authenticate_token(plaintext) is not None
+
+
+def test_a_pool_without_a_node_is_shown_but_cannot_be_chosen(
+    db: Any, admin: User, alice_client: FlaskClient, edge_pool: str
+) -> None:
+    nodes.create_pool(admin, "empty", "no nodes yet")
+    form = page_text(alice_client.get("/client/sites/new"))
+    assert re.search(r'<option data-engines="nginx" (selected )?value="edge">edge \(1 node: '
+                     r'nginx\)</option>', form), form
+    assert '<option data-engines="" disabled value="empty">empty (no node yet)</option>' in form
+    response = alice_client.post("/client/sites/new", data=site_form(pool="empty"))
+    assert response.status_code == 422
+    assert "this pool has no enabled node yet" in page_text(response)
+    assert site_count(db) == 0
