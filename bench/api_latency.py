@@ -1,8 +1,11 @@
 """API and page latency with a large fleet: 1,000 nodes, 10,000 sites, 200 clients.
 
 Prints median and p95 of the site list (API, as admin and as a client), the admin
-sites page and the client dashboard, the SQL queries per request at several page
-sizes, and the peak resident memory of this (single worker) process.
+sites page, both dashboards and the filtered lists the admin dashboard links to,
+next to ``GET /health`` as the baseline of the same stack in the same run; the SQL
+queries per request at several page sizes, the dashboards' queries before and after
+the fleet grows by half (they must not change), and the peak resident memory of this
+(single worker) process.
 
     .venv/bin/python bench/api_latency.py [--sites 10000] [--requests 200]
 """
@@ -23,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flask import g, request_started  # noqa: E402
 from flask_migrate import upgrade  # noqa: E402
-from sqlalchemy import event, insert, select  # noqa: E402
+from sqlalchemy import event, func, insert, select  # noqa: E402
 from werkzeug.security import generate_password_hash  # noqa: E402
 
 from app import create_app  # noqa: E402
@@ -85,6 +88,33 @@ def seed(n_nodes: int, n_sites: int, n_clients: int) -> tuple[User, User]:
     return admin, client
 
 
+def seed_more(n_nodes: int, n_sites: int) -> None:
+    """Grow the fleet (nodes and sites in every state) without touching the users."""
+    first = db.session.scalar(select(func.max(Node.id))) or 0
+    pool_ids = list(db.session.scalars(select(Pool.id)))
+    owner_ids = list(db.session.scalars(select(User.id).where(User.role == "client")))
+    now = datetime.now(UTC)
+    stamps = {"created_at": now, "updated_at": now}
+    db.session.execute(insert(Node), [
+        {"name": f"more-node{first + i}", "host": "10.200.0.1", "ssh_port": 22,
+         "ssh_user": "root", "proxy_type": "nginx", "pool_id": pool_ids[i % len(pool_ids)],
+         "config_dir": "/etc/nginx/rpcc.d", "test_command": "nginx -t",
+         "reload_command": "nginx -s reload", "http_port": 80, "https_port": 443,
+         "enabled": i % 7 != 0, "status": ("online", "offline", "draining")[i % 3],
+         "drifted": i % 11 == 0, "is_discovered": False, **stamps}
+        for i in range(n_nodes)])
+    db.session.execute(insert(Site), [
+        {"owner_id": owner_ids[i % len(owner_ids)], "domain": f"more{first}-{i}.example.com",
+         "pool_id": pool_ids[i % len(pool_ids)], "backend_protocol": "http", "ssl_mode": "none",
+         "force_https": False, "hsts": False, "http2": True, "websocket": False,
+         "waf_level": "off", "cache_enabled": False, "cache_ttl": 300, "geo_mode": "off",
+         "geo_countries": [], "ip_allow": [], "ip_deny": [], "rate_limit_rps": None,
+         "rate_limit_burst": 0, "headers": {}, "blocked": i % 13 == 0, "blocked_reason": "",
+         "status": ("deployed", "failed", "partial", "pending")[i % 4], "config_version": 1,
+         **stamps} for i in range(n_sites)])
+    db.session.commit()
+
+
 class QueryCounter:
     def __init__(self) -> None:
         self.count = 0
@@ -143,6 +173,11 @@ def main() -> None:
                                                                "password": PASSWORD})
             assert response.status_code == 302
         cases = [
+            ("GET /health (baseline)", admin_http, "/health", {}),
+            ("GET /admin/ dashboard", admin_http, "/admin/", {}),
+            ("GET /admin/nodes?state=offline", admin_http, "/admin/nodes?state=offline", {}),
+            ("GET /admin/sites?certificate=expiring", admin_http,
+             "/admin/sites?certificate=expiring", {}),
             ("GET /api/v1/sites admin (50/page)", admin_http,
              "/api/v1/sites?per_page=50&page={page}", admin_headers),
             ("GET /api/v1/sites client (50/page)", client_http,
@@ -162,6 +197,14 @@ def main() -> None:
             print(f"SQL queries, admin API list, {per_page}/page: {result['queries']}")
         result = measure(client_http, "/api/v1/sites?per_page=50", client_headers, 3, counter)
         print(f"SQL queries, client API list (50 own sites of {args.sites}): {result['queries']}")
+        before = {path: measure(http_client, path, {}, 3, counter)["queries"]
+                  for path, http_client in (("/admin/", admin_http), ("/client/", client_http))}
+        seed_more(args.nodes // 2, args.sites // 2)
+        for path, http_client in (("/admin/", admin_http), ("/client/", client_http)):
+            measure(http_client, path, {}, 1, counter)  # reloads what the commit expired
+            after = measure(http_client, path, {}, 3, counter)["queries"]
+            print(f"SQL queries, {path} with {args.nodes} nodes / {args.sites} sites: "
+                  f"{before[path]}; with half as many more: {after}")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory: {peak_mb:.0f} MB")
 
