@@ -210,10 +210,12 @@ def node_detail(node_id: int) -> Any:
     actor = _actor()
     node = nodes.get_node(actor, node_id)
     versions = deployments.list_versions(actor, node_id, page=_page_number(), per_page=20)
+    current = deployments.current_version(node.id)
     return render_template("admin/node_detail.html", node=node, versions=versions,
                            statuses=deployments.version_statuses([v.id for v in versions.items]),
-                           current=deployments.current_version(node.id),
-                           fingerprint=node_actions.fingerprint_or_none)
+                           current=current, fingerprint=node_actions.fingerprint_or_none,
+                           rollback_summaries={v.id: deployments.rollback_summary(current, v)
+                                               for v in versions.items})
 
 
 @bp.get("/nodes/<int:node_id>/versions/<int:version_id>")

@@ -208,6 +208,25 @@ def current_version(node_id: int) -> ConfigVersion | None:
     return db.session.scalar(stmt)
 
 
+def rollback_summary(current: ConfigVersion | None, target: ConfigVersion) -> str:
+    """What rolling back from ``current`` to ``target`` does to the node's sites, in
+    words for the confirmation (from the versions' site map: no file is decrypted)."""
+    if current is None:
+        return f"The node gets v{target.version} ({target.file_count} files)."
+    now, then = current.site_versions or {}, target.site_versions or {}
+    removed = len(set(now) - set(then))
+    added = len(set(then) - set(now))
+    changed = sum(1 for site, version in then.items() if site in now and now[site] != version)
+    parts = [f"1 site {one}" if count == 1 else f"{count} sites {many}"
+             for count, one, many in (
+                 (changed, "goes back to an earlier configuration",
+                  "go back to an earlier configuration"),
+                 (removed, "stops being served", "stop being served"),
+                 (added, "comes back", "come back")) if count]
+    return (f"From v{current.version} to v{target.version}: "
+            + ("; ".join(parts) if parts else "no site changes (shared files only)") + ".")
+
+
 def _latest_deployments(node_ids: list[int], statuses: list[DeploymentStatus], *,
                         by_id: bool = False) -> Any:
     """The latest deployment of each node (by finish, or by creation) among those
