@@ -390,7 +390,7 @@ def test_site_lists_show_until_when_a_certificate_is_served_and_a_failure(
                                 failures=1, status="failed", last_error="the CA refused",
                                 last_error_code="ca_refused"))
     _db.session.commit()
-    until = certificates.aware(served.certificate.not_after).strftime("%Y-%m-%d")
+    until = certificates.aware(served.certificate.not_after).strftime("%Y-%m-%d %H:%M UTC")
     for page in (alice_client.get("/client/").get_data(as_text=True),
                  admin_client.get("/admin/sites").get_data(as_text=True)):
         assert f">{until}</time>" in page
