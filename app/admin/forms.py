@@ -229,6 +229,8 @@ class UserFilterForm(FilterForm):
     q = StringField("Search")
     role = SelectField("Role", choices=[SelectChoice("", "any role"), *enum_choices(Role)],
                        default="")
+    sort = SelectField("Order", default="username", choices=[
+        SelectChoice("username", "by name"), SelectChoice("-last_login", "last signed in first")])
 
 
 class NodeFilterForm(FilterForm):
@@ -236,6 +238,9 @@ class NodeFilterForm(FilterForm):
     pool = SelectField("Pool", default="")
     state = SelectField("State", default="", choices=[
         SelectChoice("", "any state"), *(SelectChoice(s, s) for s in NODE_STATES)])
+    sort = SelectField("Order", default="name", choices=[
+        SelectChoice("name", "by name"), SelectChoice("-last_seen", "last seen first"),
+        SelectChoice("status", "by status")])
 
     def __init__(self, *args: Any, pools: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -251,6 +256,9 @@ class SiteFilterForm(FilterForm):
     certificate = SelectField("Certificate", default="", choices=[
         SelectChoice("", "any certificate"),
         *(SelectChoice(s, s) for s in CERTIFICATE_STATES)])
+    sort = SelectField("Order", default="domain", choices=[
+        SelectChoice("domain", "by name"), SelectChoice("-updated", "recently changed first"),
+        SelectChoice("status", "by state")])
 
     def __init__(self, *args: Any, pools: list[str], owners: list[User], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

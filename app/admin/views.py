@@ -80,7 +80,8 @@ def user_list() -> Any:
     filters = UserFilterForm(request.args)
     filters.validate()
     page = users.list_users(actor, page=_page_number(), q=filters.q.data or None,
-                            role=filters.role.data or None)
+                            role=filters.role.data or None,
+                            sort=filters.sort.data or "username")
     return render_template("admin/user_list.html", filters=filters, page=page,
                            site_counts=users.site_counts([u.id for u in page.items]))
 
@@ -170,7 +171,8 @@ def node_list() -> Any:
     filters = NodeFilterForm(request.args, pools=_pool_names(actor))
     filters.validate()
     page = nodes.list_nodes(actor, page=_page_number(), pool=filters.pool.data or None,
-                            q=filters.q.data or None, state=filters.state.data or None)
+                            q=filters.q.data or None, state=filters.state.data or None,
+                            sort=filters.sort.data or "name")
     return render_template("admin/node_list.html", filters=filters, page=page)
 
 
@@ -465,7 +467,8 @@ def site_list() -> Any:
     page = sites.list_sites(actor, page=_page_number(), owner_id=filters.owner_id.data,
                             q=filters.q.data or None, pool=filters.pool.data or None,
                             state=filters.state.data or None,
-                            certificate=filters.certificate.data or None)
+                            certificate=filters.certificate.data or None,
+                            sort=filters.sort.data or "domain")
     return render_template("admin/site_list.html", filters=filters, page=page)
 
 

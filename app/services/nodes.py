@@ -326,12 +326,16 @@ def list_nodes(
     pool: str | None = None,
     q: str | None = None,
     state: str | None = None,
+    sort: str = "name",
 ) -> Page[Node]:
     """:param state: one of ``dashboard.NODE_STATES`` (the dashboard links here)."""
     from app.services.dashboard import NODE_STATES, node_state_filter
 
     require_admin(actor)
-    stmt = select(Node).options(selectinload(Node.pool)).order_by(Node.name)
+    orders = {"name": Node.name, "-last_seen": Node.last_seen.desc(), "status": Node.status}
+    if sort not in orders:
+        raise ValidationError("unknown sort", {"sort": f"one of {', '.join(orders)}"})
+    stmt = select(Node).options(selectinload(Node.pool)).order_by(orders[sort], Node.name)
     if state:
         if state not in NODE_STATES:
             raise ValidationError("unknown state", {"state": f"one of {', '.join(NODE_STATES)}"})

@@ -234,10 +234,13 @@ def get_user(actor: User, user_id: int) -> User:
 
 def list_users(
     actor: User, *, page: int = 1, per_page: int = 50, q: str | None = None,
-    role: str | None = None,
+    role: str | None = None, sort: str = "username",
 ) -> Page[User]:
     require_admin(actor)
-    stmt = select(User).order_by(User.username)
+    orders = {"username": User.username, "-last_login": User.last_login.desc()}
+    if sort not in orders:
+        raise ValidationError("unknown sort", {"sort": f"one of {', '.join(orders)}"})
+    stmt = select(User).order_by(orders[sort], User.username)
     if q:
         like = f"%{q.lower()}%"
         stmt = stmt.where(or_(func.lower(User.username).like(like),

@@ -590,3 +590,18 @@ def test_refused_actions_on_ones_own_account_are_not_offered(
         "username": admin.username, "email": admin.email, "role": "admin", "max_sites": "5"})
     assert response.status_code == 302
     assert db.session.get(User, admin.id).is_active
+
+
+def test_lists_sort_as_asked(db: Any, admin: User, admin_client: FlaskClient) -> None:
+    from app.models.base import utcnow
+
+    older, newer = factories.make_node("a-older"), factories.make_node("b-newer")
+    older.last_seen, newer.last_seen = datetime(2026, 1, 1, tzinfo=UTC), utcnow()
+    db.session.commit()
+    by_name = page_text(admin_client.get("/admin/nodes"))
+    recent = page_text(admin_client.get("/admin/nodes?sort=-last_seen"))
+    assert by_name.index(">a-older<") < by_name.index(">b-newer<")
+    assert recent.index(">b-newer<") < recent.index(">a-older<")
+    assert admin_client.get("/admin/nodes?sort=password").status_code == 422
+    assert admin_client.get("/admin/users?sort=-last_login").status_code == 200
+    assert admin_client.get("/admin/sites?sort=-updated").status_code == 200
