@@ -174,6 +174,7 @@ def journey_factory(browser: Browser, product: Product,
     errors and failed requests; all closed after the test."""
     contexts: list[BrowserContext] = []
     directory = ARTIFACTS / re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name)
+    shutil.rmtree(directory, ignore_errors=True)  # screenshots of this run only
     directory.mkdir(parents=True, exist_ok=True)
 
     def start(name: str = "") -> Journey:
@@ -289,3 +290,10 @@ def make_client(product: Product, username: str, max_sites: int = 5) -> str:
                 f"{username}@example.test", "--role", "client", "--max-sites", str(max_sites),
                 "--password-stdin", stdin=password)
     return password
+
+
+def account_menu(page: Page, item: str) -> None:
+    """Open the account menu at the top right and choose ``item`` in it."""
+    page.locator("#account-menu").click()
+    page.locator(".dropdown-menu.show").get_by_role("link", name=item).or_(
+        page.locator(".dropdown-menu.show").get_by_role("button", name=item)).click()

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import SHARED_POOL, add_pool_with_node, api, make_client, sign_in
+from tests.e2e.conftest import (
+    SHARED_POOL,
+    account_menu,
+    add_pool_with_node,
+    api,
+    make_client,
+    sign_in,
+)
 from tests.fleet import start_nginx
 from tests.nginx_node import Backend, fetch
 
@@ -99,7 +106,7 @@ def test_a_client_creates_deploys_and_manages_a_site(journey_factory, product, s
         expect(status).to_have_text("valid", timeout=60_000)  # refreshed without a reload
         journey.check("certificate valid")
 
-        navigation.get_by_role("link", name="API tokens").click()
+        account_menu(page, "API tokens")
         page.get_by_label("Name").fill("deploy script")
         page.get_by_role("button", name="Create token").click()
         token = page.get_by_label("API token").input_value()
@@ -110,7 +117,7 @@ def test_a_client_creates_deploys_and_manages_a_site(journey_factory, product, s
         assert page.evaluate("navigator.clipboard.readText()") == token
         journey.check("token created")
 
-        navigation.get_by_role("link", name="Profile").click()
+        account_menu(page, "Profile")
         page.get_by_label("Current password").fill(password)
         page.get_by_label("New password", exact=True).fill("a new long password 42")
         page.get_by_label("Repeat the new password").fill("a new long password 42")
@@ -120,10 +127,10 @@ def test_a_client_creates_deploys_and_manages_a_site(journey_factory, product, s
         expect(page.get_by_role("heading", level=1)).to_have_text("My sites")
         expect(page.get_by_role("link", name="shop.example.test")).to_be_visible()
 
-        page.get_by_role("button", name="Sign out").click()
+        account_menu(page, "Sign out")
         expect(page).to_have_url(f"{product.url}/auth/login")
         page.go_back()
-        expect(page.get_by_role("button", name="Sign out")).to_have_count(0)
+        expect(page.locator("#account-menu")).to_have_count(0)  # signed out
         expect(page).to_have_url(f"{product.url}/auth/login?next=%2Fclient%2F")
     finally:
         for backend in backends:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from playwright.sync_api import Locator, Page, expect
 
-from tests.e2e.conftest import SHARED_POOL, make_client
+from tests.e2e.conftest import SHARED_POOL, account_menu, make_client
 
 
 def tab_to(page: Page, target: Locator, limit: int = 60) -> None:
@@ -37,9 +37,9 @@ def test_a_client_signs_in_and_adds_a_site_with_the_keyboard_alone(journey_facto
     expect(page.get_by_role("heading", level=1)).to_have_text("My sites")
 
     # The dark navigation shows where the focus is.
-    profile = page.get_by_role("navigation", name="Main").get_by_role("link", name="Profile")
-    tab_to(page, profile)
-    assert_focus_ring(profile)
+    mine = page.get_by_role("navigation", name="Main").get_by_role("link", name="My sites")
+    tab_to(page, mine)
+    assert_focus_ring(mine)
 
     add = page.get_by_role("link", name="Add a site")
     tab_to(page, add)
@@ -71,7 +71,7 @@ def test_copy_works_without_the_clipboard_api_on_plain_http(journey_factory, pro
     page.get_by_label("Username").fill("ivan")
     page.get_by_label("Password").fill(password)
     page.get_by_label("Password").press("Enter")
-    page.get_by_role("navigation", name="Main").get_by_role("link", name="API tokens").click()
+    account_menu(page, "API tokens")
     page.get_by_label("Name").fill("fallback")
     page.get_by_role("button", name="Create token").click()
     token = page.get_by_label("API token").input_value()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import sign_in
+from tests.e2e.conftest import account_menu, sign_in
 
 
 def test_signing_in_by_clicking_lands_on_the_page_asked_for(journey_factory, product):
@@ -46,12 +46,12 @@ def test_after_signing_out_the_back_button_shows_no_signed_in_page(journey_facto
     page = journey.go("/admin/users")
     sign_in(journey, "admin", product.admin_password)
     expect(page.get_by_role("heading", level=1)).to_have_text("Users")
-    page.get_by_role("button", name="Sign out").click()
+    account_menu(page, "Sign out")
     expect(page).to_have_url(f"{product.url}/auth/login")
     expect(page.get_by_role("status")).to_have_text("You are signed out.")
     page.go_back()
     expect(page).to_have_url(f"{product.url}/auth/login?next=%2Fadmin%2Fusers")
-    expect(page.get_by_role("button", name="Sign out")).to_have_count(0)
+    expect(page.locator("#account-menu")).to_have_count(0)  # signed out
 
 
 def test_the_navigation_collapses_on_a_phone_and_opens_with_the_keyboard(journey_factory,
