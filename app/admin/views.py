@@ -216,6 +216,7 @@ def node_detail(node_id: int) -> Any:
     return render_template("admin/node_detail.html", node=node, versions=versions,
                            statuses=deployments.version_statuses([v.id for v in versions.items]),
                            current=current, fingerprint=node_actions.fingerprint_or_none,
+                           explain_check=explain.check_failure,
                            rollback_summaries={v.id: deployments.rollback_summary(current, v)
                                                for v in versions.items})
 

@@ -97,6 +97,24 @@ def node_failure(error: str, node: str, *, step: str = "", admin: bool) -> Expla
                  node, error, admin)
 
 
+_CHECK_SENTENCES = {
+    "service": "The proxy process is not running on node {node}: start it, or use Prepare "
+               "to install and configure it.",
+    "http": "Node {node} does not answer HTTP on its listen address and port: is the proxy "
+            "running with our configuration (deploy once), and is the port open?",
+}
+
+
+def check_failure(part: str, detail: str, node: str) -> Explanation:
+    """One failed part of a node check (``ssh``, ``service`` or ``http``), for the
+    administrators who run checks."""
+    if part == "ssh":
+        return node_failure(detail, node, admin=True)
+    if part in _CHECK_SENTENCES and not detail.startswith("not checked"):
+        return Explanation(_CHECK_SENTENCES[part].format(node=node), detail)
+    return Explanation(detail, "")
+
+
 def site_failure(error: str, *, admin: bool) -> Explanation:
     """A site's last deployment error, recorded as ``"node: step: message"`` for each
     node that failed; the first one speaks for them all."""

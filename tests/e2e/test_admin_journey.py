@@ -57,6 +57,7 @@ def test_an_administrator_sets_up_a_pool_a_node_and_a_client(journey_factory, pr
     # Before its first deployment nothing of ours listens on the node: said in red.
     page.get_by_role("button", name="Check", exact=True).click()
     expect(page.locator(".alert-danger")).to_contain_text("Node eu-1 failed its check (HTTP)")
+    expect(page.get_by_text("Node eu-1 does not answer HTTP on its listen address")).to_be_visible()
     journey.check("node check failed")
 
     dialogs: list[str] = []

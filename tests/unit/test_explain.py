@@ -56,3 +56,14 @@ def test_a_rollout_says_how_many_nodes_failed():
     assert explain.rollout_failure(2, 5, admin=False).summary.startswith(
         "The deployment failed on 2 of 5 nodes")
     assert "the node" in explain.rollout_failure(1, 1, admin=True, error="x").summary
+
+
+def test_a_failed_node_check_says_which_part_and_what_to_do():
+    ssh = explain.check_failure("ssh", RAW["refused"].split(": ", 1)[1], "eu-1")
+    assert ssh.summary.startswith("SSH connection to node eu-1 refused")
+    http = explain.check_failure(
+        "http", "no HTTP answer on 10.0.0.7:80: [Errno 111] Connection refused", "eu-1")
+    assert http.summary.startswith("Node eu-1 does not answer HTTP")
+    assert "10.0.0.7:80" in http.detail
+    skipped = explain.check_failure("service", "not checked: SSH failed", "eu-1")
+    assert skipped == explain.Explanation("not checked: SSH failed", "")
