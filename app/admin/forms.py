@@ -22,7 +22,7 @@ from wtforms.validators import Optional
 
 from app.acme.dns_rfc2136 import TSIG_ALGORITHMS
 from app.forms import ServiceForm, enum_choices
-from app.models import DnsProvider, Node, ProxyType, Role, User
+from app.models import DeploymentStatus, DnsProvider, Node, ProxyType, Role, User
 from app.services.dashboard import CERTIFICATE_STATES, NODE_STATES, SITE_STATES
 from app.services.nodes import ENGINE_DEFAULTS
 
@@ -265,6 +265,12 @@ class SiteFilterForm(FilterForm):
         self.pool.choices = [SelectChoice("", "any pool"), *pools]
         self.owner_id.choices = [SelectChoice("", "any owner"),
                                 *(SelectChoice(u.id, u.username) for u in owners)]
+
+
+class DeploymentFilterForm(FilterForm):
+    q = StringField("Site")
+    status = SelectField("Status", default="", choices=[
+        SelectChoice("", "any status"), *enum_choices(DeploymentStatus)])
 
 
 class AuditFilterForm(FilterForm):

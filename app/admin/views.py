@@ -18,6 +18,7 @@ from app.admin import bp
 from app.admin.forms import (
     AuditFilterForm,
     BlockForm,
+    DeploymentFilterForm,
     DnsProviderForm,
     NodeFilterForm,
     NodeForm,
@@ -524,8 +525,12 @@ def site_deploy(site_id: int) -> Any:
 
 @bp.get("/deployments", endpoint="deployments")
 def deployment_list() -> Any:
-    page = deployments.list_rollouts(_actor(), page=_page_number())
-    return render_template("deployments/list.html", page=page)
+    filters = DeploymentFilterForm(request.args)
+    filters.validate()
+    page = deployments.list_rollouts(_actor(), page=_page_number(),
+                                     status=filters.status.data or None,
+                                     q=filters.q.data or None)
+    return render_template("deployments/list.html", page=page, filters=filters)
 
 
 @bp.get("/deployments/<int:rollout_id>")

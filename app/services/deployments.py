@@ -1319,12 +1319,22 @@ def rollout_to_dict(rollout: Rollout, actor: User) -> dict[str, Any]:
 
 
 def list_rollouts(actor: User, *, site_id: int | None = None, page: int = 1,
-                  per_page: int = 50) -> Page[Rollout]:
+                  per_page: int = 50, status: str | None = None,
+                  q: str | None = None) -> Page[Rollout]:
+    """Newest first; ``status`` one of the statuses, ``q`` part of the site's name."""
     stmt = scoped(select(Rollout), actor, Rollout).options(
         selectinload(Rollout.deployments).selectinload(Deployment.config_version))
     if site_id is not None:
         get_scoped(Site, site_id, actor, "site")
         stmt = stmt.where(Rollout.site_id == site_id)
+    if status:
+        try:
+            stmt = stmt.where(Rollout.status == DeploymentStatus(status))
+        except ValueError:
+            raise ValidationError("unknown status", {"status": "unknown status"}) from None
+    if q:
+        stmt = stmt.where(Rollout.site_id.in_(
+            select(Site.id).where(Site.domain.like(f"%{q.lower()}%"))))
     return paginate(stmt.order_by(Rollout.id.desc()), page, per_page)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from app.extensions import db as _db
 from app.models import DeploymentStatus
 from app.services import deployments
 from tests import factories
@@ -110,3 +111,15 @@ def test_a_rollback_summary_says_what_happens_to_the_sites():
     assert deployments.rollback_summary(now, more) == "From v5 to v1: 3 sites stop being served."
     assert deployments.rollback_summary(now, now).endswith("no site changes (shared files only).")
     assert deployments.rollback_summary(None, then) == "The node gets v2 (7 files)."
+
+
+def test_the_deployment_list_filters_by_status_and_site(app, admin, alice, admin_client):
+    ok = factories.make_rollout(factories.make_site(alice, "fine.example.com"))
+    bad = factories.make_rollout(factories.make_site(alice, "broken.example.com"))
+    bad.status = DeploymentStatus.FAILED
+    _db.session.commit()
+    failed = admin_client.get("/admin/deployments?status=failed").get_data(as_text=True)
+    assert f"/admin/deployments/{bad.id}" in failed and f"/admin/deployments/{ok.id}" not in failed
+    fine = admin_client.get("/admin/deployments?q=fine").get_data(as_text=True)
+    assert f"/admin/deployments/{ok.id}" in fine and f"/admin/deployments/{bad.id}" not in fine
+    assert admin_client.get("/admin/deployments?status=bogus").status_code == 422
