@@ -106,6 +106,15 @@ class Config:
     # DNS servers that check an HTTP-01 site's names point at its pool before ordering.
     ACME_PRECHECK_RESOLVERS = os.environ.get("ACME_PRECHECK_RESOLVERS", "")
     CERT_RENEW_BEFORE_DAYS = _int("CERT_RENEW_BEFORE_DAYS", 30)
+
+    # Where backends may point (comma-separated CIDRs). Empty denied: link-local,
+    # loopback and "this host"; cloud metadata addresses and the nodes' own addresses
+    # are always denied. Allowed networks are exceptions (127.0.0.0/8 for local
+    # trials). Backend names are resolved with BACKEND_RESOLVERS (host[:port], comma-
+    # separated; empty: the system's; "off": names are not checked).
+    BACKEND_DENIED_NETWORKS = os.environ.get("BACKEND_DENIED_NETWORKS", "")
+    BACKEND_ALLOWED_NETWORKS = os.environ.get("BACKEND_ALLOWED_NETWORKS", "")
+    BACKEND_RESOLVERS = os.environ.get("BACKEND_RESOLVERS", "")
     CERT_SELF_SIGNED_DAYS = _int("CERT_SELF_SIGNED_DAYS", 365)
 
 
@@ -123,6 +132,9 @@ class TestingConfig(Config):
     SECRET_KEY = "testing-secret-key"
     PASSWORD_HASH_METHOD = "pbkdf2:sha256:1000"
     RATELIMIT_STORAGE_URI = os.environ.get("TEST_RATELIMIT_STORAGE_URI", "memory://")
+    # Tests run their backends on loopback and never ask the system's DNS.
+    BACKEND_ALLOWED_NETWORKS = os.environ.get("BACKEND_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
+    BACKEND_RESOLVERS = os.environ.get("BACKEND_RESOLVERS", "off")
 
 
 class ProductionConfig(Config):

@@ -359,3 +359,100 @@ def normalize_email(value: str) -> str:
                               test_environment=True).normalized
     except EmailNotValidError as exc:
         raise ValueError(str(exc)) from None
+
+
+# -- backend address policy ------------------------------------------------------------
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Cloud instance metadata services: denied whatever the policy says, unless an
+# administrator allows one of them by its exact address.
+METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
+    "169.254.169.254", "169.254.170.2", "100.100.100.200", "fd00:ec2::254"))
+# Denied unless BACKEND_DENIED_NETWORKS says otherwise: link-local (metadata lives
+# there), loopback (the node itself) and "this host".
+DEFAULT_DENIED_NETWORKS = ("169.254.0.0/16", "fe80::/10", "127.0.0.0/8", "::1/128",
+                           "0.0.0.0/8", "::/128", "fd00:ec2::254/128",
+                           "100.100.100.200/32")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_INET_ATON = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+)){0,3}", re.I)
+
+
+def parse_networks(value: str) -> tuple[Network, ...]:
+    """Comma- or space-separated CIDRs (a bare address is its own /32 or /128).
+
+    :raises ValueError: naming the entry that is not a network.
+    """
+    networks = []
+    for item in re.split(r"[,\s]+", value.strip()):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item[:60]!r} is not an IP network (e.g. 10.0.0.0/8)") from None
+    return tuple(networks)
+
+
+def numeric_address(host: str) -> Address | None:
+    """The address a numeric host stands for in any spelling a resolver accepts:
+    dotted decimal and IPv6, and also the forms of ``inet_aton`` (one number, hex
+    ``0xa9fea9fe``, octal ``0251.0376.0251.0376``, fewer than four parts) that nginx's
+    resolver reads as addresses although they look like names."""
+    candidate = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        return ipaddress.ip_address(candidate)
+    except ValueError:
+        pass
+    if not _INET_ATON.fullmatch(candidate):
+        return None
+    parts = candidate.split(".")
+    try:
+        numbers = [int(p, 16) if p.lower().startswith("0x") else
+                   int(p, 8) if len(p) > 1 and p.startswith("0") else int(p) for p in parts]
+    except ValueError:
+        return None
+    limits = [256] * (len(numbers) - 1) + [256 ** (5 - len(numbers))]
+    if any(not 0 <= n < limit for n, limit in zip(numbers, limits, strict=True)):
+        return None
+    value = 0
+    for n in numbers[:-1]:
+        value = value * 256 + n
+    value = value * limits[-1] + numbers[-1]
+    return ipaddress.IPv4Address(value)
+
+
+def _spellings(address: Address) -> list[Address]:
+    """The address, and the IPv4 address an IPv6 one carries (mapped, compatible,
+    6to4, Teredo, NAT64), since each reaches that IPv4 host."""
+    found: list[Address] = [address]
+    if isinstance(address, ipaddress.IPv6Address):
+        carried = [address.ipv4_mapped, address.sixtofour,
+                   *(address.teredo or ()),
+                   # NAT64, and IPv4-compatible ::a.b.c.d (but :: and ::1 are not)
+                   ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+                   if address in _NAT64 or (int(address) >> 32 == 0 and int(address) > 1)
+                   else None]
+        found += [a for a in carried if a is not None]
+    return found
+
+
+def backend_refusal(address: Address, denied: tuple[Network, ...],
+                    allowed: tuple[Network, ...]) -> str | None:
+    """Why a backend may not be ``address`` under the policy, or None if it may.
+
+    An allowed network is an exception to the denied ones; a metadata address is an
+    exception only to an allowed network that is that address alone.
+    """
+    for candidate in _spellings(address):
+        if candidate in METADATA_ADDRESSES:
+            if not any(n.num_addresses == 1 and candidate in n for n in allowed):
+                return f"{candidate} is a cloud metadata address"
+            continue
+        network = next((n for n in denied if candidate.version == n.version
+                        and candidate in n), None)
+        if network is not None and not any(candidate.version == n.version and candidate in n
+                                           for n in allowed):
+            return f"{candidate} is in a network backends may not use ({network})"
+    return None

@@ -17,6 +17,8 @@ fi
 set -a; . "$env_file"; set +a
 export APP_ENV=${APP_ENV:-development}
 export SESSION_COOKIE_SECURE=${SESSION_COOKIE_SECURE:-false}
+# A local trial runs its backends on this machine: let loopback through.
+export BACKEND_ALLOWED_NETWORKS=${BACKEND_ALLOWED_NETWORKS:-127.0.0.0/8,::1/128}
 
 .venv/bin/flask --app wsgi db upgrade 2>&1 | grep -v "^INFO" || true
 if ! .venv/bin/flask --app wsgi users list --role admin 2>/dev/null | grep -q .; then

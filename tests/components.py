@@ -80,6 +80,9 @@ def app_env(database_url: str, **extra: str) -> dict[str, str]:
         "SECRET_KEY": "integration-secret",
         "ENCRYPTION_KEYS": Fernet.generate_key().decode(),
         "PYTHONDONTWRITEBYTECODE": "1",
+        # Test backends live on loopback; names are never sent to a DNS server.
+        "BACKEND_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
+        "BACKEND_RESOLVERS": "off",
     })
     env.update(extra)
     return env

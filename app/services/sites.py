@@ -45,6 +45,7 @@ from app.security import (
     validate_secret_text,
 )
 from app.services import audit, certificates, rendering
+from app.services import backends as backends_service
 from app.services.common import (
     Page,
     get_or_404,
@@ -134,6 +135,7 @@ def _clean(actor: User, data: Any, site: Site | None) -> dict[str, Any]:
                 aliases.append(value)
         out["aliases"] = aliases
     if "backends" in data or site is None:
+        address_policy = backends_service.policy()
         raw = data.get("backends")
         backends = []
         items = _list(errors, "backends", raw, LIMITS["backends"]) if raw is not None else []
@@ -146,6 +148,10 @@ def _clean(actor: User, data: Any, site: Site | None) -> dict[str, Any]:
             for extra in sorted(set(item) - {"host", "port", "weight"}):
                 errors[f"backends.{i}.{extra}"] = "unknown field"
             host = errors.check(f"backends.{i}.host", validate_host, item.get("host"))
+            if host is not None:
+                refused = address_policy.refusal(host)
+                if refused is not None:
+                    errors[f"backends.{i}.host"] = f"is not allowed: {refused}"
             port = errors.check(f"backends.{i}.port", validate_port, item.get("port"))
             weight = errors.check(
                 f"backends.{i}.weight", validate_int, item.get("weight", 1), 1, 100

@@ -1,0 +1,97 @@
+"""Where backends may point: the address policy that keeps a client's site from
+reaching the nodes themselves, cloud metadata services or networks an
+administrator closed (BACKEND_DENIED_NETWORKS, BACKEND_ALLOWED_NETWORKS)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+
+import dns.exception
+import dns.resolver
+from flask import current_app
+from sqlalchemy import select
+
+from app.extensions import db
+from app.models import Node
+from app.security import (
+    DEFAULT_DENIED_NETWORKS,
+    Address,
+    Network,
+    backend_refusal,
+    numeric_address,
+    parse_networks,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackendPolicy:
+    denied: tuple[Network, ...]
+    allowed: tuple[Network, ...]
+    resolver: dns.resolver.Resolver | None
+
+    def refusal(self, host: str) -> str | None:
+        """Why ``host`` may not be a backend, or None. A name is refused when any
+        address it resolves to is refused; one that does not resolve is left to the
+        node (it is that site's problem, never its neighbours')."""
+        address = numeric_address(host)
+        if address is not None:
+            return backend_refusal(address, self.denied, self.allowed)
+        for resolved in self._resolve(host):
+            reason = backend_refusal(resolved, self.denied, self.allowed)
+            if reason is not None:
+                return f"{host} resolves to {reason}"
+        return None
+
+    def _resolve(self, name: str) -> list[Address]:
+        if self.resolver is None:
+            return []
+        found: list[Address] = []
+        for kind in ("A", "AAAA"):
+            try:
+                answer = self.resolver.resolve(name, kind, search=False)
+            except (dns.exception.DNSException, OSError) as exc:
+                logger.debug("backend %s: no %s record (%s)", name, kind, type(exc).__name__)
+                continue
+            found += [ipaddress.ip_address(record.to_text()) for record in answer]
+        return found
+
+
+def policy() -> BackendPolicy:
+    """The policy now: the configured networks, and the nodes' own addresses."""
+    cfg = current_app.config
+    denied = parse_networks(cfg.get("BACKEND_DENIED_NETWORKS") or
+                            ",".join(DEFAULT_DENIED_NETWORKS))
+    nodes = set()
+    for host, listen in db.session.execute(select(Node.host, Node.listen_address)):
+        for value in (host, listen):
+            address = numeric_address(value) if value else None
+            if address is not None:
+                nodes.add(ipaddress.ip_network(address))
+    return BackendPolicy(denied + tuple(sorted(nodes, key=str)),
+                         parse_networks(cfg.get("BACKEND_ALLOWED_NETWORKS") or ""),
+                         _resolver(cfg.get("BACKEND_RESOLVERS") or ""))
+
+
+def _resolver(servers: str) -> dns.resolver.Resolver | None:
+    """Names are resolved with the configured servers (``host`` or ``host:port``),
+    with the system's when none is configured, or not at all when set to ``off``."""
+    if servers.strip().lower() == "off":
+        return None
+    entries = [s for s in servers.replace(",", " ").split() if s]
+    if not entries:
+        system = dns.resolver.Resolver()
+        system.lifetime = 3.0
+        return system
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = []
+    for entry in entries:
+        host, _, port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+        resolver.nameservers.append(host or entry)
+        if port:
+            resolver.port = int(port)
+    resolver.lifetime = 3.0
+    return resolver
