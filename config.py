@@ -53,6 +53,9 @@ class Config:
     # Number of reverse proxies in front of the app whose X-Forwarded-* we trust.
     PROXY_FIX_COUNT = _int("PROXY_FIX_COUNT", 0)
 
+    # Request bodies above this answer 413 (a certificate chain is the largest input).
+    MAX_CONTENT_LENGTH = _int("MAX_REQUEST_BYTES", 1024 * 1024)
+
     WTF_CSRF_ENABLED = True
     PASSWORD_HASH_METHOD = "scrypt"
     WTF_CSRF_TIME_LIMIT = None

@@ -13,6 +13,7 @@ from flask import Flask, jsonify, render_template, request
 from sqlalchemy import event
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import IntegerConverter
 
 from app.errors import ServiceError
 from app.extensions import api, bootstrap, csrf, db, limiter, login_manager, migrate
@@ -39,6 +40,7 @@ def create_app(config_name: str | None = None, overrides: dict[str, Any] | None 
     register_extensions(app)
     register_blueprints(app)
     register_errorhandlers(app)
+    register_request_limits(app)
     register_response_headers(app)
     register_commands(app)
     if app.config["DISCOVER_NODES_AT_STARTUP"]:
@@ -110,6 +112,7 @@ def _tune_sqlite(engine: Any) -> None:
 
 
 def register_extensions(app: Flask) -> None:
+    app.url_map.converters["int"] = _RowId
     db.init_app(app)
     migrate.init_app(
         app, db, directory=os.path.join(os.path.dirname(__file__), "..", "migrations"),
@@ -156,6 +159,56 @@ _CONTENT_SECURITY_POLICY = (
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; "
     "object-src 'none'"
 )
+
+
+class _RowId(IntegerConverter):
+    """``<int:...>`` in every route: ids beyond the database's 64-bit integers
+    answer 404 instead of overflowing the driver."""
+
+    def __init__(self, url_map: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max", 2**63 - 1)
+        super().__init__(url_map, *args, **kwargs)
+
+
+# JSON nested deeper than this is refused before any parser recurses into it.
+MAX_JSON_DEPTH = 64
+
+
+def json_depth(data: bytes) -> int:
+    """How deeply brackets nest in a JSON text, skipping strings: one linear pass,
+    no recursion, so that hostile nesting costs nothing to measure."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
+def register_request_limits(app: Flask) -> None:
+    """Bounded bodies (MAX_CONTENT_LENGTH answers 413) and bounded JSON nesting."""
+
+    @app.before_request
+    def refuse_deep_json() -> Any:
+        if request.is_json and request.content_length:
+            if json_depth(request.get_data(cache=True)) > MAX_JSON_DEPTH:
+                message = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+                if wants_json():
+                    return json_error(400, message)
+                return render_template("error.html", status=400, message=message), 400
+        return None
 
 
 def register_response_headers(app: Flask) -> None:

@@ -7,13 +7,15 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Select, func, select
 
-from app.errors import Forbidden, NotFound
+from app.errors import Forbidden, NotFound, ValidationError
 from app.extensions import db
 from app.models import User
 
 T = TypeVar("T")
 
 MAX_PER_PAGE = 200
+# Beyond this a page number is a typo or a probe; the offset would overflow the database.
+MAX_PAGE = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ def get_or_404(model: Any, object_id: int, what: str) -> Any:
 def paginate(stmt: Select[Any], page: int = 1, per_page: int = 50) -> Page[Any]:
     """Two queries whatever the page size: a count and one page of rows."""
     page = max(1, int(page))
+    if page > MAX_PAGE:
+        raise ValidationError("no such page", {"page": f"must be at most {MAX_PAGE}"})
     per_page = max(1, min(int(per_page), MAX_PER_PAGE))
     total = db.session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
     items = list(db.session.scalars(stmt.limit(per_page).offset((page - 1) * per_page)).unique())

@@ -241,6 +241,9 @@ def _clean(actor: User, data: Any, site: Site | None) -> dict[str, Any]:
             )
             if checked is not None and len(checked) < 8:
                 errors[f"basic_auth.{i}.password"] = "must be at least 8 characters"
+            elif checked is not None and len(checked.encode()) > 72:
+                # bcrypt, the hash every proxy checks, reads no further than 72 bytes.
+                errors[f"basic_auth.{i}.password"] = "must be at most 72 bytes"
             elif checked is not None and username:
                 users_out.append({"username": username, "password": checked})
         out["basic_auth"] = users_out
