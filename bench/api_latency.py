@@ -48,11 +48,11 @@ def seed(n_nodes: int, n_sites: int, n_clients: int) -> tuple[User, User]:
     db.session.execute(insert(User), [
         {"username": "benchadmin", "email": "benchadmin@example.com", "role": "admin",
          "password_hash": password_hash, "is_active": True, "max_sites": 0,
-         "session_version": 1, **stamps}
+         **stamps}
     ] + [
         {"username": f"client{i}", "email": f"client{i}@example.com", "role": "client",
          "password_hash": password_hash, "is_active": True, "max_sites": 1000,
-         "session_version": 1, **stamps}
+         **stamps}
         for i in range(n_clients)
     ])
     client_ids = list(db.session.scalars(select(User.id).where(User.role == "client")))

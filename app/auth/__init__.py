@@ -55,6 +55,7 @@ def login() -> Any:
         if user is None:
             form.password.errors.append("Invalid username or password.")
         else:
+            users.start_session(user, request.remote_addr or "", request.user_agent.string)
             login_user(user, remember=bool(form.remember.data))
             users.record_login(user)
             return redirect(_safe_next(request.args.get("next")) or url_for("main.index"))
@@ -64,7 +65,7 @@ def login() -> Any:
 @bp.post("/logout")
 @login_required
 def logout() -> Any:
-    users.record_logout(current_user._get_current_object())
+    users.end_session(current_user._get_current_object())
     logout_user()
     flash("You are signed out.", "info")
     return redirect(url_for("auth.login"))

@@ -171,13 +171,22 @@ def token_revoke(token_id: int) -> Any:
 
 def _profile_page(email_form: EmailForm, password_form: PasswordForm) -> Any:
     status = max(form_status(email_form), form_status(password_form))
+    actor = _actor()
     return render_template("client/profile_form.html", email_form=email_form,
-                           password_form=password_form), status
+                           password_form=password_form, sessions=users.list_sessions(actor),
+                           this_session=users.current_session_id(actor)), status
 
 
 @bp.get("/profile")
 def profile() -> Any:
     return _profile_page(EmailForm(data={"email": current_user.email}), PasswordForm())
+
+
+@bp.post("/profile/sessions/<int:session_id>/end")
+def profile_end_session(session_id: int) -> Any:
+    users.revoke_session(_actor(), session_id)
+    flash("That session is signed out.", "success")
+    return redirect(url_for(".profile"))
 
 
 @bp.post("/profile/email")

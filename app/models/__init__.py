@@ -31,7 +31,7 @@ from app.models.site import (
     SslMode,
     WafLevel,
 )
-from app.models.user import ApiToken, Role, User
+from app.models.user import ApiToken, Role, User, UserSession
 
 __all__ = [
     "AcmeAccount", "AcmeChallenge", "Certificate", "CertificateAttempt",
@@ -41,5 +41,5 @@ __all__ = [
     "DeploymentStatus", "GeoMode", "Node", "NodeLock", "NodeStatus", "Pool", "Rollout",
     "RolloutKind",
     "ProxyType", "Role", "Site", "SiteBackend", "SiteBasicAuthUser", "SiteHostname",
-    "SiteStatus", "SslMode", "User", "WafLevel",
+    "SiteStatus", "SslMode", "User", "UserSession", "WafLevel",
 ]

@@ -31,19 +31,20 @@ class User(UserMixin, TimestampMixin, db.Model):
     max_sites: Mapped[int] = mapped_column(Integer, default=10)
     totp_secret: Mapped[str | None] = mapped_column(EncryptedText, nullable=True)
     last_login: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    # Bumped on password change or reset so that every existing session ends.
-    session_version: Mapped[int] = mapped_column(Integer, default=1)
 
     tokens: Mapped[list[ApiToken]] = relationship(
         back_populates="user", cascade="all, delete-orphan", passive_deletes=True
     )
+    # The key of the browser session this object was loaded for (never stored: only
+    # its hash is, in UserSession), so that Flask-Login's cookies name that session.
+    session_key: str = ""
 
     @property
     def is_admin(self) -> bool:
         return self.role == Role.ADMIN
 
     def get_id(self) -> str:
-        return f"{self.id}.{self.session_version}"
+        return f"{self.id}.{self.session_key}"
 
     def __repr__(self) -> str:
         return f"<User {self.id} {self.username}>"
@@ -63,3 +64,19 @@ class ApiToken(db.Model):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     user: Mapped[User] = relationship(back_populates="tokens")
+
+
+class UserSession(db.Model):
+    """One signed-in browser, revocable on the server: signing out, a password change
+    or a deactivation ends it even where a copy of its cookie survives."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ip: Mapped[str] = mapped_column(String(64), default="")
+    user_agent: Mapped[str] = mapped_column(String(200), default="")
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

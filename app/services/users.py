@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+import secrets
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import current_app
@@ -11,7 +14,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from app.errors import Conflict, Forbidden, NotFound, ValidationError
 from app.extensions import db
-from app.models import Role, Site, User
+from app.models import ApiToken, Role, Site, User, UserSession
 from app.models.base import utcnow
 from app.security import check_password_policy, generate_password, normalize_email, validate_int
 from app.services import audit
@@ -131,10 +134,10 @@ def update_user(actor: User, user_id: int, data: dict[str, Any]) -> User:
         setattr(user, key, value)
     if password is not None:
         user.password_hash = _hash(password)
-        user.session_version += 1
+        _revoke_access(user)
         changed.append("password")
     if "is_active" in changed and not user.is_active:
-        user.session_version += 1
+        _revoke_access(user)
     audit.record(actor, "user.update", "user", user.id, {"fields": changed})
     db.session.commit()
     return user
@@ -150,7 +153,7 @@ def reset_password(actor: User, user_id: int) -> tuple[User, str]:
     user = get_or_404(User, user_id, "user")
     password = generate_password()
     user.password_hash = _hash(password)
-    user.session_version += 1
+    _revoke_access(user)
     audit.record(actor, "user.reset_password", "user", user.id)
     db.session.commit()
     return user, password
@@ -177,7 +180,7 @@ def change_password(actor: User, current_password: str, new_password: str) -> No
     except ValueError as exc:
         raise ValidationError("invalid password", {"new_password": f"Password {exc}"}) from None
     actor.password_hash = _hash(new_password)
-    actor.session_version += 1
+    _revoke_access(actor)
     audit.record(actor, "user.change_password", "user", actor.id)
     db.session.commit()
 
@@ -209,22 +212,98 @@ def record_login(user: User) -> None:
     db.session.commit()
 
 
-def record_logout(user: User) -> None:
+# A session's last-seen time is written at most this often, not on every request.
+_SEEN_EVERY = timedelta(minutes=1)
+
+
+def start_session(user: User, ip: str, user_agent: str) -> None:
+    """A new browser session for ``user``: its random key goes into the cookie (via
+    ``user.get_id()``), only the key's hash into the database."""
+    key = secrets.token_urlsafe(32)
+    db.session.add(UserSession(user_id=user.id, key_hash=_key_hash(key), ip=ip[:64],
+                               user_agent=user_agent[:200]))
+    user.session_key = key
+    db.session.commit()
+
+
+def end_session(user: User) -> None:
+    """Signing out: the session ends on the server, so a saved copy of its cookie
+    (or its remember-me cookie) opens nothing any more."""
+    row = _session_row(user.id, user.session_key)
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = utcnow()
     audit.record(user, "auth.logout", "user", user.id)
     db.session.commit()
 
 
 def load_session_user(session_id: str) -> User | None:
-    """Flask-Login's loader: the id carries the session version, so a password reset
-    ends every older session."""
-    try:
-        user_id, version = (int(part) for part in session_id.split("."))
-    except ValueError:
+    """Flask-Login's loader: the cookie names a session that must still be open on the
+    server, for an account that is still active."""
+    user_id, _, key = session_id.partition(".")
+    if not user_id.isdigit() or not key:
         return None
-    user = db.session.get(User, user_id)
-    if user is None or user.session_version != version or not user.is_active:
+    row = _session_row(int(user_id), key)
+    if row is None or row.revoked_at is not None:
         return None
+    user = db.session.get(User, row.user_id)
+    if user is None or not user.is_active:
+        return None
+    now = utcnow()
+    if now - _aware(row.last_seen_at) > _SEEN_EVERY:
+        row.last_seen_at = now
+        db.session.commit()
+    user.session_key = key
     return user
+
+
+def list_sessions(actor: User) -> list[UserSession]:
+    """The actor's open sessions, most recently used first."""
+    return list(db.session.scalars(
+        select(UserSession).where(UserSession.user_id == actor.id,
+                                  UserSession.revoked_at.is_(None))
+        .order_by(UserSession.last_seen_at.desc(), UserSession.id.desc())))
+
+
+def current_session_id(actor: User) -> int | None:
+    row = _session_row(actor.id, actor.session_key)
+    return row.id if row is not None else None
+
+
+def revoke_session(actor: User, session_id: int) -> None:
+    """End one of the actor's own sessions (another tenant's is not found)."""
+    row = db.session.get(UserSession, session_id)
+    if row is None or row.user_id != actor.id or row.revoked_at is not None:
+        raise NotFound("no such session")
+    row.revoked_at = utcnow()
+    audit.record(actor, "auth.end_session", "user", actor.id, {"session": session_id})
+    db.session.commit()
+
+
+def _revoke_access(user: User) -> None:
+    """A new password or a deactivation ends every session and revokes every token."""
+    now = utcnow()
+    for row in db.session.scalars(select(UserSession).where(
+            UserSession.user_id == user.id, UserSession.revoked_at.is_(None))):
+        row.revoked_at = now
+    for token in db.session.scalars(select(ApiToken).where(
+            ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))):
+        token.revoked_at = now
+
+
+def _session_row(user_id: int, key: str) -> UserSession | None:
+    if not key:
+        return None
+    row = db.session.scalar(select(UserSession).where(UserSession.key_hash == _key_hash(key)))
+    return row if row is not None and row.user_id == user_id else None
+
+
+def _key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; all stored times are UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def get_user(actor: User, user_id: int) -> User:

@@ -46,12 +46,18 @@ def test_after_signing_out_the_back_button_shows_no_signed_in_page(journey_facto
     page = journey.go("/admin/users")
     sign_in(journey, "admin", product.admin_password)
     expect(page.get_by_role("heading", level=1)).to_have_text("Users")
+    saved = journey.context.cookies()
     account_menu(page, "Sign out")
     expect(page).to_have_url(f"{product.url}/auth/login")
     expect(page.get_by_role("status")).to_have_text("You are signed out.")
     page.go_back()
     expect(page).to_have_url(f"{product.url}/auth/login?next=%2Fadmin%2Fusers")
     expect(page.locator("#account-menu")).to_have_count(0)  # signed out
+    # A copy of the cookies taken before signing out opens nothing either.
+    thief = journey_factory("thief")
+    thief.context.add_cookies(saved)
+    thief.go("/admin/users")
+    expect(thief.page).to_have_url(f"{product.url}/auth/login?next=%2Fadmin%2Fusers")
 
 
 def test_the_navigation_collapses_on_a_phone_and_opens_with_the_keyboard(journey_factory,
