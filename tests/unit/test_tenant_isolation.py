@@ -25,7 +25,16 @@ OWNED = {
     "tokens": lambda victim: tokens.create_token(victim, "victim-token")[0].id,
     "deployments": lambda victim: factories.make_rollout(
         factories.make_site(victim, "deployed.example.com")).id,
+    "sessions": lambda victim: _victim_session(victim),
 }
+
+
+def _victim_session(victim: Any) -> int:
+    from app.models import UserSession
+    from app.services import users
+
+    users.start_session(victim, "203.0.113.9", "victim's browser")
+    return _db.session.query(UserSession).filter_by(user_id=victim.id).one().id
 # Segments whose routes are for administrators only: a client gets 403 there.
 ADMIN_ONLY = {"nodes", "users", "pools", "audit", "dns-providers"}
 
