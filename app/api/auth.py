@@ -61,11 +61,14 @@ def _authenticate() -> None:
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not credentials.strip():
         raise Unauthorized("send an API token: 'Authorization: Bearer <token>'")
-    user = tokens.authenticate_token(credentials.strip())
-    if user is None:
+    token = tokens.authenticate_token(credentials.strip())
+    if token is None:
         raise Unauthorized("the API token is invalid, expired or revoked")
+    user = token.user
     if _marked(_ADMIN_ONLY) and not user.is_admin:
         raise Forbidden("administrators only")
+    if token.read_only and request.method not in tokens.READ_METHODS:
+        raise Forbidden("this token is read-only")
     g.api_actor = user
 
 

@@ -23,6 +23,10 @@ class TokenRequestSchema(Schema):
     username = fields.String(required=True)
     password = fields.String(required=True, load_only=True)
     name = fields.String(load_default="api", metadata={"description": "a label for the token"})
+    expires_in_days = fields.Integer(load_default=tokens.DEFAULT_EXPIRY_DAYS, metadata={
+        "description": "days until the token stops working (1 to 3650)"})
+    read_only = fields.Boolean(load_default=False, metadata={
+        "description": "a token that may only read (GET)"})
 
 
 class TokenSchema(Schema):
@@ -32,7 +36,10 @@ class TokenSchema(Schema):
                                                                     "recognise the token"})
     created_at = UtcDateTime()
     last_used = UtcDateTime(allow_none=True)
-    expires = UtcDateTime(allow_none=True, metadata={"description": "null: never expires"})
+    expires = UtcDateTime(allow_none=True, metadata={"description": "null: never expires "
+                                                                    "(tokens made before expiry "
+                                                                    "was required)"})
+    read_only = fields.Boolean(dump_only=True)
 
 
 class CreatedTokenSchema(Schema):
@@ -41,6 +48,7 @@ class CreatedTokenSchema(Schema):
     name = fields.String(dump_only=True)
     prefix = fields.String(dump_only=True)
     expires = UtcDateTime(allow_none=True)
+    read_only = fields.Boolean(dump_only=True)
 
 
 def _login_limit() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from wtforms import (
+    BooleanField,
     EmailField,
     IntegerField,
     PasswordField,
@@ -12,7 +13,7 @@ from wtforms import (
     StringField,
     SubmitField,
 )
-from wtforms.validators import DataRequired, EqualTo, Optional
+from wtforms.validators import DataRequired, EqualTo
 
 from app.forms import ServiceForm
 from app.services.dashboard import SITE_STATES
@@ -36,9 +37,11 @@ class TokenForm(ServiceForm):
     name = StringField("Name", validators=[DataRequired()],
                        description="What the token is for, e.g. deploy-script.")
     expires_in_days = IntegerField(
-        "Expires after (days)", validators=[Optional()],
-        description="Leave blank for a token that does not expire.",
+        "Expires after (days)", default=90, validators=[DataRequired()],
+        description="From 1 to 3650 days; make a new token before it ends.",
     )
+    read_only = BooleanField("Read only", description="The token may look (GET) but change "
+                             "nothing: for monitoring and reports.")
     submit = SubmitField("Create token")
 
 

@@ -149,7 +149,8 @@ def tokens_page() -> Any:
     if form.validate_on_submit():
         try:
             token, plaintext = tokens.create_token(
-                actor, (form.name.data or "").strip(), form.expires_in_days.data
+                actor, (form.name.data or "").strip(), form.expires_in_days.data,
+                read_only=bool(form.read_only.data),
             )
         except ValidationError as exc:
             form.add_service_errors(exc.fields)

@@ -62,6 +62,8 @@ class ApiToken(db.Model):
     last_used: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # A read-only token may only look (GET), for monitoring and reporting scripts.
+    read_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
     user: Mapped[User] = relationship(back_populates="tokens")
 

@@ -25,19 +25,25 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=utcnow().tzinfo)
 
 
+# Every token expires: a forgotten one stops working by itself.
+DEFAULT_EXPIRY_DAYS = 90
+# Methods a read-only token may use.
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 def create_token(
-    actor: User, name: str, expires_in_days: int | None = None
+    actor: User, name: str, expires_in_days: int = DEFAULT_EXPIRY_DAYS, *,
+    read_only: bool = False,
 ) -> tuple[ApiToken, str]:
     """:returns: the row and the plaintext token, which is never retrievable again."""
     errors = {}
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         errors["name"] = "1 to 64 letters, digits, spaces, '.', '_' or '-'"
-    if expires_in_days is not None and (
-        isinstance(expires_in_days, bool)
-        or not isinstance(expires_in_days, int)
-        or not 1 <= expires_in_days <= 3650
-    ):
+    if (isinstance(expires_in_days, bool) or not isinstance(expires_in_days, int)
+            or not 1 <= expires_in_days <= 3650):
         errors["expires_in_days"] = "must be between 1 and 3650"
+    if not isinstance(read_only, bool):
+        errors["read_only"] = "must be true or false"
     if errors:
         raise ValidationError("invalid token", errors)
     token, prefix, token_hash = generate_api_token()
@@ -46,20 +52,24 @@ def create_token(
         name=name,
         prefix=prefix,
         token_hash=token_hash,
-        expires=utcnow() + timedelta(days=expires_in_days) if expires_in_days else None,
+        expires=utcnow() + timedelta(days=expires_in_days),
+        read_only=read_only,
     )
     db.session.add(row)
     db.session.flush()
-    audit.record(actor, "token.create", "token", row.id, {"name": name})
+    audit.record(actor, "token.create", "token", row.id,
+                 {"name": name, "read_only": read_only, "days": expires_in_days})
     db.session.commit()
     return row, token
 
 
-def create_token_with_password(username: str, password: str, name: str) -> tuple[ApiToken, str]:
+def create_token_with_password(username: str, password: str, name: str,
+                               expires_in_days: int = DEFAULT_EXPIRY_DAYS,
+                               read_only: bool = False) -> tuple[ApiToken, str]:
     user = users.authenticate(username, password)
     if user is None:
         raise Unauthorized("invalid username or password")
-    return create_token(user, name or "api")
+    return create_token(user, name or "api", expires_in_days, read_only=read_only)
 
 
 def list_tokens(actor: User) -> list[ApiToken]:
@@ -86,7 +96,8 @@ def revoke_token(actor: User, token_id: int) -> None:
     db.session.commit()
 
 
-def authenticate_token(raw: str) -> User | None:
+def authenticate_token(raw: str) -> ApiToken | None:
+    """The live token ``raw`` is (its ``user`` acts, within its ``read_only`` scope)."""
     row = db.session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_api_token(raw)))
     now = utcnow()
     if row is None or row.revoked_at is not None:
@@ -98,4 +109,4 @@ def authenticate_token(raw: str) -> User | None:
     if row.last_used is None or now - _aware(row.last_used) > _LAST_USED_RESOLUTION:
         row.last_used = now
         db.session.commit()
-    return row.user
+    return row

@@ -1,4 +1,4 @@
-"""server-side sessions
+"""server-side sessions, read-only tokens
 
 Revision ID: 0005
 Revises: 0004
@@ -32,12 +32,17 @@ def upgrade():
     )
     with op.batch_alter_table('user_sessions', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_user_sessions_user_id'), ['user_id'], unique=False)
+    with op.batch_alter_table('api_tokens', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('read_only', sa.Boolean(), server_default='0',
+                                      nullable=False))
     # Sessions now live in user_sessions: every cookie of the old kind signs out.
     with op.batch_alter_table('users', schema=None) as batch_op:
         batch_op.drop_column('session_version')
 
 
 def downgrade():
+    with op.batch_alter_table('api_tokens', schema=None) as batch_op:
+        batch_op.drop_column('read_only')
     with op.batch_alter_table('users', schema=None) as batch_op:
         batch_op.add_column(sa.Column('session_version', sa.Integer(), nullable=False,
                                       server_default='1'))

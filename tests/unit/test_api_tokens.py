@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from app.extensions import limiter
@@ -19,8 +21,10 @@ def test_password_exchange_returns_a_working_token_once(client, alice):
         "username": "alice", "password": factories.PASSWORD, "name": "ci"})
     assert response.status_code == 201
     body = response.get_json()
-    assert set(body) == {"token", "id", "name", "prefix", "expires"}
-    assert body["name"] == "ci" and body["expires"] is None
+    assert set(body) == {"token", "id", "name", "prefix", "expires", "read_only"}
+    expires = datetime.fromisoformat(body["expires"])
+    assert body["name"] == "ci" and body["read_only"] is False
+    assert timedelta(days=89) < expires - datetime.now(UTC) <= timedelta(days=90)
     assert body["token"].startswith(body["prefix"])
     assert client.get("/api/v1/sites", headers=_bearer(body["token"])).status_code == 200
     listed = client.get("/api/v1/tokens", headers=_bearer(body["token"])).get_json()
@@ -73,7 +77,8 @@ def test_list_shows_own_live_tokens_with_exact_fields(client, alice, bob):
     body = client.get("/api/v1/tokens", headers=headers).get_json()
     assert body["total"] == 2 and body["page"] == 1
     assert {item["name"] for item in body["items"]} == {"test", "second"}
-    assert set(body["items"][0]) == {"id", "name", "prefix", "created_at", "last_used", "expires"}
+    assert set(body["items"][0]) == {"id", "name", "prefix", "created_at", "last_used", "expires",
+                                     "read_only"}
 
 
 def test_list_paginates(client, alice):
@@ -127,3 +132,25 @@ def test_token_requests_are_rate_limited_per_username(limited, alice):
     other = limited.post("/api/v1/tokens", json={"username": "bob", "password": "x"},
                          environ_base={"REMOTE_ADDR": "10.0.0.10"})
     assert other.status_code == 401
+
+
+def test_a_read_only_token_reads_but_changes_nothing(client, alice):
+    body = client.post("/api/v1/tokens", json={
+        "username": "alice", "password": factories.PASSWORD, "name": "monitor",
+        "read_only": True, "expires_in_days": 7}).get_json()
+    headers = _bearer(body["token"])
+    assert body["read_only"] is True
+    assert client.get("/api/v1/sites", headers=headers).status_code == 200
+    refused = client.post("/api/v1/sites", headers=headers, json={
+        "domain": "ro.example.com", "backends": [{"host": "10.0.0.1", "port": 80}]})
+    assert refused.status_code == 403
+    assert refused.get_json()["error"]["message"] == "this token is read-only"
+    assert client.delete(f"/api/v1/tokens/{body['id']}", headers=headers).status_code == 403
+
+
+@pytest.mark.parametrize("days", [0, 3651, "ninety", True])
+def test_a_token_lifetime_outside_1_to_3650_days_is_refused(client, alice, days):
+    response = client.post("/api/v1/tokens", json={
+        "username": "alice", "password": factories.PASSWORD, "expires_in_days": days})
+    assert response.status_code == 422
+    assert "expires_in_days" in response.get_json()["error"]["fields"]
