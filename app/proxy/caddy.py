@@ -69,6 +69,16 @@ def quote(value: str) -> str:
     return f'"{value}"'
 
 
+# Words the header directive reads as its own keywords even when quoted.
+_HEADER_KEYWORDS = frozenset({"defer", "match"})
+
+
+def _field_name(name: str) -> str:
+    """A header name Caddy reads as a name: header names are case-insensitive, so a
+    keyword-like one is written capitalized ("Defer")."""
+    return name.capitalize() if name in _HEADER_KEYWORDS else name
+
+
 def host_name(name: str) -> str:
     """:raises ValueError: unless ``name`` is a plain (possibly wildcard) host name."""
     if not _HOST.fullmatch(name) or ".." in name:
@@ -249,7 +259,8 @@ class _SiteRenderer:
             pairs.append(("Strict-Transport-Security", HSTS_VALUE))
         if not pairs:
             return []
-        return _block("header", ["defer", *(f"{quote(k)} {quote(v)}" for k, v in pairs)])
+        return _block("header", ["defer", *(f"{quote(_field_name(k))} {quote(v)}"
+                                             for k, v in pairs)])
 
     def _reverse_proxy(self) -> list[str]:
         site = self.site

@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import ssl
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -60,6 +61,34 @@ def test_caddy_validate_catches_a_broken_site_file(tmp_path, certificate):
     site_file.write_text(site_file.read_text().replace("reverse_proxy", "reverse_proxyy"))
     with pytest.raises(AssertionError, match="reverse_proxyy"):
         node.run(rendered.test_command)
+
+
+def test_header_names_that_are_caddy_keywords_stay_header_names(tmp_path, certificate):
+    node = CaddyNode(tmp_path)
+    site = SiteSpec(id=9, owner_id=10, domain="keywords.example.com",
+                    backends=(BackendSpec("127.0.0.1", 8080),),
+                    headers=(("defer", "first"), ("match", "second"), ("X-Kept", "third")))
+    node.write([site])
+    adapted = subprocess.run(
+        [node.binary, "adapt", "--config", str(node.main), "--adapter", "caddyfile"],
+        env=node.env, capture_output=True, text=True, check=True, timeout=60)
+    headers = [handler for handler in _handlers(json.loads(adapted.stdout))
+               if handler.get("handler") == "headers"]
+    assert headers and headers[0]["response"]["set"] == {
+        "Defer": ["first"], "Match": ["second"], "X-Kept": ["third"]}
+    assert headers[0]["response"]["deferred"] is True
+
+
+def _handlers(config: Any) -> Iterator[dict[str, Any]]:
+    """Every handler object anywhere in an adapted Caddy configuration."""
+    if isinstance(config, dict):
+        if "handler" in config:
+            yield config
+        for value in config.values():
+            yield from _handlers(value)
+    elif isinstance(config, list):
+        for value in config:
+            yield from _handlers(value)
 
 
 # --- a running node ----------------------------------------------------------------
