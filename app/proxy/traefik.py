@@ -174,15 +174,34 @@ class TraefikEngine(Engine):
         )
 
 
+# Traefik ranks routers by the length of their rule unless told otherwise, so a
+# neighbour's long wildcard could outrank an exact name: every router says its rank.
+# An exact name always wins over a wildcard covering it, on every engine.
+EXACT_PRIORITY = 2_000_000
+WILDCARD_PRIORITY = 1_000_000
+
+
+def _rules(names: tuple[str, ...]) -> list[tuple[str, str, int]]:
+    """(router name suffix, rule, priority): the exact names and the wildcards apart."""
+    exact = tuple(n for n in names if not n.startswith("*."))
+    wildcards = tuple(n for n in names if n.startswith("*."))
+    rules = []
+    if exact:
+        rules.append(("", host_rule(exact), EXACT_PRIORITY))
+    if wildcards:
+        rules.append(("-wildcard", host_rule(wildcards), WILDCARD_PRIORITY))
+    return rules
+
+
 def _site_files(node: NodeSpec, site: SiteSpec) -> dict[str, str]:
     # First, because the domain also names the files.
-    rule = host_rule(site.server_names)
+    rules = _rules(site.server_names)
     header = file_header("#", site, str(site.config_version))
     chain_path, key_path = f"tls/{site.domain}.crt", f"tls/{site.domain}.key"
     if site.ip_deny:
         header += (f"# ip_deny {' '.join(site.ip_deny)} is written as what it leaves "
                    f"allowed (rpcc-{site.id}-ip)\n")
-    config = _site_config(node, site, rule, chain_path, key_path)
+    config = _site_config(node, site, rules, chain_path, key_path)
     # Comments too: Go templates see the whole file.
     _check_scalars([header.splitlines(), config])
     out = {f"sites/{site.domain}.yml":
@@ -194,8 +213,8 @@ def _site_files(node: NodeSpec, site: SiteSpec) -> dict[str, str]:
     return out
 
 
-def _site_config(node: NodeSpec, site: SiteSpec, rule: str, chain_path: str,
-                 key_path: str) -> dict[str, Any]:
+def _site_config(node: NodeSpec, site: SiteSpec, rules: list[tuple[str, str, int]],
+                 chain_path: str, key_path: str) -> dict[str, Any]:
     prefix = f"rpcc-{site.id}"
     http: dict[str, Any] = {"routers": {}, "services": _services(site, prefix)}
     if site.backend_protocol == "https":
@@ -209,14 +228,16 @@ def _site_config(node: NodeSpec, site: SiteSpec, rule: str, chain_path: str,
     chain = [name for name in (f"{prefix}-headers", f"{prefix}-ip", f"{prefix}-ratelimit",
                                f"{prefix}-auth") if name in middlewares]
     redirect = f"{prefix}-redirect"
-    http["routers"][f"{prefix}-web"] = _router(
-        WEB, rule, prefix, [redirect] if redirect in middlewares else chain)
+    for suffix, rule, priority in rules:
+        http["routers"][f"{prefix}-web{suffix}"] = _router(
+            WEB, rule, priority, prefix, [redirect] if redirect in middlewares else chain)
     config: dict[str, Any] = {"http": http}
     if site.serves_tls:
         secure_chain = [f"{prefix}-hsts", *chain] if site.hsts else chain
-        http["routers"][f"{prefix}-websecure"] = {
-            **_router(WEBSECURE, rule, prefix, secure_chain), "tls": {},
-        }
+        for suffix, rule, priority in rules:
+            http["routers"][f"{prefix}-websecure{suffix}"] = {
+                **_router(WEBSECURE, rule, priority, prefix, secure_chain), "tls": {},
+            }
         config_dir = node.config_dir.rstrip("/")
         config["tls"] = {"certificates": [{"certFile": f"{config_dir}/{chain_path}",
                                            "keyFile": f"{config_dir}/{key_path}"}]}
@@ -225,8 +246,10 @@ def _site_config(node: NodeSpec, site: SiteSpec, rule: str, chain_path: str,
     return config
 
 
-def _router(entry_point: str, rule: str, service: str, middlewares: list[str]) -> dict[str, Any]:
-    router: dict[str, Any] = {"entryPoints": [entry_point], "rule": rule, "service": service}
+def _router(entry_point: str, rule: str, priority: int, service: str,
+            middlewares: list[str]) -> dict[str, Any]:
+    router: dict[str, Any] = {"entryPoints": [entry_point], "rule": rule,
+                              "priority": priority, "service": service}
     if middlewares:
         router["middlewares"] = middlewares
     return router

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from app.proxy import get_engine
 from app.proxy.base import BackendSpec, Capability, NodeSpec, RenderedConfig, SiteSpec
-from app.proxy.traefik import ENGINE, allowed_ranges, host_rule
+from app.proxy.traefik import ENGINE, EXACT_PRIORITY, WILDCARD_PRIORITY, allowed_ranges, host_rule
 from tests.hostile import HEADER_VALUES, INJECTION_STRINGS
 from tests.render_checks import (
     FAKE_CERTIFICATE,
@@ -149,14 +149,22 @@ def test_every_reference_resolves_within_the_file_set(sites):
     rendered = ENGINE.render(GOLDEN_NODE, sites)
     view = merged(rendered)
     by_prefix = {f"rpcc-{site.id}": site for site in sites}
+    names_by_site: dict[str, set[str]] = {}
     for name, router in view["routers"].items():
-        site = by_prefix[name.rsplit("-", 1)[0]]
+        prefix = re.sub(r"-web(secure)?(-wildcard)?$", "", name)
+        assert prefix in by_prefix, name
         assert router["service"] in view["services"], name
         for middleware in router.get("middlewares", []):
             assert middleware in view["middlewares"], (name, middleware)
         assert router["entryPoints"] in (["web"], ["websecure"])
         assert ("tls" in router) == (router["entryPoints"] == ["websecure"])
-        assert rule_names(router["rule"]) == set(site.server_names), name
+        wildcard = name.endswith("-wildcard")
+        assert router["priority"] == (WILDCARD_PRIORITY if wildcard else EXACT_PRIORITY)
+        assert all(n.startswith("*.") == wildcard for n in rule_names(router["rule"])), name
+        names_by_site.setdefault(f"{prefix}-{router['entryPoints'][0]}", set()).update(
+            rule_names(router["rule"]))
+    for key, names in names_by_site.items():
+        assert names == set(by_prefix[key.rsplit("-", 1)[0]].server_names), key
     for name, service in view["services"].items():
         for child in service.get("weighted", {}).get("services", []):
             assert child["name"] in view["services"], name
@@ -322,4 +330,18 @@ def test_hostile_values_are_refused_or_stay_literal_text(field, value):
             site.headers)
     if field == "basic auth user":
         assert middlewares["rpcc-9-auth"]["basicAuth"]["users"] == [f"{value}:{HASH_1}"]
-    assert set(view["routers"]) == {"rpcc-9-web"}
+    assert set(view["routers"]) in ({"rpcc-9-web"}, {"rpcc-9-web-wildcard"},
+                                    {"rpcc-9-web", "rpcc-9-web-wildcard"})
+
+
+def test_an_exact_name_outranks_every_wildcard_whatever_the_rule_lengths():
+    # A neighbour's wildcard with a long rule must not take an exact name's traffic.
+    exact = SiteSpec(id=1, owner_id=10, domain="shop.example.net",
+                     backends=(BackendSpec("10.0.0.1", 80),))
+    greedy = SiteSpec(id=2, owner_id=11, domain="a-very-long-name-for-a-wildcard.example.org",
+                      aliases=("*.example.net",), backends=(BackendSpec("10.0.0.2", 80),))
+    view = merged(ENGINE.render(GOLDEN_NODE, [exact, greedy]))
+    routers = view["routers"]
+    assert routers["rpcc-1-web"]["priority"] > routers["rpcc-2-web-wildcard"]["priority"]
+    assert len(routers["rpcc-2-web-wildcard"]["rule"]) > len(routers["rpcc-1-web"]["rule"])
+    assert rule_names(routers["rpcc-2-web-wildcard"]["rule"]) == {"*.example.net"}
