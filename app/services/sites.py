@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from publicsuffixlist import PublicSuffixList
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
@@ -125,11 +126,14 @@ def _clean(actor: User, data: Any, site: Site | None) -> dict[str, Any]:
 
     if "domain" in data or site is None:
         out["domain"] = errors.check("domain", validate_domain, data.get("domain"))
+        if out["domain"] is not None:
+            errors.check("domain", _not_a_public_suffix, out["domain"])
     if "aliases" in data:
         aliases = []
         for i, alias in enumerate(_list(errors, "aliases", data["aliases"], LIMITS["aliases"])):
             value = errors.check(f"aliases.{i}", validate_domain, alias, allow_wildcard=True)
             if value is not None:
+                errors.check(f"aliases.{i}", _not_a_public_suffix, value)
                 if value in aliases:
                     errors[f"aliases.{i}"] = "is listed twice"
                 aliases.append(value)
@@ -336,6 +340,55 @@ def _check_consistency(out: dict[str, Any], site: Site | None) -> None:
         raise ValidationError("invalid site", errors)
 
 
+# The Public Suffix List, bundled with the package and loaded once.
+_PUBLIC_SUFFIXES = PublicSuffixList()
+
+
+def _not_a_public_suffix(name: str) -> str:
+    """A site cannot be, or cover with a wildcard, a name under which anyone may
+    register (``com``, ``co.uk``, ``github.io``): it would claim everybody's sites."""
+    base = name[2:] if name.startswith("*.") else name
+    if _PUBLIC_SUFFIXES.is_public(base):
+        raise ValueError(f"{base} is a public suffix: name a domain registered under it")
+    return name
+
+
+def _held_by_others(names: list[str], owner_id: int | None,
+                    exclude_site_id: int | None) -> dict[str, str]:
+    """Names of ``names`` that another client's site holds, is under or covers:
+    ``name -> the other client's name`` (one query). Names belong to someone: a
+    client cannot claim ``shop.example.net`` when another holds ``example.net`` or
+    ``*.example.net``, nor ``example.net`` or ``*.example.net`` when another holds
+    ``shop.example.net``."""
+    conflicts: dict[str, str] = {}
+    if not names:
+        return conflicts
+    wanted: dict[str, list[str]] = {}
+    conditions = []
+    for name in names:
+        base = name[2:] if name.startswith("*.") else name
+        labels = base.split(".")
+        parents = [".".join(labels[i:]) for i in range(len(labels))]
+        covering = [name, *parents, *(f"*.{p}" for p in parents[1:])]
+        wanted[name] = covering
+        conditions.append(SiteHostname.name.in_(covering))
+        conditions.append(SiteHostname.name.like(f"%.{base}"))
+    stmt = (select(SiteHostname.name).join(Site, Site.id == SiteHostname.site_id)
+            .where(or_(*conditions)))
+    if owner_id is not None:
+        stmt = stmt.where(Site.owner_id != owner_id)
+    if exclude_site_id is not None:
+        stmt = stmt.where(SiteHostname.site_id != exclude_site_id)
+    held = list(db.session.scalars(stmt))
+    for name, covering in wanted.items():
+        base = name[2:] if name.startswith("*.") else name
+        for other in held:
+            other_base = other[2:] if other.startswith("*.") else other
+            if other in covering or other_base.endswith(f".{base}") or other_base == base:
+                conflicts.setdefault(name, other)
+    return conflicts
+
+
 def _names_taken(names: list[str], exclude_site_id: int | None) -> set[str]:
     if not names:
         return set()
@@ -357,6 +410,15 @@ def _apply(site: Site, out: dict[str, Any]) -> None:
             raise ValidationError(
                 "invalid site", {field: f"already used by another site: {', '.join(sorted(taken))}"}
             )
+        owner_id = site.owner.id if site.owner is not None else site.owner_id
+        held = _held_by_others([domain, *aliases], owner_id, site.id)
+        if held:
+            errors = {}
+            for name, other in held.items():
+                field = "domain" if name == domain else f"aliases.{aliases.index(name)}"
+                errors[field] = (f"{name} is held by another client's site ({other} is "
+                                 "the same name, under it or over it)")
+            raise ValidationError("invalid site", errors)
     simple = (
         "backend_protocol", "ssl_mode", "acme_challenge", "force_https", "hsts", "http2",
         "websocket", "waf_level", "cache_enabled", "cache_ttl", "geo_mode", "geo_countries",
