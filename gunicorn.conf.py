@@ -14,6 +14,15 @@ errorlog = "-"
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 
+def when_ready(server):
+    """Memory storage counts sign-in attempts per worker: say so where operators look."""
+    storage = os.environ.get("RATELIMIT_STORAGE_URI", "memory://")
+    if workers > 1 and storage.startswith("memory://"):
+        server.log.warning(
+            "sign-in limits are counted per worker (%d workers, memory storage): set "
+            "RATELIMIT_STORAGE_URI=memcached://host:port to count them once", workers)
+
+
 def post_worker_init(worker):
     """Each worker runs a scheduler thread (one of them, deployment-wide, leads);
     started here, after the fork, because threads do not survive one."""

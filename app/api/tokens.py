@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app, request
 from flask.views import MethodView
 from marshmallow import Schema, fields
 
 from app.api.auth import ApiBlueprint, current_actor, public
 from app.api.schemas import PageQuerySchema, UtcDateTime, WithSecrets, page_schema
-from app.extensions import limiter
+from app.extensions import (
+    SIGN_IN_SCOPE,
+    SIGN_IN_USER_SCOPE,
+    limiter,
+    sign_in_limit,
+    sign_in_username,
+)
 from app.services import tokens
 
 blp = ApiBlueprint(
@@ -51,23 +56,11 @@ class CreatedTokenSchema(Schema):
     read_only = fields.Boolean(dump_only=True)
 
 
-def _login_limit() -> str:
-    return str(current_app.config["LOGIN_RATE_LIMIT"])
-
-
-def _username_key() -> str:
-    """Count attempts per username as well as per address, like the login form, so
-    that spreading a guessing attack over many addresses does not help."""
-    body = request.get_json(silent=True)
-    username = body.get("username") if isinstance(body, dict) else None
-    return "token-user:" + (username if isinstance(username, str) else "").strip().lower()[:64]
-
-
 @blp.route("")
 class Tokens(MethodView):
     @public
-    @limiter.limit(_login_limit)
-    @limiter.limit(_login_limit, key_func=_username_key)
+    @limiter.shared_limit(sign_in_limit, scope=SIGN_IN_SCOPE)
+    @limiter.shared_limit(sign_in_limit, scope=SIGN_IN_USER_SCOPE, key_func=sign_in_username)
     @blp.arguments(TokenRequestSchema)
     @blp.response(201, CreatedTokenSchema)
     @blp.alt_response(401, response="UNAUTHORIZED")

@@ -5,13 +5,19 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
-from app.extensions import limiter
+from app.extensions import (
+    SIGN_IN_SCOPE,
+    SIGN_IN_USER_SCOPE,
+    limiter,
+    sign_in_limit,
+    sign_in_username,
+)
 from app.services import users
 
 bp = Blueprint("auth", __name__)
@@ -21,14 +27,6 @@ class LoginForm(FlaskForm):
     username = StringField("Username", validators=[DataRequired(), Length(max=64)])
     password = PasswordField("Password", validators=[DataRequired(), Length(max=256)])
     remember = BooleanField("Keep me signed in")
-
-
-def _login_limit() -> str:
-    return current_app.config["LOGIN_RATE_LIMIT"]
-
-
-def _username_key() -> str:
-    return "login-user:" + (request.form.get("username") or "").strip().lower()[:64]
 
 
 def _safe_next(target: str | None) -> str | None:
@@ -44,8 +42,9 @@ def _safe_next(target: str | None) -> str | None:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit(_login_limit, methods=["POST"])
-@limiter.limit(_login_limit, methods=["POST"], key_func=_username_key)
+@limiter.shared_limit(sign_in_limit, scope=SIGN_IN_SCOPE, methods=["POST"])
+@limiter.shared_limit(sign_in_limit, scope=SIGN_IN_USER_SCOPE, methods=["POST"],
+                      key_func=sign_in_username)
 def login() -> Any:
     if current_user.is_authenticated:
         return redirect(url_for("main.index"))

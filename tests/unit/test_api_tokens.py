@@ -154,3 +154,14 @@ def test_a_token_lifetime_outside_1_to_3650_days_is_refused(client, alice, days)
         "username": "alice", "password": factories.PASSWORD, "expires_in_days": days})
     assert response.status_code == 422
     assert "expires_in_days" in response.get_json()["error"]["fields"]
+
+
+def test_the_form_and_the_api_count_against_one_sign_in_limit(limited, alice):
+    # Two guesses through the form, then the token API is already over the limit.
+    for n in range(2):
+        response = limited.post("/auth/login", data={"username": "alice", "password": "x"},
+                                environ_base={"REMOTE_ADDR": f"10.1.0.{n + 1}"})
+        assert response.status_code == 200
+    response = limited.post("/api/v1/tokens", json={"username": "alice", "password": "x"},
+                            environ_base={"REMOTE_ADDR": "10.1.0.9"})
+    assert response.status_code == 429
