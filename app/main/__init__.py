@@ -25,12 +25,16 @@ def index() -> Any:
 def health() -> Any:
     from app import __version__
 
-    scheduler: dict[str, Any] = {"leader": None, "heartbeat_age_seconds": None}
+    scheduler: dict[str, Any] = {"running": False, "heartbeat_age_seconds": None}
     try:
         db.session.execute(text("SELECT 1"))
         database = "ok"
         state = jobs.scheduler_state()
-        scheduler = {"leader": state.leader, "heartbeat_age_seconds": state.heartbeat_age_seconds}
+        scheduler = {"running": state.leader is not None,
+                     "heartbeat_age_seconds": state.heartbeat_age_seconds}
+        # Which process leads (host, pid) is for administrators only.
+        if current_user.is_authenticated and current_user.is_admin:
+            scheduler["leader"] = state.leader
     except Exception as exc:  # noqa: BLE001 - any failure means the database is down
         database = f"error: {type(exc).__name__}"
     status = 200 if database == "ok" else 503
