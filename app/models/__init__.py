@@ -22,6 +22,7 @@ from app.models.jobs import JobRun, JobStatus, SchedulerLease, Setting
 from app.models.node import Node, NodeStatus, Pool, ProxyType
 from app.models.site import (
     BackendProtocol,
+    BlockedName,
     GeoMode,
     Site,
     SiteBackend,
@@ -37,7 +38,7 @@ __all__ = [
     "AcmeAccount", "AcmeChallenge", "Certificate", "CertificateAttempt",
     "CertificateProvider", "CertificateStatus", "DnsProvider", "JobRun", "JobStatus",
     "SchedulerLease", "Setting",
-    "ApiToken", "AuditLog", "BackendProtocol", "ConfigVersion", "Deployment",
+    "ApiToken", "AuditLog", "BackendProtocol", "BlockedName", "ConfigVersion", "Deployment",
     "DeploymentStatus", "GeoMode", "Node", "NodeLock", "NodeStatus", "Pool", "Rollout",
     "RolloutKind",
     "ProxyType", "Role", "Site", "SiteBackend", "SiteBasicAuthUser", "SiteHostname",

@@ -19,7 +19,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.extensions import db
-from app.models.base import TimestampMixin, enum_column
+from app.models.base import TimestampMixin, enum_column, utcnow
 from app.models.node import Pool
 from app.models.user import User
 
@@ -191,3 +191,16 @@ class SiteBasicAuthUser(db.Model):
     password_hash: Mapped[str] = mapped_column(String(128))
 
     site: Mapped[Site] = relationship(back_populates="basic_auth_users")
+
+
+class BlockedName(db.Model):
+    """A name an administrator blocked: it stays blocked when its site is deleted and
+    created again, whoever creates it, until an administrator lifts the block."""
+
+    __tablename__ = "blocked_names"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(253), unique=True)
+    reason: Mapped[str] = mapped_column(String(500), default="")
+    blocked_by: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -18,6 +18,7 @@ from app.errors import Conflict, NotFound, ValidationError
 from app.extensions import db
 from app.models import (
     BackendProtocol,
+    BlockedName,
     GeoMode,
     Node,
     NodeStatus,
@@ -515,6 +516,7 @@ def create_site(actor: User, data: dict[str, Any]) -> Site:
     site = Site(owner=owner, hostnames=[], backends=[], basic_auth_users=[])
     out.setdefault("aliases", [])
     _apply(site, out)
+    _keep_names_blocked(actor, site, was_blocked=False)
     db.session.add(site)
     db.session.flush()
     _check_engines(site)
@@ -535,6 +537,7 @@ def update_site(actor: User, site_id: int, data: dict[str, Any]) -> Site:
             raise Conflict(f"site quota reached for {new_owner.username}")
     before = site_to_dict(site, admin=True)
     _apply(site, out)
+    _keep_names_blocked(actor, site, was_blocked=before["blocked"])
     _check_engines(site)
     changed = _changed_fields(before, site_to_dict(site, admin=True), out)
     if changed:
@@ -544,6 +547,29 @@ def update_site(actor: User, site_id: int, data: dict[str, Any]) -> Site:
                  {"domain": site.domain, "fields": changed})
     _commit_or_conflict()
     return site
+
+
+def _keep_names_blocked(actor: User, site: Site, *, was_blocked: bool) -> None:
+    """Blocked names outlive their site: blocking records the site's names, a site
+    that takes a blocked name is blocked with the recorded reason, and only an
+    administrator unblocking a site lifts the block of its names."""
+    names = [site.domain, *site.aliases]
+    records = {row.name: row for row in db.session.scalars(
+        select(BlockedName).where(BlockedName.name.in_(names)))}
+    if site.blocked:
+        for name in names:
+            if name not in records:
+                db.session.add(BlockedName(name=name, reason=site.blocked_reason,
+                                           blocked_by=actor.username))
+        return
+    if was_blocked and actor.is_admin:  # an administrator lifts the block
+        for row in records.values():
+            db.session.delete(row)
+        audit.record(actor, "site.unblock_names", "site", site.id, {"names": sorted(records)})
+        return
+    if records:
+        first = records[sorted(records)[0]]
+        site.blocked, site.blocked_reason = True, first.reason or "blocked by an administrator"
 
 
 def set_blocked(actor: User, site_id: int, blocked: bool, reason: str = "") -> Site:
