@@ -345,10 +345,19 @@ def _check_consistency(out: dict[str, Any], site: Site | None) -> None:
 _PUBLIC_SUFFIXES = PublicSuffixList()
 
 
+# Top-level names that never reach a public site (RFC 6761); the deployment probe
+# lives under one of them, so a site there could pass for the probe on every node.
+RESERVED_TLDS = ("invalid", "localhost", "local")
+
+
 def _not_a_public_suffix(name: str) -> str:
     """A site cannot be, or cover with a wildcard, a name under which anyone may
-    register (``com``, ``co.uk``, ``github.io``): it would claim everybody's sites."""
+    register (``com``, ``co.uk``, ``github.io``): it would claim everybody's sites.
+    Nor can it take a reserved name (the probe's ``rpcc-probe.invalid`` among them)."""
     base = name[2:] if name.startswith("*.") else name
+    if base.rsplit(".", 1)[-1] in RESERVED_TLDS:
+        raise ValueError(f"names under .{base.rsplit('.', 1)[-1]} are reserved and never "
+                         "served as sites")
     if _PUBLIC_SUFFIXES.is_public(base):
         raise ValueError(f"{base} is a public suffix: name a domain registered under it")
     return name

@@ -59,3 +59,15 @@ def test_names_under_a_public_suffix_stay_free_for_everyone(client, alice, bob):
     assert create(client, alice, "alice.github.io").status_code == 201
     assert create(client, bob, "bob.github.io").status_code == 201
     assert create(client, bob, "bob.example.test", ["*.bob.example.test"]).status_code == 201
+
+
+@pytest.mark.parametrize(("domain", "aliases", "field"), [
+    ("rpcc-probe.invalid", [], "domain"), ("shop.localhost", [], "domain"),
+    ("printer.local", [], "domain"), ("mine.example.com", ["*.x.invalid"], "aliases.0"),
+    ("mine.example.com", ["rpcc-probe.invalid"], "aliases.0"),
+])
+def test_reserved_names_and_the_probes_name_are_never_sites(client, alice, domain, aliases,
+                                                            field):
+    response = create(client, alice, domain, aliases)
+    assert response.status_code == 422
+    assert "reserved" in response.get_json()["error"]["fields"][field]
