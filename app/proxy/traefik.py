@@ -45,6 +45,7 @@ from app.proxy.base import (
     RenderedConfig,
     SiteSpec,
     file_header,
+    file_stem,
 )
 
 WEB = "web"
@@ -197,14 +198,15 @@ def _site_files(node: NodeSpec, site: SiteSpec) -> dict[str, str]:
     # First, because the domain also names the files.
     rules = _rules(site.server_names)
     header = file_header("#", site, str(site.config_version))
-    chain_path, key_path = f"tls/{site.domain}.crt", f"tls/{site.domain}.key"
+    stem = file_stem(site.domain)  # a 253-character domain still names a valid file
+    chain_path, key_path = f"tls/{stem}.crt", f"tls/{stem}.key"
     if site.ip_deny:
         header += (f"# ip_deny {' '.join(site.ip_deny)} is written as what it leaves "
                    f"allowed (rpcc-{site.id}-ip)\n")
     config = _site_config(node, site, rules, chain_path, key_path)
     # Comments too: Go templates see the whole file.
     _check_scalars([header.splitlines(), config])
-    out = {f"sites/{site.domain}.yml":
+    out = {f"sites/{stem}.yml":
            header + yaml.safe_dump(config, sort_keys=False, width=4096)}
     if site.certificate is not None and site.serves_tls:
         # PEM readers skip text before the first BEGIN line, so the header stays.

@@ -345,3 +345,15 @@ def test_an_exact_name_outranks_every_wildcard_whatever_the_rule_lengths():
     assert routers["rpcc-1-web"]["priority"] > routers["rpcc-2-web-wildcard"]["priority"]
     assert len(routers["rpcc-2-web-wildcard"]["rule"]) > len(routers["rpcc-1-web"]["rule"])
     assert rule_names(routers["rpcc-2-web-wildcard"]["rule"]) == {"*.example.net"}
+
+
+def test_a_253_character_domain_still_names_files_the_file_system_accepts():
+    from tests.nginx_node import long_domain
+
+    domain = long_domain(253)
+    site = SiteSpec(id=7, owner_id=10, domain=domain, backends=(BackendSpec("10.0.0.1", 80),))
+    rendered = ENGINE.render(GOLDEN_NODE, [site])
+    names = [path.rsplit("/", 1)[-1] for path in rendered.site_files[7]]
+    assert names and all(len(name.encode()) <= 255 for name in names), names
+    assert any(name.startswith(domain[:100]) for name in names)  # still tells whose it is
+    assert rule_names(merged(rendered)["routers"]["rpcc-7-web"]["rule"]) == {domain}
