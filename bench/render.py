@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from app.proxy.base import BackendSpec, CertificateSpec, NodeSpec, SiteSpec  # noqa: E402
 from app.proxy.caddy import ENGINE as CADDY  # noqa: E402
 from app.proxy.nginx import ENGINE as NGINX  # noqa: E402
+from app.proxy.traefik import ENGINE as TRAEFIK  # noqa: E402
 from tests.nginx_node import (  # noqa: E402
     BASE_OPEN_FILES,
     GOLDEN_HASH,
@@ -123,6 +124,14 @@ def main() -> None:
     for engine, rate in rates.items():
         print(f"  {engine:<8}{rate:>10,.0f}{1000 / rate:>10.3f}{rate / GOAL:>8.2f}")
     print(f"  nginx / caddy speed ratio: {rates['nginx'] / rates['caddy']:.2f}")
+
+    print("Traefik, one site with a long IP deny list (cost should grow with the list)")
+    print(f"  {'deny /24s':>10}{'ms':>10}{'ms per 100':>12}")
+    for size in (250, 1000, 4000):
+        deny = tuple(f"{10 + i // 256}.{i % 256}.7.0/24" for i in range(size))
+        site = replace(mixed[0], ip_deny=deny, ip_allow=())
+        seconds = _timed(lambda site=site: TRAEFIK.render(node_spec("traefik"), [site]))
+        print(f"  {size:>10,}{seconds * 1000:>10.1f}{seconds * 1000 / size * 100:>12.2f}")
 
     print("nginx -t (nginx 1.22, ModSecurity CRS and GeoIP2 loaded)")
     print(f"  {'sites':>8}{'files':>8}{'write s':>10}{'nginx -t s':>12}")

@@ -357,3 +357,36 @@ def test_a_253_character_domain_still_names_files_the_file_system_accepts():
     assert names and all(len(name.encode()) <= 255 for name in names), names
     assert any(name.startswith(domain[:100]) for name in names)  # still tells whose it is
     assert rule_names(merged(rendered)["routers"]["rpcc-7-web"]["rule"]) == {domain}
+
+
+@given(st.lists(st.integers(0, 2**32 - 1).flatmap(
+           lambda a: st.integers(8, 32).map(lambda p: str(ipaddress.ip_network((a, p),
+                                                                               strict=False)))),
+                max_size=6),
+       st.lists(st.integers(0, 2**32 - 1).flatmap(
+           lambda a: st.integers(8, 32).map(lambda p: str(ipaddress.ip_network((a, p),
+                                                                               strict=False)))),
+                max_size=12),
+       st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=20))
+def test_allowed_ranges_admit_exactly_the_allowed_and_not_denied_addresses(allow, deny, probes):
+    ranges = [ipaddress.ip_network(r) for r in allowed_ranges(tuple(allow), tuple(deny))]
+    allowed = [ipaddress.ip_network(a) for a in allow] or [ipaddress.ip_network("0.0.0.0/0")]
+    denied = [ipaddress.ip_network(d) for d in deny]
+    edges = [int(n.network_address) for n in (*allowed, *denied)] + [
+        int(n.broadcast_address) for n in (*allowed, *denied)]
+    for value in [*probes, *edges]:
+        if value == 0:
+            continue  # 0.0.0.0 is no client's address: "allow only it" means nobody
+        address = ipaddress.IPv4Address(value)
+        expected = any(address in n for n in allowed) and not any(address in n for n in denied)
+        assert any(address in r for r in ranges) == expected, (address, allow, deny)
+
+
+def test_a_deny_list_of_2000_networks_is_subtracted_exactly():
+    deny = tuple(f"{10 + i // 256}.{i % 256}.0.0/24" for i in range(2000))
+    ranges = [ipaddress.ip_network(r) for r in allowed_ranges((), deny)]
+    for i in range(0, 2000, 97):
+        denied = ipaddress.ip_network(deny[i])
+        assert not any(r.overlaps(denied) for r in ranges), denied
+        neighbour = denied.network_address + 256  # the next /24 is not denied
+        assert any(neighbour in r for r in ranges), neighbour
