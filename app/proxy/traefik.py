@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from ipaddress import IPv4Network, IPv6Network
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
@@ -58,7 +59,6 @@ _UNSAFE = re.compile(r"[^\x20-\x7e]|[{}]")
 # ipAllowList cannot be empty; the unspecified address is never a client's address,
 # so allowing only it allows nobody.
 _NOBODY = ["0.0.0.0/32"]
-_Net = TypeVar("_Net", IPv4Network, IPv6Network)
 
 
 def host_rule(names: tuple[str, ...]) -> str:
@@ -99,7 +99,8 @@ def allowed_ranges(allow: tuple[str, ...], deny: tuple[str, ...]) -> list[str]:
     return [str(net) for net in (*v4, *v6)] or list(_NOBODY)
 
 
-def _subtract(allowed: list[_Net], denied: list[_Net]) -> list[_Net]:
+def _subtract(allowed: Sequence[IPv4Network | IPv6Network],
+              denied: Sequence[IPv4Network | IPv6Network]) -> list[IPv4Network | IPv6Network]:
     """``allowed`` minus ``denied`` as address intervals in one sorted sweep, then
     back to CIDR blocks: linear in the lists (after sorting), where subtracting block
     by block grows with the square of a long deny list."""

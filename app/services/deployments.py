@@ -1078,13 +1078,44 @@ def deploy_site(actor: User | None, site_id: int, *, canary_node: str | None = N
         if canary_id is None:
             raise ValidationError("invalid canary", {
                 "canary_node": "must be the name of an active node of the site's pool"})
-    rollout = _create_rollout(actor, targets, kind=RolloutKind.DEPLOY, site=site,
-                              canary_node_id=canary_id)
-    audit.record(actor, "site.deploy", "site", site.id,
-                 {"rollout": rollout.id, "nodes": len(rollout.deployments)})
-    db.session.commit()
+    with _DEPLOY_REQUESTS:
+        # Concurrent requests for one site queue here (the row lock does the same
+        # across processes on PostgreSQL), so at most one rollout waits per site.
+        db.session.execute(select(Site.id).where(Site.id == site.id).with_for_update())
+        queued = _queued_rollout(site.id) if canary_id is None else None
+        if queued is not None:
+            audit.record(actor, "site.deploy", "site", site.id,
+                         {"rollout": queued.id, "joined": True})
+            db.session.commit()
+            return queued
+        rollout = _create_rollout(actor, targets, kind=RolloutKind.DEPLOY, site=site,
+                                  canary_node_id=canary_id)
+        audit.record(actor, "site.deploy", "site", site.id,
+                     {"rollout": rollout.id, "nodes": len(rollout.deployments)})
+        db.session.commit()
     launch(rollout.id)
     return rollout
+
+
+# Serializes the check-and-create of deploy requests within this process.
+_DEPLOY_REQUESTS = threading.Lock()
+
+
+def _queued_rollout(site_id: int) -> Rollout | None:
+    """A deployment of this site that no node has started yet: it renders after it
+    takes each node's lease, so it will carry whatever was saved before now, and a
+    new request joins it instead of starting another (a burst of requests starts at
+    most one rollout besides the one already running)."""
+    waiting = (Deployment.status == DeploymentStatus.PENDING) | (
+        (Deployment.status == DeploymentStatus.RUNNING) & (Deployment.step == "lock"))
+    started = select(Deployment.id).where(Deployment.rollout_id == Rollout.id, ~waiting)
+    return db.session.scalar(
+        select(Rollout).where(Rollout.site_id == site_id, Rollout.kind == RolloutKind.DEPLOY,
+                              Rollout.canary_node_id.is_(None),
+                              Rollout.status.in_([DeploymentStatus.PENDING,
+                                                  DeploymentStatus.RUNNING]),
+                              ~started.exists())
+        .order_by(Rollout.id.desc()).limit(1))
 
 
 def deploy_nodes(actor: User, node_ids: list[int]) -> Rollout:

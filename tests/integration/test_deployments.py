@@ -10,6 +10,7 @@ import http.client
 import json
 import random
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -320,9 +321,15 @@ def test_two_deployments_at_once_serialize_and_the_later_wins(app, alice, fleet,
     later = backends.start("later")
     sites.update_site(alice, live_site.id, {"headers": {"X-Shop": "earlier"}})
     first = deployments.deploy_site(alice, live_site.id)
+    # Once a node has rendered the first, a new request cannot join it: a second one.
+    deadline = time.monotonic() + 30
+    while not any(d.step not in ("", "lock") for d in deployments.wait(
+            first.id, timeout=0.05).deployments):
+        assert time.monotonic() < deadline
     sites.update_site(alice, live_site.id,
                       {"backends": [{"host": "127.0.0.1", "port": later.port}]})
     second = deployments.deploy_site(alice, live_site.id)
+    assert second.id != first.id
     for rollout_id in (first.id, second.id):
         assert deployments.wait(rollout_id).status == DeploymentStatus.SUCCEEDED
     for node in fleet:
@@ -336,6 +343,34 @@ def test_two_deployments_at_once_serialize_and_the_later_wins(app, alice, fleet,
         assert two.steps[0]["step"] == "lock"
         assert _as_utc(one.finished_at) <= locked + timedelta(milliseconds=50)
         assert deployments.current_version(node.id).version == 3
+
+
+def test_a_burst_of_deploy_requests_joins_the_rollout_no_node_has_started(
+        app, alice, fleet, live_site):
+    """50 parallel API requests while every node is busy: they all join one queued
+    rollout instead of starting 50 that would each wait for the leases."""
+    sites.update_site(alice, live_site.id, {"headers": {"X-Shop": "burst"}})
+    headers, url = api_headers(alice), f"/api/v1/sites/{live_site.id}/deploy"
+    answers: list[tuple[int, int]] = []
+    with ExitStack() as held:
+        for node in fleet:
+            held.enter_context(node_lease(node.id, ttl=60, wait=5))
+
+        def request() -> None:
+            response = app.test_client().post(url, headers=headers)
+            answers.append((response.status_code, response.get_json()["id"]))
+
+        threads = [threading.Thread(target=request) for _ in range(50)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert len(answers) == 50 and {status for status, _ in answers} == {202}
+    rollouts = {rollout_id for _, rollout_id in answers}
+    assert len(rollouts) <= 2, rollouts
+    for rollout_id in rollouts:
+        assert deployments.wait(rollout_id, timeout=120).status == DeploymentStatus.SUCCEEDED
+    assert all(node.get("shop.example.com").headers["x-shop"] == "burst" for node in fleet)
 
 
 def test_a_node_named_twice_in_one_rollout_takes_one_deployment_after_the_other(

@@ -63,15 +63,13 @@ def test_login_limit_answers_429_with_a_clear_message(database):
         # Even the right password is refused once the limit is reached.
         status, text = login_page(server.url, "victim", "a-long-enough-password")
         assert status == 429 and "Too many attempts" in text
-        # The API's token endpoint has the same limit, answered in the API's format.
+        # The API's token endpoint counts against the same limit (guessing through
+        # the other door does not help), answered in the API's format.
         body = json.dumps({"username": "victim", "password": "wrong", "name": "t"}).encode()
-        answers = [
-            _request(server.url, "POST", "/api/v1/tokens", body,
-                     {"Content-Type": "application/json"})[:2]
-            for _ in range(4)
-        ]
-        assert [status for status, _ in answers] == [401, 401, 401, 429]
-        assert json.loads(answers[-1][1])["error"]["code"] == "rate_limited"
+        status, text = _request(server.url, "POST", "/api/v1/tokens", body,
+                                {"Content-Type": "application/json"})[:2]
+        assert status == 429
+        assert json.loads(text)["error"]["code"] == "rate_limited"
     finally:
         server.stop()
 
