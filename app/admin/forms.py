@@ -225,6 +225,12 @@ class FilterForm(FlaskForm):
         csrf = False
 
 
+class SearchForm(FilterForm):
+    """A list that is searched by name only."""
+
+    q = StringField("Search")
+
+
 class UserFilterForm(FilterForm):
     q = StringField("Search")
     role = SelectField("Role", choices=[SelectChoice("", "any role"), *enum_choices(Role)],

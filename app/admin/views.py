@@ -23,6 +23,7 @@ from app.admin.forms import (
     NodeFilterForm,
     NodeForm,
     PoolForm,
+    SearchForm,
     SiteFilterForm,
     UserFilterForm,
     UserForm,
@@ -351,7 +352,9 @@ def node_delete(node_id: int) -> Any:
 
 @bp.get("/pools", endpoint="pools")
 def pool_list() -> Any:
-    return render_template("admin/pool_list.html", pools=nodes.list_pools(_actor()),
+    filters = SearchForm(request.args)
+    return render_template("admin/pool_list.html", filters=filters,
+                           pools=nodes.list_pools(_actor(), filters.q.data or None),
                            stats=nodes.pool_stats())
 
 
@@ -402,8 +405,10 @@ def pool_delete(pool_id: int) -> Any:
 
 @bp.get("/dns-providers", endpoint="dns_providers")
 def dns_provider_list() -> Any:
-    page = dns_providers.list_providers(_actor(), page=_page_number())
-    return render_template("admin/dns_provider_list.html", page=page)
+    filters = SearchForm(request.args)
+    page = dns_providers.list_providers(_actor(), page=_page_number(),
+                                        q=filters.q.data or None)
+    return render_template("admin/dns_provider_list.html", page=page, filters=filters)
 
 
 @bp.route("/dns-providers/new", methods=["GET", "POST"])

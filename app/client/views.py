@@ -159,8 +159,9 @@ def tokens_page() -> Any:
             response = render_template("client/token_created.html", token=token,
                                        plaintext=plaintext)
             return response, 200, {"Cache-Control": "no-store"}
-    return render_template("client/token_list.html", form=form,
-                           tokens=tokens.list_tokens(actor)), form_status(form)
+    search = (request.args.get("q") or "").strip()[:64]
+    return render_template("client/token_list.html", form=form, search=search,
+                           tokens=tokens.list_tokens(actor, search or None)), form_status(form)
 
 
 @bp.post("/tokens/<int:token_id>/revoke")

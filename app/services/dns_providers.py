@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 
 from app.acme.dns import DnsChallengeError, DnsChallengeProvider
 from app.acme.dns_rfc2136 import TSIG_ALGORITHMS, Rfc2136Provider
@@ -230,6 +230,13 @@ def check_provider(actor: User, provider_id: int) -> tuple[bool, str]:
     return ok, detail
 
 
-def list_providers(actor: User, *, page: int = 1, per_page: int = 50) -> Page[DnsProvider]:
+def list_providers(actor: User, *, page: int = 1, per_page: int = 50,
+                   q: str | None = None) -> Page[DnsProvider]:
+    """:param q: part of the name or the zone."""
     require_admin(actor)
-    return paginate(select(DnsProvider).order_by(DnsProvider.zone), page, per_page)
+    stmt = select(DnsProvider).order_by(DnsProvider.zone)
+    if q:
+        like = f"%{q.lower()}%"
+        stmt = stmt.where(or_(func.lower(DnsProvider.name).like(like),
+                              DnsProvider.zone.like(like)))
+    return paginate(stmt, page, per_page)

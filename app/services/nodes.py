@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
     load_ssh_private_key,
 )
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import selectinload
 
 from app.errors import Conflict, NotFound, ValidationError
@@ -352,9 +352,17 @@ def list_nodes(
 _POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
-def list_pools(actor: User) -> list[Pool]:
-    """Every account may see pool names: clients pick one for each site."""
-    return list(db.session.scalars(select(Pool).order_by(Pool.name)))
+def list_pools(actor: User, q: str | None = None) -> list[Pool]:
+    """Every account may see pool names: clients pick one for each site.
+
+    :param q: part of the name or description.
+    """
+    stmt = select(Pool).order_by(Pool.name)
+    if q:
+        like = f"%{q.lower()}%"
+        stmt = stmt.where(or_(func.lower(Pool.name).like(like),
+                              func.lower(Pool.description).like(like)))
+    return list(db.session.scalars(stmt))
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.errors import NotFound, Unauthorized, ValidationError
 from app.extensions import db
@@ -72,8 +72,11 @@ def create_token_with_password(username: str, password: str, name: str,
     return create_token(user, name or "api", expires_in_days, read_only=read_only)
 
 
-def list_tokens(actor: User) -> list[ApiToken]:
+def list_tokens(actor: User, q: str | None = None) -> list[ApiToken]:
+    """The actor's live tokens, newest first; ``q`` is part of a token's name."""
     stmt = select(ApiToken).where(ApiToken.user_id == actor.id, ApiToken.revoked_at.is_(None))
+    if q:
+        stmt = stmt.where(func.lower(ApiToken.name).like(f"%{q.lower()}%"))
     return list(db.session.scalars(stmt.order_by(ApiToken.created_at.desc())))
 
 

@@ -605,3 +605,21 @@ def test_lists_sort_as_asked(db: Any, admin: User, admin_client: FlaskClient) ->
     assert admin_client.get("/admin/nodes?sort=password").status_code == 422
     assert admin_client.get("/admin/users?sort=-last_login").status_code == 200
     assert admin_client.get("/admin/sites?sort=-updated").status_code == 200
+
+
+def test_pools_dns_providers_and_tokens_can_be_searched(db: Any, admin: User, alice: User,
+                                                       admin_client: FlaskClient,
+                                                       app: Flask) -> None:
+    from app.services import tokens
+
+    nodes.create_pool(admin, "edge-eu", "Europe")
+    nodes.create_pool(admin, "edge-us", "Americas")
+    text = page_text(admin_client.get("/admin/pools?q=europe"))
+    assert ">edge-eu<" in text and ">edge-us<" not in text
+    assert admin_client.get("/admin/dns-providers?q=nothing").status_code == 200
+    tokens.create_token(alice, "deploy script")
+    tokens.create_token(alice, "nightly-report")
+    browser = app.test_client()
+    login(browser, alice)
+    listed = page_text(browser.get("/client/tokens?q=deploy"))
+    assert "deploy script" in listed and "nightly-report" not in listed
