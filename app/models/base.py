@@ -14,6 +14,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 def enum_column(enum_cls: type[enum.Enum], **kwargs: Any) -> Any:
     """Store enums as their string values in a VARCHAR with a CHECK constraint, so
     SQLite and PostgreSQL hold the same, readable data."""

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from flask import Flask, current_app
@@ -20,7 +20,7 @@ from sqlalchemy import CursorResult, delete, func, select
 from app.errors import ValidationError
 from app.extensions import db
 from app.models import JobRun, JobStatus, Node, Role, SchedulerLease, User
-from app.models.base import utcnow
+from app.models.base import as_utc, utcnow
 from app.services import deployments, node_actions
 from app.services.common import Page, paginate, require_admin
 from app.services.node_lock import LockTimeout, node_lease
@@ -38,11 +38,6 @@ def runner_id(kind: str = "") -> str:
     the random part tells a restarted process with a reused PID apart."""
     suffix = f"{kind}-{uuid.uuid4().hex[:8]}" if kind else uuid.uuid4().hex[:8]
     return f"{socket.gethostname()}:{os.getpid()}:{suffix}"[:128]
-
-
-def as_utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 # --------------------------------------------------------------------------- #

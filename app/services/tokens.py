@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import func, select
 
 from app.errors import NotFound, Unauthorized, ValidationError
 from app.extensions import db
 from app.models import ApiToken, User
-from app.models.base import utcnow
+from app.models.base import as_utc, utcnow
 from app.security import generate_api_token, hash_api_token
 from app.services import audit, users
 from app.services.common import Page, paginate
@@ -18,11 +18,6 @@ from app.services.common import Page, paginate
 _NAME = re.compile(r"^[A-Za-z0-9 ._-]{1,64}$")
 # last_used is written at most this often, so that every API call is not a write.
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
-
-
-def _aware(value: datetime) -> datetime:
-    """SQLite returns naive datetimes even for timezone-aware columns."""
-    return value if value.tzinfo else value.replace(tzinfo=utcnow().tzinfo)
 
 
 # Every token expires: a forgotten one stops working by itself.
@@ -105,11 +100,11 @@ def authenticate_token(raw: str) -> ApiToken | None:
     now = utcnow()
     if row is None or row.revoked_at is not None:
         return None
-    if row.expires is not None and _aware(row.expires) <= now:
+    if row.expires is not None and as_utc(row.expires) <= now:
         return None
     if not row.user.is_active:
         return None
-    if row.last_used is None or now - _aware(row.last_used) > _LAST_USED_RESOLUTION:
+    if row.last_used is None or now - as_utc(row.last_used) > _LAST_USED_RESOLUTION:
         row.last_used = now
         db.session.commit()
     return row

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from flask import current_app
@@ -15,7 +15,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from app.errors import Conflict, Forbidden, NotFound, ValidationError
 from app.extensions import db
 from app.models import ApiToken, Role, Site, User, UserSession
-from app.models.base import utcnow
+from app.models.base import as_utc, utcnow
 from app.security import check_password_policy, generate_password, normalize_email, validate_int
 from app.services import audit
 from app.services.common import Page, get_or_404, paginate, require_admin
@@ -249,7 +249,7 @@ def load_session_user(session_id: str) -> User | None:
     if user is None or not user.is_active:
         return None
     now = utcnow()
-    if now - _aware(row.last_seen_at) > _SEEN_EVERY:
+    if now - as_utc(row.last_seen_at) > _SEEN_EVERY:
         row.last_seen_at = now
         db.session.commit()
     user.session_key = key
@@ -299,11 +299,6 @@ def _session_row(user_id: int, key: str) -> UserSession | None:
 
 def _key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; all stored times are UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def get_user(actor: User, user_id: int) -> User:

@@ -13,10 +13,9 @@ import pytest
 from sqlalchemy import select
 
 from app.models import AuditLog, JobRun, JobStatus, NodeStatus, SchedulerLease
-from app.models.base import utcnow
+from app.models.base import as_utc, utcnow
 from app.scheduler import JOBS, Job, RowLease, Scheduler, start_scheduler
 from app.services import jobs
-from app.services.jobs import as_utc
 from tests import factories
 from tests.components import free_port
 from tests.conftest import api_headers, login, make_app
