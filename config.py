@@ -118,6 +118,9 @@ class Config:
     BACKEND_DENIED_NETWORKS = os.environ.get("BACKEND_DENIED_NETWORKS", "")
     BACKEND_ALLOWED_NETWORKS = os.environ.get("BACKEND_ALLOWED_NETWORKS", "")
     BACKEND_RESOLVERS = os.environ.get("BACKEND_RESOLVERS", "")
+    # Seconds one save may spend resolving its backend names; names left then are
+    # refused with "try again" rather than let a silent DNS server hold the worker.
+    BACKEND_RESOLVE_SECONDS = _float("BACKEND_RESOLVE_SECONDS", 5.0)
     CERT_SELF_SIGNED_DAYS = _int("CERT_SELF_SIGNED_DAYS", 365)
 
 

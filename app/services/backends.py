@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from dataclasses import dataclass
 
 import dns.exception
@@ -32,6 +33,9 @@ class BackendPolicy:
     denied: tuple[Network, ...]
     allowed: tuple[Network, ...]
     resolver: dns.resolver.Resolver | None
+    # Monotonic time by which one request's lookups must be done: a site with many
+    # backends on a slow or silent DNS server must not hold a worker thread for minutes.
+    deadline: float = float("inf")
 
     def refusal(self, host: str) -> str | None:
         """Why ``host`` may not be a backend, or None. A name is refused when any
@@ -40,6 +44,8 @@ class BackendPolicy:
         address = numeric_address(host)
         if address is not None:
             return backend_refusal(address, self.denied, self.allowed)
+        if self.resolver is not None and time.monotonic() >= self.deadline:
+            return f"the address of {host} could not be checked in time: try again"
         for resolved in self._resolve(host):
             reason = backend_refusal(resolved, self.denied, self.allowed)
             if reason is not None:
@@ -51,8 +57,12 @@ class BackendPolicy:
             return []
         found: list[Address] = []
         for kind in ("A", "AAAA"):
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                break
             try:
-                answer = self.resolver.resolve(name, kind, search=False)
+                answer = self.resolver.resolve(name, kind, search=False,
+                                               lifetime=min(remaining, self.resolver.lifetime))
             except (dns.exception.DNSException, OSError) as exc:
                 logger.debug("backend %s: no %s record (%s)", name, kind, type(exc).__name__)
                 continue
@@ -73,7 +83,8 @@ def policy() -> BackendPolicy:
                 nodes.add(ipaddress.ip_network(address))
     return BackendPolicy(denied + tuple(sorted(nodes, key=str)),
                          parse_networks(cfg.get("BACKEND_ALLOWED_NETWORKS") or ""),
-                         _resolver(cfg.get("BACKEND_RESOLVERS") or ""))
+                         _resolver(cfg.get("BACKEND_RESOLVERS") or ""),
+                         time.monotonic() + float(cfg.get("BACKEND_RESOLVE_SECONDS", 5.0)))
 
 
 def _resolver(servers: str) -> dns.resolver.Resolver | None:

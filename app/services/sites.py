@@ -366,7 +366,8 @@ def _not_a_public_suffix(name: str) -> str:
 def _held_by_others(names: list[str], owner_id: int | None,
                     exclude_site_id: int | None) -> dict[str, str]:
     """Names of ``names`` that another client's site holds, is under or covers:
-    ``name -> the other client's name`` (one query). Names belong to someone: a
+    ``name -> the other client's name`` (one query; the other name is for logs and
+    administrators, never for the client's message). Names belong to someone: a
     client cannot claim ``shop.example.net`` when another holds ``example.net`` or
     ``*.example.net``, nor ``example.net`` or ``*.example.net`` when another holds
     ``shop.example.net``."""
@@ -424,10 +425,11 @@ def _apply(site: Site, out: dict[str, Any]) -> None:
         held = _held_by_others([domain, *aliases], owner_id, site.id)
         if held:
             errors = {}
-            for name, other in held.items():
+            for name in held:
                 field = "domain" if name == domain else f"aliases.{aliases.index(name)}"
-                errors[field] = (f"{name} is held by another client's site ({other} is "
-                                 "the same name, under it or over it)")
+                # Never which name: that would tell one tenant another's sites.
+                errors[field] = (f"{name} is held by another client (the same name, a name "
+                                 "under it or one over it)")
             raise ValidationError("invalid site", errors)
     simple = (
         "backend_protocol", "ssl_mode", "acme_challenge", "force_https", "hsts", "http2",

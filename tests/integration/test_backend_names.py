@@ -3,6 +3,7 @@ that leads to a denied address is refused like the address itself."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -38,3 +39,22 @@ def test_a_name_resolving_to_a_denied_address_is_refused(app, client, alice, dns
     assert status == 422 and "127.0.0.0/8" in body["error"]["fields"]["backends.0.host"]
     # Any other name (challtestsrv answers every name with 10.9.8.7) is fine.
     assert create(client, alice, "app.internal.test", "c.example.com")[0] == 201
+
+
+def test_a_silent_dns_server_cannot_hold_a_request_for_long(app, client, alice, monkeypatch):
+    # A DNS "server" that reads queries and never answers, on loopback.
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        monkeypatch.setitem(app.config, "BACKEND_RESOLVERS",
+                            f"127.0.0.1:{silent.getsockname()[1]}")
+        monkeypatch.setitem(app.config, "BACKEND_RESOLVE_SECONDS", 1.0)
+        backends = [{"host": f"b{i}.slow.test", "port": 80} for i in range(32)]
+        response = client.post("/api/v1/sites", headers=api_headers(alice), json={
+            "domain": "slow.example.com", "backends": backends})
+    finally:
+        silent.close()
+    assert response.status_code == 422
+    fields = response.get_json()["error"]["fields"]
+    # The budget ran out before the last names: they are refused, not waited for.
+    assert "could not be checked in time" in fields["backends.31.host"]

@@ -34,6 +34,11 @@ def test_a_client_cannot_claim_a_name_equal_under_or_over_anothers(client, alice
     assert response.status_code == 422, response.get_json()
     message = response.get_json()["error"]["fields"][field]
     assert "another" in message
+    # Never another tenant's name: what is left once the claimed name is taken out.
+    rest = message
+    for name in (claimed.get("domain"), *claimed.get("aliases", [])):
+        rest = rest.replace(name or "", "")
+    assert held.removeprefix("*.") not in rest, message
 
 
 def test_one_client_may_hold_a_domain_and_names_under_it(client, alice):
