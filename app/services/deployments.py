@@ -1314,7 +1314,6 @@ def rollout_to_dict(rollout: Rollout, actor: User) -> dict[str, Any]:
     name and raw ``error``, while clients get "node 1", "node 2"... and the sentence as
     ``error``: never the fleet's names, addresses or paths (DESIGN: tenancy)."""
     admin = actor.is_admin
-    redact = redactor(actor, rollout.pool_id)
     nodes = []
     for index, d in enumerate(rollout.deployments, 1):
         told = explain.node_failure(d.error, d.node_name, admin=admin)
@@ -1323,7 +1322,7 @@ def rollout_to_dict(rollout: Rollout, actor: User) -> dict[str, Any]:
             "node_id": d.node_id if admin else None,
             "status": d.status.value,
             "step": d.step,
-            "error": redact(d.error) if admin else told.summary,
+            "error": d.error if admin else told.summary,
             "message": told.summary,
             "steps": d.steps,
             "version": d.config_version.version if d.config_version else None,
@@ -1332,13 +1331,16 @@ def rollout_to_dict(rollout: Rollout, actor: User) -> dict[str, Any]:
         DeploymentStatus.FAILED, DeploymentStatus.ROLLED_BACK))
     outcome = explain.rollout_failure(failed, len(nodes), admin=admin, error=rollout.error)
     if rollout.error and not failed:  # refused before any node was touched
-        outcome = explain.Explanation(redact(rollout.error), rollout.error if admin else "")
+        # Only this case shows a client raw text, so only it reads the pool's sites
+        # (a progress stream asks twice a second: its cost must not grow with the pool).
+        shown = rollout.error if admin else redactor(actor, rollout.pool_id)(rollout.error)
+        outcome = explain.Explanation(shown, rollout.error if admin else "")
     return {
         "id": rollout.id,
         "kind": rollout.kind.value,
         "site_id": rollout.site_id,
         "status": rollout.status.value,
-        "error": redact(rollout.error) if admin else outcome.summary,
+        "error": rollout.error if admin else outcome.summary,
         "message": outcome.summary,
         "created_at": rollout.created_at,
         "started_at": rollout.started_at,

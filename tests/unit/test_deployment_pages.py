@@ -123,3 +123,30 @@ def test_the_deployment_list_filters_by_status_and_site(app, admin, alice, admin
     fine = admin_client.get("/admin/deployments?q=fine").get_data(as_text=True)
     assert f"/admin/deployments/{ok.id}" in fine and f"/admin/deployments/{bad.id}" not in fine
     assert admin_client.get("/admin/deployments?status=bogus").status_code == 422
+
+
+def test_rollback_is_offered_for_an_earlier_version_that_went_live(admin, admin_client):
+    from datetime import UTC, datetime, timedelta
+
+    from app.models import Deployment, Rollout, RolloutKind
+
+    node = factories.make_node("edge-r")
+    versions = [factories.make_version(node, {"rpcc.conf": f"{n}\n"}) for n in (1, 2, 3)]
+    rollout = Rollout(kind=RolloutKind.DEPLOY, pool_id=node.pool_id,
+                      status=DeploymentStatus.SUCCEEDED)
+    _db.session.add(rollout)
+    _db.session.flush()
+    started = datetime(2026, 12, 1, tzinfo=UTC)
+    for offset, (version, status) in enumerate(zip(versions, (
+            DeploymentStatus.SUCCEEDED, DeploymentStatus.ROLLED_BACK,
+            DeploymentStatus.SUCCEEDED), strict=True)):
+        _db.session.add(Deployment(rollout_id=rollout.id, node_id=node.id,
+                                   node_name=node.name, config_version_id=version.id,
+                                   status=status, started_at=started + timedelta(minutes=offset),
+                                   finished_at=started + timedelta(minutes=offset, seconds=5)))
+    _db.session.commit()
+    page = admin_client.get(f"/admin/nodes/{node.id}").get_data(as_text=True)
+    assert "Roll back to v1" in page  # went live, not live now
+    assert "Roll back to v2" not in page  # never went live
+    assert "Roll back to v3" not in page  # live now
+    assert "From v3 to v1" in page  # the confirmation says what happens
