@@ -90,6 +90,19 @@ _BACKEND = re.compile(
 )
 
 
+class FilterForm(FlaskForm):
+    """Query-string filters of a list page: no CSRF token, read from ``request.args``."""
+
+    class Meta:
+        csrf = False
+
+
+# The orders a site list offers, in the administrator's list and the client's.
+SITE_ORDER = [SelectChoice("domain", "by name"),
+              SelectChoice("-updated", "recently changed first"),
+              SelectChoice("status", "by state")]
+
+
 def _pool_label(pool: PoolChoice) -> str:
     if not pool.usable:
         return f"{pool.name} (no node yet)"

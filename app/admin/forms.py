@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time
 from typing import Any
 
-from flask_wtf import FlaskForm
 from wtforms import (
     BooleanField,
     DateField,
@@ -21,7 +20,7 @@ from wtforms import (
 from wtforms.validators import Optional
 
 from app.acme.dns_rfc2136 import TSIG_ALGORITHMS
-from app.forms import ServiceForm, enum_choices
+from app.forms import SITE_ORDER, FilterForm, ServiceForm, enum_choices
 from app.models import DeploymentStatus, DnsProvider, Node, ProxyType, Role, User
 from app.services.dashboard import CERTIFICATE_STATES, NODE_STATES, SITE_STATES
 from app.services.nodes import ENGINE_DEFAULTS
@@ -218,13 +217,6 @@ class BlockForm(ServiceForm):
     blocked_reason = StringField("Reason", description="Shown to visitors of the site.")
 
 
-class FilterForm(FlaskForm):
-    """Query-string filters of a list page: no CSRF token, read from ``request.args``."""
-
-    class Meta:
-        csrf = False
-
-
 class SearchForm(FilterForm):
     """A list that is searched by name only."""
 
@@ -262,9 +254,7 @@ class SiteFilterForm(FilterForm):
     certificate = SelectField("Certificate", default="", choices=[
         SelectChoice("", "any certificate"),
         *(SelectChoice(s, s) for s in CERTIFICATE_STATES)])
-    sort = SelectField("Order", default="domain", choices=[
-        SelectChoice("domain", "by name"), SelectChoice("-updated", "recently changed first"),
-        SelectChoice("status", "by state")])
+    sort = SelectField("Order", default="domain", choices=SITE_ORDER)
 
     def __init__(self, *args: Any, pools: list[str], owners: list[User], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from flask_wtf import FlaskForm
 from wtforms import (
     BooleanField,
     EmailField,
@@ -15,22 +14,17 @@ from wtforms import (
 )
 from wtforms.validators import DataRequired, EqualTo
 
-from app.forms import ServiceForm
+from app.forms import SITE_ORDER, FilterForm, ServiceForm
 from app.services.dashboard import SITE_STATES
 
 
-class SiteListFilterForm(FlaskForm):
+class SiteListFilterForm(FilterForm):
     """Search, filter and order of the client's own site list (query string)."""
-
-    class Meta:
-        csrf = False
 
     q = StringField("Search")
     state = SelectField("State", default="", choices=[
         SelectChoice("", "any state"), *(SelectChoice(state, state) for state in SITE_STATES)])
-    sort = SelectField("Order", default="domain", choices=[
-        SelectChoice("domain", "by name"), SelectChoice("-updated", "recently changed first"),
-        SelectChoice("status", "by state")])
+    sort = SelectField("Order", default="domain", choices=SITE_ORDER)
 
 
 class TokenForm(ServiceForm):
