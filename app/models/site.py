@@ -107,6 +107,18 @@ class Site(TimestampMixin, db.Model):
     last_deploy_error: Mapped[str] = mapped_column(Text, default="", server_default="")
     last_deployed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
                                                               nullable=True)
+    # The settings of the last version every node took (a SiteSpec as JSON, without
+    # the certificate): what a node keeps serving when a newer version is set aside.
+    accepted_spec: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    accepted_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # A version a node refused, and why in words the owner can act on: other
+    # tenants' rollouts carry the accepted version instead until the owner changes
+    # the site or deploys it again.
+    refused_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    refused_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # What verification saw on the last deployment that asked for the site (its
+    # backend answering 5xx, say): a warning for the owner, not a reason to roll back.
+    deploy_warning: Mapped[str] = mapped_column(Text, default="", server_default="")
 
     owner: Mapped[User] = relationship()
     pool: Mapped[Pool] = relationship()
