@@ -32,7 +32,7 @@ from app.models.site import (
     SslMode,
     WafLevel,
 )
-from app.models.user import ApiToken, Role, User, UserSession
+from app.models.user import ApiToken, RecoveryCode, Role, User, UserSession
 
 __all__ = [
     "AcmeAccount", "AcmeChallenge", "Certificate", "CertificateAttempt",
@@ -41,6 +41,6 @@ __all__ = [
     "ApiToken", "AuditLog", "BackendProtocol", "BlockedName", "ConfigVersion", "Deployment",
     "DeploymentStatus", "GeoMode", "Node", "NodeLock", "NodeStatus", "Pool", "Rollout",
     "RolloutKind",
-    "ProxyType", "Role", "Site", "SiteBackend", "SiteBasicAuthUser", "SiteHostname",
-    "SiteStatus", "SslMode", "User", "UserSession", "WafLevel",
+    "ProxyType", "RecoveryCode", "Role", "Site", "SiteBackend", "SiteBasicAuthUser",
+    "SiteHostname", "SiteStatus", "SslMode", "User", "UserSession", "WafLevel",
 ]

@@ -1,5 +1,6 @@
 """Settings an administrator may change at run time (stored in the database), over
-the environment's values.  Today: the ACME certificate authority."""
+the environment's values.  Today: the ACME certificate authority, and whether
+administrators must sign in with a second factor."""
 
 from __future__ import annotations
 
@@ -137,3 +138,46 @@ def update_acme_settings(actor: User, data: dict[str, Any]) -> dict[str, Any]:
     audit.record(actor, "settings.acme", "settings", "acme", {"changed": sorted(clean)})
     db.session.commit()
     return get_acme_settings(actor)
+
+
+# Off until an administrator turns it on: an upgrade must not lock anyone out.
+_ADMIN_TWO_FACTOR = "require_admin_two_factor"
+
+
+def admin_two_factor_required() -> bool:
+    """Whether an administrator without two-factor sign-in is held at enrolment."""
+    row = db.session.get(Setting, _ADMIN_TWO_FACTOR)
+    return row is not None and row.value == "1"
+
+
+def get_security_settings(actor: User) -> dict[str, Any]:
+    require_admin(actor)
+    return {"require_admin_two_factor": admin_two_factor_required()}
+
+
+def update_security_settings(actor: User, data: dict[str, Any]) -> dict[str, Any]:
+    """Turn the two-factor requirement for administrators on or off.  Tokens keep
+    working either way: the requirement is about signing in with a password."""
+    require_admin(actor)
+    if not isinstance(data, dict):
+        raise ValidationError("invalid settings", {"_": "must be an object"})
+    errors = {key: "unknown field" for key in sorted(set(data) - {_ADMIN_TWO_FACTOR})}
+    value = data.get(_ADMIN_TWO_FACTOR)
+    if _ADMIN_TWO_FACTOR in data and not isinstance(value, bool):
+        errors[_ADMIN_TWO_FACTOR] = "must be true or false"
+    if errors:
+        raise ValidationError("invalid settings", errors)
+    if _ADMIN_TWO_FACTOR in data:
+        row = db.session.get(Setting, _ADMIN_TWO_FACTOR)
+        if value:
+            if row is None:
+                row = Setting(key=_ADMIN_TWO_FACTOR)
+                db.session.add(row)
+            row.value = "1"
+            row.updated_by_id = actor.id
+        elif row is not None:
+            db.session.delete(row)
+        audit.record(actor, "settings.security", "settings", "security",
+                     {_ADMIN_TWO_FACTOR: value})
+        db.session.commit()
+    return get_security_settings(actor)
