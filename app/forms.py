@@ -414,3 +414,11 @@ class AcmeSettingsForm(ServiceForm):
         "CA bundle (PEM)", description="Roots that sign a private CA's TLS certificate; "
                                        "empty uses the system's trust store.")
     submit = SubmitField("Save")
+
+
+class SecuritySettingsForm(ServiceForm):
+    require_admin_two_factor = BooleanField(
+        "Require two-factor sign-in for administrators",
+        description="An administrator without it is taken to its set-up after the password "
+                    "and can reach nothing else until done. API tokens keep working.")
+    submit_security = SubmitField("Save sign-in settings")

@@ -29,7 +29,7 @@ from app.admin.forms import (
     UserForm,
 )
 from app.errors import Conflict, Forbidden, ValidationError
-from app.forms import AcmeSettingsForm, SiteForm, form_status
+from app.forms import AcmeSettingsForm, SecuritySettingsForm, SiteForm, form_status
 from app.models import Site, User
 from app.scheduler import JOBS
 from app.services import (
@@ -42,6 +42,7 @@ from app.services import (
     rendering,
     settings,
     sites,
+    two_factor,
     users,
 )
 from app.services import dashboard as dashboard_service
@@ -144,6 +145,17 @@ def user_reset_password(user_id: int) -> Any:
     user, password = users.reset_password(_actor(), user_id)
     return _show_password(user, password, f"New password for {user.username}",
                           "Their existing sessions have ended.")
+
+
+@bp.post("/users/<int:user_id>/reset-two-factor")
+def user_reset_two_factor(user_id: int) -> Any:
+    try:
+        user = two_factor.reset(_actor(), user_id)
+    except (Conflict, Forbidden) as exc:
+        return _refused(exc, ".users")
+    flash(f"Two-factor sign-in of {user.username} is off: they sign in with the password "
+          "and may set it up again.", "success")
+    return redirect(url_for(".users"))
 
 
 def _show_password(user: Any, password: str, heading: str, note: str) -> Any:
@@ -582,8 +594,20 @@ def settings_page() -> Any:
         else:
             flash("Settings saved.", "success")
             return redirect(url_for(".settings_page"))
-    return render_template("admin/settings.html", form=form, current=current), \
+    return render_template("admin/settings.html", form=form, current=current,
+                           security_form=SecuritySettingsForm(
+                               formdata=None, data=settings.get_security_settings(actor))), \
         form_status(form)
+
+
+@bp.post("/settings/security")
+def security_settings() -> Any:
+    form = SecuritySettingsForm()
+    if form.validate_on_submit():
+        settings.update_security_settings(
+            _actor(), {"require_admin_two_factor": bool(form.require_admin_two_factor.data)})
+        flash("Sign-in settings saved.", "success")
+    return redirect(url_for(".settings_page"))
 
 
 @bp.route("/sites/<int:site_id>/edit", methods=["GET", "POST"])

@@ -16,4 +16,4 @@ def require_login() -> Any:
     return None
 
 
-from app.client import views  # noqa: E402,F401
+from app.client import two_factor_views, views  # noqa: E402,F401

@@ -53,3 +53,15 @@ class PasswordForm(ServiceForm):
         validators=[DataRequired(), EqualTo("new_password", message="does not match")],
     )
     submit_password = SubmitField("Change password")
+
+
+class EnrolForm(ServiceForm):
+    code = StringField("Code from the app", validators=[DataRequired()],
+                       description="The 6 digits the app shows for this account.")
+    submit = SubmitField("Turn on two-factor sign-in")
+
+
+class ProofForm(ServiceForm):
+    """Changing two-factor sign-in asks again who is at the keyboard."""
+
+    proof = PasswordField("Your password or a code from the app", validators=[DataRequired()])
