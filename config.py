@@ -86,6 +86,9 @@ class Config:
     SSH_OPERATION_TIMEOUT = _float("SSH_OPERATION_TIMEOUT", 60.0)
     SSH_IDLE_TIMEOUT = _float("SSH_IDLE_TIMEOUT", 300.0)
     SSH_RETRIES = _int("SSH_RETRIES", 2)
+    # Node test and reload commands are chosen from the forms each engine knows; on,
+    # an administrator may write their own (still run as an argument list, no shell).
+    ALLOW_CUSTOM_NODE_COMMANDS = _bool("ALLOW_CUSTOM_NODE_COMMANDS", False)
 
     # Background jobs: a scheduler thread in each gunicorn worker; the one holding the
     # database lease runs the jobs.  Seconds: how often the leader renews its lease

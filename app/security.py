@@ -14,6 +14,7 @@ import hmac
 import ipaddress
 import re
 import secrets
+import shlex
 import unicodedata
 from typing import Any
 
@@ -189,6 +190,52 @@ def validate_path(value: Any, *, max_length: int = 512) -> str:
     if any(segment in {"..", "."} for segment in value.split("/")):
         raise ValueError("must not contain '.' or '..' segments")
     return value
+
+
+# Paths in node commands: none of the characters a shell gives a meaning to.
+_COMMAND_PATH = re.compile(r"^/[A-Za-z0-9._+/-]*$")
+_COMMAND_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$")
+
+
+def validate_command_path(value: Any) -> str:
+    """A path in a node's test or reload command.  Commands never pass through a
+    shell, but an administrator may copy one into a terminal: it must mean the same
+    there."""
+    if not isinstance(value, str) or len(value) > 255 or not _COMMAND_PATH.fullmatch(value):
+        raise ValueError(f"'{str(value)[:60]}' must be an absolute path of letters, digits "
+                         "and . _ + - / only")
+    if any(segment in {"..", "."} for segment in value.split("/")):
+        raise ValueError(f"'{value[:60]}' must not contain '.' or '..' segments")
+    return value
+
+
+def validate_command_address(value: Any) -> str:
+    """``host:port`` in a node command (the admin endpoint Caddy's reload talks to)."""
+    match = _COMMAND_ADDRESS.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"'{str(value)[:60]}' must be host:port")
+    validate_host(match.group(1))
+    validate_port(match.group(2))
+    return value
+
+
+def split_command(value: Any) -> list[str]:
+    """A command line as its argument list, split as a shell splits words; the list is
+    what runs (quoted argument by argument), so nothing in it is shell syntax.
+
+    :raises ValueError: for an empty, overlong or unsplittable line, or one with control
+        characters (a newline would end the command in a terminal it is pasted into).
+    """
+    if not isinstance(value, str) or not value.strip() or len(value) > 512:
+        raise ValueError("is required (at most 512 characters)")
+    _reject_controls(value)
+    try:
+        argv = shlex.split(value)
+    except ValueError:
+        raise ValueError("cannot be split into arguments (is a quote left open?)") from None
+    if not argv[0]:
+        raise ValueError("must start with a program")
+    return argv
 
 
 _OBJECT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")

@@ -115,7 +115,9 @@ class NginxPrefix:
         self.spec = replace(self.spec, geoip_db_path=str(path))
 
     def _args(self) -> str:
-        return f"-p {self.prefix} -c nginx.conf -e {self.prefix / 'logs' / 'error.log'}"
+        # An absolute -c: the forms a node's command may take name absolute paths.
+        return (f"-p {self.prefix} -c {self.prefix / 'nginx.conf'} "
+                f"-e {self.prefix / 'logs' / 'error.log'}")
 
     def write_main_conf(self, include_line: str) -> None:
         """What the node's operator keeps: modules, temp paths, the include line."""

@@ -22,6 +22,7 @@ from wtforms.validators import Optional
 from app.acme.dns_rfc2136 import TSIG_ALGORITHMS
 from app.forms import SITE_ORDER, FilterForm, ServiceForm, enum_choices
 from app.models import DeploymentStatus, DnsProvider, Node, ProxyType, Role, User
+from app.services import node_commands
 from app.services.dashboard import CERTIFICATE_STATES, NODE_STATES, SITE_STATES
 from app.services.nodes import ENGINE_DEFAULTS
 
@@ -95,14 +96,15 @@ class NodeForm(ServiceForm):
         "Config directory", description=f"Blank: the engine's default "
         f"(nginx: <code>{_NGINX['config_dir']}</code>).",
     )
-    test_command = StringField(
-        "Test command", description=f"Blank: the engine's default "
-        f"(nginx: <code>{_NGINX['test_command']}</code>).",
-    )
-    reload_command = StringField(
-        "Reload command", description=f"Blank: the engine's default "
-        f"(nginx: <code>{_NGINX['reload_command']}</code>).",
-    )
+    # Chosen, not typed (see node_commands); the choices depend on the node.
+    test_command = SelectField("Test command", validate_choice=False)
+    reload_command = SelectField("Reload command", validate_choice=False)
+    test_command_custom = StringField(
+        "Custom test command", description="Instead of the choice above. Run as an "
+        "argument list, never through a shell.")
+    reload_command_custom = StringField(
+        "Custom reload command", description="Instead of the choice above. Run as an "
+        "argument list, never through a shell.")
     listen_address = StringField("Listen address",
                                  description="IP the sites bind on; blank for all addresses.")
     http_port = IntegerField("HTTP port", default=80, validators=[Optional()])
@@ -125,6 +127,57 @@ class NodeForm(ServiceForm):
             keep = "Leave blank to keep the stored one."
             self.ssh_private_key.description = f"Write-only. {keep}"
             self.ssh_password.description = f"Write-only. {keep}"
+        initial = kwargs.get("data") or {}
+        for purpose in node_commands.PURPOSES:
+            self._offer_commands(purpose, None if creating else initial)
+        if not node_commands.custom_commands_allowed():
+            del self.test_command_custom
+            del self.reload_command_custom
+
+    def _offer_commands(self, purpose: str, initial: dict[str, Any] | None) -> None:
+        """The forms every engine knows, grouped by engine (the engine may change in
+        the same submission); ``sudo -n`` ones when the node is reached as another
+        user than root (unknown yet on a new node). A stored command that is no known
+        form is offered too: it keeps working while it stays as it is."""
+        field = self[f"{purpose}_command"]
+        user = (initial or {}).get("ssh_user") or "root"
+        choices: list[SelectChoice] = []
+        offered: set[str] = set()
+        for engine, lines in node_commands.offered_by_engine(purpose).items():
+            choices += [SelectChoice(line, line, optgroup=engine) for line in lines]
+            offered.update(lines)
+            if initial is None or user != "root":
+                sudo = [node_commands.with_sudo(line) for line in lines]
+                group = f"{engine}, with sudo -n (an SSH user other than root)"
+                choices += [SelectChoice(line, line, optgroup=group) for line in sudo]
+                offered.update(sudo)
+        hint = ("Other paths in the same forms (<code>-c PATH</code>, <code>--config "
+                "PATH</code>) can be set through the API or <code>nodes.yaml</code>.")
+        if initial is None:
+            field.choices = [SelectChoice("", "The engine's default"), *choices]
+            field.description = hint
+            return
+        current = initial.get(f"{purpose}_command") or ""
+        if current and current not in offered:
+            known = node_commands.is_known(initial.get("proxy_type") or "nginx", purpose,
+                                           current, user)
+            label = f"{current} (current)" if known else f"{current} (current, not a known form)"
+            choices.insert(0, SelectChoice(current, label))
+            if not known:
+                hint = ("The current command is not one of the forms the engine knows: "
+                        "it keeps working while left as it is, but a change must be a "
+                        "known form. " + hint)
+        field.description = hint
+        field.choices = choices
+
+    def add_service_errors(self, fields: dict[str, str]) -> None:
+        """A refused command is shown under the field it was typed in."""
+        fields = dict(fields)
+        for name in ("test_command", "reload_command"):
+            custom = self._fields.get(f"{name}_custom")
+            if name in fields and custom is not None and (custom.data or "").strip():
+                fields[f"{name}_custom"] = fields.pop(name)
+        super().add_service_errors(fields)
 
     @staticmethod
     def initial(node: Node) -> dict[str, Any]:
@@ -152,6 +205,10 @@ class NodeForm(ServiceForm):
         for name in ("config_dir", "test_command", "reload_command", "listen_address",
                      "glances_url", "log_dir", "cache_dir", "geoip_db_path"):
             data[name] = (self[name].data or "").strip()
+        for name in ("test_command", "reload_command"):
+            custom = self._fields.get(f"{name}_custom")
+            if custom is not None and (custom.data or "").strip():
+                data[name] = custom.data.strip()
         if (self.ssh_user.data or "").strip():
             data["ssh_user"] = self.ssh_user.data.strip()
         for name in ("ssh_port", "http_port", "https_port"):

@@ -14,12 +14,21 @@ from app.api.auth import ApiBlueprint, admin_only, current_actor
 from app.api.schemas import ErrorSchema, PageQuerySchema, StrictBoolean, UtcDateTime, page_schema
 from app.connector.hostkeys import fingerprint
 from app.models import Node, NodeStatus, ProxyType
-from app.services import node_actions, nodes
+from app.services import node_actions, node_commands, nodes
 
 blp = ApiBlueprint(
     "nodes", __name__, url_prefix="/api/v1/nodes",
     description="Proxy nodes reached over SSH (administrators only).",
 )
+
+
+def _command(purpose: str) -> str:
+    forms = "; ".join(f"{engine}: {' | '.join(patterns)}"
+                      for engine, patterns in node_commands.known_forms(purpose).items())
+    return (f"a form the engine knows ({forms}; PATH is an absolute path, ADDRESS "
+            "host:port), after 'sudo -n' too for an SSH user other than root; anything "
+            "else is 422 naming the field unless ALLOW_CUSTOM_NODE_COMMANDS is on. Run as "
+            "an argument list, never through a shell. Default depends on proxy_type.")
 
 
 class NodeUpdateSchema(Schema):
@@ -35,8 +44,8 @@ class NodeUpdateSchema(Schema):
     proxy_type = fields.String(metadata={"enum": [t.value for t in ProxyType]})
     pool = fields.String(metadata={"description": "pool name, default 'default'"})
     config_dir = fields.String(metadata={"description": "default depends on proxy_type"})
-    test_command = fields.String()
-    reload_command = fields.String()
+    test_command = fields.String(metadata={"description": _command("test")})
+    reload_command = fields.String(metadata={"description": _command("reload")})
     listen_address = fields.String(
         allow_none=True, metadata={"description": "IP that rendered sites bind on this node"})
     http_port = fields.Integer(strict=True, metadata={"description": "default 80"})

@@ -129,6 +129,24 @@ class RenderedConfig:
         return f"{self.config_dir.rstrip('/')}/{relative}"
 
 
+@dataclass(frozen=True)
+class CommandForms:
+    """The ways of testing and reloading an engine that the control plane knows, so
+    that a node's commands are chosen, not typed.
+
+    A pattern is words separated by spaces: literal arguments, ``PATH`` (an absolute
+    path), ``ADDRESS`` (``host:port``) and optional groups in brackets (``[-c PATH]``),
+    which appear in the order written.  Its first word names the program, which may
+    also be given by an absolute path ending in that name (``/usr/sbin/nginx``).
+    ``offered_*`` are ready-made lines of these patterns for the administrator's form.
+    """
+
+    test: tuple[str, ...]
+    reload: tuple[str, ...]
+    offered_test: tuple[str, ...]
+    offered_reload: tuple[str, ...]
+
+
 # A name no one can own (RFC 2606) and a path: the deployment probe's address.
 PROBE_HOST = "rpcc-probe.invalid"
 PROBE_PATH = "/.rpcc-probe"
@@ -139,6 +157,7 @@ class Engine(ABC):
 
     name: ClassVar[str]
     capabilities: ClassVar[frozenset[str]]
+    command_forms: ClassVar[CommandForms]
 
     @abstractmethod
     def render(self, node: NodeSpec, sites: list[SiteSpec]) -> RenderedConfig:

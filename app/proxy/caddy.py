@@ -35,6 +35,7 @@ from app.proxy.base import (
     BackendSpec,
     Capability,
     CertificateSpec,
+    CommandForms,
     Engine,
     NodeSpec,
     RenderedConfig,
@@ -109,6 +110,15 @@ class CaddyEngine(Engine):
         Capability.HTTP2, Capability.WEBSOCKET, Capability.IP_RULES, Capability.BASIC_AUTH,
         Capability.HEADERS, Capability.BLOCK,
     })
+    # --address reaches an admin API moved off its default localhost:2019.
+    command_forms = CommandForms(
+        test=("caddy validate --config PATH [--adapter caddyfile]",),
+        reload=("caddy reload --config PATH [--adapter caddyfile] [--address ADDRESS]",
+                "systemctl reload caddy"),
+        offered_test=("caddy validate --config /etc/caddy/Caddyfile --adapter caddyfile",),
+        offered_reload=("caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile",
+                        "systemctl reload caddy"),
+    )
 
     def include_line(self, node: NodeSpec) -> str:
         """Two imports, not one line: ``options.caddy`` goes inside the node's global

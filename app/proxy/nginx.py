@@ -58,6 +58,7 @@ from app.proxy.base import (
     PROBE_HOST,
     PROBE_PATH,
     Capability,
+    CommandForms,
     Engine,
     NodeSpec,
     RenderedConfig,
@@ -272,6 +273,14 @@ class NginxEngine(Engine):
 
     name = "nginx"
     capabilities = Capability.ALL
+    # -p, -c and -e let a node run nginx from its own prefix or configuration file.
+    command_forms = CommandForms(
+        test=("nginx -t [-q] [-p PATH] [-c PATH] [-e PATH]",),
+        reload=("nginx -s reload [-p PATH] [-c PATH] [-e PATH]", "systemctl reload nginx"),
+        offered_test=("nginx -t", "nginx -t -q", "nginx -t -c /etc/nginx/nginx.conf"),
+        offered_reload=("nginx -s reload", "nginx -s reload -c /etc/nginx/nginx.conf",
+                        "systemctl reload nginx"),
+    )
 
     def __init__(self, environment: Environment | None = None) -> None:
         """Compiles every template once, here, rather than per render."""

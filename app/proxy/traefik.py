@@ -41,6 +41,7 @@ import yaml
 from app.proxy.base import (
     BackendSpec,
     Capability,
+    CommandForms,
     Engine,
     NodeSpec,
     RenderedConfig,
@@ -177,6 +178,9 @@ class TraefikEngine(Engine):
         Capability.HSTS, Capability.HTTP2, Capability.WEBSOCKET, Capability.IP_RULES,
         Capability.BASIC_AUTH, Capability.RATE_LIMIT, Capability.HEADERS,
     })
+    # The file provider watches the directory: nothing to reload.
+    command_forms = CommandForms(test=("traefik version",), reload=("true",),
+                                 offered_test=("traefik version",), offered_reload=("true",))
 
     def include_line(self, node: NodeSpec) -> str:
         """The static-configuration flag that loads the managed directory."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,7 +18,7 @@ from app.errors import Conflict, NotFound, ValidationError
 from app.extensions import db
 from app.models import Node, NodeStatus, Pool, ProxyType, Site, User
 from app.security import validate_host, validate_object_name, validate_path, validate_port
-from app.services import audit
+from app.services import audit, node_commands
 from app.services.common import Page, get_or_404, paginate, require_admin
 
 NODE_FIELDS = (
@@ -69,22 +68,7 @@ ENGINE_DEFAULTS: dict[ProxyType, dict[str, str]] = {
 }
 
 _SSH_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_COMMAND_ARG = re.compile(r"^[A-Za-z0-9_./:=@%+,-]+$")
-
-
-def validate_command(value: Any) -> str:
-    """A node command is run as an argument list; each argument is restricted to
-    characters no shell or config gives a meaning to."""
-    if not isinstance(value, str) or not value.strip() or len(value) > 512:
-        raise ValueError("is required (at most 512 characters)")
-    try:
-        args = shlex.split(value)
-    except ValueError:
-        raise ValueError("cannot be parsed as a command") from None
-    bad = [a for a in args if not _COMMAND_ARG.fullmatch(a)]
-    if bad:
-        raise ValueError(f"argument '{bad[0][:40]}' has characters that are not allowed")
-    return shlex.join(args)
+COMMAND_FIELDS = ("test_command", "reload_command")
 
 
 def validate_private_key(value: Any) -> str:
@@ -190,15 +174,15 @@ def _clean_node(data: dict[str, Any], *, partial: bool, node: Node | None) -> di
     field("https_port", default_port(443))
     field("glances_url", validate_glances_url)
     field("enabled", bool_check)
-    for name in ("config_dir", "test_command", "reload_command", "log_dir", "cache_dir",
-                 "geoip_db_path", "main_config"):
+    for name in ("config_dir", "log_dir", "cache_dir", "geoip_db_path", "main_config"):
         if data.get(name) in (None, ""):
             continue
-        check = validate_command if name.endswith("_command") else validate_path
         try:
-            out[name] = check(data[name])
+            out[name] = validate_path(data[name])
         except ValueError as exc:
             errors[name] = str(exc)
+    if "proxy_type" not in errors:
+        errors.update(_clean_commands(data, out, node))
     if data.get("ssh_private_key"):
         try:
             out["ssh_private_key"] = validate_private_key(data["ssh_private_key"])
@@ -221,6 +205,34 @@ def _clean_node(data: dict[str, Any], *, partial: bool, node: Node | None) -> di
     return out
 
 
+def _clean_commands(data: dict[str, Any], out: dict[str, Any],
+                    node: Node | None) -> dict[str, str]:
+    """Put the submitted commands in ``out``; returns the errors.
+
+    A command must be a known form of the node's engine (see ``node_commands``).
+    One left as it is keeps working whatever it is, so nodes from before the forms
+    existed go on deploying; a new engine needs commands of its own.
+    """
+    errors: dict[str, str] = {}
+    engine = out.get("proxy_type") or (node.proxy_type if node else ProxyType.NGINX)
+    user = out.get("ssh_user") or (node.ssh_user if node else "root")
+    engine_changed = node is not None and engine != node.proxy_type
+    for name in COMMAND_FIELDS:
+        purpose = name.removesuffix("_command")
+        value = data.get(name)
+        if value in (None, ""):
+            if not engine_changed:
+                continue
+            value = getattr(node, name)
+        elif node is not None and value == getattr(node, name) and not engine_changed:
+            continue
+        try:
+            out[name] = node_commands.clean_command(engine.value, purpose, value, user)
+        except ValueError as exc:
+            errors[name] = str(exc)
+    return errors
+
+
 def _check_name_free(name: str | None, exclude_id: int | None) -> None:
     if not name:
         return
@@ -239,7 +251,9 @@ def create_node(actor: User | None, data: dict[str, Any], *, discovered: bool = 
     node = Node(is_discovered=discovered, **clean)
     db.session.add(node)
     db.session.flush()
-    audit.record(actor, "node.create", "node", node.id, {"name": node.name})
+    audit.record(actor, "node.create", "node", node.id,
+                 {"name": node.name, "test_command": node.test_command,
+                  "reload_command": node.reload_command})
     db.session.commit()
     return node
 
@@ -254,11 +268,17 @@ def update_node(actor: User | None, node_id: int, data: dict[str, Any]) -> Node:
     # one counts as changed; anything else only when its value differs.
     fields = sorted(k for k in clean if k not in SECRET_FIELDS and getattr(node, k) != clean[k])
     fields += sorted(k for k in clean if k in SECRET_FIELDS)
+    commands = {k: {"old": getattr(node, k), "new": clean[k]}
+                for k in COMMAND_FIELDS if k in fields}
     for key, value in clean.items():
         setattr(node, key, value)
     if "enabled" in clean and node.status == NodeStatus.DRAINING and clean["enabled"]:
         node.status = NodeStatus.UNKNOWN
     audit.record(actor, "node.update", "node", node.id, {"fields": fields})
+    if commands:
+        # What runs as the node's SSH user on every deployment: who changed it from
+        # what to what is kept in full.
+        audit.record(actor, "node.commands", "node", node.id, commands)
     db.session.commit()
     return node
 
