@@ -12,6 +12,7 @@ from app.api import (
     jobs,
     nodes,
     pools,
+    settings,
     sites,
     tokens,
     users,
@@ -19,7 +20,7 @@ from app.api import (
 from app.extensions import api, csrf
 
 BLUEPRINTS = (tokens.blp, sites.blp, deployments.blp, nodes.blp, pools.blp, users.blp,
-              audit.blp, certificates.blp, jobs.blp, dns_providers.blp)
+              audit.blp, certificates.blp, jobs.blp, dns_providers.blp, settings.blp)
 
 
 def register(app: Flask) -> None:

@@ -21,7 +21,7 @@ from app.api.schemas import (
     page_schema,
 )
 from app.models import Role, User
-from app.services import users
+from app.services import two_factor, users
 
 blp = ApiBlueprint(
     "users", __name__, url_prefix="/api/v1/users",
@@ -54,6 +54,8 @@ class UserSchema(UserUpdateSchema):
 
     id = fields.Integer(dump_only=True)
     role = fields.String(dump_only=True, metadata={"enum": [r.value for r in Role]})
+    two_factor = fields.Function(lambda user: two_factor.is_enabled(user), dump_only=True,
+                                 metadata={"description": "signs in with a second factor"})
     last_login = UtcDateTime(allow_none=True)
     created_at = UtcDateTime()
 
@@ -120,3 +122,15 @@ class UserItem(MethodView):
     def delete(self, user_id: int) -> None:
         """Delete an account that owns no sites."""
         users.delete_user(current_actor(), user_id)
+
+
+@blp.route("/<int:user_id>/two-factor")
+class UserTwoFactor(MethodView):
+    @admin_only
+    @blp.response(204)
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(409, schema=ErrorSchema, description="the user has no second factor")
+    def delete(self, user_id: int) -> None:
+        """Turn someone's two-factor sign-in off (e.g. after a lost phone); they sign in
+        with the password and may set it up again.  Not one's own: that needs proof."""
+        two_factor.reset(current_actor(), user_id)

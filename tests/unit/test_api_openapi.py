@@ -17,6 +17,7 @@ EXPECTED = {
     "/api/v1/sites/{site_id}/deployments": {"get"},
     "/api/v1/sites/{site_id}/certificate": {"get", "post", "put"},
     "/api/v1/settings/acme": {"get", "put"},
+    "/api/v1/settings/security": {"get", "put"},
     "/api/v1/deployments": {"get"},
     "/api/v1/deployments/{rollout_id}": {"get"},
     "/api/v1/nodes/{node_id}/deploy": {"post"},
@@ -37,6 +38,7 @@ EXPECTED = {
     "/api/v1/dns-providers/{provider_id}/check": {"post"},
     "/api/v1/users": {"get", "post"},
     "/api/v1/users/{user_id}": {"get", "put", "patch", "delete"},
+    "/api/v1/users/{user_id}/two-factor": {"delete"},
     "/api/v1/audit": {"get"},
     "/api/v1/jobs": {"get"},
 }

@@ -9,7 +9,7 @@ from tests import factories
 from tests.conftest import api_headers
 
 USER_FIELDS = {"id", "username", "email", "role", "max_sites", "is_active", "last_login",
-               "created_at"}
+               "created_at", "two_factor"}
 
 
 @pytest.fixture()
