@@ -524,8 +524,9 @@ def _site_page(site: Site, block_form: BlockForm, upload_form: Any = None) -> An
                            recent=deployments.list_rollouts(_actor(), site_id=site.id,
                                                             per_page=5),
                            deploy_url=url_for(".site_deploy", site_id=site.id),
-                           last_error=explain.site_failure(site.last_deploy_error,
-                                                           admin=_actor().is_admin),
+                           last_error=explain.site_failure(
+                               site.last_deploy_error, admin=_actor().is_admin,
+                               refused=site.refused_version == site.config_version),
                            detail_endpoint="admin.deployment_detail")
 
 

@@ -106,6 +106,16 @@ class ClientSiteSchema(SiteSettingsSchema):
     id = fields.Integer(dump_only=True)
     status = fields.String(dump_only=True, metadata={"description": "last deployment outcome"})
     config_version = fields.Integer(dump_only=True)
+    deployed_nodes = fields.Integer(dump_only=True, metadata={
+        "description": "active nodes of the pool serving this config_version"})
+    target_nodes = fields.Integer(dump_only=True,
+                                  metadata={"description": "active nodes of the pool"})
+    refused_reason = fields.String(dump_only=True, metadata={
+        "description": "why a node refused this config_version (its previous version "
+                       "stays live); empty when none did"})
+    deploy_warning = fields.String(dump_only=True, metadata={
+        "description": "what the last deployment saw when it asked the proxy for the "
+                       "site (its backend answering 5xx, say); empty when all was well"})
     created_at = fields.String(dump_only=True, metadata={"format": "date-time"})
     updated_at = fields.String(dump_only=True, metadata={"format": "date-time"})
 

@@ -78,8 +78,9 @@ def _site_page(site_id: int, upload_form: Any = None) -> Any:
                                                      request.args.get("engine")),
                            recent=deployments.list_rollouts(actor, site_id=site.id, per_page=5),
                            deploy_url=url_for(".site_deploy", site_id=site.id),
-                           last_error=explain.site_failure(site.last_deploy_error,
-                                                           admin=actor.is_admin),
+                           last_error=explain.site_failure(
+                               site.last_deploy_error, admin=actor.is_admin,
+                               refused=site.refused_version == site.config_version),
                            detail_endpoint="client.deployment_detail")
 
 

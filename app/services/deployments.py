@@ -31,10 +31,10 @@ import shlex
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from select import POLLHUP, POLLIN, poll
 from typing import Any
@@ -66,8 +66,9 @@ from app.models import (
 )
 from app.models.base import utcnow
 from app.proxy import get_engine
-from app.proxy.base import PROBE_HOST, PROBE_PATH, SiteSpec
-from app.services import audit, explain, rendering
+from app.proxy.base import PROBE_HOST, PROBE_PATH, NodeSpec, SiteSpec
+from app.services import audit, explain, rendering, set_aside
+from app.services import backends as backends_service
 from app.services.common import Page, get_or_404, get_scoped, paginate, require_admin, scoped
 from app.services.node_lock import NodeLeases
 
@@ -85,6 +86,8 @@ PROBE_SETTLE_SECONDS = 0.15
 PROBE_GRACE_SECONDS = 0.01
 PROBE_CONFIRMATIONS = 3
 PROBE_INTERVAL_SECONDS = 0.01
+# How long a site answering 5xx is asked again before that is taken as its answer.
+SITE_ERROR_RECHECK_SECONDS = 0.5
 # How often a rollout writes its nodes' progress (one transaction for all of them).
 PROGRESS_INTERVAL = 0.1
 
@@ -147,27 +150,67 @@ def pool_sites(pool_id: int) -> list[Site]:
 @dataclass(frozen=True)
 class PoolState:
     """A pool's sites as the engines take them, read once for every node of a
-    rollout's batch (each node still gets its own rendering)."""
+    rollout's batch (each node still gets its own rendering).
+
+    ``accepted`` holds, per site, the settings of the last version the nodes took
+    (JSON) and its number: what a node renders for a site that is set aside.
+    ``refused`` names the sites whose current version a node refused: other
+    tenants' rollouts set them aside from the start."""
 
     specs: list[SiteSpec]
     versions: dict[str, int]
     domains: dict[int, str]
+    accepted: dict[int, tuple[dict[str, Any] | None, int | None]]
+    refused: frozenset[int]
 
     @classmethod
     def load(cls, pool_id: int) -> PoolState:
         sites = pool_sites(pool_id)
         return cls(specs=[rendering.site_spec(site) for site in sites],
                    versions={str(site.id): site.config_version for site in sites},
-                   domains={site.id: site.domain for site in sites})
+                   domains={site.id: site.domain for site in sites},
+                   accepted={site.id: (site.accepted_spec, site.accepted_version)
+                             for site in sites},
+                   refused=frozenset(site.id for site in sites
+                                     if site.refused_version == site.config_version))
+
+    def with_aside(self, aside: Collection[int]) -> tuple[list[SiteSpec], dict[str, int]]:
+        """The specs and versions with the sites in ``aside`` at their accepted
+        version, or left out when they have none."""
+        if not aside:
+            return self.specs, self.versions
+        specs, versions = [], dict(self.versions)
+        for spec in self.specs:
+            if spec.id not in aside:
+                specs.append(spec)
+                continue
+            data, version = self.accepted.get(spec.id, (None, None))
+            if data is None or version is None:
+                versions.pop(str(spec.id), None)
+                continue
+            specs.append(set_aside.spec_from_json(data, spec.certificate))
+            versions[str(spec.id)] = version
+        return specs, versions
 
 
-def render_node(node: Node, state: PoolState) -> dict[str, str]:
+@dataclass(frozen=True)
+class NodeRender:
+    """One node's files, the site versions they carry, and which files are whose."""
+
+    files: dict[str, str]
+    versions: dict[str, int]
+    site_files: dict[int, list[str]]
+
+
+def render_node(node: NodeSpec, engine_name: str, state: PoolState,
+                aside: Collection[int] = ()) -> NodeRender:
     """The node's files, with the engine's probe."""
-    engine = get_engine(node.proxy_type.value)
-    spec = rendering.node_spec(node)
-    files = engine.render(spec, state.specs).files
-    files.update(engine.probe(spec, probe_token(files)))
-    return files
+    engine = get_engine(engine_name)
+    specs, versions = state.with_aside(aside)
+    rendered = engine.render(node, specs)
+    files = rendered.files
+    files.update(engine.probe(node, probe_token(files)))
+    return NodeRender(files, versions, rendered.site_files)
 
 
 def probe_token(files: dict[str, str]) -> str:
@@ -180,8 +223,12 @@ def probe_token(files: dict[str, str]) -> str:
 def expected_probe(node: Node, files: dict[str, str]) -> str | None:
     """The token a node answers once it runs ``files``; None for engines without a
     probe (their reload returns when the configuration is live)."""
-    engine = get_engine(node.proxy_type.value)
-    names = set(engine.probe(rendering.node_spec(node), "-"))
+    return _expected_probe(rendering.node_spec(node), node.proxy_type.value, files)
+
+
+def _expected_probe(spec: NodeSpec, engine_name: str, files: dict[str, str]) -> str | None:
+    engine = get_engine(engine_name)
+    names = set(engine.probe(spec, "-"))
     if not names or not names <= set(files):
         return None
     return probe_token({p: t for p, t in files.items() if p not in names})
@@ -289,7 +336,8 @@ class NodeJob:
     reload_command: list[str]
     verify_address: str
     verify_port: int
-    verify_hosts: list[str]
+    # (site id, domain) of the sites this deployment changes: the ones to ask for.
+    verify_hosts: list[tuple[int, str]]
     probe: str | None
     # What the probe answers while the last deployed version runs (None if unknown).
     previous_probe: str | None
@@ -297,6 +345,9 @@ class NodeJob:
     verify_timeout: float
     steps: list[dict[str, Any]] = field(default_factory=list)
     on_step: Callable[[str], None] = lambda step: None
+    # Per verified site: "" when the proxy answered it well, else a warning for its
+    # owner (its backend answered 5xx, say).
+    site_warnings: dict[int, str] = field(default_factory=dict)
 
 
 def _output(result: Any) -> str:
@@ -367,7 +418,44 @@ class _Remote:
             logger.warning("node %s: could not remove the previous release",
                            self.job.target.node_id, exc_info=True)
 
+    def test_only(self) -> tuple[bool, str]:
+        """Stage the release, run the node's test command on it and put the previous
+        release back without a reload: what the node thinks of a candidate
+        configuration, while the proxy keeps running the live one.  Returns whether
+        the test passed, and what it printed.
+
+        :raises StepFailed: when the stage or the restore fails."""
+        try:
+            self._stage()
+            result = self.pool.run(self.job.target, self.job.test_command,
+                                   timeout=self.job.command_timeout)
+        except StepFailed:
+            raise
+        except Exception as exc:
+            restored = self.restore(reload=False) if self.swapped else True
+            raise StepFailed(self.current, _describe(exc), restored=restored,
+                             after_swap=self.swapped) from exc
+        if not self.restore(reload=False):
+            raise StepFailed("test", "could not put the previous release back after a test",
+                             restored=False, after_swap=True)
+        return result.ok, _output(result)
+
     def _steps(self) -> None:
+        job = self.job
+        self._stage()
+        self._test_and_reload()
+        with self.step("verify"):
+            problem = wait_for_probe(job.verify_address, job.verify_port, job.probe,
+                                     job.verify_timeout, self.old_generation)
+            if not problem:
+                problem, job.site_warnings = verify_sites(
+                    job.verify_address, job.verify_port, job.verify_hosts, job.verify_timeout)
+            if problem:
+                self._fail("verify", problem, reload=True)
+
+    def _stage(self) -> None:
+        """Upload the release and swap the link to it (the operator's directory kept
+        aside on our first deployment)."""
         pool, target, job = self.pool, self.job.target, self.job
         with self.step("upload"):
             # Usually a link already (one request); otherwise, what it is.
@@ -387,14 +475,6 @@ class _Remote:
                 self.adopted = True
             self.swapped = True
             pool.symlink_swap(target, self.config_dir, self.release)
-        self._test_and_reload()
-        with self.step("verify"):
-            problem = wait_for_probe(job.verify_address, job.verify_port, job.probe,
-                                     job.verify_timeout, self.old_generation)
-            problem = problem or verify_sites(job.verify_address, job.verify_port,
-                                              job.verify_hosts, job.verify_timeout)
-            if problem:
-                self._fail("verify", problem, reload=True)
 
     def _test_and_reload(self) -> None:
         """The test command, then the reload only if it passed, in one remote session
@@ -611,21 +691,32 @@ def wait_for_probe(address: str, port: int, token: str | None, timeout: float,
 
 
 
-def verify_sites(address: str, port: int, hosts: list[str], timeout: float) -> str:
-    """Ask the node for each site: any HTTP answer below 500 proves the new config
-    serves it.  Retried within ``timeout``: right after a reload an old worker may
-    still be exiting.  Returns the problem, or "" when every site answered."""
+def verify_sites(address: str, port: int, hosts: list[tuple[int, str]],
+                 timeout: float) -> tuple[str, dict[int, str]]:
+    """Ask the node for each (site id, host): any HTTP answer proves the proxy serves
+    the site with the new configuration.  An answer of 500 or more is the site's own
+    business (its backend is down or failing): a warning for its owner, never a
+    reason to roll back the other tenants' changes.  Retried within ``timeout``:
+    right after a reload an old worker may still be exiting.
+
+    Returns the problem ("" when the proxy answered every site) and, per site, its
+    warning ("" for none)."""
     problems = []
-    for host in hosts:
+    warnings: dict[int, str] = {}
+    for site_id, host in hosts:
         deadline = time.monotonic() + timeout
-        last = ""
+        last = warning = ""
         while True:
             try:
                 status = _http_status(address, port, host, max(0.5, deadline - time.monotonic()))
+                last = ""
                 if status < 500:
-                    last = ""
+                    warning = ""
                     break
-                last = f"{host} answered HTTP {status}"
+                if not warning:  # the probe proved the new workers: a short second look
+                    deadline = min(deadline, time.monotonic() + SITE_ERROR_RECHECK_SECONDS)
+                warning = (f"After the last deployment the proxy answered HTTP {status} for "
+                           f"{host}: is its backend up and answering?")
             except (OSError, http.client.HTTPException) as exc:
                 last = f"{host} did not answer: {exc}"
             if time.monotonic() >= deadline:
@@ -633,7 +724,9 @@ def verify_sites(address: str, port: int, hosts: list[str], timeout: float) -> s
             time.sleep(0.05)
         if last:
             problems.append(last)
-    return "; ".join(problems)
+        else:
+            warnings[site_id] = warning
+    return "; ".join(problems), warnings
 
 
 
@@ -664,6 +757,28 @@ def _describe(exc: BaseException) -> str:
 # Recording progress                                                          #
 # --------------------------------------------------------------------------- #
 
+class SiteOutcomes:
+    """What a rollout's nodes found about single sites, written once it ends: the
+    versions a node refused (set aside), and what verification saw."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # site id -> (version, the owner's sentence, what the node printed)
+        self.refused: dict[int, tuple[int, str, str]] = {}
+        # site id -> warning ("" when every node that asked got a good answer)
+        self.warnings: dict[int, str] = {}
+
+    def refuse(self, site_id: int, version: int, reason: str, output: str) -> None:
+        with self._lock:
+            self.refused.setdefault(site_id, (version, reason, output))
+
+    def verified(self, warnings: dict[int, str]) -> None:
+        with self._lock:
+            for site_id, warning in warnings.items():
+                if warning or site_id not in self.warnings:
+                    self.warnings[site_id] = warning
+
+
 class Recorder:
     """A rollout's writes to the database, batched: the deployments' progress and
     outcome, their nodes' state, and the renewal and release of the rollout's node
@@ -685,6 +800,7 @@ class Recorder:
         self._deployments: dict[int, dict[str, Any]] = {}
         self._nodes: dict[int, dict[str, Any]] = {}
         self._release: set[int] = set()
+        self.sites = SiteOutcomes()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -804,6 +920,21 @@ class RolloutPlan:
 class _Prepared:
     job: NodeJob | None = None
     error: BaseException | None = None
+    # What setting sites aside and rendering again needs (None for a rollback,
+    # which deploys a recorded version as it was).
+    retry: _Retry | None = None
+
+
+@dataclass
+class _Retry:
+    """A node's rendering inputs, kept to render it again with sites set aside."""
+
+    node: NodeSpec
+    engine: str
+    state: PoolState
+    before: dict[str, int]
+    aside: set[int]
+    render: NodeRender
 
 
 def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], recorder: Recorder,
@@ -824,6 +955,7 @@ def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], record
                           if plan.target_version_id is not None else None)
     states: dict[int, PoolState] = {}
     rendered: dict[int, tuple[Node, dict[str, str], dict[str, int], dict[int, str]]] = {}
+    retries: dict[int, tuple[NodeSpec, PoolState, set[int], NodeRender]] = {}
     for deployment_id, node_id in items:
         node = nodes.get(node_id)
         try:
@@ -839,8 +971,12 @@ def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], record
                 if node.pool_id not in states:
                     states[node.pool_id] = PoolState.load(node.pool_id)
                 state = states[node.pool_id]
-                rendered[deployment_id] = (node, render_node(node, state), state.versions,
-                                           state.domains)
+                # Versions a node refused stay aside, except in their own site's rollout.
+                aside = set(state.refused - {plan.site_id})
+                spec = rendering.node_spec(node)
+                result = render_node(spec, node.proxy_type.value, state, aside)
+                rendered[deployment_id] = (node, result.files, result.versions, state.domains)
+                retries[deployment_id] = (spec, state, aside, result)
         except Exception as exc:
             prepared[deployment_id] = _Prepared(error=exc)
     if not rendered:
@@ -876,6 +1012,11 @@ def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], record
         changed = _changed_hosts(before, site_versions, domains,
                                  plan.site_id)
         steps = [*steps_before, {"step": "render", "seconds": render_seconds, "ok": True}]
+        retry = None
+        if deployment_id in retries:
+            spec, state, aside, result = retries[deployment_id]
+            retry = _Retry(node=spec, engine=node.proxy_type.value, state=state,
+                           before=before, aside=aside, render=result)
         prepared[deployment_id] = _Prepared(job=NodeJob(
             target=ssh_target(node), config_dir=node.config_dir,
             files={path: text.encode() for path, text in files.items()},
@@ -889,7 +1030,7 @@ def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], record
                             else None),
             command_timeout=cfg["SSH_OPERATION_TIMEOUT"],
             verify_timeout=cfg["DEPLOY_VERIFY_TIMEOUT"], steps=steps,
-        ))
+        ), retry=retry)
     return prepared
 
 
@@ -940,7 +1081,7 @@ def _deploy_node(app: Flask, plan: RolloutPlan, deployment_id: int, node_id: int
             recorder.update(deployment_id, step=step)
 
         job.on_step = on_step
-        _Remote(connector(app), job).run()
+        _run_setting_aside(app, plan, deployment_id, node_id, prepared, recorder)
     except StepFailed as failure:
         if isinstance(failure.__cause__, HostKeyChanged):  # the key changed after the swap
             _hold_presented_key(node_id, failure.__cause__)
@@ -963,6 +1104,104 @@ def _deploy_node(app: Flask, plan: RolloutPlan, deployment_id: int, node_id: int
         return DeploymentStatus.FAILED
     recorder.finish(deployment_id, node_id, DeploymentStatus.SUCCEEDED, "", steps)
     return DeploymentStatus.SUCCEEDED
+
+
+def _run_setting_aside(app: Flask, plan: RolloutPlan, deployment_id: int, node_id: int,
+                       prepared: _Prepared, recorder: Recorder) -> None:
+    """Run the node's deployment; when the node's test refuses the configuration
+    because of some sites (the ones this deployment changes), set them aside and
+    deploy the rest: one tenant's bad version never holds back the others.
+
+    :raises StepFailed: as :meth:`_Remote.run`, when no site is to blame or after
+        :data:`set_aside.MAX_ROUNDS` rounds."""
+    assert prepared.job is not None
+    job = prepared.job
+    retry = prepared.retry
+    # Refusals count once the node took the pool without those sites: a node that
+    # refuses everything (a broken test command, a full disk) blames no one.
+    refusals: dict[int, tuple[int, str, str]] = {}
+    for round_number in range(set_aside.MAX_ROUNDS + 1):
+        try:
+            _Remote(connector(app), job).run()
+        except StepFailed as failure:
+            if (retry is None or failure.step != "test" or not failure.restored
+                    or round_number == set_aside.MAX_ROUNDS):
+                raise
+            blamed = _blame(app, job, retry, failure.message)
+            if not blamed:
+                raise
+            reason = set_aside.owner_reason(failure.message, [job.target.host,
+                                                              job.verify_address])
+            for site_id in blamed:
+                refusals[site_id] = (retry.state.versions[str(site_id)], reason,
+                                     failure.message)
+            retry.aside |= blamed
+            job = _job_again(app, plan, deployment_id, job, retry, recorder)
+            continue
+        for site_id, (version, reason, output) in refusals.items():
+            recorder.sites.refuse(site_id, version, reason, output)
+        recorder.sites.verified(job.site_warnings)
+        return
+
+
+def _suspects(retry: _Retry) -> set[int]:
+    """Sites whose version in this rendering differs from what the node took last,
+    and that are not set aside already: a refusal is theirs, if anyone's."""
+    return {int(site_id) for site_id, version in retry.render.versions.items()
+            if retry.before.get(site_id) != version and int(site_id) not in retry.aside}
+
+
+def _blame(app: Flask, job: NodeJob, retry: _Retry, output: str) -> set[int]:
+    """The sites to set aside after the node's test refused ``job``: the ones its
+    complaint names, else the only suspect, else those a bisection over test-only
+    runs finds."""
+    suspects = _suspects(retry)
+    if not suspects:
+        return set()
+    blamed = set_aside.blamed_sites(output, job.config_dir, retry.render.files,
+                                    retry.render.site_files, retry.state.domains, suspects)
+    if blamed:
+        return blamed
+    if len(suspects) == 1:
+        return suspects
+    pool = connector(app)
+
+    def passes(aside: set[int]) -> bool:
+        files = render_node(retry.node, retry.engine, retry.state, retry.aside | aside).files
+        trial = replace(job, files={path: text.encode() for path, text in files.items()},
+                        release_name=f"{RELEASE_PREFIX}trial-{secrets.token_hex(4)}",
+                        steps=[])
+        ok, _ = _Remote(pool, trial).test_only()
+        return ok
+
+    return set_aside.isolate(suspects, passes)
+
+
+def _job_again(app: Flask, plan: RolloutPlan, deployment_id: int, job: NodeJob,
+               retry: _Retry, recorder: Recorder) -> NodeJob:
+    """The node's job rendered again with ``retry.aside`` set aside, recorded as a new
+    version (the node's lease makes max()+1 safe)."""
+    retry.render = render_node(retry.node, retry.engine, retry.state, retry.aside)
+    files = retry.render.files
+    node_id = job.target.node_id
+    try:
+        number = (db.session.scalar(select(func.max(ConfigVersion.version))
+                                    .where(ConfigVersion.node_id == node_id)) or 0) + 1
+        version = ConfigVersion(node_id=node_id, version=number, files=json.dumps(files),
+                                sha256=files_digest(files), site_versions=retry.render.versions,
+                                file_count=len(files), created_by_id=plan.triggered_by_id)
+        db.session.add(version)
+        db.session.commit()
+        version_id = version.id
+    finally:
+        db.session.remove()
+    recorder.update(deployment_id, config_version_id=version_id)
+    changed = _changed_hosts(retry.before, retry.render.versions, retry.state.domains,
+                             plan.site_id)
+    return replace(job, files={path: text.encode() for path, text in files.items()},
+                   release_name=f"{RELEASE_PREFIX}{number}-{secrets.token_hex(4)}",
+                   verify_hosts=changed[:app.config["DEPLOY_VERIFY_MAX_SITES"]],
+                   probe=_expected_probe(retry.node, retry.engine, files), site_warnings={})
 
 
 def _hold_presented_key(node_id: int, exc: HostKeyChanged) -> None:
@@ -1018,14 +1257,14 @@ def _domains(site_versions: dict[str, int]) -> dict[int, str]:
 
 
 def _changed_hosts(before: dict[str, int], site_versions: dict[str, int],
-                   domains: dict[int, str], focus_site_id: int | None) -> list[str]:
-    """Domains whose configuration this deployment changes (the rollout's own site
-    first): those are the ones to verify."""
+                   domains: dict[int, str], focus_site_id: int | None) -> list[tuple[int, str]]:
+    """(site id, domain) of the sites whose configuration this deployment changes
+    (the rollout's own site first): those are the ones to verify."""
     changed_ids = {int(i) for i, v in site_versions.items() if before.get(i) != v}
     if focus_site_id is not None and str(focus_site_id) in site_versions:
         changed_ids.add(focus_site_id)
     ordered = sorted(changed_ids, key=lambda i: (i != focus_site_id, domains.get(i, "")))
-    return [domains[i] for i in ordered if i in domains]
+    return [(i, domains[i]) for i in ordered if i in domains]
 
 
 
@@ -1071,6 +1310,7 @@ def deploy_site(actor: User | None, site_id: int, *, canary_node: str | None = N
     """
     site: Site = (get_scoped(Site, site_id, actor, "site") if actor is not None
                   else get_or_404(Site, site_id, "site"))
+    _check_backends_again(site)
     targets = active_nodes(site.pool_id)
     canary_id = None
     if canary_node:
@@ -1095,6 +1335,24 @@ def deploy_site(actor: User | None, site_id: int, *, canary_node: str | None = N
         db.session.commit()
     launch(rollout.id)
     return rollout
+
+
+def _check_backends_again(site: Site) -> None:
+    """A backend name is checked against the address policy when the site is saved
+    and again now: its records may have changed since (DNS rebinding onto the node's
+    loopback, a metadata address, another tenant's network).
+
+    :raises ValidationError: naming each backend that now resolves into a denied
+        network."""
+    if site.blocked:
+        return
+    address_policy = backends_service.policy()
+    errors = {f"backends.{i}.host": f"is not allowed: {reason}"
+              for i, backend in enumerate(site.backends)
+              if (reason := address_policy.refusal(backend.host)) is not None}
+    if errors:
+        raise ValidationError("a backend is no longer allowed: change it and save the site",
+                              errors)
 
 
 # Serializes the check-and-create of deploy requests within this process.
@@ -1207,21 +1465,48 @@ def _run_rollout(app: Flask, rollout_id: int) -> None:
             _deploy_batch(app, plan, rest, leases, recorder, app.config["DEPLOY_PARALLELISM"])
     finally:
         recorder.close()
-    _conclude(rollout_id, error)
+    _conclude(rollout_id, error, recorder.sites)
 
 
-def _conclude(rollout_id: int, error: str) -> None:
+def _record_site_outcomes(rollout: Rollout, outcomes: SiteOutcomes) -> None:
+    """Refused versions and verification warnings onto their sites; each refusal in
+    the audit log with what the node printed (administrators read it there)."""
+    for site_id, (version, reason, output) in outcomes.refused.items():
+        db.session.execute(update(Site).where(Site.id == site_id).values(
+            refused_version=version, refused_reason=reason))
+        audit.record(None, "site.set_aside", "site", site_id,
+                     {"rollout": rollout.id, "version": version, "node_output": output[:2000]})
+    for site_id, warning in outcomes.warnings.items():
+        db.session.execute(update(Site).where(Site.id == site_id).values(
+            deploy_warning=warning))
+    own = rollout.site_id
+    if own is not None and own not in outcomes.refused and any(
+            d.status == DeploymentStatus.SUCCEEDED for d in rollout.deployments):
+        # Its owner deployed it and a node took it: it is no longer refused.
+        db.session.execute(update(Site).where(Site.id == own).values(
+            refused_version=None, refused_reason=""))
+
+
+def _conclude(rollout_id: int, error: str, outcomes: SiteOutcomes | None = None) -> None:
     rollout = db.session.get(Rollout, rollout_id)
     assert rollout is not None
     db.session.refresh(rollout)
+    if outcomes is not None:
+        _record_site_outcomes(rollout, outcomes)
     statuses = [d.status for d in rollout.deployments]
     failed = [d for d in rollout.deployments if d.status != DeploymentStatus.SUCCEEDED]
-    if not failed:
+    own_refused = (outcomes.refused.get(rollout.site_id)
+                   if outcomes is not None and rollout.site_id is not None else None)
+    summary = f"{len(failed)} of {len(statuses)} nodes failed: " + "; ".join(
+        f"{d.node_name}: {d.error}" for d in failed if d.status != DeploymentStatus.SKIPPED)
+    if own_refused is not None:
+        # The other sites of the pool went out; this rollout's own site did not.
+        rollout.status = DeploymentStatus.FAILED
+        rollout.error = (own_refused[1] + (f" {summary}" if failed else ""))[:4000]
+    elif not failed:
         rollout.status = DeploymentStatus.SUCCEEDED
     else:
         rollout.status = DeploymentStatus.FAILED
-        summary = f"{len(failed)} of {len(statuses)} nodes failed: " + "; ".join(
-            f"{d.node_name}: {d.error}" for d in failed if d.status != DeploymentStatus.SKIPPED)
         rollout.error = (f"{error}. {summary}" if error else summary)[:4000]
     rollout.finished_at = utcnow()
     db.session.commit()
@@ -1231,7 +1516,9 @@ def _conclude(rollout_id: int, error: str) -> None:
 
 def refresh_site_status(pool_id: int) -> None:
     """"Deployed on X of Y nodes" for every site of the pool, from what each active
-    node last took successfully, and the last error a node reported."""
+    node last took successfully, and the last error a node reported (or why a node
+    refused the site's version).  A version some node took, and none refused, becomes
+    the one a node keeps serving when a later version is set aside."""
     nodes = active_nodes(pool_id)
     ids = [node.id for node in nodes]
     carried = carried_versions(ids)
@@ -1247,12 +1534,17 @@ def refresh_site_status(pool_id: int) -> None:
         deployed = sum(1 for node_id in ids
                        if carried.get(node_id, {}).get(str(site.id)) == site.config_version)
         site.deployed_nodes, site.target_nodes = deployed, len(nodes)
-        site.last_deploy_error = "; ".join(errors[i] for i in ids if i in errors)[:4000]
+        refused = site.refused_version == site.config_version
+        site.last_deploy_error = (site.refused_reason if refused else "; ".join(
+            errors[i] for i in ids if i in errors))[:4000]
+        if deployed and not refused and site.accepted_version != site.config_version:
+            site.accepted_spec = set_aside.spec_to_json(rendering.site_spec(site))
+            site.accepted_version = site.config_version
         if deployed and deployed == len(nodes):
             site.status, site.last_deployed_at = SiteStatus.DEPLOYED, now
         elif deployed:
             site.status, site.last_deployed_at = SiteStatus.PARTIAL, now
-        elif errors:
+        elif errors or refused:
             site.status = SiteStatus.FAILED
     db.session.commit()
 

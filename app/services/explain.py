@@ -115,11 +115,15 @@ def check_failure(part: str, detail: str, node: str) -> Explanation:
     return Explanation(detail, "")
 
 
-def site_failure(error: str, *, admin: bool) -> Explanation:
+def site_failure(error: str, *, admin: bool, refused: bool = False) -> Explanation:
     """A site's last deployment error, recorded as ``"node: step: message"`` for each
-    node that failed; the first one speaks for them all."""
+    node that failed; the first one speaks for them all.  A version a node refused
+    (``refused``) carries its owner's sentence already, free of the fleet's names;
+    administrators find what the node printed in the audit log."""
     if not error:
         return Explanation("", "")
+    if refused:
+        return Explanation(error, "")
     node, _, rest = error.partition(": ")
     told = node_failure(rest.split("; ")[0] or error, node, admin=admin)
     return Explanation(told.summary, error if admin else "")

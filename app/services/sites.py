@@ -723,6 +723,11 @@ def site_to_dict(site: Site, *, admin: bool) -> dict[str, Any]:
         "blocked_reason": site.blocked_reason,
         "status": site.status.value,
         "config_version": site.config_version,
+        "deployed_nodes": site.deployed_nodes,
+        "target_nodes": site.target_nodes,
+        "refused_reason": (site.refused_reason
+                           if site.refused_version == site.config_version else ""),
+        "deploy_warning": site.deploy_warning,
         "created_at": site.created_at.isoformat() if site.created_at else None,
         "updated_at": site.updated_at.isoformat() if site.updated_at else None,
     }

@@ -58,3 +58,21 @@ def test_a_silent_dns_server_cannot_hold_a_request_for_long(app, client, alice, 
     fields = response.get_json()["error"]["fields"]
     # The budget ran out before the last names: they are refused, not waited for.
     assert "could not be checked in time" in fields["backends.31.host"]
+
+
+def test_a_name_that_resolves_elsewhere_since_it_was_saved_is_refused_at_deploy(
+        app, client, alice, dns, monkeypatch):
+    """DNS rebinding: the name led to an allowed address when the site was saved and
+    leads to the metadata service now; the deploy request is refused, naming it."""
+    monkeypatch.setitem(app.config, "BACKEND_RESOLVERS", dns.dns_server)
+    dns.set_a("api.rebinding.test", ["10.1.2.3"])
+    status, body = create(client, alice, "api.rebinding.test", "rebound.example.com")
+    assert status == 201, body
+    dns.set_a("api.rebinding.test", ["169.254.169.254"])
+    response = client.post(f"/api/v1/sites/{body['id']}/deploy", headers=api_headers(alice))
+    assert response.status_code == 422
+    assert "169.254.169.254" in response.get_json()["error"]["fields"]["backends.0.host"]
+    dns.set_a("api.rebinding.test", ["10.1.2.3"])
+    # Allowed again: the request gets as far as the pool (which has no node here).
+    response = client.post(f"/api/v1/sites/{body['id']}/deploy", headers=api_headers(alice))
+    assert response.status_code == 409

@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -163,7 +162,8 @@ def live_site(alice, fleet, backends) -> Site:
     return site
 
 
-def test_a_config_the_test_command_refuses_changes_nothing(alice, fleet, live_site, db):
+def test_a_version_the_test_command_refuses_is_set_aside_and_changes_nothing(
+        alice, fleet, live_site, db):
     before = _serving_before(fleet)
     # Resolving a backend name needs DNS, which this loopback-only machine lacks:
     # nginx -t fails on every node.
@@ -171,14 +171,17 @@ def test_a_config_the_test_command_refuses_changes_nothing(alice, fleet, live_si
                                                           "port": 80}]})
     rollout = deploy(alice, live_site)
     assert rollout.status == DeploymentStatus.FAILED
-    for deployment in rollout.deployments:
-        assert deployment.status == DeploymentStatus.FAILED
-        assert deployment.error.startswith("test: the node's test command refused")
-        assert "backend.invalid" in deployment.error
+    assert "refused this version of the site" in rollout.error
+    assert "backend.invalid" in rollout.error
+    # Each node set the site aside: it took the pool with the site's previous
+    # version, which is the very configuration it ran.
+    assert {d.status for d in rollout.deployments} == {DeploymentStatus.SUCCEEDED}
     _assert_unchanged(fleet, before)
     assert all(len(release_dirs(node)) == 2 for node in fleet)  # live + adopted original
     site = sites.get_site(alice, live_site.id)
-    assert site.deployed_nodes == 0 and "backend.invalid" in site.last_deploy_error
+    assert site.deployed_nodes == 0 and site.status.value == "failed"
+    assert "backend.invalid" in site.last_deploy_error
+    assert site.refused_version == site.config_version
 
 
 def test_a_failing_reload_restores_the_previous_files(admin, alice, fleet, live_site,
@@ -488,13 +491,18 @@ def test_a_caddy_node_takes_the_same_deployment_as_the_nginx_nodes(
         assert json.loads(answer.read())["backend"] == "both"
         conn.close()
         assert fleet[0].get("mixed.example.com").headers["x-fleet"] == "one"
-        # Caddy refuses what its validate refuses, and keeps serving the previous files.
-        before = {p: p.read_bytes() for p in Path(spec.config_dir).rglob("*") if p.is_file()}
+        # nginx refuses a backend name it cannot resolve and keeps the site's previous
+        # version; Caddy resolves names per request, takes the version, and answers
+        # 502 for it: a warning for the site's owner.
         sites.update_site(alice, site.id, {"backends": [{"host": "backend.invalid",
                                                          "port": 80}]})
-        assert deploy(alice, site).status == DeploymentStatus.FAILED
-        after = {p: p.read_bytes() for p in Path(spec.config_dir).rglob("*") if p.is_file()}
-        assert after == before
+        rollout = deploy(alice, site)
+        assert rollout.status == DeploymentStatus.FAILED
+        assert "backend.invalid" in rollout.error
+        assert fleet[0].get("mixed.example.com").json()["backend"] == "both"
+        refused = sites.get_site(alice, site.id)
+        assert (refused.deployed_nodes, refused.target_nodes) == (1, 6)
+        assert "answered HTTP 50" in refused.deploy_warning
     finally:
         caddy.stop()
 
@@ -583,13 +591,15 @@ def test_a_node_that_stops_answering_after_the_swap_gets_its_previous_release_ba
 
 
 def test_a_failed_first_deployment_gives_the_operator_directory_back(
-        app, admin, alice, sshd, backends):
+        app, admin, alice, sshd, backends, monkeypatch):
     nginx = start_nginx("127.0.0.41")
     try:
         node = register(admin, nginx, "first-0", sshd.port, sshd.client_key_text)
         original = node.snapshot()
-        site = factories.make_site(alice, "first.example.com",
-                                   backends=[{"host": "backend.invalid", "port": 80}])
+        # A node that refuses every configuration (no site to blame).
+        monkeypatch.setitem(app.config, "ALLOW_CUSTOM_NODE_COMMANDS", True)
+        nodes.update_node(admin, node.id, {"test_command": "false"})
+        site = factories.make_site(alice, "first.example.com")
         rollout = deploy(alice, site)
         assert rollout.status == DeploymentStatus.FAILED
         assert nginx.config_dir.is_dir() and not nginx.config_dir.is_symlink()
@@ -602,18 +612,23 @@ def test_a_failed_first_deployment_gives_the_operator_directory_back(
 
 
 def test_a_client_never_reads_another_tenants_names_in_node_errors(
-        app, admin, alice, bob, fleet, live_site, alice_client):
-    # Bob's broken backend makes every node's test fail, quoting his upstream.
+        app, admin, alice, bob, fleet, live_site, alice_client, monkeypatch):
+    # Bob's broken backend makes every node's test fail, quoting his upstream; the
+    # node sets his site aside and takes Alice's.  Another node fails for a reason
+    # of its own, which Alice reads in general words.
     factories.make_site(bob, "bob-secret.example.com",
                         backends=[{"host": "bob-internal.invalid", "port": 80}])
+    monkeypatch.setitem(app.config, "ALLOW_CUSTOM_NODE_COMMANDS", True)
+    nodes.update_node(admin, fleet[0].id, {"reload_command": "false"})
+    sites.update_site(alice, live_site.id, {"headers": {"X-Shop": "v2"}})
     rollout = deploy(alice, live_site)
     assert rollout.status == DeploymentStatus.FAILED
-    raw = rollout.deployments[0].error
-    assert "bob-internal.invalid" in raw  # what the node printed, as admins see it
+    raw = next(d.error for d in rollout.deployments if d.node_name == "edge-0")
+    assert raw.startswith("reload: reload failed")  # what the node printed, as admins see it
     as_alice = app.test_client().get(f"/api/v1/deployments/{rollout.id}",
                                      headers=api_headers(alice)).get_json()
     shown = as_alice["error"] + "".join(n["error"] + n["message"] for n in as_alice["nodes"])
-    assert "The proxy refused the new configuration" in shown
+    assert "The proxy could not load the new configuration" in shown
     assert "bob-internal" not in shown and "bob-secret" not in shown
     assert not any(node.name in shown for node in fleet)
     page = alice_client.get(f"/client/deployments/{rollout.id}").get_data(as_text=True)
@@ -622,7 +637,10 @@ def test_a_client_never_reads_another_tenants_names_in_node_errors(
         assert "bob-internal" not in text and "bob-secret" not in text
     as_admin = app.test_client().get(f"/api/v1/deployments/{rollout.id}",
                                      headers=api_headers(admin)).get_json()
-    assert "bob-internal.invalid" in "".join(n["error"] for n in as_admin["nodes"])
+    assert "edge-0" in as_admin["error"]
+    bob_site = Site.query.filter_by(domain="bob-secret.example.com").one()
+    entry = AuditLog.query.filter_by(action="site.set_aside", object_id=str(bob_site.id)).one()
+    assert "bob-internal.invalid" in entry.details["node_output"]
 
 
 def _wait_serving(node: FleetNode, backend: str, timeout: float = 10.0) -> str:
@@ -663,10 +681,11 @@ def test_a_failed_release_that_cannot_be_removed_still_gets_the_previous_one_rel
                 relay.resume()
 
         monkeypatch.setattr(pool, "remove_tree", stall_while_removing)
-        # Nothing listens on the new backend: the node answers 502 and fails verification.
-        from tests.components import free_port
-        sites.update_site(alice, live_site.id,
-                          {"backends": [{"host": "127.0.0.1", "port": free_port()}]})
+        # A reload that does nothing: the node never answers with the new
+        # configuration's probe, and verification fails.
+        monkeypatch.setitem(app.config, "ALLOW_CUSTOM_NODE_COMMANDS", True)
+        nodes.update_node(admin, victim.id, {"reload_command": "true"})
+        sites.update_site(alice, live_site.id, {"headers": {"X-Shop": "v2"}})
         rollout = deployments.wait(deployments.deploy_nodes(admin, [victim.id]).id)
         [failed] = rollout.deployments
         assert failed.status == DeploymentStatus.ROLLED_BACK, failed.error

@@ -12,7 +12,8 @@ SITE_FIELDS = {
     "id", "domain", "aliases", "backends", "backend_protocol", "pool", "ssl_mode", "acme_challenge",
     "force_https", "hsts", "http2", "websocket", "waf_level", "cache", "geo", "ip_allow",
     "ip_deny", "basic_auth", "rate_limit", "headers", "blocked", "blocked_reason", "status",
-    "config_version", "created_at", "updated_at",
+    "config_version", "deployed_nodes", "target_nodes", "refused_reason", "deploy_warning",
+    "created_at", "updated_at",
 }
 FULL_SITE = {
     "domain": "shop.example.com",
