@@ -43,6 +43,14 @@ class Config:
     RATELIMIT_KEY_PREFIX = os.environ.get("RATELIMIT_KEY_PREFIX", "rpcc")
     RATELIMIT_HEADERS_ENABLED = True
     LOGIN_RATE_LIMIT = os.environ.get("LOGIN_RATE_LIMIT", "5 per minute")
+    # Per user, counted in the shared limiter storage: requests that start a rollout
+    # (deploy, node deploy, rollback, certificate upload) and certificate issue/renew
+    # requests.  Administrators have their own (higher) limits.
+    DEPLOY_REQUEST_LIMIT = os.environ.get("DEPLOY_REQUEST_LIMIT", "20 per minute")
+    ADMIN_DEPLOY_REQUEST_LIMIT = os.environ.get("ADMIN_DEPLOY_REQUEST_LIMIT", "60 per minute")
+    CERTIFICATE_REQUEST_LIMIT = os.environ.get("CERTIFICATE_REQUEST_LIMIT", "10 per hour")
+    ADMIN_CERTIFICATE_REQUEST_LIMIT = os.environ.get("ADMIN_CERTIFICATE_REQUEST_LIMIT",
+                                                     "30 per hour")
 
     SESSION_COOKIE_HTTPONLY = True
     SESSION_COOKIE_SAMESITE = os.environ.get("SESSION_COOKIE_SAMESITE", "Lax")
@@ -113,11 +121,12 @@ class Config:
     ACME_PRECHECK_RESOLVERS = os.environ.get("ACME_PRECHECK_RESOLVERS", "")
     CERT_RENEW_BEFORE_DAYS = _int("CERT_RENEW_BEFORE_DAYS", 30)
 
-    # Where backends may point (comma-separated CIDRs). Empty denied: link-local,
-    # loopback and "this host"; cloud metadata addresses and the nodes' own addresses
-    # are always denied. Allowed networks are exceptions (127.0.0.0/8 for local
-    # trials). Backend names are resolved with BACKEND_RESOLVERS (host[:port], comma-
-    # separated; empty: the system's; "off": names are not checked).
+    # Where backends may point (comma-separated CIDRs), until an administrator changes
+    # the lists in Settings. Link-local, loopback, "this host", cloud metadata addresses
+    # and the nodes' own addresses are always denied, with the networks listed here.
+    # Allowed networks are exceptions (127.0.0.0/8 for local trials). Backend names
+    # are resolved with BACKEND_RESOLVERS (host[:port], comma-separated; empty: the
+    # system's; "off": names are not checked).
     BACKEND_DENIED_NETWORKS = os.environ.get("BACKEND_DENIED_NETWORKS", "")
     BACKEND_ALLOWED_NETWORKS = os.environ.get("BACKEND_ALLOWED_NETWORKS", "")
     BACKEND_RESOLVERS = os.environ.get("BACKEND_RESOLVERS", "")

@@ -16,7 +16,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
 from app.errors import ServiceError
-from app.extensions import api, bootstrap, csrf, db, limiter, login_manager, migrate
+from app.extensions import api, bootstrap, csrf, db, limiter, login_manager, migrate, retry_after
 from app.security import parse_encryption_keys
 from config import CONFIGS
 
@@ -283,7 +283,10 @@ def register_errorhandlers(app: Flask) -> None:
         status = error.code or 500
         message = error.description or error.name
         if status == 429:
-            message = f"Too many attempts. Try again later ({error.description})."
+            breached = getattr(error, "limit", None)
+            what = breached.error_message if breached and breached.error_message else "attempts"
+            most = f" (at most {breached.limit})" if breached else ""
+            message = f"Too many {what}{most}. Try again in {retry_after()} seconds."
         data = getattr(error, "data", None) or {}
         fields = _flatten(data.get("messages") or data.get("errors") or {}) or None
         if wants_json():

@@ -1,10 +1,13 @@
 """Extensions are created unbound here and bound in ``create_app``."""
 
-from flask import current_app, request
+import time
+from typing import Any
+
+from flask import current_app, g, request
 from flask_bootstrap import Bootstrap5
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
-from flask_login import LoginManager
+from flask_login import LoginManager, current_user
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
@@ -49,3 +52,57 @@ def sign_in_username() -> str:
     else:
         username = request.form.get("username")
     return "sign-in-user:" + (username if isinstance(username, str) else "").strip().lower()[:64]
+
+
+# Requests that start background work (a rollout, a certificate order) count per user
+# whatever the door (the panels or the API, any address): one tenant's script cannot
+# fill the deploying threads or spend the CA's rate limit that every tenant shares.
+# Every such request counts, refused ones too, so probing costs the same.
+# Administrators get limits of their own (higher by default): they deploy nodes and
+# roll back during incidents, yet a runaway script with their token is still bounded.
+DEPLOY_REQUEST_SCOPE = "deploy-request"
+CERTIFICATE_REQUEST_SCOPE = "certificate-request"
+
+
+def _requester() -> Any:
+    """The API token's user, else the signed-in user (the API never reads cookies)."""
+    actor = g.get("api_actor")
+    if actor is None and current_user.is_authenticated:
+        actor = current_user
+    return actor
+
+
+def requesting_user() -> str:
+    actor = _requester()
+    return f"user:{actor.id}" if actor is not None else "address:" + get_remote_address()
+
+
+def _per_role(setting: str) -> str:
+    actor = _requester()
+    prefix = "ADMIN_" if actor is not None and getattr(actor, "is_admin", False) else ""
+    return str(current_app.config[prefix + setting])
+
+
+def deploy_request_limit() -> str:
+    return _per_role("DEPLOY_REQUEST_LIMIT")
+
+
+def certificate_request_limit() -> str:
+    return _per_role("CERTIFICATE_REQUEST_LIMIT")
+
+
+limit_deploy_requests = limiter.shared_limit(
+    deploy_request_limit, scope=DEPLOY_REQUEST_SCOPE, key_func=requesting_user,
+    error_message="deployment requests")
+limit_certificate_requests = limiter.shared_limit(
+    certificate_request_limit, scope=CERTIFICATE_REQUEST_SCOPE, key_func=requesting_user,
+    error_message="certificate requests")
+
+
+def retry_after() -> int:
+    """Seconds until the limit this request broke lets the next one through (what
+    Flask-Limiter puts in ``Retry-After``), for the message people read."""
+    breached = limiter.current_limit
+    if breached is None:
+        return 60
+    return max(1, int(breached.reset_at - time.time()))

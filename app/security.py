@@ -417,7 +417,7 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 # administrator allows one of them by its exact address.
 METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
     "169.254.169.254", "169.254.170.2", "100.100.100.200", "fd00:ec2::254"))
-# Denied unless BACKEND_DENIED_NETWORKS says otherwise: link-local (metadata lives
+# Always denied, unless an allowed network covers them: link-local (metadata lives
 # there), loopback (the node itself) and "this host".
 DEFAULT_DENIED_NETWORKS = ("169.254.0.0/16", "fe80::/10", "127.0.0.0/8", "::1/128",
                            "0.0.0.0/8", "::/128", "fd00:ec2::254/128",

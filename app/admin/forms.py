@@ -221,6 +221,34 @@ class NodeForm(ServiceForm):
         return data
 
 
+class BackendPolicyForm(ServiceForm):
+    """The backend address policy: one network per line (commas and spaces also
+    separate them, as in the environment variables)."""
+
+    denied_networks = TextAreaField(
+        "Denied networks", description="Backends may not point into these, besides the "
+        "networks always denied (listed above). One per line, e.g. <code>10.0.0.0/8</code> "
+        "or <code>2001:db8::/32</code>.")
+    allowed_networks = TextAreaField(
+        "Allowed networks", description="Exceptions to every denied network, e.g. "
+        "<code>127.0.0.0/8</code> for local trials. A cloud metadata address is opened "
+        "only by an entry naming it alone (<code>/32</code>, <code>/128</code>).")
+    save_policy = SubmitField("Save backend policy")
+    reset_policy = SubmitField("Use the environment's values")
+
+    @staticmethod
+    def initial(policy: dict[str, Any]) -> dict[str, str]:
+        return {name: "\n".join(policy[name]) for name in ("denied_networks",
+                                                            "allowed_networks")}
+
+    def to_data(self) -> dict[str, Any]:
+        """Every network as written; a reset sends null (the environment's value)."""
+        if self.reset_policy.data:
+            return {"denied_networks": None, "allowed_networks": None}
+        return {name: (self[name].data or "").replace(",", " ").split()
+                for name in ("denied_networks", "allowed_networks")}
+
+
 class PoolForm(ServiceForm):
     name = StringField("Name")
     description = StringField("Description")

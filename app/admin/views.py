@@ -17,6 +17,7 @@ from app import certificate_pages, deployment_pages
 from app.admin import bp
 from app.admin.forms import (
     AuditFilterForm,
+    BackendPolicyForm,
     BlockForm,
     DeploymentFilterForm,
     DnsProviderForm,
@@ -595,10 +596,36 @@ def settings_page() -> Any:
         else:
             flash("Settings saved.", "success")
             return redirect(url_for(".settings_page"))
-    return render_template("admin/settings.html", form=form, current=current,
-                           security_form=SecuritySettingsForm(
-                               formdata=None, data=settings.get_security_settings(actor))), \
-        form_status(form)
+    return _settings_page(actor, form, current), form_status(form)
+
+
+def _settings_page(actor: User, form: AcmeSettingsForm, current: dict[str, Any],
+                   policy_form: BackendPolicyForm | None = None) -> str:
+    """The settings page, with the one form that was submitted as it came back."""
+    policy = settings.get_backend_policy(actor)
+    return render_template(
+        "admin/settings.html", form=form, current=current, policy=policy,
+        policy_form=policy_form or BackendPolicyForm(
+            formdata=None, data=BackendPolicyForm.initial(policy), prefix="policy"),
+        security_form=SecuritySettingsForm(
+            formdata=None, data=settings.get_security_settings(actor)))
+
+
+@bp.post("/settings/backend-policy")
+def backend_policy_settings() -> Any:
+    actor = _actor()
+    form = BackendPolicyForm(prefix="policy")
+    if form.validate_on_submit():
+        try:
+            settings.update_backend_policy(actor, form.to_data())
+        except ValidationError as exc:
+            form.add_service_errors(exc.fields)
+        else:
+            flash("Backend address policy saved.", "success")
+            return redirect(url_for(".settings_page"))
+    current = settings.get_acme_settings(actor)
+    return _settings_page(actor, AcmeSettingsForm(formdata=None, data=current), current,
+                          form), form_status(form)
 
 
 @bp.post("/settings/security")

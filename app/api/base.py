@@ -19,7 +19,8 @@ Lists answer `{"items": [...], "page", "per_page", "total"}` and take `page` and
 `per_page` (at most 200). Errors answer `{"error": {"code", "message", "fields"}}`,
 where `fields` names each offending field: 400 malformed request, 401 no valid token,
 403 not allowed, 404 not found (also another client's object), 409 conflict,
-422 invalid fields, 429 too many attempts.
+422 invalid fields, 429 too many requests (`Retry-After` says how many seconds to wait).
+Requests that start a deployment and certificate requests are limited per user.
 """
 
 

@@ -9,6 +9,7 @@ from flask.views import MethodView
 from marshmallow import Schema, fields
 
 from app.api.auth import ApiBlueprint, admin_only, current_actor
+from app.extensions import limit_certificate_requests, limit_deploy_requests
 from app.services import certificates, settings
 
 blp = ApiBlueprint(
@@ -79,9 +80,11 @@ class SiteCertificate(MethodView):
         return certificates.certificate_to_dict(
             certificates.get_site_certificate(current_actor(), site_id))
 
+    @limit_certificate_requests
     @blp.response(202, CertificateSchema)
     @blp.alt_response(404, response="NOT_FOUND")
     @blp.alt_response(409, response="CONFLICT")
+    @blp.alt_response(429, response="TOO_MANY_REQUESTS")
     def post(self, site_id: int) -> Any:
         """Issue or renew now; an ACME certificate is obtained in the background and
         deployed to every node of the pool."""
@@ -90,9 +93,11 @@ class SiteCertificate(MethodView):
         return certificates.certificate_to_dict(
             certificates.get_site_certificate(actor, site_id))
 
+    @limit_deploy_requests
     @blp.arguments(UploadSchema)
     @blp.response(200, CertificateSchema)
     @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(429, response="TOO_MANY_REQUESTS")
     def put(self, data: dict[str, Any], site_id: int) -> Any:
         """Upload a chain and key (the site switches to ``custom``) and deploy them."""
         site = certificates.upload_certificate(current_actor(), site_id, data["chain_pem"],

@@ -10,6 +10,7 @@ from marshmallow import Schema, fields
 
 from app.api.auth import ApiBlueprint, admin_only, current_actor
 from app.api.schemas import PageQuerySchema, QueryInteger, UtcDateTime, page_schema
+from app.extensions import limit_deploy_requests
 from app.models import ConfigVersion, DeploymentStatus, Node
 from app.services import deployments
 from app.services.common import Page
@@ -77,10 +78,12 @@ def _page(result: Page[Any]) -> dict[str, Any]:
 
 @blp.route("/sites/<int:site_id>/deploy")
 class SiteDeploy(MethodView):
+    @limit_deploy_requests
     @blp.arguments(DeployRequestSchema, required=False)
     @blp.response(202, StartedSchema)
     @blp.alt_response(404, response="NOT_FOUND")
     @blp.alt_response(409, response="CONFLICT")
+    @blp.alt_response(429, response="TOO_MANY_REQUESTS")
     def post(self, data: dict[str, Any] | None, site_id: int) -> Any:
         """Deploy the site to every active node of its pool (in the background)."""
         rollout = deployments.deploy_site(current_actor(), site_id,
@@ -162,8 +165,10 @@ def _version(version: ConfigVersion, statuses: dict[int, str],
 @blp.route("/nodes/<int:node_id>/deploy")
 class NodeDeploy(MethodView):
     @admin_only
+    @limit_deploy_requests
     @blp.response(202, StartedSchema)
     @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(429, response="TOO_MANY_REQUESTS")
     def post(self, node_id: int) -> Any:
         """Deploy the current state of the node's pool to this node."""
         rollout = deployments.deploy_nodes(current_actor(), [node_id])
@@ -210,9 +215,11 @@ class NodeDiff(MethodView):
 @blp.route("/nodes/<int:node_id>/rollback")
 class NodeRollback(MethodView):
     @admin_only
+    @limit_deploy_requests
     @blp.arguments(RollbackSchema)
     @blp.response(202, StartedSchema)
     @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(429, response="TOO_MANY_REQUESTS")
     def post(self, data: dict[str, Any], node_id: int) -> Any:
         """Deploy an earlier version of the node again, exactly as it was."""
         rollout = deployments.rollback_node(current_actor(), node_id, data["version"])

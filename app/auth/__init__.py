@@ -127,7 +127,9 @@ def hold_at_enrolment() -> Any:
     """An administrator who must use two-factor sign-in and has not set it up yet
     reaches only the set-up page and signing out.  API tokens are not held: scripts
     keep working."""
-    if (request.endpoint is None or request.endpoint in _OPEN_DURING_ENROLMENT
+    endpoint = request.endpoint
+    # Static files of the app and of its extensions (Bootstrap's) are never held.
+    if (endpoint is None or endpoint in _OPEN_DURING_ENROLMENT or endpoint.endswith(".static")
             or request.path.startswith("/api/") or not current_user.is_authenticated):
         return None
     if two_factor.enrolment_required(current_user):

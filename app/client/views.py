@@ -15,6 +15,7 @@ from app import certificate_pages, deployment_pages
 from app.client import bp
 from app.client.forms import EmailForm, PasswordForm, SiteListFilterForm, TokenForm
 from app.errors import Conflict, ValidationError
+from app.extensions import limit_certificate_requests, limit_deploy_requests
 from app.forms import SiteForm, form_status
 from app.models import User
 from app.services import deployments, explain, nodes, rendering, sites, tokens, users
@@ -85,17 +86,20 @@ def _site_page(site_id: int, upload_form: Any = None) -> Any:
 
 
 @bp.post("/sites/<int:site_id>/certificate/issue")
+@limit_certificate_requests
 def site_certificate_issue(site_id: int) -> Any:
     return certificate_pages.issue(_actor(), site_id, "client")
 
 
 @bp.post("/sites/<int:site_id>/certificate")
+@limit_deploy_requests
 def site_certificate_upload(site_id: int) -> Any:
     form, done = certificate_pages.upload(_actor(), site_id, "client")
     return done or (_site_page(site_id, form), form_status(form))
 
 
 @bp.post("/sites/<int:site_id>/deploy")
+@limit_deploy_requests
 def site_deploy(site_id: int) -> Any:
     try:
         rollout = deployments.deploy_site(_actor(), site_id)

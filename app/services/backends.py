@@ -1,6 +1,7 @@
 """Where backends may point: the address policy that keeps a client's site from
 reaching the nodes themselves, cloud metadata services or networks an
-administrator closed (BACKEND_DENIED_NETWORKS, BACKEND_ALLOWED_NETWORKS)."""
+administrator closed (in Settings, else BACKEND_DENIED_NETWORKS and
+BACKEND_ALLOWED_NETWORKS)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from flask import current_app
 from sqlalchemy import select
 
 from app.extensions import db
-from app.models import Node
+from app.models import Node, Setting
 from app.security import (
     DEFAULT_DENIED_NETWORKS,
     Address,
@@ -70,19 +71,41 @@ class BackendPolicy:
         return found
 
 
-def policy() -> BackendPolicy:
-    """The policy now: the configured networks, and the nodes' own addresses."""
+# Where an administrator's networks are stored (``Setting`` rows, comma-separated
+# CIDRs; an empty value is an empty list, no row is the environment's value).
+DENIED_SETTING = "backend_denied_networks"
+ALLOWED_SETTING = "backend_allowed_networks"
+
+
+def configured_networks() -> tuple[str, str]:
+    """The denied and allowed networks in force (comma-separated): an
+    administrator's from Settings, else the environment's."""
     cfg = current_app.config
-    denied = parse_networks(cfg.get("BACKEND_DENIED_NETWORKS") or
-                            ",".join(DEFAULT_DENIED_NETWORKS))
+    stored = {row.key: row.value for row in db.session.scalars(
+        select(Setting).where(Setting.key.in_((DENIED_SETTING, ALLOWED_SETTING))))}
+    return (stored.get(DENIED_SETTING, cfg.get("BACKEND_DENIED_NETWORKS") or ""),
+            stored.get(ALLOWED_SETTING, cfg.get("BACKEND_ALLOWED_NETWORKS") or ""))
+
+
+def node_networks() -> tuple[Network, ...]:
+    """The nodes' own numeric addresses (SSH host and listen address)."""
     nodes = set()
     for host, listen in db.session.execute(select(Node.host, Node.listen_address)):
         for value in (host, listen):
             address = numeric_address(value) if value else None
             if address is not None:
                 nodes.add(ipaddress.ip_network(address))
-    return BackendPolicy(denied + tuple(sorted(nodes, key=str)),
-                         parse_networks(cfg.get("BACKEND_ALLOWED_NETWORKS") or ""),
+    return tuple(sorted(nodes, key=str))
+
+
+def policy() -> BackendPolicy:
+    """The policy now: the networks always denied, the configured ones, and the
+    nodes' own addresses; the configured allowed networks are the exceptions."""
+    cfg = current_app.config
+    denied, allowed = configured_networks()
+    return BackendPolicy(parse_networks(",".join(DEFAULT_DENIED_NETWORKS))
+                         + parse_networks(denied) + node_networks(),
+                         parse_networks(allowed),
                          _resolver(cfg.get("BACKEND_RESOLVERS") or ""),
                          time.monotonic() + float(cfg.get("BACKEND_RESOLVE_SECONDS", 5.0)))
 

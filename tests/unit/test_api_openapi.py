@@ -18,6 +18,7 @@ EXPECTED = {
     "/api/v1/sites/{site_id}/certificate": {"get", "post", "put"},
     "/api/v1/settings/acme": {"get", "put"},
     "/api/v1/settings/security": {"get", "put"},
+    "/api/v1/settings/backend-policy": {"get", "put"},
     "/api/v1/deployments": {"get"},
     "/api/v1/deployments/{rollout_id}": {"get"},
     "/api/v1/nodes/{node_id}/deploy": {"post"},

@@ -144,6 +144,12 @@ def test_an_administrator_must_enrol_before_anything_else_when_required(app, db,
     for path in ("/admin/nodes", "/admin/", "/client/profile", "/client/tokens"):
         held = browser.get(path)
         assert held.status_code == 302 and held.location.endswith("/client/profile/two-factor")
+    # The set-up page's own styles and scripts (the app's and Bootstrap's) are not held.
+    page = browser.get("/client/profile/two-factor").get_data(as_text=True)
+    assets = re.findall(r'(?:href|src)="(/(?:static|bootstrap)[^"]+)"', page)
+    assert any(asset.startswith("/bootstrap/") for asset in assets)
+    for asset in assets:
+        assert browser.get(asset).status_code == 200, asset
     # Scripts with tokens are not held.
     assert app.test_client().get("/api/v1/nodes", headers=headers).status_code == 200
     _enrol_in_browser(browser)

@@ -26,6 +26,8 @@ UI_FOR_API = {
     ("certificates.AcmeSettings", "PUT"): "admin.settings_page",
     ("settings.SecuritySettings", "GET"): "admin.settings_page",
     ("settings.SecuritySettings", "PUT"): "admin.security_settings",
+    ("settings.BackendPolicy", "GET"): "admin.settings_page",
+    ("settings.BackendPolicy", "PUT"): "admin.backend_policy_settings",
     ("deployments.SiteDeployments", "GET"): "admin.site_detail",
     ("deployments.Deployments", "GET"): "admin.deployments",
     ("deployments.DeploymentItem", "GET"): "admin.deployment_detail",
