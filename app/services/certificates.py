@@ -24,7 +24,7 @@ from sqlalchemy import or_, select, update
 
 from app.acme.dns import DnsChallengeError
 from app.acme.issue import AcmeIssueError, issue
-from app.errors import Conflict, ValidationError
+from app.errors import Conflict, ServiceError, ValidationError
 from app.extensions import db
 from app.models import (
     AcmeChallenge,
@@ -406,6 +406,27 @@ def _backoff(failures: int, code: str) -> timedelta:
     return max(delay, RATE_LIMIT_BACKOFF) if code == "rate_limited" else delay
 
 
+def _serve_site_first(actor_id: int | None, site_id: int) -> None:
+    """HTTP-01: the CA asks for the token under the site's own names, so the nodes
+    must serve the site before it asks.  A rollout of the site still running is
+    waited for; a site no node serves yet is deployed first (the certificate's own
+    rollout follows once it is issued)."""
+    in_flight = deployments.site_rollout_in_flight(site_id)
+    if in_flight is not None:
+        deployments.wait(in_flight)
+    site = db.session.get(Site, site_id)
+    if site is None or site.deployed_nodes or not deployments.active_nodes(site.pool_id):
+        return
+    actor = db.session.get(User, actor_id) if actor_id else None
+    try:
+        rollout = deployments.deploy_site(actor, site_id)
+    except ServiceError as exc:  # the CA's answer will say what is missing
+        logger.info("site %s: not deployed before its HTTP-01 challenge: %s", site_id, exc)
+        db.session.rollback()
+        return
+    deployments.wait(rollout.id)
+
+
 def _obtain(cert_id: int, attempt_id: int, actor_id: int | None) -> bool:
     """Run one ACME issuance, store the outcome, deploy on success.  Returns whether
     a certificate was obtained."""
@@ -416,6 +437,8 @@ def _obtain(cert_id: int, attempt_id: int, actor_id: int | None) -> bool:
     challenge = site.acme_challenge
     error_code, error = "", ""
     try:
+        if challenge == AcmeChallenge.HTTP01.value:
+            _serve_site_first(actor_id, site_id)
         acme = settings.acme_settings()
         db.session.commit()  # no connection held while the CA works
         issued = issue(site_id, acme, challenge=challenge)

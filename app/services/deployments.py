@@ -1376,6 +1376,15 @@ def _queued_rollout(site_id: int) -> Rollout | None:
         .order_by(Rollout.id.desc()).limit(1))
 
 
+def site_rollout_in_flight(site_id: int) -> int | None:
+    """The latest rollout of this site that has not finished, in any process."""
+    return db.session.scalar(
+        select(Rollout.id).where(Rollout.site_id == site_id,
+                                 Rollout.status.in_([DeploymentStatus.PENDING,
+                                                     DeploymentStatus.RUNNING]))
+        .order_by(Rollout.id.desc()).limit(1))
+
+
 def deploy_nodes(actor: User, node_ids: list[int]) -> Rollout:
     """Deploy the current state of their pools to these nodes (admin)."""
     require_admin(actor)

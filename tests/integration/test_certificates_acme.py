@@ -153,3 +153,28 @@ def test_a_letsencrypt_site_gets_renews_and_keeps_its_certificate(
     assert served_serials(fleet, context) == {int(again["serial"], 16)}
     assert {node.name: node.snapshot() for node in fleet} == before
     assert tokens_left(fleet) == {}
+
+
+@pytest.mark.parametrize("deployed_first", [True, False], ids=["deploy-in-flight", "never-deployed"])
+def test_a_certificate_requested_before_the_site_is_live_waits_for_it(
+        http: FlaskClient, alice: Any, fleet: list[FleetNode], dns: ChallTestSrv,
+        pebble: Pebble, deployed_first: bool) -> None:
+    """The CA asks the site's own name on the nodes: the request right after the
+    first deploy request (or with no deploy at all) is served once the site is."""
+    backends = Backends()
+    try:
+        backend = backends.start("shop")
+        site = factories.make_site(alice, DOMAIN, aliases=[ALIAS], ssl_mode="letsencrypt",
+                                   backends=[{"host": "127.0.0.1", "port": backend.port}])
+        point(dns, ADDRESSES[2])
+        if deployed_first:
+            answer = http.post(f"/api/v1/sites/{site.id}/deploy", headers=api_headers(alice))
+            assert answer.status_code == 202, answer.get_json()
+        issued = request_and_wait(http, alice, site)
+        assert issued["status"] == "valid", issued
+        assert served_serials(fleet, trusting(pebble)) == {int(issued["serial"], 16)}
+        assert tokens_left(fleet) == {}
+    finally:
+        backends.stop()
+        for name in (DOMAIN, ALIAS):
+            dns.clear_a(name)
