@@ -5,6 +5,7 @@ force shown entry by entry, and a site's save checked against what is stored."""
 from __future__ import annotations
 
 import html
+import re
 from typing import Any
 
 import pytest
@@ -210,3 +211,11 @@ def test_a_client_cannot_open_the_settings_page(alice_client):
     assert alice_client.get("/admin/settings").status_code == 403
     assert alice_client.post("/admin/settings/backend-policy", data={
         "policy-allowed_networks": "0.0.0.0/0"}).status_code == 403
+
+
+def test_the_audit_log_shows_the_old_and_new_networks(admin_client, admin):
+    settings.update_backend_policy(admin, {"denied_networks": ["10.0.0.0/8", "fd00::/8"]})
+    page = re.sub(r"<[^>]+>", "", _page(
+        admin_client.get("/admin/audit?action=settings.backend_policy")))
+    page = " ".join(page.split())
+    assert "denied_networks: none → 10.0.0.0/8, fd00::/8" in page

@@ -6,6 +6,7 @@ the old and new command."""
 from __future__ import annotations
 
 import html
+import re
 import shlex
 from typing import Any
 
@@ -285,3 +286,10 @@ def _form(node: Node) -> dict[str, str]:
             "test_command": node.test_command, "reload_command": node.reload_command,
             "http_port": str(node.http_port), "https_port": str(node.https_port),
             "enabled": "y"}
+
+
+def test_the_audit_log_shows_the_old_and_new_command(admin_client, admin):
+    node = factories.make_node("edge-11")
+    nodes.update_node(admin, node.id, {"reload_command": "systemctl reload nginx"})
+    page = re.sub(r"<[^>]+>", "", _page(admin_client.get("/admin/audit?action=node.commands")))
+    assert "reload_command: nginx -s reload → systemctl reload nginx" in " ".join(page.split())
