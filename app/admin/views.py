@@ -30,6 +30,7 @@ from app.admin.forms import (
     UserForm,
 )
 from app.errors import Conflict, Forbidden, ValidationError
+from app.extensions import limit_certificate_requests, limit_deploy_requests
 from app.forms import AcmeSettingsForm, SecuritySettingsForm, SiteForm, form_status
 from app.models import Site, User
 from app.scheduler import JOBS
@@ -310,6 +311,7 @@ def node_accept_host_key(node_id: int) -> Any:
 
 
 @bp.post("/nodes/<int:node_id>/deploy")
+@limit_deploy_requests
 def node_deploy(node_id: int) -> Any:
     try:
         rollout = deployments.deploy_nodes(_actor(), [node_id])
@@ -319,6 +321,7 @@ def node_deploy(node_id: int) -> Any:
 
 
 @bp.post("/nodes/<int:node_id>/rollback")
+@limit_deploy_requests
 def node_rollback(node_id: int) -> Any:
     version_id = request.form.get("version", type=int)
     if version_id is None:
@@ -532,6 +535,7 @@ def _site_page(site: Site, block_form: BlockForm, upload_form: Any = None) -> An
 
 
 @bp.post("/sites/<int:site_id>/deploy")
+@limit_deploy_requests
 def site_deploy(site_id: int) -> Any:
     try:
         rollout = deployments.deploy_site(_actor(), site_id,
@@ -568,11 +572,13 @@ def site_detail(site_id: int) -> Any:
 
 
 @bp.post("/sites/<int:site_id>/certificate/issue")
+@limit_certificate_requests
 def site_certificate_issue(site_id: int) -> Any:
     return certificate_pages.issue(_actor(), site_id, "admin")
 
 
 @bp.post("/sites/<int:site_id>/certificate")
+@limit_deploy_requests
 def site_certificate_upload(site_id: int) -> Any:
     form, done = certificate_pages.upload(_actor(), site_id, "admin")
     if done:
