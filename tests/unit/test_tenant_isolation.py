@@ -36,7 +36,7 @@ def _victim_session(victim: Any) -> int:
     users.start_session(victim, "203.0.113.9", "victim's browser")
     return _db.session.query(UserSession).filter_by(user_id=victim.id).one().id
 # Segments whose routes are for administrators only: a client gets 403 there.
-ADMIN_ONLY = {"nodes", "users", "pools", "audit", "dns-providers"}
+ADMIN_ONLY = {"nodes", "users", "pools", "audit", "dns-providers", "settings"}
 
 SITE_JSON = {"domain": "attacker.example.com", "backends": [{"host": "127.0.0.1", "port": 80}],
              "websocket": True}
@@ -132,6 +132,6 @@ def test_client_gets_403_on_admin_api_resources(app, alice, bob):
         if segment not in ADMIN_ONLY - {"pools"}:
             continue
         url = rule.build({arg: 1 for arg in rule.arguments}, append_unknown=False)[1]
-        response = http.open(url, method="GET" if "GET" in rule.methods else "POST",
-                             headers=headers, json={})
+        method = next(m for m in ("GET", "POST", "PUT", "PATCH", "DELETE") if m in rule.methods)
+        response = http.open(url, method=method, headers=headers, json={})
         assert response.status_code == 403, (url, response.status_code)

@@ -188,8 +188,10 @@ def test_an_administrator_resets_a_users_two_factor_from_the_user_list(app, db, 
 def limited(app, db):
     """The sign-in limit on (2 per minute), reading secrets with the session app's
     keys; the session app's limiter is put back afterwards."""
-    yield make_app(RATELIMIT_ENABLED=True, LOGIN_RATE_LIMIT="2 per minute",
-                   ENCRYPTION_KEYS=app.config["ENCRYPTION_KEYS"]).test_client()
+    limited_app = make_app(RATELIMIT_ENABLED=True, LOGIN_RATE_LIMIT="2 per minute",
+                           ENCRYPTION_KEYS=app.config["ENCRYPTION_KEYS"])
+    limiter.reset()  # nothing counted by earlier tests of this process
+    yield limited_app.test_client()
     limiter.init_app(app)
 
 
