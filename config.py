@@ -43,6 +43,19 @@ class Config:
     RATELIMIT_KEY_PREFIX = os.environ.get("RATELIMIT_KEY_PREFIX", "rpcc")
     RATELIMIT_HEADERS_ENABLED = True
     LOGIN_RATE_LIMIT = os.environ.get("LOGIN_RATE_LIMIT", "5 per minute")
+    # Failed sign-ins (form and token API together), counted in the limiter's storage
+    # for SIGN_IN_WINDOW seconds from the first: past a threshold, a username from one
+    # address, a username from any address, or an address for any username is locked
+    # for SIGN_IN_BACKOFF seconds, doubled by each further failure up to
+    # SIGN_IN_BACKOFF_MAX.  A locked username still admits an address without recent
+    # failures once SIGN_IN_FRESH_WAIT seconds of the lock have passed.
+    SIGN_IN_WINDOW = _int("SIGN_IN_WINDOW", 3600)
+    SIGN_IN_USER_ADDRESS_FAILURES = _int("SIGN_IN_USER_ADDRESS_FAILURES", 5)
+    SIGN_IN_USER_FAILURES = _int("SIGN_IN_USER_FAILURES", 10)
+    SIGN_IN_ADDRESS_FAILURES = _int("SIGN_IN_ADDRESS_FAILURES", 20)
+    SIGN_IN_BACKOFF = _int("SIGN_IN_BACKOFF", 30)
+    SIGN_IN_BACKOFF_MAX = _int("SIGN_IN_BACKOFF_MAX", 900)
+    SIGN_IN_FRESH_WAIT = _int("SIGN_IN_FRESH_WAIT", 30)
     # Per user, counted in the shared limiter storage: requests that start a rollout
     # (deploy, node deploy, rollback, certificate upload) and certificate issue/renew
     # requests.  Administrators have their own (higher) limits.
@@ -90,6 +103,13 @@ class Config:
     DEPLOY_LOCK_WAIT = _float("DEPLOY_LOCK_WAIT", 600.0)
     DEPLOY_VERIFY_TIMEOUT = _float("DEPLOY_VERIFY_TIMEOUT", 10.0)
     DEPLOY_VERIFY_MAX_SITES = _int("DEPLOY_VERIFY_MAX_SITES", 20)
+    # Live progress streams (each holds a worker thread while open): per user and per
+    # process (0: half the worker's threads; never all of them), how long one lasts
+    # at most (the page then opens another), and seconds between keep-alive comments.
+    PROGRESS_STREAMS_PER_USER = _int("PROGRESS_STREAMS_PER_USER", 2)
+    PROGRESS_STREAMS_PER_PROCESS = _int("PROGRESS_STREAMS_PER_PROCESS", 0)
+    PROGRESS_STREAM_SECONDS = _float("PROGRESS_STREAM_SECONDS", 600.0)
+    PROGRESS_STREAM_HEARTBEAT = _float("PROGRESS_STREAM_HEARTBEAT", 15.0)
     SSH_CONNECT_TIMEOUT = _float("SSH_CONNECT_TIMEOUT", 10.0)
     SSH_OPERATION_TIMEOUT = _float("SSH_OPERATION_TIMEOUT", 60.0)
     SSH_IDLE_TIMEOUT = _float("SSH_IDLE_TIMEOUT", 300.0)

@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
-from app.errors import ServiceError
+from app.errors import ServiceError, TooManyAttempts
 from app.extensions import api, bootstrap, csrf, db, limiter, login_manager, migrate, retry_after
 from app.security import parse_encryption_keys
 from config import CONFIGS
@@ -273,10 +273,13 @@ def json_error(status: int, message: str, fields: dict[str, str] | None = None,
 def register_errorhandlers(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def service_error(error: ServiceError) -> Any:
+        headers = ({"Retry-After": str(error.retry_after)}
+                   if isinstance(error, TooManyAttempts) else {})
         if wants_json():
-            return json_error(error.status, error.message, error.fields, error.code)
+            body, status = json_error(error.status, error.message, error.fields, error.code)
+            return body, status, headers
         return render_template("error.html", status=error.status, message=error.message), \
-            error.status
+            error.status, headers
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Any:

@@ -44,6 +44,19 @@ class ValidationError(ServiceError):
     status = 422
 
 
+class TooManyAttempts(ServiceError):
+    """Refused for now: answered 429 with ``Retry-After`` so that a person or a
+    script knows when to try again."""
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, retry_after: int) -> None:
+        unit = "second" if retry_after == 1 else "seconds"
+        super().__init__(f"Too many failed sign-ins. Try again in {retry_after} {unit}.")
+        self.retry_after = retry_after
+
+
 class DeploymentError(ServiceError):
     code = "deployment_failed"
     status = 502

@@ -3,7 +3,7 @@
 import time
 from typing import Any
 
-from flask import current_app, g, request
+from flask import current_app, g
 from flask_bootstrap import Bootstrap5
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -33,25 +33,14 @@ bootstrap = Bootstrap5()
 api = ControlPlaneApi()
 
 
-# Sign-in attempts through the form and through the token API count against one
-# limit, per client address and per username: the two doors share one lock.
+# Codes typed at the two-factor step count per client address and per username.
+# Passwords have limits of their own (app.services.sign_in_limits).
 SIGN_IN_SCOPE = "sign-in"
 SIGN_IN_USER_SCOPE = "sign-in-user"
 
 
 def sign_in_limit() -> str:
     return str(current_app.config["LOGIN_RATE_LIMIT"])
-
-
-def sign_in_username() -> str:
-    """The username a sign-in attempt names, from the form or the JSON body, so that
-    spreading a guessing attack over addresses or doors does not help."""
-    body = request.get_json(silent=True) if request.is_json else None
-    if isinstance(body, dict):
-        username = body.get("username")
-    else:
-        username = request.form.get("username")
-    return "sign-in-user:" + (username if isinstance(username, str) else "").strip().lower()[:64]
 
 
 # Requests that start background work (a rollout, a certificate order) count per user

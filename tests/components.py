@@ -8,7 +8,9 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -88,6 +90,35 @@ def app_env(database_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
+POSTGRES_ADMIN_URL = "TEST_POSTGRES_ADMIN_URL"
+
+
+@contextmanager
+def postgres_database(prefix: str) -> Iterator[str]:
+    """A migrated database of its own on the PostgreSQL server that
+    scripts/test-inner.sh starts for both suite runs (named uniquely, dropped
+    afterwards), for tests that run several app processes on one database."""
+    from sqlalchemy import create_engine, make_url, text
+    from sqlalchemy.pool import NullPool
+
+    admin_url = os.environ.get(POSTGRES_ADMIN_URL)
+    if not admin_url:
+        pytest.fail(f"{POSTGRES_ADMIN_URL} is not set: run the tests through "
+                    "scripts/test-inner.sh (or make test), which starts PostgreSQL")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        flask_cli(app_env(url), "db", "upgrade")
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 def flask_cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
     result = subprocess.run(
         [os.path.join(ROOT, ".venv", "bin", "flask"), "--app", "wsgi", *args],
@@ -101,11 +132,11 @@ def flask_cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
 class AppServer:
     """A real gunicorn process serving the app on a loopback address."""
 
-    def __init__(self, env: dict[str, str], host: str = "127.0.0.1") -> None:
+    def __init__(self, env: dict[str, str], host: str = "127.0.0.1", workers: int = 1) -> None:
         self.host, self.port = host, free_port(host)
         self.process = subprocess.Popen(
             [os.path.join(ROOT, ".venv", "bin", "gunicorn"), "--bind", f"{host}:{self.port}",
-             "--workers", "1", "--threads", "2", "wsgi:app"],
+             "--workers", str(workers), "--threads", "2", "wsgi:app"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         try:

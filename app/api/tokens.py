@@ -9,13 +9,6 @@ from marshmallow import Schema, fields
 
 from app.api.auth import ApiBlueprint, current_actor, public
 from app.api.schemas import PageQuerySchema, UtcDateTime, WithSecrets, page_schema
-from app.extensions import (
-    SIGN_IN_SCOPE,
-    SIGN_IN_USER_SCOPE,
-    limiter,
-    sign_in_limit,
-    sign_in_username,
-)
 from app.services import tokens
 
 blp = ApiBlueprint(
@@ -32,6 +25,9 @@ class TokenRequestSchema(Schema):
         "description": "days until the token stops working (1 to 3650)"})
     read_only = fields.Boolean(load_default=False, metadata={
         "description": "a token that may only read (GET)"})
+    code = fields.String(load_default=None, load_only=True, metadata={
+        "description": "for accounts with two-factor sign-in: the code their app shows now, "
+                       "or one of their recovery codes"})
 
 
 class TokenSchema(Schema):
@@ -59,8 +55,6 @@ class CreatedTokenSchema(Schema):
 @blp.route("")
 class Tokens(MethodView):
     @public
-    @limiter.shared_limit(sign_in_limit, scope=SIGN_IN_SCOPE)
-    @limiter.shared_limit(sign_in_limit, scope=SIGN_IN_USER_SCOPE, key_func=sign_in_username)
     @blp.arguments(TokenRequestSchema)
     @blp.response(201, CreatedTokenSchema)
     @blp.alt_response(401, response="UNAUTHORIZED")
@@ -68,7 +62,8 @@ class Tokens(MethodView):
     def post(self, data: dict[str, Any]) -> Any:
         """Create a token from a username and password.
 
-        Rate-limited like the login form (per address and per username).
+        Failed attempts count with the login form's (see "Sign-in limits" in the
+        README): a locked username or address answers 429 with ``Retry-After``.
         """
         row, token = tokens.create_token_with_password(**data)
         return WithSecrets(row, token=token)

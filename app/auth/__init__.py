@@ -17,7 +17,6 @@ from app.extensions import (
     SIGN_IN_USER_SCOPE,
     limiter,
     sign_in_limit,
-    sign_in_username,
 )
 from app.forms import form_status
 from app.models import User
@@ -56,9 +55,6 @@ def _safe_next(target: str | None) -> str | None:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.shared_limit(sign_in_limit, scope=SIGN_IN_SCOPE, methods=["POST"])
-@limiter.shared_limit(sign_in_limit, scope=SIGN_IN_USER_SCOPE, methods=["POST"],
-                      key_func=sign_in_username)
 def login() -> Any:
     if current_user.is_authenticated:
         return redirect(url_for("main.index"))

@@ -17,7 +17,7 @@ from app.extensions import db
 from app.models import ApiToken, Role, Site, User, UserSession
 from app.models.base import as_utc, utcnow
 from app.security import check_password_policy, generate_password, normalize_email, validate_int
-from app.services import audit
+from app.services import audit, sign_in_limits
 from app.services.common import Page, get_or_404, paginate, require_admin
 
 _USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{2,63}$")
@@ -196,14 +196,21 @@ def update_profile(actor: User, email: str) -> User:
 
 def authenticate(username: str, password: str) -> User | None:
     """Return the active user with these credentials, or None (never says which part
-    was wrong)."""
+    was wrong).  The form and the token API both come here, so the sign-in limits
+    count both doors for the request's address (``audit.client_ip``).
+
+    :raises TooManyAttempts: while failed sign-ins hold this username or address back.
+    """
+    attempt = sign_in_limits.begin(username, audit.client_ip.get())
     user = db.session.scalar(select(User).where(User.username == (username or "").strip()))
     if user is None:
         check_password_hash(_DUMMY_HASH, password or "")
-        return None
-    if not check_password_hash(user.password_hash, password or "") or not user.is_active:
-        return None
-    return user
+    elif check_password_hash(user.password_hash, password or "") and user.is_active:
+        attempt.succeeded()
+        return user
+    attempt.failed(user)
+    db.session.commit()
+    return None
 
 
 def record_login(user: User) -> None:

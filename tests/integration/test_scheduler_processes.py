@@ -7,44 +7,26 @@ both suite runs.  The evidence is the JobRun rows the app processes leave behind
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
 import pytest
 import yaml
-from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import NullPool
 
 from app import create_app
 from app.extensions import db
 from app.scheduler import Job, Scheduler
-from tests.components import AppServer, app_env, flask_cli, free_port
-
-ADMIN_URL_VARIABLE = "TEST_POSTGRES_ADMIN_URL"
+from tests.components import AppServer, app_env, flask_cli, free_port, postgres_database
 
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
-    admin_url = os.environ.get(ADMIN_URL_VARIABLE)
-    if not admin_url:
-        pytest.fail(f"{ADMIN_URL_VARIABLE} is not set: run the tests through "
-                    "scripts/test-inner.sh (or make test), which starts PostgreSQL")
-    name = f"rpcc_sched_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        flask_cli(app_env(url), "db", "upgrade")
+    with postgres_database("rpcc_sched") as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture()
