@@ -86,6 +86,8 @@ PROBE_SETTLE_SECONDS = 0.15
 PROBE_GRACE_SECONDS = 0.01
 PROBE_CONFIRMATIONS = 3
 PROBE_INTERVAL_SECONDS = 0.01
+# The note on a node's deployment that took the pool without its rollout's own site.
+SET_ASIDE_STEP = "set aside"
 # How long a site answering 5xx is asked again before that is taken as its answer.
 SITE_ERROR_RECHECK_SECONDS = 0.5
 # How often a rollout writes its nodes' progress (one transaction for all of them).
@@ -1081,7 +1083,7 @@ def _deploy_node(app: Flask, plan: RolloutPlan, deployment_id: int, node_id: int
             recorder.update(deployment_id, step=step)
 
         job.on_step = on_step
-        _run_setting_aside(app, plan, deployment_id, node_id, prepared, recorder)
+        note = _run_setting_aside(app, plan, deployment_id, node_id, prepared, recorder)
     except StepFailed as failure:
         if isinstance(failure.__cause__, HostKeyChanged):  # the key changed after the swap
             _hold_presented_key(node_id, failure.__cause__)
@@ -1102,15 +1104,19 @@ def _deploy_node(app: Flask, plan: RolloutPlan, deployment_id: int, node_id: int
         db.session.rollback()
         recorder.finish(deployment_id, node_id, DeploymentStatus.FAILED, _describe(exc), steps)
         return DeploymentStatus.FAILED
-    recorder.finish(deployment_id, node_id, DeploymentStatus.SUCCEEDED, "", steps)
+    recorder.finish(deployment_id, node_id, DeploymentStatus.SUCCEEDED, note, steps)
     return DeploymentStatus.SUCCEEDED
 
 
 def _run_setting_aside(app: Flask, plan: RolloutPlan, deployment_id: int, node_id: int,
-                       prepared: _Prepared, recorder: Recorder) -> None:
+                       prepared: _Prepared, recorder: Recorder) -> str:
     """Run the node's deployment; when the node's test refuses the configuration
     because of some sites (the ones this deployment changes), set them aside and
     deploy the rest: one tenant's bad version never holds back the others.
+
+    Returns the note for the node's deployment: ``"set aside: <the owner's
+    sentence>"`` when the rollout's own site was set aside (the node took the rest
+    of the pool, not that site's new version), else "".
 
     :raises StepFailed: as :meth:`_Remote.run`, when no site is to blame or after
         :data:`set_aside.MAX_ROUNDS` rounds."""
@@ -1141,7 +1147,9 @@ def _run_setting_aside(app: Flask, plan: RolloutPlan, deployment_id: int, node_i
         for site_id, (version, reason, output) in refusals.items():
             recorder.sites.refuse(site_id, version, reason, output)
         recorder.sites.verified(job.site_warnings)
-        return
+        own = refusals.get(plan.site_id) if plan.site_id is not None else None
+        return f"{SET_ASIDE_STEP}: {own[1]}" if own else ""
+    raise AssertionError("unreachable: the last round raises or returns")
 
 
 def _suspects(retry: _Retry) -> set[int]:
@@ -1630,8 +1638,15 @@ def rollout_to_dict(rollout: Rollout, actor: User) -> dict[str, Any]:
         })
     failed = sum(1 for d in rollout.deployments if d.status in (
         DeploymentStatus.FAILED, DeploymentStatus.ROLLED_BACK))
+    set_aside_on = sum(1 for d in rollout.deployments if _site_set_aside(d))
     outcome = explain.rollout_failure(failed, len(nodes), admin=admin, error=rollout.error)
-    if rollout.error and not failed:  # refused before any node was touched
+    if set_aside_on:
+        # The owner's sentence (free of the fleet's names), then what other nodes did.
+        note = next(d.error for d in rollout.deployments if _site_set_aside(d))
+        owners = note.partition(": ")[2] + (f" {outcome.summary}" if failed else "")
+        outcome = explain.Explanation(rollout.error if admin else owners,
+                                      rollout.error if admin else "")
+    elif rollout.error and not failed:  # refused before any node was touched
         # Only this case shows a client raw text, so only it reads the pool's sites
         # (a progress stream asks twice a second: its cost must not grow with the pool).
         shown = rollout.error if admin else redactor(actor, rollout.pool_id)(rollout.error)
@@ -1647,9 +1662,15 @@ def rollout_to_dict(rollout: Rollout, actor: User) -> dict[str, Any]:
         "started_at": rollout.started_at,
         "finished_at": rollout.finished_at,
         "deployed": sum(1 for d in rollout.deployments
-                        if d.status == DeploymentStatus.SUCCEEDED),
+                        if d.status == DeploymentStatus.SUCCEEDED and not _site_set_aside(d)),
         "nodes": nodes,
     }
+
+
+def _site_set_aside(deployment: Deployment) -> bool:
+    """The node took the pool but set the rollout's own site aside."""
+    return (deployment.status == DeploymentStatus.SUCCEEDED
+            and deployment.error.startswith(f"{SET_ASIDE_STEP}: "))
 
 
 def list_rollouts(actor: User, *, site_id: int | None = None, page: int = 1,

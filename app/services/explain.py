@@ -84,6 +84,11 @@ def node_failure(error: str, node: str, *, step: str = "", admin: bool) -> Expla
     if not error:
         return Explanation("", "")
     step = step or error.split(":", 1)[0].strip()
+    if step == "set aside":
+        # The owner's sentence follows the step: it names nothing of the fleet.
+        return _pick("Node {node} refused this site's new version and took the rest of the "
+                     "pool with the site's previous version: the detail says why.",
+                     error.partition(": ")[2], node, error, admin)
     for pattern, for_admin, for_client in _NODE_RULES:
         if pattern.search(error):
             return _pick(for_admin, for_client, node, error, admin)

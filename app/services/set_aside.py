@@ -154,9 +154,11 @@ def owner_reason(output: str, node_addresses: Iterable[str] = ()) -> str:
     complaint = next((line for line in lines if "[emerg]" in line or "Error:" in line
                       or "error" in line.lower()), lines[0] if lines else "")
     complaint = _IMPORT_CHAIN.sub("", complaint)
-    complaint = re.sub(r"^nginx:\s*", "", complaint)
-    complaint = re.sub(r"^\[\w+\]\s*", "", complaint)
-    complaint = re.sub(r"^Error:\s*", "", complaint)
+    for marker in ("[emerg]", "[alert]", "[crit]", "Error:"):
+        # What precedes the proxy's own words: our step's preamble, "nginx:".
+        if marker in complaint:
+            complaint = complaint.split(marker, 1)[1]
+            break
     complaint = re.sub(r"\s+(?:in|at)\s+/\S+:\d+", "", complaint)
     complaint = _ABSOLUTE_PATH.sub("…", complaint)
     for address in node_addresses:

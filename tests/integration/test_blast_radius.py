@@ -115,6 +115,13 @@ def test_a_neighbours_unresolvable_backend_is_set_aside_and_the_change_goes_out(
     assert "bob-internal.invalid" in own.error and "refused this version" in own.error
     assert_owner_safe(own.error, fleet)
     assert served(fleet, "shop.example.com") == {"v2"}
+    as_bob = app.test_client().get(f"/api/v1/deployments/{own.id}",
+                                   headers=api_headers(bob)).get_json()
+    assert as_bob["status"] == "failed" and as_bob["deployed"] == 0
+    assert as_bob["message"].startswith("A proxy node refused this version of the site: host "
+                                        'not found in upstream "bob-internal.invalid:80"')
+    assert {node["message"] for node in as_bob["nodes"]} == {as_bob["message"]}
+    assert_owner_safe(str(as_bob), fleet)
 
     # Alice's next change carries Bob's refused version aside from the start.
     assert change_shop(alice, shop, "v3").status == DeploymentStatus.SUCCEEDED

@@ -155,7 +155,8 @@ def test_a_letsencrypt_site_gets_renews_and_keeps_its_certificate(
     assert tokens_left(fleet) == {}
 
 
-@pytest.mark.parametrize("deployed_first", [True, False], ids=["deploy-in-flight", "never-deployed"])
+@pytest.mark.parametrize("deployed_first", [True, False],
+                         ids=["deploy-in-flight", "never-deployed"])
 def test_a_certificate_requested_before_the_site_is_live_waits_for_it(
         http: FlaskClient, alice: Any, fleet: list[FleetNode], dns: ChallTestSrv,
         pebble: Pebble, deployed_first: bool) -> None:

@@ -105,8 +105,10 @@ def test_the_owner_reads_the_proxys_complaint_without_the_nodes_paths_or_address
     output = ('nginx: [emerg] host not found in upstream "bob-internal.invalid:8080" in '
               '/srv/edge-3/rpcc/upstreams.conf:12\n'
               'nginx: configuration file /etc/nginx/nginx.conf test failed')
-    reason = set_aside.owner_reason(output, ["10.20.30.40"])
-    assert 'host not found in upstream "bob-internal.invalid:8080"' in reason
+    reason = set_aside.owner_reason(
+        "the node's test command refused the configuration: " + output, ["10.20.30.40"])
+    assert reason.startswith('A proxy node refused this version of the site: host not found '
+                             'in upstream "bob-internal.invalid:8080". ')
     assert "/srv" not in reason and "/etc" not in reason and "upstreams.conf" not in reason
     assert "previous version stays live" in reason
     caddy = ("Error: loading http app module: bind 10.20.30.40:80: address in use, at "
