@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time
+from ipaddress import ip_network
 from typing import Any
 
 from wtforms import (
@@ -221,6 +222,15 @@ class NodeForm(ServiceForm):
         return data
 
 
+def _network(entry: str) -> str:
+    """``::1`` as the policy writes it (``::1/128``); anything else as typed, for the
+    service to refuse."""
+    try:
+        return str(ip_network(entry, strict=True))
+    except ValueError:
+        return entry
+
+
 class BackendPolicyForm(ServiceForm):
     """The backend address policy: one network per line (commas and spaces also
     separate them, as in the environment variables)."""
@@ -241,12 +251,16 @@ class BackendPolicyForm(ServiceForm):
         return {name: "\n".join(policy[name]) for name in ("denied_networks",
                                                             "allowed_networks")}
 
-    def to_data(self) -> dict[str, Any]:
-        """Every network as written; a reset sends null (the environment's value)."""
+    def to_data(self, policy: dict[str, Any]) -> dict[str, Any]:
+        """The lists that differ from ``policy`` (the one in force), so that a list
+        left as it was keeps following the environment; a reset sends null (the
+        environment's value) for both."""
         if self.reset_policy.data:
             return {"denied_networks": None, "allowed_networks": None}
-        return {name: (self[name].data or "").replace(",", " ").split()
+        data = {name: (self[name].data or "").replace(",", " ").split()
                 for name in ("denied_networks", "allowed_networks")}
+        return {name: value for name, value in data.items()
+                if [_network(entry) for entry in value] != policy[name]}
 
 
 class PoolForm(ServiceForm):

@@ -623,7 +623,8 @@ def backend_policy_settings() -> Any:
     form = BackendPolicyForm(prefix="policy")
     if form.validate_on_submit():
         try:
-            settings.update_backend_policy(actor, form.to_data())
+            settings.update_backend_policy(actor, form.to_data(
+                settings.get_backend_policy(actor)))
         except ValidationError as exc:
             form.add_service_errors(exc.fields)
         else:

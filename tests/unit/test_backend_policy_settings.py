@@ -193,6 +193,11 @@ def test_the_settings_page_shows_the_policy_in_force_and_saves_it(admin_client, 
         "policy-reset_policy": "y"})
     assert response.status_code == 302
     assert settings.get_backend_policy(admin)["overridden"] == []
+    # A list left as it was keeps following the environment.
+    admin_client.post("/admin/settings/backend-policy", data={
+        "policy-denied_networks": "10.0.0.0/8", "policy-allowed_networks": "127.0.0.0/8\n::1",
+        "policy-save_policy": "y"})
+    assert settings.get_backend_policy(admin)["overridden"] == ["denied_networks"]
 
 
 def test_the_settings_page_shows_a_bad_cidr_under_its_field(admin_client, admin):
