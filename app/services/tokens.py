@@ -7,12 +7,12 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from app.errors import NotFound, Unauthorized, ValidationError
+from app.errors import Forbidden, NotFound, Unauthorized, ValidationError
 from app.extensions import db
 from app.models import ApiToken, User
 from app.models.base import as_utc, utcnow
 from app.security import generate_api_token, hash_api_token
-from app.services import audit, users
+from app.services import audit, two_factor, users
 from app.services.common import Page, paginate
 
 _NAME = re.compile(r"^[A-Za-z0-9 ._-]{1,64}$")
@@ -60,10 +60,29 @@ def create_token(
 
 def create_token_with_password(username: str, password: str, name: str,
                                expires_in_days: int = DEFAULT_EXPIRY_DAYS,
-                               read_only: bool = False) -> tuple[ApiToken, str]:
+                               read_only: bool = False,
+                               code: str | None = None) -> tuple[ApiToken, str]:
+    """A token for whoever signs in here as at the sign-in form: with the password,
+    and the current two-factor code (or a recovery code) where the account has one.
+
+    :raises Unauthorized: wrong password, or a missing or refused code (on ``code``).
+    :raises Forbidden: an administrator whom the settings require to set up two-factor
+        sign-in first (tokens made before keep working).
+    """
     user = users.authenticate(username, password)
     if user is None:
         raise Unauthorized("invalid username or password")
+    if two_factor.is_enabled(user):
+        if not code:
+            raise Unauthorized("this account signs in with two factors: send the current "
+                               "code from its app as 'code'", {"code": "is required"})
+        try:
+            two_factor.verify_sign_in(user, code)
+        except ValidationError as exc:
+            raise Unauthorized("the two-factor code was refused", exc.fields) from None
+    elif two_factor.enrolment_required(user):
+        raise Forbidden("administrators must set up two-factor sign-in on their profile page "
+                        "before making tokens with a password")
     return create_token(user, name or "api", expires_in_days, read_only=read_only)
 
 

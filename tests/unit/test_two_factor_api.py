@@ -6,9 +6,12 @@ from __future__ import annotations
 import time
 
 import pyotp
+import pytest
 
+from app.extensions import limiter
 from app.services import settings, two_factor
-from tests.conftest import api_headers
+from tests import factories
+from tests.conftest import api_headers, make_app
 
 
 def _enrol(user) -> pyotp.TOTP:
@@ -49,3 +52,62 @@ def test_users_say_whether_they_use_two_factor_and_an_administrator_resets_it(
     assert again.status_code == 409
     assert client.delete(f"/api/v1/users/{admin.id}/two-factor",
                          headers=api_headers(alice)).status_code == 403
+
+
+def _token_request(client, user, **extra):
+    return client.post("/api/v1/tokens", json={"username": user.username,
+                                               "password": factories.PASSWORD, **extra})
+
+
+def test_a_token_for_an_account_with_two_factor_needs_its_code_once(client, db, alice):
+    totp = _enrol(alice)
+    missing = _token_request(client, alice)
+    assert missing.status_code == 401
+    assert missing.get_json()["error"]["fields"] == {"code": "is required"}
+    wrong = _token_request(client, alice, code="12345x")
+    assert wrong.status_code == 401 and "6-digit code" in wrong.get_json()["error"]["fields"][
+        "code"]
+    code = totp.now()
+    created = _token_request(client, alice, code=code)
+    assert created.status_code == 201
+    assert client.get("/api/v1/sites", headers={
+        "Authorization": f"Bearer {created.get_json()['token']}"}).status_code == 200
+    replayed = _token_request(client, alice, code=code)
+    assert replayed.status_code == 401
+    assert "already used" in replayed.get_json()["error"]["fields"]["code"]
+
+
+def test_a_recovery_code_makes_a_token_too_and_is_spent(client, db, alice):
+    _enrol(alice)
+    code = two_factor.regenerate_recovery_codes(alice, factories.PASSWORD)[0]
+    assert _token_request(client, alice, code=code).status_code == 201
+    assert _token_request(client, alice, code=code).status_code == 401
+
+
+def test_an_administrator_held_at_set_up_makes_no_token_with_a_password(client, db, admin):
+    headers = api_headers(admin)  # made before the requirement: it keeps working
+    settings.update_security_settings(admin, {"require_admin_two_factor": True})
+    refused = _token_request(client, admin)
+    assert refused.status_code == 403
+    assert "set up two-factor sign-in" in refused.get_json()["error"]["message"]
+    assert client.get("/api/v1/nodes", headers=headers).status_code == 200
+    totp = _enrol(admin)
+    assert _token_request(client, admin, code=totp.now()).status_code == 201
+
+
+@pytest.fixture()
+def limited(app, db):
+    """The sign-in limits on (2 per minute), with the session app's keys; the session
+    app's limiter is put back afterwards."""
+    limited_app = make_app(RATELIMIT_ENABLED=True, LOGIN_RATE_LIMIT="2 per minute",
+                           ENCRYPTION_KEYS=app.config["ENCRYPTION_KEYS"])
+    limiter.reset()  # nothing counted by earlier tests of this process
+    yield limited_app.test_client()
+    limiter.init_app(app)
+
+
+def test_guessing_codes_through_the_token_api_is_limited(limited, alice):
+    totp = _enrol(alice)
+    answers = [_token_request(limited, alice, code="12345x").status_code for _ in range(3)]
+    assert answers[0] == 401 and answers[-1] == 429
+    assert _token_request(limited, alice, code=totp.now()).status_code == 429
