@@ -30,9 +30,6 @@ class TokenRequestSchema(Schema):
     code = fields.String(load_default=None, load_only=True, metadata={
         "description": "for accounts with two-factor sign-in: the code their app shows now, "
                        "or one of their recovery codes"})
-    code = fields.String(load_default=None, load_only=True, metadata={
-        "description": "for accounts with two-factor sign-in: the code their app shows now, "
-                       "or one of their recovery codes"})
 
 
 class TokenSchema(Schema):
