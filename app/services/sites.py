@@ -32,6 +32,7 @@ from app.models import (
     User,
     WafLevel,
 )
+from app.models.base import as_utc
 from app.security import (
     hash_basic_auth_password,
     validate_basic_auth_username,
@@ -728,8 +729,8 @@ def site_to_dict(site: Site, *, admin: bool) -> dict[str, Any]:
         "refused_reason": (site.refused_reason
                            if site.refused_version == site.config_version else ""),
         "deploy_warning": site.deploy_warning,
-        "created_at": site.created_at.isoformat() if site.created_at else None,
-        "updated_at": site.updated_at.isoformat() if site.updated_at else None,
+        "created_at": as_utc(site.created_at).isoformat() if site.created_at else None,
+        "updated_at": as_utc(site.updated_at).isoformat() if site.updated_at else None,
     }
     if admin:
         data["owner_id"] = site.owner_id

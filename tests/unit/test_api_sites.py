@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import pytest
 
 from app.services import sites
@@ -139,6 +141,16 @@ def test_get_one_site(client, alice, alice_h):
     response = client.get(f"/api/v1/sites/{site.id}", headers=alice_h)
     assert response.status_code == 200
     assert response.get_json()["domain"] == "one.example.com"
+
+
+def test_site_times_carry_their_utc_offset(client, alice, alice_h):
+    """RFC 3339 (the document's date-time): an instant without an offset is ambiguous."""
+    site = factories.make_site(alice, "times.example.com")
+    body = client.get(f"/api/v1/sites/{site.id}", headers=alice_h).get_json()
+    listed = client.get("/api/v1/sites", headers=alice_h).get_json()["items"][0]
+    for answer in (body, listed):
+        for key in ("created_at", "updated_at"):
+            assert datetime.fromisoformat(answer[key]).utcoffset() == timedelta(0), key
 
 
 @pytest.mark.parametrize("method", ["PUT", "PATCH"])
