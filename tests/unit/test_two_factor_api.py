@@ -99,8 +99,9 @@ def test_an_administrator_held_at_set_up_makes_no_token_with_a_password(client, 
 def limited(app, db):
     """The sign-in limits on (2 per minute), with the session app's keys; the session
     app's limiter is put back afterwards."""
-    limited_app = make_app(RATELIMIT_ENABLED=True, LOGIN_RATE_LIMIT="2 per minute",
-                           ENCRYPTION_KEYS=app.config["ENCRYPTION_KEYS"])
+    limited_app = make_app(RATELIMIT_ENABLED=True, LOGIN_RATE_LIMIT="2 per minute")
+    # The session app's own keys object: a key-rotation test may have changed it.
+    limited_app.extensions["rpcc_fernet"] = app.extensions["rpcc_fernet"]
     limiter.reset()  # nothing counted by earlier tests of this process
     yield limited_app.test_client()
     limiter.init_app(app)

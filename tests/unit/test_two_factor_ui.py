@@ -188,8 +188,9 @@ def test_an_administrator_resets_a_users_two_factor_from_the_user_list(app, db, 
 def limited(app, db):
     """The sign-in limit on (2 per minute), reading secrets with the session app's
     keys; the session app's limiter is put back afterwards."""
-    limited_app = make_app(RATELIMIT_ENABLED=True, LOGIN_RATE_LIMIT="2 per minute",
-                           ENCRYPTION_KEYS=app.config["ENCRYPTION_KEYS"])
+    limited_app = make_app(RATELIMIT_ENABLED=True, LOGIN_RATE_LIMIT="2 per minute")
+    # The session app's own keys object: a key-rotation test may have changed it.
+    limited_app.extensions["rpcc_fernet"] = app.extensions["rpcc_fernet"]
     limiter.reset()  # nothing counted by earlier tests of this process
     yield limited_app.test_client()
     limiter.init_app(app)
