@@ -82,11 +82,12 @@ class NodeSchema(NodeUpdateSchema):
                              metadata={"description": "SSH host key pinned on first contact"})
     host_key_fingerprint = fields.Function(
         lambda node: fingerprint(node.host_key) if node.host_key else None, dump_only=True,
-        metadata={"type": "string"})
+        allow_none=True, metadata={"type": "string", "description": "null before first contact"})
     pending_host_key_fingerprint = fields.Function(
         lambda node: fingerprint(node.pending_host_key) if node.pending_host_key else None,
-        dump_only=True, metadata={"type": "string", "description": "a changed key the node "
-                                  "presented: deployments are refused until it is accepted"})
+        dump_only=True, allow_none=True,
+        metadata={"type": "string", "description": "a changed key the node presented: "
+                  "deployments are refused until it is accepted; null when none"})
     is_discovered = fields.Boolean(dump_only=True)
     last_seen = UtcDateTime(allow_none=True)
     last_check = fields.Dict(dump_only=True, allow_none=True, metadata={

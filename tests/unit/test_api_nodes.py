@@ -76,6 +76,17 @@ def test_admin_registers_node_and_never_sees_the_key_again(client, admin_h):
     assert "PRIVATE KEY" not in again.get_data(as_text=True)
 
 
+def test_every_null_of_a_new_node_is_declared_nullable(client, admin_h):
+    """A client generated from the document must accept the answer it gets."""
+    node = factories.make_node("edge-new")
+    body = client.get(f"/api/v1/nodes/{node.id}", headers=admin_h).get_json()
+    document = client.get("/api/v1/openapi.json").get_json()
+    declared = document["components"]["schemas"]["Node"]["properties"]
+    nulls = sorted(key for key, value in body.items() if value is None)
+    assert {"host_key_fingerprint", "pending_host_key_fingerprint"} <= set(nulls)
+    assert [key for key in nulls if not declared[key].get("nullable")] == []
+
+
 def test_password_is_write_only(client, admin_h):
     node = factories.make_node("edge-2")
     response = client.patch(
