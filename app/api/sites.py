@@ -135,8 +135,9 @@ class SiteQuerySchema(PageQuerySchema):
 
 SitePageSchema = page_schema(SiteSchema)
 # The answers are dumped with the admin schema (a client's dict simply lacks the
-# owner keys); the document says which shape each role receives.
-_ONE_SITE = {"oneOf": [ClientSiteSchema, SiteSchema]}
+# owner keys); the document says which shape each role receives.  anyOf, not oneOf:
+# neither shape forbids extra keys, so every answer is valid under both.
+_ONE_SITE = {"anyOf": [ClientSiteSchema, SiteSchema]}
 _SITE_ANSWER_DOC = {"content": {"application/json": {"schema": _ONE_SITE}},
                     "description": "ClientSite for clients, Site for administrators"}
 
