@@ -21,6 +21,9 @@ blp = ApiBlueprint(
 STATUSES = ["none", "pending", "valid", "failed"]
 ERROR_CODES = ["dns_not_pointing", "ca_refused", "rate_limited", "challenge_unreachable",
                "dns_provider", "ca_unreachable", "invalid_request", "internal"]
+# The service writes these times itself (ISO 8601 with the offset); the document says
+# so, and generated clients read them as instants rather than text.
+_INSTANT = {"format": "date-time"}
 
 
 class CertificateSchema(Schema):
@@ -36,16 +39,16 @@ class CertificateSchema(Schema):
     challenge = fields.String(allow_none=True, metadata={"enum": ["http-01", "dns-01"]})
     domains = fields.List(fields.String())
     serving = fields.Boolean(metadata={"description": "a certificate is on the nodes"})
-    not_before = fields.String(allow_none=True)
-    not_after = fields.String(allow_none=True)
+    not_before = fields.String(allow_none=True, metadata=_INSTANT)
+    not_after = fields.String(allow_none=True, metadata=_INSTANT)
     renew_after = fields.String(allow_none=True, metadata={
-        "description": "when the scheduler renews it"})
+        **_INSTANT, "description": "when the scheduler renews it"})
     issuer = fields.String()
     serial = fields.String()
     fingerprint_sha256 = fields.String()
-    last_attempt_at = fields.String(allow_none=True)
+    last_attempt_at = fields.String(allow_none=True, metadata=_INSTANT)
     next_attempt_at = fields.String(allow_none=True, metadata={
-        "description": "after a failure: when it is tried again"})
+        **_INSTANT, "description": "after a failure: when it is tried again"})
     last_error = fields.String()
     last_error_code = fields.String(metadata={"enum": ["", *ERROR_CODES, "invalid"]})
 
