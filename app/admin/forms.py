@@ -312,6 +312,13 @@ class DnsProviderForm(ServiceForm):
         return data
 
 
+class DomainGrantForm(ServiceForm):
+    name = StringField("Domain",
+                       description="A registered domain such as example.net: its names, the "
+                                   "names under it and the wildcards over them become this "
+                                   "client's only.")
+
+
 class BlockForm(ServiceForm):
     blocked_reason = StringField("Reason", description="Shown to visitors of the site.")
 

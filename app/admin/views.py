@@ -21,6 +21,7 @@ from app.admin.forms import (
     BlockForm,
     DeploymentFilterForm,
     DnsProviderForm,
+    DomainGrantForm,
     NodeFilterForm,
     NodeForm,
     PoolForm,
@@ -38,6 +39,7 @@ from app.services import (
     audit,
     deployments,
     dns_providers,
+    domain_grants,
     explain,
     node_actions,
     nodes,
@@ -122,7 +124,42 @@ def user_edit(user_id: int) -> Any:
         else:
             flash(f"User {user.username} saved.", "success")
             return redirect(url_for(".users"))
-    return render_template("admin/user_form.html", form=form, user=user), form_status(form)
+    return _user_page(user, form), form_status(form)
+
+
+def _user_page(user: User, form: UserForm, grant_form: DomainGrantForm | None = None) -> str:
+    return render_template("admin/user_form.html", form=form, user=user,
+                           grants=domain_grants.list_grants(_actor(), user.id),
+                           grant_form=grant_form or DomainGrantForm(formdata=None,
+                                                                    prefix="grant"))
+
+
+@bp.post("/users/<int:user_id>/domains")
+def user_domain_grant(user_id: int) -> Any:
+    actor = _actor()
+    user = users.get_user(actor, user_id)
+    grant_form = DomainGrantForm(prefix="grant")
+    if grant_form.validate_on_submit():
+        try:
+            row, in_use = domain_grants.grant(actor, user_id, grant_form.name.data)
+        except ValidationError as exc:
+            grant_form.add_service_errors(exc.fields)
+        else:
+            flash(f"{row.name} is {user.username}'s: no other client may claim names with "
+                  "it, under it or over it.", "success")
+            if in_use:
+                flash(f"Other clients' sites use names under it already (they keep them): "
+                      f"{', '.join(in_use)}.", "warning")
+            return redirect(url_for(".user_edit", user_id=user_id))
+    form = UserForm(creating=False, own_account=user.id == actor.id, data=UserForm.initial(user))
+    return _user_page(user, form, grant_form), 422
+
+
+@bp.post("/users/<int:user_id>/domains/<int:grant_id>/delete")
+def user_domain_revoke(user_id: int, grant_id: int) -> Any:
+    domain_grants.revoke(_actor(), user_id, grant_id)
+    flash("The domain is open to every client again.", "success")
+    return redirect(url_for(".user_edit", user_id=user_id))
 
 
 @bp.post("/users/<int:user_id>/activate")

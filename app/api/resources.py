@@ -9,6 +9,7 @@ from app.api import (
     certificates,
     deployments,
     dns_providers,
+    domain_grants,
     jobs,
     nodes,
     pools,
@@ -20,7 +21,8 @@ from app.api import (
 from app.extensions import api, csrf
 
 BLUEPRINTS = (tokens.blp, sites.blp, deployments.blp, nodes.blp, pools.blp, users.blp,
-              audit.blp, certificates.blp, jobs.blp, dns_providers.blp, settings.blp)
+              audit.blp, certificates.blp, jobs.blp, dns_providers.blp, settings.blp,
+              domain_grants.blp)
 
 
 def register(app: Flask) -> None:

@@ -23,6 +23,7 @@ from app.models.node import Node, NodeStatus, Pool, ProxyType
 from app.models.site import (
     BackendProtocol,
     BlockedName,
+    DomainGrant,
     GeoMode,
     Site,
     SiteBackend,
@@ -39,6 +40,7 @@ __all__ = [
     "CertificateProvider", "CertificateStatus", "DnsProvider", "JobRun", "JobStatus",
     "SchedulerLease", "Setting",
     "ApiToken", "AuditLog", "BackendProtocol", "BlockedName", "ConfigVersion", "Deployment",
+    "DomainGrant",
     "DeploymentStatus", "GeoMode", "Node", "NodeLock", "NodeStatus", "Pool", "Rollout",
     "RolloutKind",
     "ProxyType", "RecoveryCode", "Role", "Site", "SiteBackend", "SiteBasicAuthUser",

@@ -205,6 +205,22 @@ class SiteBasicAuthUser(db.Model):
     site: Mapped[Site] = relationship(back_populates="basic_auth_users")
 
 
+class DomainGrant(db.Model):
+    """A domain an administrator gave one client: only that client may name sites
+    with it, under it or over it, whoever comes first (a name is not claimed by
+    being quicker than its owner)."""
+
+    __tablename__ = "domain_grants"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(253), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    granted_by: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    user: Mapped[User] = relationship()
+
+
 class BlockedName(db.Model):
     """A name an administrator blocked: it stays blocked when its site is deleted and
     created again, whoever creates it, until an administrator lifts the block."""

@@ -19,6 +19,7 @@ from app.extensions import db
 from app.models import (
     BackendProtocol,
     BlockedName,
+    DomainGrant,
     GeoMode,
     Node,
     NodeStatus,
@@ -129,13 +130,13 @@ def _clean(actor: User, data: Any, site: Site | None) -> dict[str, Any]:
     if "domain" in data or site is None:
         out["domain"] = errors.check("domain", validate_domain, data.get("domain"))
         if out["domain"] is not None:
-            errors.check("domain", _not_a_public_suffix, out["domain"])
+            errors.check("domain", not_a_public_suffix, out["domain"])
     if "aliases" in data:
         aliases = []
         for i, alias in enumerate(_list(errors, "aliases", data["aliases"], LIMITS["aliases"])):
             value = errors.check(f"aliases.{i}", validate_domain, alias, allow_wildcard=True)
             if value is not None:
-                errors.check(f"aliases.{i}", _not_a_public_suffix, value)
+                errors.check(f"aliases.{i}", not_a_public_suffix, value)
                 if value in aliases:
                     errors[f"aliases.{i}"] = "is listed twice"
                 aliases.append(value)
@@ -351,7 +352,7 @@ _PUBLIC_SUFFIXES = PublicSuffixList()
 RESERVED_TLDS = ("invalid", "localhost", "local")
 
 
-def _not_a_public_suffix(name: str) -> str:
+def not_a_public_suffix(name: str) -> str:
     """A site cannot be, or cover with a wildcard, a name under which anyone may
     register (``com``, ``co.uk``, ``github.io``): it would claim everybody's sites.
     Nor can it take a reserved name (the probe's ``rpcc-probe.invalid`` among them)."""
@@ -366,7 +367,8 @@ def _not_a_public_suffix(name: str) -> str:
 
 def _held_by_others(names: list[str], owner_id: int | None,
                     exclude_site_id: int | None) -> dict[str, str]:
-    """Names of ``names`` that another client's site holds, is under or covers:
+    """Names of ``names`` that another client's site or domain grant holds, is under
+    or covers:
     ``name -> the other client's name`` (one query; the other name is for logs and
     administrators, never for the client's message). Names belong to someone: a
     client cannot claim ``shop.example.net`` when another holds ``example.net`` or
@@ -392,6 +394,13 @@ def _held_by_others(names: list[str], owner_id: int | None,
     if exclude_site_id is not None:
         stmt = stmt.where(SiteHostname.site_id != exclude_site_id)
     held = list(db.session.scalars(stmt))
+    # Domains given to another client, equal to, over or under a wanted name.
+    grants = select(DomainGrant.name).where(or_(
+        *(DomainGrant.name.in_(covering) for covering in wanted.values()),
+        *(DomainGrant.name.like(f"%.{name.removeprefix('*.')}") for name in wanted)))
+    if owner_id is not None:
+        grants = grants.where(DomainGrant.user_id != owner_id)
+    held += list(db.session.scalars(grants))
     for name, covering in wanted.items():
         base = name[2:] if name.startswith("*.") else name
         for other in held:

@@ -40,6 +40,8 @@ EXPECTED = {
     "/api/v1/users": {"get", "post"},
     "/api/v1/users/{user_id}": {"get", "put", "patch", "delete"},
     "/api/v1/users/{user_id}/two-factor": {"delete"},
+    "/api/v1/users/{user_id}/domains": {"get", "post"},
+    "/api/v1/users/{user_id}/domains/{grant_id}": {"delete"},
     "/api/v1/audit": {"get"},
     "/api/v1/jobs": {"get"},
 }
