@@ -4,7 +4,8 @@ import os
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# Live deployment progress holds a thread per open page (Server-Sent Events).
+# Live deployment progress holds a thread per open page (Server-Sent Events), for at
+# most half of them by default (PROGRESS_STREAMS_PER_PROCESS); other pages poll.
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 worker_class = "gthread"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
@@ -28,6 +29,8 @@ def post_worker_init(worker):
     started here, after the fork, because threads do not survive one."""
     from app.scheduler import start_scheduler
 
+    # Progress streams each hold a thread: the app keeps some threads free of them.
+    worker.wsgi.config["WORKER_THREADS"] = worker.cfg.threads
     start_scheduler(worker.wsgi)
 
 

@@ -4,19 +4,30 @@ its Server-Sent Events stream."""
 from __future__ import annotations
 
 import json
+import select
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Response, current_app, render_template, stream_with_context, url_for
+from flask import (
+    Response,
+    current_app,
+    jsonify,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
 
 from app.extensions import db
 from app.models import User
 from app.services import deployments
+from app.stream_slots import stream_slots
 
-# A stream ends with its deployment, or after this long (the browser reconnects).
-STREAM_SECONDS = 600
 POLL_SECONDS = 0.5
+# A refused stream's page polls meanwhile; it may try a stream again after this.
+STREAM_RETRY_SECONDS = 30
 
 
 def detail(actor: User, rollout_id: int, panel: str) -> str:
@@ -37,32 +48,79 @@ def _state(actor: User, rollout_id: int) -> dict[str, Any]:
     return state
 
 
+def _client_gone(sock: Any) -> bool:
+    """Whether the client closed its end.  A stream writes nothing while its rollout
+    waits, so a closed page would otherwise keep its place until a write failed."""
+    if not isinstance(sock, socket.socket):
+        return False
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        if not poller.poll(0):
+            return False
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except ValueError:  # TLS sockets take no flags: the heartbeat finds out instead
+        return False
+    except OSError:
+        return True
+
+
 def events(actor: User, rollout_id: int) -> Response:
-    """The rollout's state as JSON whenever it changes, until it finishes.
+    """The rollout's state as JSON whenever it changes, until it finishes; one state
+    when JSON is asked for (what the page polls when no stream is to be had).
 
     Reading the database (not an in-process queue) lets any app instance serve the
-    stream of a deployment that another instance runs.
+    stream of a deployment that another instance runs.  Each stream holds a worker
+    thread, so streams are capped (``app.stream_slots``): beyond the cap the answer
+    is 429 with ``Retry-After`` and the page polls instead.
     """
     deployments.get_rollout(actor, rollout_id)  # 404 before the stream starts
+    wanted = request.accept_mimetypes.best_match(["text/event-stream", "application/json"])
+    if wanted == "application/json":
+        return jsonify(_state(actor, rollout_id))
+    slot = stream_slots(current_app).acquire(actor.id)
+    if slot is None:
+        refused = Response("Too many progress streams are open: the page follows the "
+                           f"deployment by polling. Try again in {STREAM_RETRY_SECONDS} "
+                           "seconds.\n", status=429, mimetype="text/plain")
+        refused.headers["Retry-After"] = str(STREAM_RETRY_SECONDS)
+        return refused
     actor_id = actor.id
+    config = current_app.config
+    longest, heartbeat = config["PROGRESS_STREAM_SECONDS"], config["PROGRESS_STREAM_HEARTBEAT"]
+    client = request.environ.get("gunicorn.socket")
 
     def generate() -> Iterator[str]:
-        user = db.session.get(User, actor_id)
-        assert user is not None
-        deadline = time.monotonic() + STREAM_SECONDS
-        last = ""
-        while time.monotonic() < deadline:
-            state = _state(user, rollout_id)
-            payload = json.dumps(state, default=str)
-            if payload != last:
-                last = payload
-                yield f"data: {payload}\n\n"
-            if state["finished"]:
-                return
-            db.session.rollback()  # end the read transaction between polls
-            time.sleep(POLL_SECONDS)
+        try:
+            user = db.session.get(User, actor_id)
+            assert user is not None
+            now = time.monotonic()
+            deadline, beat = now + longest, now + heartbeat
+            last = ""
+            while time.monotonic() < deadline and not _client_gone(client):
+                state = _state(user, rollout_id)
+                payload = json.dumps(state, default=str)
+                if payload != last:
+                    last = payload
+                    beat = time.monotonic() + heartbeat
+                    yield f"data: {payload}\n\n"
+                elif time.monotonic() >= beat:
+                    # A comment: proxies keep the connection, and a vanished client
+                    # makes the write fail where the check above cannot see it.
+                    beat = time.monotonic() + heartbeat
+                    yield ": still running\n\n"
+                if state["finished"]:
+                    return
+                db.session.rollback()  # end the read transaction between polls
+                time.sleep(POLL_SECONDS)
+        finally:
+            slot.release()
 
     response = Response(stream_with_context(generate()), mimetype="text/event-stream")
+    # A stream that is never iterated runs no ``finally``: closing releases it too.
+    response.call_on_close(slot.release)
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Accel-Buffering"] = "no"
     current_app.logger.debug("event stream for rollout %s", rollout_id)

@@ -132,11 +132,12 @@ def flask_cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
 class AppServer:
     """A real gunicorn process serving the app on a loopback address."""
 
-    def __init__(self, env: dict[str, str], host: str = "127.0.0.1", workers: int = 1) -> None:
+    def __init__(self, env: dict[str, str], host: str = "127.0.0.1", workers: int = 1,
+                 threads: int = 2) -> None:
         self.host, self.port = host, free_port(host)
         self.process = subprocess.Popen(
             [os.path.join(ROOT, ".venv", "bin", "gunicorn"), "--bind", f"{host}:{self.port}",
-             "--workers", str(workers), "--threads", "2", "wsgi:app"],
+             "--workers", str(workers), "--threads", str(threads), "wsgi:app"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         try:

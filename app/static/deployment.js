@@ -1,9 +1,12 @@
 // Live progress of one deployment: the server sends the whole state as JSON on
 // every change (Server-Sent Events); the table is redrawn from it, as the page drew it.
+// When no stream is to be had (too many open: 429, or no EventSource), the page asks
+// for the state every few seconds instead, until the deployment finishes.
 (function () {
   "use strict";
   const table = document.getElementById("deployment-nodes");
-  if (!table || !window.EventSource) { return; }
+  if (!table) { return; }
+  const POLL_MS = 3000;
   const admin = table.dataset.admin === "yes";
   const status = document.getElementById("deployment-status");
   const error = document.getElementById("deployment-error");
@@ -36,9 +39,7 @@
     }
     return box;
   }
-  const source = new EventSource(table.dataset.events);
-  source.onmessage = function (event) {
-    const state = JSON.parse(event.data);
+  function draw(state) {
     status.replaceChildren(badge(state.status));
     error.replaceChildren();
     if (state.message) { error.appendChild(element("div", "alert alert-danger", state.message)); }
@@ -54,6 +55,26 @@
     }
     const total = state.nodes.length;
     summary.textContent = "deployed on " + state.deployed + " of " + total + " node" + (total === 1 ? "" : "s");
+  }
+  function poll() {
+    fetch(table.dataset.events, {credentials: "same-origin",
+                                 headers: {"Accept": "application/json"}})
+      .then(function (response) { return response.ok ? response.json() : null; })
+      .then(function (state) {
+        if (state) { draw(state); }
+        if (!state || !state.finished) { window.setTimeout(poll, POLL_MS); }
+      })
+      .catch(function () { window.setTimeout(poll, POLL_MS); });
+  }
+  if (!window.EventSource) { poll(); return; }
+  const source = new EventSource(table.dataset.events);
+  source.onmessage = function (event) {
+    const state = JSON.parse(event.data);
+    draw(state);
     if (state.finished) { source.close(); }
+  };
+  // A refused stream (429) closes for good; a stream that ended reconnects by itself.
+  source.onerror = function () {
+    if (source.readyState === EventSource.CLOSED) { poll(); }
   };
 })();
