@@ -937,6 +937,7 @@ class _Retry:
     before: dict[str, int]
     aside: set[int]
     render: NodeRender
+    own: int | None  # the rollout's own site
 
 
 def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], recorder: Recorder,
@@ -1018,7 +1019,7 @@ def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], record
         if deployment_id in retries:
             spec, state, aside, result = retries[deployment_id]
             retry = _Retry(node=spec, engine=node.proxy_type.value, state=state,
-                           before=before, aside=aside, render=result)
+                           before=before, aside=aside, render=result, own=plan.site_id)
         prepared[deployment_id] = _Prepared(job=NodeJob(
             target=ssh_target(node), config_dir=node.config_dir,
             files={path: text.encode() for path, text in files.items()},
@@ -1136,12 +1137,10 @@ def _run_setting_aside(app: Flask, plan: RolloutPlan, deployment_id: int, node_i
             blamed = _blame(app, job, retry, failure.message)
             if not blamed:
                 raise
-            reason = set_aside.owner_reason(failure.message, [job.target.host,
-                                                              job.verify_address])
-            for site_id in blamed:
+            for site_id, reason in blamed.items():
                 refusals[site_id] = (retry.state.versions[str(site_id)], reason,
                                      failure.message)
-            retry.aside |= blamed
+            retry.aside |= set(blamed)
             job = _job_again(app, plan, deployment_id, job, retry, recorder)
             continue
         for site_id, (version, reason, output) in refusals.items():
@@ -1159,30 +1158,51 @@ def _suspects(retry: _Retry) -> set[int]:
             if retry.before.get(site_id) != version and int(site_id) not in retry.aside}
 
 
-def _blame(app: Flask, job: NodeJob, retry: _Retry, output: str) -> set[int]:
-    """The sites to set aside after the node's test refused ``job``: the ones its
-    complaint names, else the only suspect, else those a bisection over test-only
-    runs finds."""
+def _blame(app: Flask, job: NodeJob, retry: _Retry, output: str) -> dict[int, str]:
+    """The sites to set aside after the node's test refused ``job``, each with the
+    sentence for its owner: the ones its complaint names (with the words about
+    them), else the only suspect (with the whole complaint), else those a bisection
+    over test-only runs finds (the complaint may be about another site: no words).
+    When the bisection runs out of test runs, every changed site but the rollout's
+    own, if the node takes that."""
     suspects = _suspects(retry)
     if not suspects:
-        return set()
-    blamed = set_aside.blamed_sites(output, job.config_dir, retry.render.files,
-                                    retry.render.site_files, retry.state.domains, suspects)
-    if blamed:
-        return blamed
+        return {}
+    addresses = [job.target.host, job.verify_address]
+    located = set_aside.blamed_sites(output, job.config_dir, retry.render.files,
+                                     retry.render.site_files, retry.state.domains, suspects)
+    if located:
+        return {site_id: set_aside.owner_reason(line, addresses)
+                for site_id, line in located.items()}
     if len(suspects) == 1:
-        return suspects
+        return dict.fromkeys(suspects, set_aside.owner_reason(output, addresses))
     pool = connector(app)
 
-    def passes(aside: set[int]) -> bool:
+    def trial(aside: set[int]) -> tuple[bool, str]:
         files = render_node(retry.node, retry.engine, retry.state, retry.aside | aside).files
-        trial = replace(job, files={path: text.encode() for path, text in files.items()},
-                        release_name=f"{RELEASE_PREFIX}trial-{secrets.token_hex(4)}",
-                        steps=[])
-        ok, _ = _Remote(pool, trial).test_only()
-        return ok
+        staged = replace(job, files={path: text.encode() for path, text in files.items()},
+                         release_name=f"{RELEASE_PREFIX}trial-{secrets.token_hex(4)}",
+                         steps=[])
+        return _Remote(pool, staged).test_only()
 
-    return set_aside.isolate(suspects, passes)
+    def passes(aside: set[int]) -> bool:
+        return trial(aside)[0]
+
+    found = set_aside.isolate(suspects, passes)
+    if found:
+        # What the node says of each alone is about that site only: its owner's words.
+        reasons = {}
+        for number, site_id in enumerate(sorted(found)):
+            said = ""
+            if number < set_aside.MAX_EXPLAINED:
+                alone_ok, output_alone = trial(suspects - {site_id})
+                said = "" if alone_ok else output_alone
+            reasons[site_id] = set_aside.owner_reason(said, addresses)
+        return reasons
+    others = suspects - {retry.own} if retry.own is not None else set()
+    if others and others != suspects and passes(others):
+        return dict.fromkeys(others, set_aside.UNTOLD)
+    return {}
 
 
 def _job_again(app: Flask, plan: RolloutPlan, deployment_id: int, job: NodeJob,
@@ -1547,6 +1567,7 @@ def refresh_site_status(pool_id: int) -> None:
                                  .where(last.c.rank == 1))
               if status != DeploymentStatus.SUCCEEDED} if ids else {}
     now = utcnow()
+    accepted: list[Site] = []
     for site in db.session.scalars(select(Site).where(Site.pool_id == pool_id)):
         deployed = sum(1 for node_id in ids
                        if carried.get(node_id, {}).get(str(site.id)) == site.config_version)
@@ -1555,15 +1576,28 @@ def refresh_site_status(pool_id: int) -> None:
         site.last_deploy_error = (site.refused_reason if refused else "; ".join(
             errors[i] for i in ids if i in errors))[:4000]
         if deployed and not refused and site.accepted_version != site.config_version:
-            site.accepted_spec = set_aside.spec_to_json(rendering.site_spec(site))
-            site.accepted_version = site.config_version
+            accepted.append(site)
         if deployed and deployed == len(nodes):
             site.status, site.last_deployed_at = SiteStatus.DEPLOYED, now
         elif deployed:
             site.status, site.last_deployed_at = SiteStatus.PARTIAL, now
         elif errors or refused:
             site.status = SiteStatus.FAILED
+    _keep_accepted(accepted)
     db.session.commit()
+
+
+def _keep_accepted(sites: list[Site]) -> None:
+    """Record the settings of versions the nodes took, reading the sites' names,
+    backends and users in a few queries (a pool's first deployment accepts them all)."""
+    for start in range(0, len(sites), 500):
+        chunk = sites[start:start + 500]
+        db.session.scalars(select(Site).where(Site.id.in_([site.id for site in chunk]))
+                           .options(selectinload(Site.hostnames), selectinload(Site.backends),
+                                    selectinload(Site.basic_auth_users))).all()
+        for site in chunk:
+            site.accepted_spec = set_aside.spec_to_json(rendering.site_spec(site))
+            site.accepted_version = site.config_version
 
 
 def wait(rollout_id: int, timeout: float = 300.0) -> Rollout:

@@ -23,6 +23,9 @@ from app.proxy.base import BackendSpec, CertificateSpec, SiteSpec
 # test-only runs a bisection may spend, before it gives up and fails as before.
 MAX_ROUNDS = 3
 MAX_BISECT_TESTS = 12
+# How many of the sites a bisection found get one more test run, alone, so that their
+# owners read the proxy's words about their own site.
+MAX_EXPLAINED = 3
 
 # "in /etc/nginx/rpcc/upstreams.conf:12" (nginx) or "at /etc/caddy/rpcc/x.caddy:5"
 # (Caddy), or any absolute path followed by a line number.
@@ -74,22 +77,25 @@ def spec_from_json(data: dict[str, Any], certificate: CertificateSpec | None) ->
 
 def blamed_sites(output: str, config_dir: str, files: dict[str, str],
                  site_files: dict[int, list[str]], domains: dict[int, str],
-                 suspects: Collection[int]) -> set[int]:
-    """The suspects the node's complaint points at: a file of the site's own, or a
-    line of a shared file (upstreams, zones) in the block that names the site's
-    domain.  Empty when the complaint names no such place."""
+                 suspects: Collection[int]) -> dict[int, str]:
+    """The suspects the node's complaint points at (a file of the site's own, or a
+    line of a shared file such as upstreams or zones, in the block that names the
+    site's domain), each with the line of the complaint that names it: only that
+    line may be shown to the site's owner, the rest may be about other sites.  Empty
+    when the complaint names no such place."""
     base = config_dir.rstrip("/") + "/"
     owner = {path: site_id for site_id, paths in site_files.items() for path in paths}
-    blamed: set[int] = set()
-    for path, line in _LOCATION.findall(output):
-        if not path.startswith(base):
-            continue
-        relative = path[len(base):]
-        site_id = owner.get(relative)
-        if site_id is None and relative in files:
-            site_id = _site_above(files[relative], int(line), domains, suspects)
-        if site_id is not None and site_id in suspects:
-            blamed.add(site_id)
+    blamed: dict[int, str] = {}
+    for complaint in output.splitlines():
+        for path, line in _LOCATION.findall(complaint):
+            if not path.startswith(base):
+                continue
+            relative = path[len(base):]
+            site_id = owner.get(relative)
+            if site_id is None and relative in files:
+                site_id = _site_above(files[relative], int(line), domains, suspects)
+            if site_id is not None and site_id in suspects:
+                blamed.setdefault(site_id, complaint)
     return blamed
 
 
@@ -111,12 +117,13 @@ def _site_above(text: str, line: int, domains: dict[int, str],
 
 
 def isolate(suspects: Iterable[int], passes: Callable[[set[int]], bool],
-            budget: int = MAX_BISECT_TESTS) -> set[int]:
+            budget: int | None = None) -> set[int]:
     """The suspects to set aside so that the node's test passes, found by halving:
     ``passes(aside)`` asks the node to test the configuration with ``aside`` set
     aside.  Empty when setting every suspect aside does not help (the fault is not a
     site's) or when the budget of test runs is spent first."""
     spent = 0
+    budget = MAX_BISECT_TESTS if budget is None else budget
 
     def ask(aside: set[int]) -> bool:
         nonlocal spent
@@ -145,6 +152,13 @@ def isolate(suspects: Iterable[int], passes: Callable[[set[int]], bool],
             return set()
         if ask(culprits):
             return culprits
+
+
+# For sites set aside when the node refused several changes at once without saying
+# which, and the bisection ran out of test runs.
+UNTOLD = ("A proxy node refused a set of changes that included this version of the site "
+          "and did not say which one was at fault, so the previous version stays live (a "
+          "new site stays offline). Deploy the site on its own to try it again.")
 
 
 def owner_reason(output: str, node_addresses: Iterable[str] = ()) -> str:

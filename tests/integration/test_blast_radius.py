@@ -182,3 +182,51 @@ def test_reserved_and_overlong_names_cannot_hold_back_a_neighbour(alice, bob, fl
     assert change_shop(alice, shop, "v2").status == DeploymentStatus.SUCCEEDED
     assert served(fleet, "shop.example.com") == {"v2"}
 
+
+
+def test_when_the_proxy_names_no_file_a_bisection_finds_the_site(
+        alice, bob, fleet, shop, backends, monkeypatch):
+    """Several neighbours changed at once, one of them broken, and the node's complaint
+    names no place (as some proxies print it): test-only runs over halves of the
+    changed sites find the broken one, and only it is set aside."""
+    from app.services import set_aside
+
+    monkeypatch.setattr(set_aside, "blamed_sites", lambda *args, **kwargs: set())
+    backend = backends.start("fine")
+    fine = [factories.make_site(bob, f"fine{i}.example.net",
+                                backends=[{"host": "127.0.0.1", "port": backend.port}])
+            for i in range(4)]
+    broken = factories.make_site(bob, "broken.example.net",
+                                 backends=[{"host": "broken-backend.invalid", "port": 80}])
+    rollout = change_shop(alice, shop, "v2")
+    assert rollout.status == DeploymentStatus.SUCCEEDED, rollout.error
+    assert served(fleet, "shop.example.com") == {"v2"}
+    for site in fine:
+        assert {node.get(site.domain).json()["backend"] for node in fleet} == {"fine"}
+        assert sites.get_site(bob, site.id).status == SiteStatus.DEPLOYED
+    refused = sites.get_site(bob, broken.id)
+    assert refused.status == SiteStatus.FAILED
+    assert "broken-backend.invalid" in refused.last_deploy_error
+
+
+def test_when_the_bisection_runs_out_of_test_runs_the_rollouts_own_change_still_goes_out(
+        alice, bob, fleet, shop, backends, monkeypatch):
+    from app.services import set_aside
+
+    monkeypatch.setattr(set_aside, "blamed_sites", lambda *args, **kwargs: {})
+    monkeypatch.setattr(set_aside, "MAX_BISECT_TESTS", 2)
+    backend = backends.start("fine")
+    fine = factories.make_site(bob, "fine.example.net",
+                               backends=[{"host": "127.0.0.1", "port": backend.port}])
+    broken = factories.make_site(bob, "broken.example.net",
+                                 backends=[{"host": "broken-backend.invalid", "port": 80}])
+    assert change_shop(alice, shop, "v2").status == DeploymentStatus.SUCCEEDED
+    assert served(fleet, "shop.example.com") == {"v2"}
+    for site in (fine, broken):
+        waiting = sites.get_site(bob, site.id)
+        assert waiting.status == SiteStatus.FAILED
+        assert "did not say which one" in waiting.last_deploy_error
+        assert "broken-backend" not in waiting.last_deploy_error
+    # Deployed on its own, the good site goes out.
+    assert deploy(bob, fine).status == DeploymentStatus.SUCCEEDED
+    assert {node.get("fine.example.net").json()["backend"] for node in fleet} == {"fine"}

@@ -40,19 +40,19 @@ def test_an_upstream_line_in_the_shared_file_blames_the_site_whose_block_it_is()
     output = (f'nginx: [emerg] host not found in upstream "bob-internal.invalid:8080" in '
               f'/etc/nginx/rpcc/upstreams.conf:{line}\n'
               f'nginx: configuration file /etc/nginx/nginx.conf test failed')
-    assert set_aside.blamed_sites(output, NODE.config_dir, files, site_files, DOMAINS,
-                                  {1, 2, 3}) == {2}
+    assert set(set_aside.blamed_sites(output, NODE.config_dir, files, site_files, DOMAINS,
+                                  {1, 2, 3})) == {2}
     # Only suspects are blamed: a site the node already runs is not one.
-    assert set_aside.blamed_sites(output, NODE.config_dir, files, site_files, DOMAINS,
-                                  {1, 3}) == set()
+    assert set(set_aside.blamed_sites(output, NODE.config_dir, files, site_files, DOMAINS,
+                                  {1, 3})) == set()
 
 
 def test_a_line_of_a_sites_own_file_blames_that_site():
     files, site_files = rendered()
     [conf] = [path for path in site_files[3] if path.endswith(".conf")]
     output = f"nginx: [emerg] unknown directive \"x\" in /etc/nginx/rpcc/{conf}:7"
-    assert set_aside.blamed_sites(output, NODE.config_dir, files, site_files, DOMAINS,
-                                  {1, 2, 3}) == {3}
+    assert set(set_aside.blamed_sites(output, NODE.config_dir, files, site_files, DOMAINS,
+                                  {1, 2, 3})) == {3}
 
 
 def test_caddy_names_the_imported_file_and_line():
@@ -63,16 +63,16 @@ def test_caddy_names_the_imported_file_and_line():
     output = (f"Error: adapting config using caddyfile: parsing caddyfile tokens for "
               f"'reverse_proxy': wrong argument count, at /etc/caddy/rpcc/{path}:4 import "
               f"chain ['/etc/caddy/Caddyfile:3 (import /etc/caddy/rpcc/rpcc.caddy)']")
-    assert set_aside.blamed_sites(output, node.config_dir, files, site_files, DOMAINS,
-                                  {1, 2}) == {1}
+    assert set(set_aside.blamed_sites(output, node.config_dir, files, site_files, DOMAINS,
+                                  {1, 2})) == {1}
 
 
 def test_paths_outside_the_managed_directory_and_no_location_blame_no_one():
     files, site_files = rendered()
     for output in ("nginx: [emerg] open() \"/etc/nginx/mime.types\" failed in "
                    "/etc/nginx/nginx.conf:12", "exit status 1", ""):
-        assert set_aside.blamed_sites(output, NODE.config_dir, files, site_files, DOMAINS,
-                                      {1, 2, 3}) == set()
+        assert set(set_aside.blamed_sites(output, NODE.config_dir, files, site_files, DOMAINS,
+                                      {1, 2, 3})) == set()
 
 
 @pytest.mark.parametrize(("bad", "suspects"), [
@@ -138,6 +138,19 @@ def test_a_backend_named_like_a_neighbours_domain_does_not_blame_the_neighbour()
                if "server shop.example.com" in row)
     output = (f'nginx: [emerg] host not found in upstream "shop.example.com:8080" in '
               f'/etc/nginx/rpcc/upstreams.conf:{line}')
-    assert set_aside.blamed_sites(output, NODE.config_dir, config.files, config.site_files,
+    assert set(set_aside.blamed_sites(output, NODE.config_dir, config.files, config.site_files,
                                   {1: "shop.example.com", 2: "bob.example.net"},
-                                  {1, 2}) == {2}
+                                  {1, 2})) == {2}
+
+
+def test_each_blamed_site_gets_only_the_line_about_it():
+    files, site_files = rendered()
+    text = files["upstreams.conf"]
+    output = "\n".join(
+        f'nginx: [emerg] host not found in upstream "{host}:8080" in '
+        f'/etc/nginx/rpcc/upstreams.conf:{line_of(text, host)}'
+        for host in ("bob-internal.invalid", "127.0.0.1"))
+    blamed = set_aside.blamed_sites(output, NODE.config_dir, files, site_files, DOMAINS,
+                                    {1, 2, 3})
+    assert set(blamed) == {2, 3}  # 127.0.0.1's first line is blog's block
+    assert "bob-internal.invalid" in blamed[2] and "bob-internal" not in blamed[3]
