@@ -9,7 +9,7 @@ from flask.views import MethodView
 from marshmallow import Schema, fields
 
 from app.api.auth import ApiBlueprint, admin_only, current_actor
-from app.api.schemas import PageQuerySchema, QueryInteger, UtcDateTime, page_schema
+from app.api.schemas import PageQuerySchema, QueryInteger, RowId, UtcDateTime, page_schema
 from app.extensions import limit_deploy_requests
 from app.models import ConfigVersion, DeploymentStatus, Node
 from app.services import deployments
@@ -148,8 +148,7 @@ class DiffSchema(Schema):
 
 
 class RollbackSchema(Schema):
-    version = fields.Integer(required=True, strict=True,
-                             metadata={"description": "id of the version to restore"})
+    version = RowId(required=True, metadata={"description": "id of the version to restore"})
 
 
 def _version(version: ConfigVersion, statuses: dict[int, str],

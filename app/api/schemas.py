@@ -38,6 +38,14 @@ class QueryInteger(fields.Integer):
         return int(value)
 
 
+class RowId(fields.Integer):
+    """An id in a JSON body.  One beyond the database's 64-bit integers is a field
+    error: it would overflow the driver (a 500), as it answers 404 in a path."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, validate=Range(min=1, max=2**63 - 1), **kwargs)
+
+
 class QueryDateTime(fields.AwareDateTime):
     """An ISO 8601 instant in a query string, returned in UTC (a value without an
     offset is taken as UTC), so that every database compares the same instant."""

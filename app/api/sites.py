@@ -12,7 +12,14 @@ from flask.views import MethodView
 from marshmallow import Schema, fields
 
 from app.api.auth import ApiBlueprint, current_actor
-from app.api.schemas import ErrorSchema, PageQuerySchema, QueryInteger, StrictBoolean, page_schema
+from app.api.schemas import (
+    ErrorSchema,
+    PageQuerySchema,
+    QueryInteger,
+    RowId,
+    StrictBoolean,
+    page_schema,
+)
 from app.models import BackendProtocol, GeoMode, Site, SslMode, User, WafLevel
 from app.services import rendering, sites
 from app.services.common import Page
@@ -91,8 +98,7 @@ class SiteSettingsSchema(Schema):
 class SiteUpdateSchema(SiteSettingsSchema):
     """PUT and PATCH alike: keys left out keep their value."""
 
-    owner_id = fields.Integer(strict=True,
-                              metadata={"description": "administrators only: the owner"})
+    owner_id = RowId(metadata={"description": "administrators only: the owner"})
 
 
 class SiteCreateSchema(SiteUpdateSchema):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from app import json_depth
+from tests import factories
 from tests.conftest import api_headers, login
 
 
@@ -15,6 +16,24 @@ from tests.conftest import api_headers, login
 def test_ids_beyond_the_database_range_are_not_found(client, admin, path):
     response = client.get(path, headers=api_headers(admin))
     assert response.status_code == 404 and response.get_json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize(("kind", "field"), [("rollback", "version"), ("site", "owner_id"),
+                                             ("new_site", "owner_id")])
+def test_ids_beyond_the_database_range_in_a_body_are_a_field_error(client, admin, alice,
+                                                                   kind, field):
+    node = factories.make_node("edge-big")
+    site = factories.make_site(alice, "big.example.com")
+    method, path, body = {
+        "rollback": ("POST", f"/api/v1/nodes/{node.id}/rollback", {}),
+        "site": ("PATCH", f"/api/v1/sites/{site.id}", {}),
+        "new_site": ("POST", "/api/v1/sites", {
+            "domain": "new.example.com", "backends": [{"host": "127.0.0.1", "port": 80}]}),
+    }[kind]
+    response = client.open(path, method=method, headers=api_headers(admin),
+                           json={**body, field: 2**64})
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert field in response.get_json()["error"]["fields"]
 
 
 @pytest.mark.parametrize("path", ["/admin/sites?page=99999999999999999999",
