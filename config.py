@@ -42,6 +42,9 @@ class Config:
     RATELIMIT_STORAGE_URI = os.environ.get("RATELIMIT_STORAGE_URI", "memory://")
     RATELIMIT_KEY_PREFIX = os.environ.get("RATELIMIT_KEY_PREFIX", "rpcc")
     RATELIMIT_HEADERS_ENABLED = True
+    # Storage out of reach: limits count in each process's memory meanwhile (rather
+    # than answer 500 to every limited request) until it answers again.
+    RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True
     LOGIN_RATE_LIMIT = os.environ.get("LOGIN_RATE_LIMIT", "5 per minute")
     # Failed sign-ins (form and token API together), counted in the limiter's storage
     # for SIGN_IN_WINDOW seconds from the first: past a threshold, a username from one

@@ -11,6 +11,7 @@ from flask import Flask
 
 from app.extensions import limiter
 from tests import factories
+from tests.components import free_port
 from tests.conftest import api_headers, login, make_app
 
 
@@ -123,3 +124,19 @@ def test_administrators_have_their_own_higher_limit(limited, admin, alice):
     site = factories.make_site(alice, "after-admin.example.com")
     assert client.post(f"/api/v1/sites/{site.id}/deploy",
                        headers=api_headers(alice)).status_code == 409
+
+
+def test_limits_count_in_memory_while_their_storage_is_out_of_reach(app, db, alice):
+    """A deploy request is never a 500 because memcached is down: each process
+    counts meanwhile."""
+    silent = make_app(RATELIMIT_ENABLED=True,
+                      RATELIMIT_STORAGE_URI=f"memcached://127.0.0.1:{free_port()}",
+                      DEPLOY_REQUEST_LIMIT="2 per minute")
+    try:
+        site = factories.make_site(alice, "no-memcached.example.com")
+        client, token = silent.test_client(), api_headers(alice)
+        statuses = [client.post(f"/api/v1/sites/{site.id}/deploy", headers=token).status_code
+                    for _ in range(3)]
+        assert statuses == [409, 409, 429]
+    finally:
+        limiter.init_app(app)
