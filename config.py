@@ -96,6 +96,19 @@ class Config:
     NODES_FILE = os.environ.get("NODES_FILE", "nodes.yaml")
     DISCOVER_NODES_AT_STARTUP = _bool("DISCOVER_NODES_AT_STARTUP", False)
 
+    # Outgoing mail (links that confirm a new e-mail address): off while SMTP_HOST is
+    # empty.  SMTP_SECURITY is "starttls" (port 587 unless SMTP_PORT says otherwise),
+    # "tls" (implicit TLS, 465) or "none" (25; only for a relay on the same host or a
+    # trusted network).  SMTP_CA_BUNDLE: PEM roots of a private mail server's certificate.
+    SMTP_HOST = os.environ.get("SMTP_HOST", "")
+    SMTP_PORT = _int("SMTP_PORT", 0)
+    SMTP_SECURITY = os.environ.get("SMTP_SECURITY", "starttls")
+    SMTP_USERNAME = os.environ.get("SMTP_USERNAME", "")
+    SMTP_PASSWORD = os.environ.get("SMTP_PASSWORD", "")
+    SMTP_CA_BUNDLE = os.environ.get("SMTP_CA_BUNDLE", "")
+    SMTP_TIMEOUT = _float("SMTP_TIMEOUT", 10.0)
+    MAIL_FROM = os.environ.get("MAIL_FROM", "")
+
     BOOTSTRAP_SERVE_LOCAL = True
     LOG_JSON = _bool("LOG_JSON", False)
 
@@ -176,6 +189,8 @@ class TestingConfig(Config):
     # Tests run their backends on loopback and never ask the system's DNS.
     BACKEND_ALLOWED_NETWORKS = os.environ.get("BACKEND_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
     BACKEND_RESOLVERS = os.environ.get("BACKEND_RESOLVERS", "off")
+    # Mail stays off unless a test points the app at its own loopback mail server.
+    SMTP_HOST = ""
 
 
 class ProductionConfig(Config):

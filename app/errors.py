@@ -37,6 +37,18 @@ class Conflict(ServiceError):
     status = 409
 
 
+class MailFailed(ServiceError):
+    """A message could not be handed to the mail server: the feature that sends it
+    answers in words, never with a server error page."""
+
+    code = "mail_failed"
+    status = 503
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"The mail could not be sent: {reason}. Nothing changed; try "
+                         "again later, or ask an administrator.")
+
+
 class ValidationError(ServiceError):
     """Invalid input; ``fields`` maps each offending field to its message."""
 
