@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
+from tests.components import free_port
 from tests.e2e.conftest import (
     SHARED_POOL,
     account_menu,
@@ -183,25 +184,46 @@ def test_a_failed_deployment_is_told_in_words_without_the_fleets_details(
         page.get_by_role("button", name="Deploy now").click()
         expect(page.locator("#deployment-status")).to_have_text("failed", timeout=30_000)
         expect(page.locator("#deployment-summary")).to_have_text("deployed on 0 of 1 node")
+        refused = ('A proxy node refused this version of the site: host not found in upstream '
+                   '"no-such-backend.invalid:80"')
+        expect(page.locator("#deployment-error")).to_contain_text(refused)
         table = page.locator("#deployment-nodes")
-        expect(table).to_contain_text("The proxy refused the new configuration")
+        expect(table).to_contain_text(refused)
         main = page.locator("main")
         for secret in ("lonely-1", "127.0.0", str(sshd.port), "/tmp", "emerg", "Details"):
             expect(main).not_to_contain_text(secret)
         client.check("failed deployment, client")
         page.reload()  # the page drawn by the server says the same as the live one
-        expect(table).to_contain_text("The proxy refused the new configuration")
+        expect(table).to_contain_text(refused)
         expect(main).not_to_contain_text("lonely-1")
         rollout_path = page.url.removeprefix(product.url).replace("/client/", "/admin/")
+        # The site's page says it too, and what to do.
+        page.get_by_role("link", name="broken.example.test").first.click()
+        expect(page.locator("main")).to_contain_text(refused)
+        expect(page.locator("main")).to_contain_text("deploy it again")
+        client.check("refused site, client")
 
         admin = journey_factory("admin")
         page = admin.go(rollout_path)
         sign_in(admin, "admin", product.admin_password)
         table = page.locator("#deployment-nodes")
-        expect(table).to_contain_text("Node lonely-1 refused the new configuration")
+        expect(table).to_contain_text("Node lonely-1 refused this site's new version")
         table.get_by_text("Details").click()
         expect(table).to_contain_text("host not found in upstream")
         admin.check("failed deployment, admin")
+
+        # A backend that is down: the site goes out, with a warning its owner reads.
+        api(product, "PATCH", f"/sites/{site['id']}", {
+            "backends": [{"host": "127.0.0.1", "port": free_port(), "weight": 1}]}, token)
+        page = client.go(f"/client/sites/{site['id']}")
+        page.get_by_role("button", name="Deploy now").click()
+        expect(page.locator("#deployment-status")).to_have_text("succeeded", timeout=30_000)
+        page.get_by_role("link", name="broken.example.test").first.click()
+        warning = page.locator("[data-deploy-warning]")
+        expect(warning).to_contain_text("the proxy answered HTTP 502 for broken.example.test")
+        expect(warning).to_contain_text("is its backend up")
+        expect(page.locator("main")).not_to_contain_text("refused this version")
+        client.check("site with a warning, client")
     finally:
         node.stop()
         node.remove()
