@@ -53,6 +53,7 @@ class Case:
         self.fleet = fleet
         self.site_id = site.id
         self.counter = 0
+        self.steps: dict[str, list[float]] = {}
 
     def change(self) -> float:
         """One header change of the measured site, deployed and checked; seconds."""
@@ -65,6 +66,9 @@ class Case:
         seconds = time.perf_counter() - started
         if rollout.status != DeploymentStatus.SUCCEEDED:
             raise SystemExit(f"rollout {rollout.id} {rollout.status.value}: {rollout.error}")
+        for deployment in rollout.deployments:
+            for step in deployment.steps:
+                self.steps.setdefault(step["step"], []).append(step["seconds"])
         domain = sites.get_site(self.client, self.site_id).domain
         for node in self.fleet:
             deadline = time.monotonic() + 10
@@ -78,6 +82,9 @@ class Case:
 def measure(label: str, repeat: int, prepare: Callable[[], None], run: Callable[[], float],
             baseline: float | None) -> float:
     samples = []
+    run_steps = getattr(run, "__self__", None)
+    if isinstance(run_steps, Case):
+        run_steps.steps = {}
     for _ in range(repeat):
         prepare()
         samples.append(run())
@@ -85,6 +92,10 @@ def measure(label: str, repeat: int, prepare: Callable[[], None], run: Callable[
     ratio = f"  ({median / baseline:.2f}x the baseline)" if baseline else ""
     print(f"{label:<62} median {median:6.3f} s  (min {min(samples):.3f}, "
           f"max {max(samples):.3f}){ratio}", flush=True)
+    if isinstance(run_steps, Case):
+        print("    per node, summed over the steps of each kind (median): " + ", ".join(
+            f"{name} {statistics.median(values) * len(values) / repeat / len(run_steps.fleet):.3f}"
+            for name, values in run_steps.steps.items()), flush=True)
     return median
 
 
