@@ -38,7 +38,15 @@ from schemathesis.specs.openapi.checks import (
 
 from app.extensions import db
 from app.models import Deployment, DeploymentStatus, Pool, User
-from app.services import certificates, deployments, dns_providers, jobs, nodes, tokens
+from app.services import (
+    certificates,
+    deployments,
+    dns_providers,
+    domain_grants,
+    jobs,
+    nodes,
+    tokens,
+)
 from tests import factories, pki
 from tests.api_fuzz.conftest import ANSWERS
 from tests.conftest import make_app, reset_database
@@ -94,6 +102,7 @@ VALID_BODIES: dict[str, Callable[[int], Any]] = {
         "port": 5300, "tsig_name": "acme-key", "tsig_secret": _TSIG_SECRET},
     "PUT /api/v1/dns-providers/{provider_id}": lambda n: {"port": 5300 + n % 100},
     "PATCH /api/v1/dns-providers/{provider_id}": lambda n: {"tsig_name": f"key{n}"},
+    "POST /api/v1/users/{user_id}/domains": lambda n: {"name": f"shop{n}.example.net"},
 }
 
 
@@ -186,6 +195,7 @@ def _build_world() -> World:
     provider = dns_providers.create_provider(admin, {
         "name": "main", "zone": "example.com", "server": "127.0.0.1", "port": 5300,
         "tsig_name": "acme-key", "tsig_secret": _TSIG_SECRET})
+    given = domain_grants.grant(admin, alice.id, "alice.example.org")[0]
     # Tokens the run may revoke; the ones it acts with are minted by World.headers.
     spares = [tokens.create_token(user, "spare")[0].id for user in (admin, alice, bob)]
     default_pool = db.session.query(Pool).filter_by(name="default").one()
@@ -199,6 +209,7 @@ def _build_world() -> World:
         "user_id": [bob.id, carol.id, alice.id],
         "pool_id": [default_pool.id, spare_pool.id],
         "provider_id": [provider.id],
+        "grant_id": [given.id],
     }
     return world
 
