@@ -108,6 +108,11 @@ class Config:
     SMTP_CA_BUNDLE = os.environ.get("SMTP_CA_BUNDLE", "")
     SMTP_TIMEOUT = _float("SMTP_TIMEOUT", 10.0)
     MAIL_FROM = os.environ.get("MAIL_FROM", "")
+    # Where people reach the product (scheme, host, port), for links sent by mail;
+    # empty: the address of the request that asked for the mail.
+    PUBLIC_URL = os.environ.get("PUBLIC_URL", "")
+    # Requests to change one's e-mail address, per user: each sends a mail.
+    EMAIL_CHANGE_LIMIT = os.environ.get("EMAIL_CHANGE_LIMIT", "5 per hour")
 
     BOOTSTRAP_SERVE_LOCAL = True
     LOG_JSON = _bool("LOG_JSON", False)

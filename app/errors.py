@@ -37,6 +37,13 @@ class Conflict(ServiceError):
     status = 409
 
 
+class Gone(ServiceError):
+    """Something that was good once and is no longer, such as an expired link."""
+
+    code = "gone"
+    status = 410
+
+
 class MailFailed(ServiceError):
     """A message could not be handed to the mail server: the feature that sends it
     answers in words, never with a server error page."""

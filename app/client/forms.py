@@ -40,8 +40,10 @@ class TokenForm(ServiceForm):
 
 
 class EmailForm(ServiceForm):
-    email = EmailField("Email", validators=[DataRequired()])
-    submit_email = SubmitField("Save email")
+    email = EmailField("New email", validators=[DataRequired()],
+                       description="We send a link to it; your address changes when you "
+                                   "open the link, within 24 hours.")
+    submit_email = SubmitField("Send confirmation link")
 
 
 class PasswordForm(ServiceForm):

@@ -8,17 +8,39 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import flash, redirect, render_template, request, url_for
+from flask import current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, logout_user
 
 from app import certificate_pages, deployment_pages
 from app.client import bp
 from app.client.forms import EmailForm, PasswordForm, SiteListFilterForm, TokenForm
-from app.errors import Conflict, ValidationError
-from app.extensions import limit_certificate_requests, limit_deploy_requests
+from app.errors import (
+    Conflict,
+    Forbidden,
+    Gone,
+    MailFailed,
+    NotFound,
+    ServiceError,
+    ValidationError,
+)
+from app.extensions import (
+    limit_certificate_requests,
+    limit_deploy_requests,
+    limiter,
+    requesting_user,
+)
 from app.forms import SiteForm, form_status
 from app.models import User
-from app.services import deployments, explain, nodes, rendering, sites, tokens, users
+from app.services import (
+    deployments,
+    email_change,
+    explain,
+    nodes,
+    rendering,
+    sites,
+    tokens,
+    users,
+)
 
 
 def _actor() -> User:
@@ -181,12 +203,13 @@ def _profile_page(email_form: EmailForm, password_form: PasswordForm) -> Any:
     actor = _actor()
     return render_template("client/profile_form.html", email_form=email_form,
                            password_form=password_form, sessions=users.list_sessions(actor),
+                           self_service_email=email_change.self_service(),
                            this_session=users.current_session_id(actor)), status
 
 
 @bp.get("/profile")
 def profile() -> Any:
-    return _profile_page(EmailForm(data={"email": current_user.email}), PasswordForm())
+    return _profile_page(EmailForm(), PasswordForm())
 
 
 @bp.post("/profile/sessions/<int:session_id>/end")
@@ -196,18 +219,63 @@ def profile_end_session(session_id: int) -> Any:
     return redirect(url_for(".profile"))
 
 
+def _email_change_limit() -> str:
+    return str(current_app.config["EMAIL_CHANGE_LIMIT"])
+
+
+def _confirmation_link(token: str) -> str:
+    """Links in mail start from PUBLIC_URL when it is set: the request's Host header is
+    whatever the requester sent."""
+    base = current_app.config["PUBLIC_URL"] or request.host_url
+    return base.rstrip("/") + url_for(".profile_email_confirm", token=token)
+
+
 @bp.post("/profile/email")
+@limiter.limit(_email_change_limit, key_func=requesting_user,
+               error_message="address change requests")
 def profile_email() -> Any:
     form = EmailForm()
     if form.validate_on_submit():
         try:
-            users.update_profile(_actor(), (form.email.data or "").strip())
+            address = email_change.request_change(_actor(), form.email.data or "",
+                                                  _confirmation_link)
         except ValidationError as exc:
             form.add_service_errors(exc.fields)
+        except MailFailed as exc:
+            form.form_errors.append(exc.message)
+            page, _ = _profile_page(form, PasswordForm(formdata=None))
+            return page, exc.status
         else:
-            flash("Email saved.", "success")
+            flash(f"We sent a link to {address}; your address changes when you open it "
+                  f"(within {email_change.LINK_HOURS} hours).", "success")
             return redirect(url_for(".profile"))
     return _profile_page(form, PasswordForm(formdata=None))
+
+
+@bp.get("/profile/email/confirm/<token>")
+def profile_email_confirm(token: str) -> Any:
+    """The link from the mail asks before it changes anything: mail scanners open
+    links, and a person should see which address the account is about to take."""
+    try:
+        pending = email_change.read_link(_actor(), token)
+    except (NotFound, Gone, Forbidden, Conflict) as exc:
+        return _link_refused(exc)
+    return render_template("client/email_confirm.html", pending=pending, token=token)
+
+
+@bp.post("/profile/email/confirm/<token>")
+def profile_email_confirm_apply(token: str) -> Any:
+    try:
+        user = email_change.confirm_change(_actor(), token)
+    except (NotFound, Gone, Forbidden, Conflict) as exc:
+        return _link_refused(exc)
+    flash(f"Your e-mail address is now {user.email}.", "success")
+    return redirect(url_for(".profile"))
+
+
+def _link_refused(error: ServiceError) -> Any:
+    return render_template("client/email_confirm.html", pending=None,
+                           refused=error.message), error.status
 
 
 @bp.post("/profile/password")
@@ -224,4 +292,4 @@ def profile_password() -> Any:
             logout_user()
             flash("Your password was changed. Sign in with the new password.", "success")
             return redirect(url_for("auth.login"))
-    return _profile_page(EmailForm(formdata=None, data={"email": current_user.email}), form)
+    return _profile_page(EmailForm(formdata=None), form)

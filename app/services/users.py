@@ -87,14 +87,20 @@ def _check_unique(username: str | None, email: str | None, exclude_id: int | Non
             stmt = stmt.where(User.id != exclude_id)
         if db.session.scalar(stmt):
             errors["username"] = "is already taken"
-    if email:
-        stmt = select(User.id).where(func.lower(User.email) == email.lower())
-        if exclude_id:
-            stmt = stmt.where(User.id != exclude_id)
-        if db.session.scalar(stmt):
-            errors["email"] = "is already used by another account"
+    # Administrators manage accounts, so they are told; a person changing their own
+    # address is not (app.services.email_change).
+    if email and email_in_use(email, exclude_id):
+        errors["email"] = "is already used by another account"
     if errors:
         raise ValidationError("invalid user", errors)
+
+
+def email_in_use(email: str, exclude_id: int | None = None) -> bool:
+    """Whether an account other than ``exclude_id`` has this address, in any case."""
+    stmt = select(User.id).where(func.lower(User.email) == email.lower())
+    if exclude_id:
+        stmt = stmt.where(User.id != exclude_id)
+    return db.session.scalar(stmt.limit(1)) is not None
 
 
 def create_user(actor: User | None, data: dict[str, Any]) -> tuple[User, str | None]:
@@ -183,15 +189,6 @@ def change_password(actor: User, current_password: str, new_password: str) -> No
     _revoke_access(actor)
     audit.record(actor, "user.change_password", "user", actor.id)
     db.session.commit()
-
-
-def update_profile(actor: User, email: str) -> User:
-    clean = _clean({"email": email}, partial=True, user=actor)
-    _check_unique(None, clean["email"], actor.id)
-    actor.email = clean["email"]
-    audit.record(actor, "user.update_profile", "user", actor.id)
-    db.session.commit()
-    return actor
 
 
 def authenticate(username: str, password: str) -> User | None:

@@ -352,20 +352,48 @@ def test_client_at_quota_sees_disabled_add_button_and_cannot_add_a_site(
 # ----------------------------------------------------------------------------- profile
 
 
-def test_client_changes_email(db: Any, alice: User, alice_client: FlaskClient) -> None:
-    response = alice_client.post("/client/profile/email", data={"email": "new@example.org"},
-                                 follow_redirects=True)
-    assert "Email saved." in page_text(response)
-    db.session.refresh(alice)
-    assert alice.email == "new@example.org"
-
-
-def test_email_taken_by_another_account_is_a_field_error(
+def test_without_mail_a_client_cannot_change_the_address_and_is_told_who_can(
     db: Any, alice: User, bob: User, alice_client: FlaskClient
 ) -> None:
-    response = alice_client.post("/client/profile/email", data={"email": bob.email})
+    """Changing an address needs a link mailed to it (tests/integration/
+    test_email_change.py); without SMTP_HOST only an administrator changes it."""
+    page = page_text(alice_client.get("/client/profile"))
+    assert "alice@example.com" in page and 'name="email"' not in page
+    assert "an administrator changes e-mail addresses: ask one to change yours." in words(page)
+    for address in ("new@example.org", bob.email):
+        response = alice_client.post("/client/profile/email", data={"email": address})
+        assert response.status_code == 403
+        assert "an administrator changes e-mail addresses" in page_text(response)
+    assert committed_email(db, alice) == "alice@example.com"
+
+
+def test_without_mail_an_administrator_is_sent_to_the_user_form_which_says_taken(
+    db: Any, admin: User, alice: User, admin_client: FlaskClient
+) -> None:
+    page = page_text(admin_client.get("/client/profile"))
+    assert f'href="/admin/users/{admin.id}/edit"' in page and 'name="email"' not in page
+    assert "change yours on your account's page under Users" in words(page)
+    # Administrators manage accounts: their user form says an address is taken.
+    response = admin_client.post(f"/admin/users/{admin.id}/edit", data={
+        "username": "admin", "email": alice.email, "role": "admin", "max_sites": "10",
+        "is_active": "y"})
     assert response.status_code == 422
     assert "is already used by another account" in page_text(response)
+    response = admin_client.post(f"/admin/users/{admin.id}/edit", data={
+        "username": "admin", "email": "boss@example.org", "role": "admin", "max_sites": "10",
+        "is_active": "y"})
+    assert response.status_code == 302
+    assert committed_email(db, admin) == "boss@example.org"
+
+
+def words(page: str) -> str:
+    """The page's text as read, without tags and with single spaces."""
+    return " ".join(re.sub(r"<[^>]+>", " ", page).split())
+
+
+def committed_email(db: Any, user: User) -> str:
+    db.session.rollback()
+    return db.session.get(User, user.id).email
 
 
 def test_password_change_ends_the_session_and_the_new_password_signs_in(
