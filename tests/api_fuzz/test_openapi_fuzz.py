@@ -119,8 +119,12 @@ def _loopback_only() -> bool:
     return False
 
 
-pytestmark = pytest.mark.skipif(
-    not _loopback_only(), reason="run inside the loopback-only namespace (scripts/test.sh)")
+@pytest.fixture(autouse=True)
+def _inside_the_namespace() -> None:
+    """Refuse loudly rather than send traffic off the machine, or pass untried."""
+    if not _loopback_only():
+        pytest.fail("run inside the loopback-only namespace (scripts/test.sh): the fuzzer "
+                    "points nodes and DNS servers at any address it generates")
 
 
 @dataclass
