@@ -29,6 +29,7 @@ from tests.components import ROOT, AppServer, app_env, flask_cli, free_port, req
 from tests.fleet import start_nginx
 from tests.nginx_node import NginxNode
 from tests.pebble import ChallTestSrv, Pebble, start_nginx_on
+from tests.smtp import SmtpServer
 from tests.sshd import SshServer
 
 # Chromium reaches out to Google's hosts unless told not to (RECIPES.md).
@@ -40,6 +41,7 @@ CHROMIUM_ARGS = [
 NODE_ADDRESS = "127.0.0.61"
 SHARED_NODE_ADDRESS = "127.0.0.62"
 SHARED_POOL = "shared"
+MAIL_ADDRESS = "127.0.0.66"
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 ARTIFACTS = Path(os.environ.get("E2E_ARTIFACTS", os.path.join(ROOT, "test-artifacts", "e2e")))
@@ -82,13 +84,27 @@ def pebble(acme_http_port: int) -> Iterator[Pebble]:
 
 
 @pytest.fixture(scope="session")
-def product_env(pebble: Pebble) -> dict[str, str]:
-    """Settings of the product under test: its own SQLite database, the local CA."""
+def mailbox() -> Iterator[SmtpServer]:
+    """The product's mail server: it keeps every message, and journeys read them as
+    people read their mail.  It runs in this process, so it adds no start-up wait."""
+    server = SmtpServer(MAIL_ADDRESS)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def product_env(pebble: Pebble, mailbox: SmtpServer) -> dict[str, str]:
+    """Settings of the product under test: its own SQLite database, the local CA, the
+    local mail server."""
     directory = tempfile.mkdtemp(prefix="rpcc-e2e-")
     return app_env(f"sqlite:///{directory}/rpcc.db", LOGIN_RATE_LIMIT="200 per minute",
                    SCHEDULER_HEARTBEAT="2", E2E_DIRECTORY=directory,
                    ACME_DIRECTORY_URL=pebble.directory_url, ACME_CA_BUNDLE=pebble.ca_bundle,
                    ACME_EMAIL="certs@example.test",
+                   SMTP_HOST=mailbox.host, SMTP_PORT=str(mailbox.port), SMTP_SECURITY="none",
+                   MAIL_FROM="Control Center <rpcc@example.test>",
                    # The suite's nginx nodes run from prefixes under /tmp, which no
                    # offered command names: the administrator types them.
                    ALLOW_CUSTOM_NODE_COMMANDS="1")
