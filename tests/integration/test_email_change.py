@@ -266,3 +266,15 @@ def test_address_change_requests_are_limited_per_user(
     assert [a.status_code for a in answers] == [302, 302, 429]
     assert "Too many address change requests" in text(answers[2])
     assert smtp.to("n2@example.org") == []
+
+
+def test_an_administrator_changes_their_own_address_the_same_way(
+        db: Any, admin: User, alice: User, admin_client: FlaskClient, smtp: SmtpServer) -> None:
+    response = admin_client.post("/client/profile/email", data={"email": alice.email},
+                                 follow_redirects=True)
+    assert SENT.format(alice.email) in text(response)
+    assert "http" not in smtp.wait_for(alice.email).text
+    admin_client.post("/client/profile/email", data={"email": "boss@example.org"})
+    path = web_link(smtp.wait_for("boss@example.org"))
+    admin_client.post(path)
+    assert committed(db, admin).email == "boss@example.org"
