@@ -45,7 +45,6 @@ class Config:
     # Storage out of reach: limits count in each process's memory meanwhile (rather
     # than answer 500 to every limited request) until it answers again.
     RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True
-    LOGIN_RATE_LIMIT = os.environ.get("LOGIN_RATE_LIMIT", "5 per minute")
     # Failed sign-ins (form and token API together), counted in the limiter's storage
     # for SIGN_IN_WINDOW seconds from the first: past a threshold, a username from one
     # address, a username from any address, or an address for any username is locked

@@ -33,16 +33,6 @@ bootstrap = Bootstrap5()
 api = ControlPlaneApi()
 
 
-# Codes typed at the two-factor step count per client address and per username.
-# Passwords have limits of their own (app.services.sign_in_limits).
-SIGN_IN_SCOPE = "sign-in"
-SIGN_IN_USER_SCOPE = "sign-in-user"
-
-
-def sign_in_limit() -> str:
-    return str(current_app.config["LOGIN_RATE_LIMIT"])
-
-
 # Requests that start background work (a rollout, a certificate order) count per user
 # whatever the door (the panels or the API, any address): one tenant's script cannot
 # fill the deploying threads or spend the CA's rate limit that every tenant shares.

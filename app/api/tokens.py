@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import request
 from flask.views import MethodView
 from marshmallow import Schema, fields
 
 from app.api.auth import ApiBlueprint, current_actor, public
 from app.api.schemas import PageQuerySchema, UtcDateTime, WithSecrets, page_schema
-from app.extensions import SIGN_IN_SCOPE, SIGN_IN_USER_SCOPE, limiter, sign_in_limit
 from app.services import tokens
 
 blp = ApiBlueprint(
@@ -54,25 +52,9 @@ class CreatedTokenSchema(Schema):
     read_only = fields.Boolean(dump_only=True)
 
 
-def _without_code() -> bool:
-    body = request.get_json(silent=True)
-    return not (isinstance(body, dict) and body.get("code"))
-
-
-def _code_username() -> str:
-    """Two-factor codes sent here count with those typed at the sign-in form's second
-    step: per address, and per username under the same key."""
-    body = request.get_json(silent=True)
-    username = body.get("username") if isinstance(body, dict) else None
-    return "sign-in-user:" + (username if isinstance(username, str) else "").strip().lower()[:64]
-
-
 @blp.route("")
 class Tokens(MethodView):
     @public
-    @limiter.shared_limit(sign_in_limit, scope=SIGN_IN_SCOPE, exempt_when=_without_code)
-    @limiter.shared_limit(sign_in_limit, scope=SIGN_IN_USER_SCOPE, key_func=_code_username,
-                          exempt_when=_without_code)
     @blp.arguments(TokenRequestSchema)
     @blp.response(201, CreatedTokenSchema)
     @blp.alt_response(401, response="UNAUTHORIZED")
@@ -82,8 +64,8 @@ class Tokens(MethodView):
 
         Failed attempts count with the login form's (see "Sign-in limits" in the
         README): a locked username or address answers 429 with ``Retry-After``.
-        Accounts with two-factor sign-in send ``code`` too; requests with a code
-        count against the two-factor step's limit (``LOGIN_RATE_LIMIT``).
+        Accounts with two-factor sign-in send ``code`` too; a wrong code counts like
+        a wrong password.
         """
         row, token = tokens.create_token_with_password(**data)
         return WithSecrets(row, token=token)

@@ -12,12 +12,6 @@ from wtforms import BooleanField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
 from app.errors import ValidationError
-from app.extensions import (
-    SIGN_IN_SCOPE,
-    SIGN_IN_USER_SCOPE,
-    limiter,
-    sign_in_limit,
-)
 from app.forms import form_status
 from app.models import User
 from app.services import two_factor, users
@@ -73,18 +67,7 @@ def login() -> Any:
     return render_template("auth/login.html", form=form)
 
 
-def _ticket_username() -> str:
-    """The username of the pending second step: its guesses count against the same
-    per-username limit as passwords do."""
-    ticket = session.get(_TICKET)
-    username = ticket.get("username") if isinstance(ticket, dict) else None
-    return "sign-in-user:" + (username if isinstance(username, str) else "").strip().lower()[:64]
-
-
 @bp.route("/two-factor", methods=["GET", "POST"])
-@limiter.shared_limit(sign_in_limit, scope=SIGN_IN_SCOPE, methods=["POST"])
-@limiter.shared_limit(sign_in_limit, scope=SIGN_IN_USER_SCOPE, methods=["POST"],
-                      key_func=_ticket_username)
 def second_step() -> Any:
     """The code after the password.  Only the ticket the password step put in this
     browser's signed session leads here, for five minutes; no session exists on the

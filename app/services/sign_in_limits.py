@@ -135,6 +135,18 @@ class Attempt:
         except (StorageError, OSError):
             log.exception("sign-in limits: the storage failed; the success is not counted")
 
+    def first_step_passed(self) -> None:
+        """The password was right and a second factor follows: this attempt is no
+        failure, but the failures before it stand until the code is right too (else
+        anyone with the password could guess codes forever, signing in again after
+        each miss)."""
+        if self.storage is None:
+            return
+        try:
+            self._undo((ADDRESS, USER_ADDRESS, USER))
+        except (StorageError, OSError):
+            log.exception("sign-in limits: the storage failed; the attempt stays counted")
+
     def failed(self, user: User | None) -> None:
         """The password was wrong (or the account unknown or inactive): the attempt
         stays counted and the locks it took stand; each is audited (the caller

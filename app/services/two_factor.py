@@ -25,7 +25,7 @@ from app.errors import Conflict, Forbidden, ValidationError
 from app.extensions import db
 from app.models import RecoveryCode, User
 from app.models.base import utcnow
-from app.services import audit, settings
+from app.services import audit, settings, sign_in_limits
 from app.services.common import get_or_404, require_admin
 
 ISSUER = "Reverse Proxy Control Center"
@@ -97,22 +97,39 @@ def verify_sign_in(user: User, code: str) -> str:
     """The second step of signing in: a current code from the app or an unused
     recovery code.
 
+    Wrong codes count in the sign-in limits like wrong passwords, from the form
+    and the token API alike: someone who knows the password is slowed down per
+    address and per account, while the account's owner, coming from an address
+    without failures, still gets in after a short wait.
+
     :returns: ``"totp"`` or ``"recovery"``, whichever was used.
     :raises ValidationError: on ``code``, saying what was wrong.
+    :raises TooManyAttempts: while failed sign-ins hold this account or address back.
     """
     if not is_enabled(user):
         raise Forbidden("this account does not use two-factor sign-in")
+    attempt = sign_in_limits.begin(user.username, audit.client_ip.get())
+    try:
+        used = _accept_any_code(user, code)
+    except ValidationError:
+        attempt.failed(user)
+        db.session.commit()
+        raise
+    attempt.succeeded()
+    db.session.commit()
+    return used
+
+
+def _accept_any_code(user: User, code: str) -> str:
     value = re.sub(r"\s", "", code or "")
     if _TOTP_CODE.fullmatch(value):
         _accept_code(user, value, "code")
-        db.session.commit()
         return "totp"
     recovery = _normalize_recovery_code(value)
     if recovery is None:
         raise ValidationError("invalid code", {
             "code": "must be the 6-digit code from your app or a recovery code"})
     _use_recovery_code(user, recovery)
-    db.session.commit()
     return "recovery"
 
 

@@ -17,7 +17,7 @@ from app.extensions import db
 from app.models import ApiToken, Role, Site, User, UserSession
 from app.models.base import as_utc, utcnow
 from app.security import check_password_policy, generate_password, normalize_email, validate_int
-from app.services import audit, sign_in_limits
+from app.services import audit, sign_in_limits, two_factor
 from app.services.common import Page, get_or_404, paginate, require_admin
 
 _USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{2,63}$")
@@ -203,7 +203,10 @@ def authenticate(username: str, password: str) -> User | None:
     if user is None:
         check_password_hash(_DUMMY_HASH, password or "")
     elif check_password_hash(user.password_hash, password or "") and user.is_active:
-        attempt.succeeded()
+        if two_factor.is_enabled(user):
+            attempt.first_step_passed()
+        else:
+            attempt.succeeded()
         return user
     attempt.failed(user)
     db.session.commit()

@@ -99,7 +99,7 @@ def product_env(pebble: Pebble, mailbox: SmtpServer) -> dict[str, str]:
     """Settings of the product under test: its own SQLite database, the local CA, the
     local mail server."""
     directory = tempfile.mkdtemp(prefix="rpcc-e2e-")
-    return app_env(f"sqlite:///{directory}/rpcc.db", LOGIN_RATE_LIMIT="200 per minute",
+    return app_env(f"sqlite:///{directory}/rpcc.db", SIGN_IN_ADDRESS_FAILURES="200",
                    SCHEDULER_HEARTBEAT="2", E2E_DIRECTORY=directory,
                    ACME_DIRECTORY_URL=pebble.directory_url, ACME_CA_BUNDLE=pebble.ca_bundle,
                    ACME_EMAIL="certs@example.test",

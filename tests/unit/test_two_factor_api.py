@@ -97,18 +97,39 @@ def test_an_administrator_held_at_set_up_makes_no_token_with_a_password(client, 
 
 @pytest.fixture()
 def limited(app, db):
-    """The sign-in limits on (2 per minute), with the session app's keys; the session
-    app's limiter is put back afterwards."""
-    limited_app = make_app(RATELIMIT_ENABLED=True, LOGIN_RATE_LIMIT="2 per minute")
+    """The sign-in limits on (an account locked from one address after 2 failures),
+    with the session app's keys; the session app's limiter is put back afterwards."""
+    limited_app = make_app(RATELIMIT_ENABLED=True, SIGN_IN_USER_ADDRESS_FAILURES=2,
+                           SIGN_IN_USER_FAILURES=4, SIGN_IN_ADDRESS_FAILURES=10)
     # The session app's own keys object: a key-rotation test may have changed it.
     limited_app.extensions["rpcc_fernet"] = app.extensions["rpcc_fernet"]
     limiter.reset()  # nothing counted by earlier tests of this process
-    yield limited_app.test_client()
+    yield limited_app
     limiter.init_app(app)
 
 
 def test_guessing_codes_through_the_token_api_is_limited(limited, alice):
+    """The right password in every request does not wipe the wrong codes out."""
     totp = _enrol(alice)
-    answers = [_token_request(limited, alice, code="12345x").status_code for _ in range(3)]
-    assert answers[0] == 401 and answers[-1] == 429
-    assert _token_request(limited, alice, code=totp.now()).status_code == 429
+    attacker = limited.test_client()
+    answers = [_token_request(attacker, alice, code="12345x").status_code for _ in range(3)]
+    assert answers == [401, 401, 429]
+    assert _token_request(attacker, alice, code=totp.now()).status_code == 429
+    # The owner's own address is not locked.
+    owner = limited.test_client()
+    answer = owner.post("/api/v1/tokens", environ_base={"REMOTE_ADDR": "10.9.9.9"}, json={
+        "username": alice.username, "password": factories.PASSWORD, "code": totp.now()})
+    assert answer.status_code == 201
+
+
+def test_signing_in_again_does_not_wipe_out_wrong_codes(limited, db, alice):
+    totp = _enrol(alice)
+    browser = limited.test_client()
+    statuses = []
+    for guess in ("12345x", "12345y", "12345z"):
+        statuses.append(browser.post("/auth/login", data={
+            "username": alice.username, "password": factories.PASSWORD}).status_code)
+        statuses.append(browser.post("/auth/two-factor", data={"code": guess}).status_code)
+    assert statuses[:4] == [302, 422, 302, 422]
+    assert 429 in statuses[4:]
+    assert browser.post("/auth/two-factor", data={"code": totp.now()}).status_code == 429

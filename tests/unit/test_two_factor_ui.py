@@ -186,28 +186,39 @@ def test_an_administrator_resets_a_users_two_factor_from_the_user_list(app, db, 
 
 @pytest.fixture()
 def limited(app, db):
-    """The sign-in limit on (2 per minute), reading secrets with the session app's
-    keys; the session app's limiter is put back afterwards."""
-    limited_app = make_app(RATELIMIT_ENABLED=True, LOGIN_RATE_LIMIT="2 per minute")
+    """The sign-in limits on (an account locked from one address after 2 failures),
+    reading secrets with the session app's keys; the session app's limiter is put
+    back afterwards."""
+    limited_app = make_app(RATELIMIT_ENABLED=True, SIGN_IN_USER_ADDRESS_FAILURES=2,
+                           SIGN_IN_USER_FAILURES=4, SIGN_IN_ADDRESS_FAILURES=10)
     # The session app's own keys object: a key-rotation test may have changed it.
     limited_app.extensions["rpcc_fernet"] = app.extensions["rpcc_fernet"]
     limiter.reset()  # nothing counted by earlier tests of this process
-    yield limited_app.test_client()
+    yield limited_app
     limiter.init_app(app)
 
 
-def test_wrong_codes_count_against_the_sign_in_limit(limited, db, alice):
+def test_wrong_codes_count_in_the_sign_in_limits_without_locking_the_owner_out(
+        limited, db, alice):
     totp = pyotp.TOTP(two_factor.begin_enrolment(alice).secret)
     two_factor.confirm_enrolment(alice, totp.at(time.time(), counter_offset=-1))
-    environ = {"REMOTE_ADDR": "10.0.0.1"}
-    assert limited.post("/auth/login", data={"username": "alice", "password": factories.PASSWORD},
-                        environ_base=environ).status_code == 302
-    assert limited.post("/auth/two-factor", data={"code": "12345x"},
-                        environ_base=environ).status_code == 422
-    assert limited.post("/auth/two-factor", data={"code": "12345y"},
-                        environ_base=environ).status_code in (422, 429)
-    # The limit is spent: even the right code is refused unread, from another address
-    # too (the limit is per username as well).
-    blocked = limited.post("/auth/two-factor", data={"code": totp.now()},
-                           environ_base={"REMOTE_ADDR": "10.0.0.2"})
-    assert blocked.status_code == 429
+    # Someone who knows the password guesses codes from their address.
+    attacker, there = limited.test_client(), {"REMOTE_ADDR": "10.0.0.1"}
+    assert attacker.post("/auth/login", data={"username": "alice",
+                                              "password": factories.PASSWORD},
+                         environ_base=there).status_code == 302
+    for guess in ("12345x", "12345y"):
+        assert attacker.post("/auth/two-factor", data={"code": guess},
+                             environ_base=there).status_code == 422
+    # Locked there: even the right code is refused unread.
+    blocked = attacker.post("/auth/two-factor", data={"code": totp.now()}, environ_base=there)
+    assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) > 0
+    # The owner, from an address without failures, signs in with both steps.
+    owner, home = limited.test_client(), {"REMOTE_ADDR": "10.0.0.2"}
+    assert owner.post("/auth/login", data={"username": "alice", "password": factories.PASSWORD},
+                      environ_base=home).status_code == 302
+    code = totp.at(time.time(), counter_offset=1)  # the last step is spent above
+    assert owner.post("/auth/two-factor", data={"code": code},
+                      environ_base=home).status_code == 302
+    assert db.session.scalar(select(func.count()).select_from(AuditLog).where(
+        AuditLog.action == "auth.sign_in_locked")) >= 1
