@@ -44,7 +44,7 @@ from app.acme.client import (
 from app.acme.dns import DnsChallengeError, DnsChallengeProvider
 from app.extensions import db
 from app.models import AcmeAccount, Node, Site
-from app.services import deployments
+from app.services import deployments, sites
 from app.services.dns_providers import provider_for_domain
 
 __all__ = ["ERROR_CODES", "AcmeIssueError", "AcmeSettings", "Issued", "issue"]
@@ -78,6 +78,12 @@ def issue(site_id: int, settings: AcmeSettings, *, challenge: str = "http-01") -
     if site is None:
         raise AcmeIssueError("invalid_request", f"site {site_id} does not exist")
     names = [site.domain, *site.aliases]
+    held = sites.names_held_by_others(site) if challenge == "dns-01" else []
+    if held:
+        # DNS-01 writes with the administrator's DNS key: only for names the
+        # site's owner holds.
+        raise AcmeIssueError("invalid_request", f"{', '.join(held)} belong to another "
+                             "client now; remove them from the site or ask an administrator")
     if challenge == "http-01":
         wildcards = [name for name in names if name.startswith("*.")]
         if wildcards:

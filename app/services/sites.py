@@ -410,6 +410,13 @@ def _held_by_others(names: list[str], owner_id: int | None,
     return conflicts
 
 
+def names_held_by_others(site: Site) -> list[str]:
+    """The site's names that another client holds now: a domain given to another
+    client after the site took them (the site keeps serving them, but the control
+    plane proves nothing in that client's domain for it)."""
+    return sorted(_held_by_others(site.server_names, site.owner_id, site.id))
+
+
 def _names_taken(names: list[str], exclude_site_id: int | None) -> set[str]:
     if not names:
         return set()

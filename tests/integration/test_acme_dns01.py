@@ -102,3 +102,22 @@ def test_a_refused_update_explains_itself_and_leaves_no_record(
     assert knot.secret not in failure.value.message
     assert knot.txt("_acme-challenge.api.example.com") == set()
     assert knot.txt("_acme-challenge.api.example.net") == set()
+
+
+def test_names_given_to_another_client_since_are_not_proven_with_the_dns_key(
+        alice: User, bob: User, admin: User, settings: AcmeSettings,
+        knot: KnotServer) -> None:  # noqa: F811
+    from app.services import domain_grants
+
+    dns_providers.create_provider(admin, knot.provider_data("example.com"))
+    site = factories.make_site(alice, "api.example.com", aliases=["www.api.example.com"])
+    domain_grants.grant(admin, bob.id, "api.example.com")
+
+    with pytest.raises(AcmeIssueError) as failure:
+        issue(site.id, settings, challenge="dns-01")
+
+    assert failure.value.code == "invalid_request"
+    assert failure.value.message.startswith(
+        "api.example.com, www.api.example.com belong to another client now")
+    assert "bob" not in failure.value.message
+    assert knot.txt("_acme-challenge.api.example.com") == set()
