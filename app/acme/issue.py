@@ -44,8 +44,9 @@ from app.acme.client import (
 from app.acme.dns import DnsChallengeError, DnsChallengeProvider
 from app.extensions import db
 from app.models import AcmeAccount, Node, Site
-from app.services import deployments, sites
+from app.services import deployments
 from app.services.dns_providers import provider_for_domain
+from app.services.names import names_held_by_others
 
 __all__ = ["ERROR_CODES", "AcmeIssueError", "AcmeSettings", "Issued", "issue"]
 
@@ -78,7 +79,7 @@ def issue(site_id: int, settings: AcmeSettings, *, challenge: str = "http-01") -
     if site is None:
         raise AcmeIssueError("invalid_request", f"site {site_id} does not exist")
     names = [site.domain, *site.aliases]
-    held = sites.names_held_by_others(site) if challenge == "dns-01" else []
+    held = names_held_by_others(site) if challenge == "dns-01" else []
     if held:
         # DNS-01 writes with the administrator's DNS key: only for names the
         # site's owner holds.
