@@ -6,8 +6,6 @@ client's change goes out on every node."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -18,21 +16,10 @@ from app.services import deployments, sites
 from tests import factories
 from tests.components import free_port
 from tests.conftest import api_headers
-from tests.fleet import FleetNode, register, start_nginx
+from tests.fleet import FleetNode
 
-
-@pytest.fixture()
-def fleet(app, admin, sshd) -> Iterator[list[FleetNode]]:
-    started = []
-    with ExitStack() as teardown:
-        teardown.callback(deployments.close_connector, app)
-        for index in range(3):
-            nginx = start_nginx(f"127.0.0.{40 + index}")
-            teardown.callback(nginx.remove)
-            teardown.callback(nginx.stop)
-            started.append(nginx)
-        yield [register(admin, nginx, f"edge-{i}", sshd.port, sshd.client_key_text)
-               for i, nginx in enumerate(started)]
+# One nginx node per address, in the default pool (the package's ``fleet`` fixture).
+ADDRESSES = ("127.0.0.40", "127.0.0.41", "127.0.0.42")
 
 
 @pytest.fixture()

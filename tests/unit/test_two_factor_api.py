@@ -6,12 +6,10 @@ from __future__ import annotations
 import time
 
 import pyotp
-import pytest
 
-from app.extensions import limiter
 from app.services import settings, two_factor
 from tests import factories
-from tests.conftest import api_headers, make_app
+from tests.conftest import api_headers
 
 
 def _enrol(user) -> pyotp.TOTP:
@@ -93,19 +91,6 @@ def test_an_administrator_held_at_set_up_makes_no_token_with_a_password(client, 
     assert client.get("/api/v1/nodes", headers=headers).status_code == 200
     totp = _enrol(admin)
     assert _token_request(client, admin, code=totp.now()).status_code == 201
-
-
-@pytest.fixture()
-def limited(app, db):
-    """The sign-in limits on (an account locked from one address after 2 failures),
-    with the session app's keys; the session app's limiter is put back afterwards."""
-    limited_app = make_app(RATELIMIT_ENABLED=True, SIGN_IN_USER_ADDRESS_FAILURES=2,
-                           SIGN_IN_USER_FAILURES=4, SIGN_IN_ADDRESS_FAILURES=10)
-    # The session app's own keys object: a key-rotation test may have changed it.
-    limited_app.extensions["rpcc_fernet"] = app.extensions["rpcc_fernet"]
-    limiter.reset()  # nothing counted by earlier tests of this process
-    yield limited_app
-    limiter.init_app(app)
 
 
 def test_guessing_codes_through_the_token_api_is_limited(limited, alice):

@@ -7,14 +7,12 @@ import re
 import time
 
 import pyotp
-import pytest
 from sqlalchemy import func, select
 
-from app.extensions import limiter
 from app.models import AuditLog, UserSession
 from app.services import settings, two_factor
 from tests import factories
-from tests.conftest import api_headers, login, make_app
+from tests.conftest import api_headers, login
 
 
 def _enrol_in_browser(browser) -> tuple[pyotp.TOTP, list[str]]:
@@ -182,20 +180,6 @@ def test_an_administrator_resets_a_users_two_factor_from_the_user_list(app, db, 
     # Again: nothing to reset, said in words.
     again = desk.post(f"/admin/users/{alice.id}/reset-two-factor", follow_redirects=True)
     assert "does not use two-factor sign-in" in again.get_data(as_text=True)
-
-
-@pytest.fixture()
-def limited(app, db):
-    """The sign-in limits on (an account locked from one address after 2 failures),
-    reading secrets with the session app's keys; the session app's limiter is put
-    back afterwards."""
-    limited_app = make_app(RATELIMIT_ENABLED=True, SIGN_IN_USER_ADDRESS_FAILURES=2,
-                           SIGN_IN_USER_FAILURES=4, SIGN_IN_ADDRESS_FAILURES=10)
-    # The session app's own keys object: a key-rotation test may have changed it.
-    limited_app.extensions["rpcc_fernet"] = app.extensions["rpcc_fernet"]
-    limiter.reset()  # nothing counted by earlier tests of this process
-    yield limited_app
-    limiter.init_app(app)
 
 
 def test_wrong_codes_count_in_the_sign_in_limits_without_locking_the_owner_out(
