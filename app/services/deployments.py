@@ -51,6 +51,7 @@ from app.connector import (
     SSHTarget,
 )
 from app.errors import Conflict, NotFound, ValidationError
+from app.executor import executor
 from app.extensions import db
 from app.models import (
     ConfigVersion,
@@ -1441,34 +1442,24 @@ def rollback_node(actor: User, node_id: int, version_id: int) -> Rollout:
 
 def launch(rollout_id: int) -> None:
     """Run the rollout in the background (the request answers 202 at once)."""
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    thread = threading.Thread(target=run_rollout, args=(app, rollout_id),
-                              name=f"rollout-{rollout_id}", daemon=True)
-    thread.start()
-    _THREADS[rollout_id] = thread
+    executor.submit("rollout", rollout_id, run_rollout, rollout_id)
 
 
-_THREADS: dict[int, threading.Thread] = {}
-
-
-def run_rollout(app: Flask, rollout_id: int) -> None:
+def run_rollout(rollout_id: int) -> None:
     """Canary first when asked, then every other node in parallel (bounded)."""
-    with app.app_context():
-        try:
-            _run_rollout(app, rollout_id)
-        except Exception as exc:
-            logger.exception("rollout %s failed", rollout_id)
-            with db.engine.begin() as conn:
-                conn.execute(update(Rollout).where(Rollout.id == rollout_id).values(
-                    status=DeploymentStatus.FAILED, error=_describe(exc), finished_at=utcnow()))
-                conn.execute(update(Deployment).where(
-                    Deployment.rollout_id == rollout_id,
-                    Deployment.status.in_([DeploymentStatus.PENDING, DeploymentStatus.RUNNING]))
-                    .values(status=DeploymentStatus.FAILED, finished_at=utcnow(),
-                            error="interrupted: " + _describe(exc)))
-        finally:
-            db.session.remove()
-            _THREADS.pop(rollout_id, None)
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    try:
+        _run_rollout(app, rollout_id)
+    except Exception as exc:
+        logger.exception("rollout %s failed", rollout_id)
+        with db.engine.begin() as conn:
+            conn.execute(update(Rollout).where(Rollout.id == rollout_id).values(
+                status=DeploymentStatus.FAILED, error=_describe(exc), finished_at=utcnow()))
+            conn.execute(update(Deployment).where(
+                Deployment.rollout_id == rollout_id,
+                Deployment.status.in_([DeploymentStatus.PENDING, DeploymentStatus.RUNNING]))
+                .values(status=DeploymentStatus.FAILED, finished_at=utcnow(),
+                        error="interrupted: " + _describe(exc)))
 
 
 def _run_rollout(app: Flask, rollout_id: int) -> None:
@@ -1604,9 +1595,7 @@ def wait(rollout_id: int, timeout: float = 300.0) -> Rollout:
     """Block until a rollout finishes (CLI, tests); the rollout runs regardless."""
     deadline = time.monotonic() + timeout
     while True:
-        thread = _THREADS.get(rollout_id)
-        if thread is not None:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        executor.join("rollout", rollout_id, max(0.0, deadline - time.monotonic()))
         db.session.expire_all()
         rollout = db.session.get(Rollout, rollout_id)
         if rollout is None:

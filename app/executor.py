@@ -1,0 +1,67 @@
+"""Background work that a request starts (a rollout, a certificate order) and that the
+request must not wait for.
+
+One interface for every kind of work, so that rollouts and certificate orders share
+the rules: the work runs inside the application context, its database session is
+removed when it ends whatever happened, an unexpected error is logged with the work's
+name instead of vanishing with its thread, and the CLI and the tests can wait for a
+piece of work by its key.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, current_app
+
+from app.extensions import db
+
+logger = logging.getLogger(__name__)
+
+
+class Executor:
+    """Runs each piece of work in a daemon thread of its own, keyed by kind and id.
+
+    Work is never queued behind other work: a certificate order waits for the rollout
+    that serves its site, which must not sit behind that order in a queue.
+    """
+
+    def __init__(self) -> None:
+        self._running: dict[tuple[str, int], threading.Thread] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, kind: str, key: int, work: Callable[..., Any], *args: Any,
+               app: Flask | None = None) -> None:
+        """Start ``work(*args)`` in the background, inside ``app``'s context."""
+        app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+        thread = threading.Thread(target=self._run, args=(app, kind, key, work, args),
+                                  name=f"{kind}-{key}", daemon=True)
+        with self._lock:
+            self._running[(kind, key)] = thread
+        thread.start()
+
+    def _run(self, app: Flask, kind: str, key: int, work: Callable[..., Any],
+             args: tuple[Any, ...]) -> None:
+        with app.app_context():
+            try:
+                work(*args)
+            except Exception:
+                logger.exception("%s %s failed unexpectedly", kind, key)
+            finally:
+                db.session.remove()
+                with self._lock:
+                    if self._running.get((kind, key)) is threading.current_thread():
+                        del self._running[(kind, key)]
+
+    def join(self, kind: str, key: int, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the work, if it is still running here."""
+        with self._lock:
+            thread = self._running.get((kind, key))
+        if thread is not None:
+            thread.join(timeout)
+
+
+executor = Executor()
