@@ -16,7 +16,17 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
 from app.errors import ServiceError, TooManyAttempts
-from app.extensions import api, bootstrap, csrf, db, limiter, login_manager, migrate, retry_after
+from app.extensions import (
+    api,
+    bootstrap,
+    csrf,
+    db,
+    limiter,
+    login_manager,
+    migrate,
+    retry_after,
+    ssh,
+)
 from app.security import parse_encryption_keys
 from config import CONFIGS
 
@@ -128,7 +138,9 @@ def register_extensions(app: Flask) -> None:
     with app.app_context():
         _tune_sqlite(db.engine)
 
-    from app.services import audit, users
+    from app.services import audit, nodes, users
+
+    ssh.init_app(app, on_first_contact=nodes.pin_first_key)
 
     @login_manager.user_loader
     def load_user(session_id: str) -> Any:

@@ -1,9 +1,10 @@
 """Extensions are created unbound here and bound in ``create_app``."""
 
+import threading
 import time
 from typing import Any
 
-from flask import current_app, g
+from flask import Flask, current_app, g
 from flask_bootstrap import Bootstrap5
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -14,6 +15,8 @@ from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import MetaData
 
 from app.api.base import ControlPlaneApi
+from app.connector import SSHPool
+from app.connector.hostkeys import FirstContactCallback
 
 # Deterministic constraint names keep Alembic migrations identical across databases.
 NAMING_CONVENTION = {
@@ -31,6 +34,47 @@ csrf = CSRFProtect()
 limiter = Limiter(key_func=get_remote_address)
 bootstrap = Bootstrap5()
 api = ControlPlaneApi()
+
+
+class SSHConnections:
+    """The app's SSH connection pool: connections to the nodes are kept between
+    deployments, health checks and certificate work, one pool per app process.
+
+    The pool opens nothing until it is used (startup does no work); ``reset`` closes
+    every connection, and the next use starts a fresh pool.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def init_app(self, app: Flask, on_first_contact: FirstContactCallback) -> None:
+        """:param on_first_contact: stores a node's key the first time it is seen."""
+        app.extensions["rpcc_ssh"] = {"on_first_contact": on_first_contact, "pool": None}
+
+    def pool(self, app: Flask | None = None) -> SSHPool:
+        app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+        state = app.extensions["rpcc_ssh"]
+        with self._lock:
+            if state["pool"] is None:
+                cfg = app.config
+                state["pool"] = SSHPool(connect_timeout=cfg["SSH_CONNECT_TIMEOUT"],
+                                        operation_timeout=cfg["SSH_OPERATION_TIMEOUT"],
+                                        idle_timeout=cfg["SSH_IDLE_TIMEOUT"],
+                                        retries=cfg["SSH_RETRIES"],
+                                        on_first_contact=state["on_first_contact"])
+            pool: SSHPool = state["pool"]
+            return pool
+
+    def reset(self, app: Flask | None = None) -> None:
+        """Close every connection of the app's pool."""
+        app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+        with self._lock:
+            pool, app.extensions["rpcc_ssh"]["pool"] = app.extensions["rpcc_ssh"]["pool"], None
+        if pool is not None:
+            pool.close()
+
+
+ssh = SSHConnections()
 
 
 # Requests that start background work (a rollout, a certificate order) count per user

@@ -45,7 +45,7 @@ from flask_migrate import upgrade  # noqa: E402
 from sqlalchemy import event, text  # noqa: E402
 
 from app import create_app  # noqa: E402
-from app.extensions import db  # noqa: E402
+from app.extensions import db, ssh  # noqa: E402
 from app.models import DeploymentStatus, Rollout, User  # noqa: E402
 from app.services import deployments, nodes, sites  # noqa: E402
 from tests import factories  # noqa: E402
@@ -614,7 +614,7 @@ def main() -> None:
             for size in sizes:
                 active = bench.activate(size)
                 result = SizeResult(size)
-                deployments.close_connector(app)  # cold: no pooled connection
+                ssh.reset(app)  # cold: no pooled connection
                 run, value = bench.deploy_change()
                 bench.check(run, active, value)
                 result.cold = run
@@ -695,7 +695,7 @@ def main() -> None:
             active = bench.activate(fd_nodes)
             run, value = bench.deploy_change()  # pool warm for exactly this fleet
             bench.check(run, active, value)
-            pool = deployments.connector(app)
+            pool = ssh.pool(app)
             fds_before, threads_before = open_fds(), threading.active_count()
             kinds_before, names_before = fd_kinds(), thread_names()
             stats_before = pool.stats()
@@ -759,7 +759,7 @@ def main() -> None:
         print(f"open fds after {args.fd_deploys} deploys: {fds_after}")
     finally:
         sampler.stop()
-        deployments.close_connector(app)
+        ssh.reset(app)
         if backend is not None:
             backend.terminate()
             try:

@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from flask_migrate import upgrade  # noqa: E402
 
 from app import create_app  # noqa: E402
+from app.extensions import ssh
 from app.models import DeploymentStatus, Site, User  # noqa: E402
 from app.services import deployments, set_aside, sites  # noqa: E402
 from tests import factories  # noqa: E402
@@ -170,7 +171,7 @@ def main() -> None:
                         args.repeat, four_changes_one_broken, case.change, baseline)
             finally:
                 set_aside.blamed_sites = real_blame  # type: ignore[assignment]
-            deployments.close_connector(app)
+            ssh.reset(app)
     finally:
         for nginx in started:
             nginx.stop()

@@ -42,7 +42,7 @@ from app.acme.client import (
     new_account_key,
 )
 from app.acme.dns import DnsChallengeError, DnsChallengeProvider
-from app.extensions import db
+from app.extensions import db, ssh
 from app.models import AcmeAccount, Node, Site
 from app.services import deployments
 from app.services.dns_providers import provider_for_domain
@@ -247,7 +247,7 @@ def _http01(hosts: Sequence[http01.TokenHost],
     if not tokens:
         yield
         return
-    with http01.published(deployments.connector(), hosts, tokens):
+    with http01.published(ssh.pool(), hosts, tokens):
         yield
 
 

@@ -279,7 +279,7 @@ def node_version(node_id: int, version_id: int) -> Any:
     actor = _actor()
     version = deployments.get_version(actor, node_id, version_id)
     return render_template("admin/node_version.html", node=version.node, version=version,
-                           files=deployments.masked(deployments.version_files(version)))
+                           files=deployments.version_files(version))
 
 
 @bp.get("/nodes/<int:node_id>/diff")

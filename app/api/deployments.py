@@ -157,7 +157,7 @@ def _version(version: ConfigVersion, statuses: dict[int, str],
             "file_count": version.file_count, "site_versions": version.site_versions,
             "created_at": version.created_at, "status": statuses.get(version.id)}
     if files:
-        body["files"] = deployments.masked(deployments.version_files(version))
+        body["files"] = deployments.version_files(version)
     return body
 
 

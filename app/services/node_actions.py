@@ -12,14 +12,14 @@ from typing import Any
 from app.connector import ConnectorError, HostKeyChanged, SSHPool, SSHTarget
 from app.connector.hostkeys import fingerprint
 from app.errors import ValidationError
-from app.extensions import db
+from app.extensions import db, ssh
 from app.models import Node, NodeStatus, ProxyType, User
 from app.models.base import utcnow
 from app.proxy import get_engine
 from app.proxy.base import PROBE_HOST, acme_webroot
 from app.services import audit, rendering
 from app.services.common import get_or_404, require_admin
-from app.services.deployments import connector, probe_token, ssh_target
+from app.services.deployments import probe_token, ssh_target
 
 # Per engine: the binary, the package that provides it, and the file that must load
 # the managed directory (nginx reads every conf.d/*.conf inside http {}; Caddy has
@@ -98,7 +98,7 @@ def check_node(actor: User, node_id: int) -> Node:
     """SSH reachable, proxy process running, HTTP answering: recorded on the node."""
     require_admin(actor)
     node = get_or_404(Node, node_id, "node")
-    pool, target = connector(), ssh_target(node)
+    pool, target = ssh.pool(), ssh_target(node)
     binary = ENGINES[node.proxy_type]["binary"]
     result: dict[str, Any] = {}
     started = time.monotonic()
@@ -140,7 +140,7 @@ def prepare_node(actor: User, node_id: int) -> list[str]:
     """
     require_admin(actor)
     node = get_or_404(Node, node_id, "node")
-    pool, target = connector(), ssh_target(node)
+    pool, target = ssh.pool(), ssh_target(node)
     engine_info = ENGINES[node.proxy_type]
     log: list[str] = []
     try:
@@ -234,7 +234,7 @@ def accept_host_key(actor: User, node_id: int) -> Node:
         raise ValidationError("nothing to accept", {"host_key": "the node presented no new key"})
     old = node.host_key
     node.host_key, node.pending_host_key = node.pending_host_key, None
-    connector().evict(node.id)
+    ssh.pool().evict(node.id)
     audit.record(actor, "node.host_key_accept", "node", node.id,
                  {"old": fingerprint_or_none(old),
                   "new": fingerprint_or_none(node.host_key)})

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
     load_ssh_private_key,
 )
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import selectinload
 
 from app.errors import Conflict, NotFound, ValidationError
@@ -480,3 +480,10 @@ def delete_pool(actor: User, pool_id: int) -> None:
     audit.record(actor, "pool.delete", "pool", pool.id, {"name": pool.name})
     db.session.delete(pool)
     db.session.commit()
+
+
+def pin_first_key(node_id: int, line: str) -> None:
+    """Trust on first use: store the key only if no other thread pinned one first."""
+    with db.engine.begin() as conn:
+        conn.execute(update(Node).where(Node.id == node_id, Node.host_key.is_(None))
+                     .values(host_key=line, pending_host_key=None))

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from app.services import deployments
+from app.extensions import ssh
 from tests.components import free_port
 from tests.fleet import Backends, FleetNode, register
 from tests.nginx_node import NginxNode
@@ -59,7 +59,7 @@ def fleet(request: pytest.FixtureRequest, app: Any, admin: Any, sshd: SshServer,
     Every node is stopped at the end even if stopping another one fails."""
     started: list[NginxNode] = []
     with ExitStack() as teardown:
-        teardown.callback(deployments.close_connector, app)
+        teardown.callback(ssh.reset, app)
         for address in request.module.ADDRESSES:
             nginx = start_nginx_on(address, http_port)
             teardown.callback(nginx.remove)

@@ -21,7 +21,7 @@ from sqlalchemy import delete, select, text
 
 from app.acme.client import new_account_key
 from app.acme.issue import AcmeIssueError, AcmeSettings, Issued, issue
-from app.extensions import db
+from app.extensions import db, ssh
 from app.models import AcmeAccount, DeploymentStatus, Site
 from app.proxy.base import acme_webroot
 from app.services import deployments, nodes
@@ -161,8 +161,8 @@ def test_a_token_that_cannot_be_withdrawn_keeps_neither_the_others_nor_the_certi
         nodes.update_node(admin, stalling.id, {"ssh_port": relay.port})
         monkeypatch.setitem(app.config, "SSH_OPERATION_TIMEOUT", 2.0)
         monkeypatch.setitem(app.config, "SSH_RETRIES", 0)
-        deployments.close_connector(app)
-        pool = deployments.connector(app)
+        ssh.reset(app)
+        pool = ssh.pool(app)
         remove_tree = pool.remove_tree
         stalled: list[str] = []
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from app.extensions import ssh
 from app.models import DeploymentStatus
 from app.services import certificates, deployments, nodes, settings, sites
 from tests import factories, pki
@@ -36,7 +37,7 @@ def endpoints(app, admin, sshd, tmp_path) -> Iterator[list[tuple[str, str, int]]
     Every node is stopped at the end even if stopping another fails."""
     started = []
     with ExitStack() as teardown:
-        teardown.callback(deployments.close_connector, app)
+        teardown.callback(ssh.reset, app)
         for index in range(2):
             nginx = start_nginx(f"127.0.0.{40 + index}")
             teardown.callback(nginx.remove)
@@ -157,7 +158,7 @@ def test_pem_files_on_the_nodes_hold_only_the_certificate_and_key(admin, alice, 
                                backends=[{"host": "127.0.0.1", "port": backend.port}])
     deployed(alice, site.id)
     node = nodes.list_nodes(admin).items[0]
-    files = deployments.version_files(deployments.current_version(node.id))
+    files = deployments.version_files(deployments.current_version(node.id), keys=True)
     pems = {path: text for path, text in files.items() if path.endswith(".pem")}
     assert len(pems) == 2, sorted(files)
     for text in pems.values():

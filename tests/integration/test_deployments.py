@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from app.errors import Conflict, NotFound
+from app.extensions import ssh
 from app.models import AuditLog, Deployment, DeploymentStatus, Node, Rollout, Site
 from app.services import deployments, node_actions, nodes, sites
 from app.services.node_lock import node_lease
@@ -36,7 +37,7 @@ def fleet(app, admin, sshd) -> Iterator[list[FleetNode]]:
     """Five nginx nodes, every one stopped at the end even if stopping another fails."""
     started = []
     with ExitStack() as teardown:
-        teardown.callback(deployments.close_connector, app)
+        teardown.callback(ssh.reset, app)
         for index in range(5):
             nginx = start_nginx(f"127.0.0.{10 + index}")
             teardown.callback(nginx.remove)
@@ -263,7 +264,7 @@ def test_a_connection_dropped_during_the_upload_changes_nothing(
         victim = fleet[0]
         nodes.update_node(admin, victim.id, {"ssh_port": relay.port})
         before = _serving_before(fleet)
-        pool = deployments.connector(app)
+        pool = ssh.pool(app)
         upload = pool.upload_tree
 
         def cut_midway(target: Any, remote_dir: str, files: Any, **kwargs: Any) -> None:
@@ -427,7 +428,7 @@ def test_no_partial_config_after_deployments_with_random_faults(
             relay.refuse(False)
             for node in two:
                 live = deployments.current_version(node.id)
-                files = deployments.version_files(live)
+                files = deployments.version_files(live, keys=True)
                 on_disk = {p: (node.nginx.config_dir / p).read_text() for p in files}
                 assert on_disk == files, (round_number, fault, node.name)
                 assert sorted(node.snapshot()) == sorted(files)
@@ -551,7 +552,7 @@ def test_prepare_makes_a_bare_node_deployable_and_is_idempotent(
     finally:
         nginx.stop()
         nginx.remove()
-        deployments.close_connector(app)
+        ssh.reset(app)
 
 
 
@@ -563,8 +564,8 @@ def test_a_node_that_stops_answering_after_the_swap_gets_its_previous_release_ba
         nodes.update_node(admin, victim.id, {"ssh_port": relay.port})
         before = _serving_before(fleet)
         monkeypatch.setitem(app.config, "SSH_OPERATION_TIMEOUT", 3.0)
-        deployments.close_connector(app)
-        pool = deployments.connector(app)
+        ssh.reset(app)
+        pool = ssh.pool(app)
         run_chain = pool.run_chain
         test_command = db.session.get(Node, victim.id).test_command.split()
 
@@ -608,7 +609,7 @@ def test_a_failed_first_deployment_gives_the_operator_directory_back(
     finally:
         nginx.stop()
         nginx.remove()
-        deployments.close_connector(app)
+        ssh.reset(app)
 
 
 def test_a_client_never_reads_another_tenants_names_in_node_errors(
@@ -667,8 +668,8 @@ def test_a_failed_release_that_cannot_be_removed_still_gets_the_previous_one_rel
         monkeypatch.setitem(app.config, "SSH_OPERATION_TIMEOUT", 2.0)
         monkeypatch.setitem(app.config, "SSH_RETRIES", 0)
         monkeypatch.setitem(app.config, "DEPLOY_VERIFY_TIMEOUT", 2.0)
-        deployments.close_connector(app)
-        pool = deployments.connector(app)
+        ssh.reset(app)
+        pool = ssh.pool(app)
         remove_tree = pool.remove_tree
 
         def stall_while_removing(target: Any, path: str) -> None:
@@ -704,7 +705,7 @@ def test_a_host_key_changed_after_the_swap_is_recorded_and_the_node_flagged(
     previous one cannot be put back, so the node is flagged for a drift check, and
     the key waits for an administrator as before the swap."""
     victim = fleet[0]
-    pool = deployments.connector(app)
+    pool = ssh.pool(app)
     run_chain = pool.run_chain
     new_key: list[str] = []
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from app.extensions import ssh
 from app.proxy import get_engine
 from app.services import deployments, nodes, rendering
 from tests.sshd import SshServer
@@ -36,12 +37,12 @@ def test_shell_syntax_in_a_custom_command_runs_no_shell(app, admin, sshd, marker
     })
     test_argv, reload_argv = get_engine("nginx").commands(rendering.node_spec(node))
     assert test_argv[:3] == ["nginx", "-t;", "rm"]
-    pool, target = deployments.connector(app), deployments.ssh_target(node)
+    pool, target = ssh.pool(app), deployments.ssh_target(node)
     try:
         tested = pool.run(target, test_argv)
         [reloaded] = pool.run_chain(target, [reload_argv])
     finally:
-        deployments.close_connector(app)
+        ssh.reset(app)
     # nginx itself refused the argument "-t;": no shell split the line at ";".
     assert not tested.ok and 'invalid option: ";"' in tested.stderr
     # echo printed every word as it was written: "$(id)" was never substituted.

@@ -9,6 +9,7 @@ from contextlib import ExitStack
 import pytest
 from sqlalchemy import select
 
+from app.extensions import ssh
 from app.models import DeploymentStatus, JobRun, Node, NodeStatus
 from app.scheduler import JOBS, Scheduler
 from app.services import deployments
@@ -21,7 +22,7 @@ def nodes(app, admin, sshd) -> Iterator[list[FleetNode]]:
     """Two nginx nodes, both stopped at the end even if stopping one fails."""
     started = []
     with ExitStack() as teardown:
-        teardown.callback(deployments.close_connector, app)
+        teardown.callback(ssh.reset, app)
         for index in range(2):
             nginx = start_nginx(f"127.0.0.{40 + index}")
             teardown.callback(nginx.remove)

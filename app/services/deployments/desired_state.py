@@ -1,0 +1,163 @@
+"""What a node should run: the files of every site of its pool, rendered by the
+node's engine, with the probe that proves them live.  Read once per pool for a whole
+batch of nodes; each node still gets its own rendering.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from app.connector import (
+    SSHTarget,
+)
+from app.extensions import db
+from app.models import (
+    Node,
+    NodeStatus,
+    Site,
+)
+from app.proxy import get_engine
+from app.proxy.base import NodeSpec, SiteSpec
+from app.services import rendering, set_aside
+
+logger = logging.getLogger(__name__)
+
+def ssh_target(node: Node) -> SSHTarget:
+    return SSHTarget(node_id=node.id, host=node.host, port=node.ssh_port,
+                     username=node.ssh_user, private_key=node.ssh_private_key,
+                     password=node.ssh_password, host_key=node.host_key)
+
+
+def active_nodes(pool_id: int) -> list[Node]:
+    """Nodes that receive deployments: enabled and not draining."""
+    stmt = (select(Node).where(Node.pool_id == pool_id, Node.enabled.is_(True),
+                               Node.status != NodeStatus.DRAINING).order_by(Node.name))
+    return list(db.session.scalars(stmt))
+
+
+def pool_sites(pool_id: int) -> list[Site]:
+    stmt = (select(Site).where(Site.pool_id == pool_id)
+            .options(selectinload(Site.hostnames), selectinload(Site.backends),
+                     selectinload(Site.basic_auth_users))
+            .order_by(Site.domain))
+    return list(db.session.scalars(stmt))
+
+
+@dataclass(frozen=True)
+class PoolState:
+    """A pool's sites as the engines take them, read once for every node of a
+    rollout's batch (each node still gets its own rendering).
+
+    ``accepted`` holds, per site, the settings of the last version the nodes took
+    (JSON) and its number: what a node renders for a site that is set aside.
+    ``refused`` names the sites whose current version a node refused: other
+    tenants' rollouts set them aside from the start."""
+
+    specs: list[SiteSpec]
+    versions: dict[str, int]
+    domains: dict[int, str]
+    accepted: dict[int, tuple[dict[str, Any] | None, int | None]]
+    refused: frozenset[int]
+
+    @classmethod
+    def load(cls, pool_id: int) -> PoolState:
+        sites = pool_sites(pool_id)
+        return cls(specs=[rendering.site_spec(site) for site in sites],
+                   versions={str(site.id): site.config_version for site in sites},
+                   domains={site.id: site.domain for site in sites},
+                   accepted={site.id: (site.accepted_spec, site.accepted_version)
+                             for site in sites},
+                   refused=frozenset(site.id for site in sites
+                                     if site.refused_version == site.config_version))
+
+    def with_aside(self, aside: Collection[int]) -> tuple[list[SiteSpec], dict[str, int]]:
+        """The specs and versions with the sites in ``aside`` at their accepted
+        version, or left out when they have none."""
+        if not aside:
+            return self.specs, self.versions
+        specs, versions = [], dict(self.versions)
+        for spec in self.specs:
+            if spec.id not in aside:
+                specs.append(spec)
+                continue
+            data, version = self.accepted.get(spec.id, (None, None))
+            if data is None or version is None:
+                versions.pop(str(spec.id), None)
+                continue
+            specs.append(set_aside.spec_from_json(data, spec.certificate))
+            versions[str(spec.id)] = version
+        return specs, versions
+
+
+@dataclass(frozen=True)
+class NodeRender:
+    """One node's files, the site versions they carry, and which files are whose."""
+
+    files: dict[str, str]
+    versions: dict[str, int]
+    site_files: dict[int, list[str]]
+
+
+def render_node(node: NodeSpec, engine_name: str, state: PoolState,
+                aside: Collection[int] = ()) -> NodeRender:
+    """The node's files, with the engine's probe."""
+    engine = get_engine(engine_name)
+    specs, versions = state.with_aside(aside)
+    rendered = engine.render(node, specs)
+    files = rendered.files
+    files.update(engine.probe(node, probe_token(files)))
+    return NodeRender(files, versions, rendered.site_files)
+
+
+def probe_token(files: dict[str, str]) -> str:
+    """What the probe answers: a digest of the configuration it ships with, so that
+    the same configuration always carries the same token (and a rollback's files
+    still name theirs)."""
+    return files_digest(files)[:32]
+
+
+def expected_probe(node: Node, files: dict[str, str]) -> str | None:
+    """The token a node answers once it runs ``files``; None for engines without a
+    probe (their reload returns when the configuration is live)."""
+    return probe_for(rendering.node_spec(node), node.proxy_type.value, files)
+
+
+def probe_for(spec: NodeSpec, engine_name: str, files: dict[str, str]) -> str | None:
+    engine = get_engine(engine_name)
+    names = set(engine.probe(spec, "-"))
+    if not names or not names <= set(files):
+        return None
+    return probe_token({p: t for p, t in files.items() if p not in names})
+
+
+def files_digest(files: dict[str, str]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(path.encode() + b"\0" + files[path].encode() + b"\0")
+    return digest.hexdigest()
+
+
+def site_domains(site_versions: dict[str, int]) -> dict[int, str]:
+    ids = [int(i) for i in site_versions]
+    if not ids:
+        return {}
+    rows = db.session.execute(select(Site.id, Site.domain).where(Site.id.in_(ids)))
+    return {site_id: domain for site_id, domain in rows}
+
+
+def changed_hosts(before: dict[str, int], site_versions: dict[str, int],
+                   domains: dict[int, str], focus_site_id: int | None) -> list[tuple[int, str]]:
+    """(site id, domain) of the sites whose configuration this deployment changes
+    (the rollout's own site first): those are the ones to verify."""
+    changed_ids = {int(i) for i, v in site_versions.items() if before.get(i) != v}
+    if focus_site_id is not None and str(focus_site_id) in site_versions:
+        changed_ids.add(focus_site_id)
+    ordered = sorted(changed_ids, key=lambda i: (i != focus_site_id, domains.get(i, "")))
+    return [(i, domains[i]) for i in ordered if i in domains]

@@ -1,0 +1,150 @@
+"""The versions a node took: their files (private keys withheld unless a deployment
+needs them), which one is live, what rolling back to one does, and diffs between
+two.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+from typing import Any
+
+from sqlalchemy import func, select
+
+from app.errors import NotFound
+from app.extensions import db
+from app.models import (
+    ConfigVersion,
+    Deployment,
+    DeploymentStatus,
+    Node,
+    User,
+)
+from app.services.common import Page, get_or_404, paginate, require_admin
+
+logger = logging.getLogger(__name__)
+
+PRIVATE_KEY_MARK = "PRIVATE KEY-----"
+MASKED_KEY = "# private key withheld\n"
+
+
+def version_files(version: ConfigVersion, *, keys: bool = False) -> dict[str, str]:
+    """A version's files, private keys withheld unless ``keys``: pages, the API and
+    diffs show versions to people, and only a deployment or a drift check needs a
+    key itself.  Masking here means no caller can forget it."""
+    files: dict[str, str] = json.loads(version.files)
+    if keys:
+        return files
+    return {path: (MASKED_KEY if PRIVATE_KEY_MARK in text else text)
+            for path, text in files.items()}
+
+
+def current_version(node_id: int) -> ConfigVersion | None:
+    """The version the node last took successfully (what drift is measured against)."""
+    stmt = (select(ConfigVersion).join(Deployment, Deployment.config_version_id == ConfigVersion.id)
+            .where(Deployment.node_id == node_id,
+                   Deployment.status == DeploymentStatus.SUCCEEDED)
+            .order_by(Deployment.finished_at.desc(), Deployment.id.desc()).limit(1))
+    return db.session.scalar(stmt)
+
+
+def rollback_summary(current: ConfigVersion | None, target: ConfigVersion) -> str:
+    """What rolling back from ``current`` to ``target`` does to the node's sites, in
+    words for the confirmation (from the versions' site map: no file is decrypted)."""
+    if current is None:
+        return f"The node gets v{target.version} ({target.file_count} files)."
+    now, then = current.site_versions or {}, target.site_versions or {}
+    removed = len(set(now) - set(then))
+    added = len(set(then) - set(now))
+    changed = sum(1 for site, version in then.items() if site in now and now[site] != version)
+    parts = [f"1 site {one}" if count == 1 else f"{count} sites {many}"
+             for count, one, many in (
+                 (changed, "goes back to an earlier configuration",
+                  "go back to an earlier configuration"),
+                 (removed, "stops being served", "stop being served"),
+                 (added, "comes back", "come back")) if count]
+    return (f"From v{current.version} to v{target.version}: "
+            + ("; ".join(parts) if parts else "no site changes (shared files only)") + ".")
+
+
+def latest_deployments(node_ids: list[int], statuses: list[DeploymentStatus], *,
+                        by_id: bool = False) -> Any:
+    """The latest deployment of each node (by finish, or by creation) among those
+    with these statuses, ranked 1 in a subquery: one query for a whole pool."""
+    order = ((Deployment.id.desc(),) if by_id
+             else (Deployment.finished_at.desc(), Deployment.id.desc()))
+    rank = func.row_number().over(partition_by=Deployment.node_id, order_by=order)
+    return (select(Deployment.node_id, Deployment.status, Deployment.error,
+                   Deployment.config_version_id, rank.label("rank"))
+            .where(Deployment.node_id.in_(node_ids), Deployment.status.in_(statuses))
+            .subquery())
+
+
+def carried_versions(node_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Per node, the site versions of what it last took successfully."""
+    return {node_id: versions for node_id, (versions, _) in
+            last_taken(node_ids, with_files=False).items()}
+
+
+def last_taken(node_ids: list[int], *, with_files: bool
+                ) -> dict[int, tuple[dict[str, int], dict[str, str] | None]]:
+    """Per node, what it last took successfully: site versions, and files if asked."""
+    if not node_ids:
+        return {}
+    latest = latest_deployments(node_ids, [DeploymentStatus.SUCCEEDED])
+    columns = [latest.c.node_id, ConfigVersion.site_versions]
+    if with_files:
+        columns.append(ConfigVersion.files)
+    rows = db.session.execute(
+        select(*columns).join(ConfigVersion, ConfigVersion.id == latest.c.config_version_id)
+        .where(latest.c.rank == 1))
+    return {row[0]: (dict(row[1] or {}), json.loads(row[2]) if with_files else None)
+            for row in rows}
+
+
+def list_versions(actor: User, node_id: int, *, page: int = 1,
+                  per_page: int = 50) -> Page[ConfigVersion]:
+    require_admin(actor)
+    get_or_404(Node, node_id, "node")
+    stmt = select(ConfigVersion).where(ConfigVersion.node_id == node_id)
+    return paginate(stmt.order_by(ConfigVersion.version.desc()), page, per_page)
+
+
+def get_version(actor: User, node_id: int, version_id: int) -> ConfigVersion:
+    require_admin(actor)
+    version = db.session.get(ConfigVersion, version_id)
+    if version is None or version.node_id != node_id:
+        raise NotFound("version not found")
+    return version
+
+
+def get_version_number(actor: User, node_id: int, number: int) -> ConfigVersion:
+    """A node's version by its number (as ``nodes versions`` lists them)."""
+    require_admin(actor)
+    version = db.session.scalar(select(ConfigVersion).where(
+        ConfigVersion.node_id == node_id, ConfigVersion.version == number))
+    if version is None:
+        raise NotFound(f"the node has no version {number}")
+    return version
+
+
+def version_statuses(version_ids: list[int]) -> dict[int, str]:
+    """The outcome of each version's deployment, for the history page."""
+    rows = db.session.execute(select(Deployment.config_version_id, Deployment.status)
+                              .where(Deployment.config_version_id.in_(version_ids)))
+    return {vid: status.value for vid, status in rows if vid is not None}
+
+
+def diff_versions(actor: User, node_id: int, old_id: int, new_id: int) -> str:
+    """A unified diff of two versions of one node (private keys withheld)."""
+    require_admin(actor)
+    versions = [get_version(actor, node_id, version_id) for version_id in (old_id, new_id)]
+    old, new = (version_files(v) for v in versions)
+    chunks: list[str] = []
+    for path in sorted(set(old) | set(new)):
+        chunks.extend(difflib.unified_diff(
+            old.get(path, "").splitlines(keepends=True),
+            new.get(path, "").splitlines(keepends=True),
+            fromfile=f"v{versions[0].version}/{path}", tofile=f"v{versions[1].version}/{path}"))
+    return "".join(chunks)
