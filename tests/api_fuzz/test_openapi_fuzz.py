@@ -36,11 +36,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from app.executor import executor
 from app.extensions import db
 from app.models import Deployment, DeploymentStatus, Pool, User
 from app.services import (
-    certificates,
-    deployments,
     dns_providers,
     domain_grants,
     jobs,
@@ -223,8 +222,7 @@ def world(app: Flask, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     """Fresh rows for each operation and role. ``app`` has run the migrations."""
     # Rollouts and certificate orders are recorded but not run: the background work
     # is the integration tests' subject, and would race the next reset.
-    monkeypatch.setattr(deployments, "launch", lambda rollout_id: None)
-    monkeypatch.setattr(certificates, "_launch", lambda *args: None)
+    monkeypatch.setattr(executor, "submit", lambda *args, **kwargs: None)
     with APP.app_context():
         reset_database()
         WORLD["current"] = _build_world()
