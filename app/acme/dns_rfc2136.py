@@ -13,7 +13,6 @@ import binascii
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING
 
 import dns.exception
 import dns.message
@@ -28,9 +27,6 @@ import dns.update
 from dns.rdtypes.ANY.TXT import TXT
 
 from app.acme.dns import DnsChallengeError, DnsChallengeProvider, register
-
-if TYPE_CHECKING:
-    from app.models import DnsProvider
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +79,6 @@ class Rfc2136Provider(DnsChallengeProvider):
                 f"the TSIG key for zone {self._zone_text} is unusable: its name must be a "
                 "DNS name and its secret base64") from None
         self._keyname = dns.name.from_text(tsig_name)
-
-    @classmethod
-    def from_model(cls, row: DnsProvider, **timeouts: float) -> Rfc2136Provider:
-        if not row.tsig_secret or not row.tsig_name:
-            raise DnsChallengeError(
-                f"the DNS provider {row.name} has no TSIG key: an administrator must set one")
-        return cls(zone=row.zone, server=row.server, port=row.port, tsig_name=row.tsig_name,
-                   tsig_algorithm=row.tsig_algorithm, tsig_secret=row.tsig_secret, **timeouts)
 
     @property
     def _zone_text(self) -> str:

@@ -66,9 +66,14 @@ def provider_for_domain(domain: str) -> DnsChallengeProvider:
 
 
 def _build(row: DnsProvider) -> DnsChallengeProvider:
-    if row.kind == Rfc2136Provider.kind:
-        return Rfc2136Provider.from_model(row)
-    raise DnsChallengeError(f"the DNS provider {row.name} has an unknown kind {row.kind!r}")
+    if row.kind != Rfc2136Provider.kind:
+        raise DnsChallengeError(f"the DNS provider {row.name} has an unknown kind {row.kind!r}")
+    if not row.tsig_secret or not row.tsig_name:
+        raise DnsChallengeError(
+            f"the DNS provider {row.name} has no TSIG key: an administrator must set one")
+    return Rfc2136Provider(zone=row.zone, server=row.server, port=row.port,
+                           tsig_name=row.tsig_name, tsig_algorithm=row.tsig_algorithm,
+                           tsig_secret=row.tsig_secret)
 
 
 def _clean(data: dict[str, Any], *, partial: bool) -> dict[str, Any]:
