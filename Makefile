@@ -8,7 +8,7 @@ test:  ## install what the tests need and run the whole suite (SQLite + PostgreS
 
 lint:
 	.venv/bin/ruff check app tests bench config.py wsgi.py
-	.venv/bin/mypy app/services app/proxy app/connector app/security.py
+	.venv/bin/mypy app/services app/engines app/connector app/security.py
 
 bench:  ## every benchmark (the fan-out one starts 50 nginx nodes: a few minutes)
 	.venv/bin/python bench/api_latency.py

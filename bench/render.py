@@ -23,10 +23,10 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from app.proxy.base import BackendSpec, CertificateSpec, NodeSpec, SiteSpec  # noqa: E402
-from app.proxy.caddy import ENGINE as CADDY  # noqa: E402
-from app.proxy.nginx import ENGINE as NGINX  # noqa: E402
-from app.proxy.traefik import ENGINE as TRAEFIK  # noqa: E402
+from app.engines.base import BackendSpec, CertificateSpec, NodeSpec, SiteSpec  # noqa: E402
+from app.engines.caddy import ENGINE as CADDY  # noqa: E402
+from app.engines.nginx import ENGINE as NGINX  # noqa: E402
+from app.engines.traefik import ENGINE as TRAEFIK  # noqa: E402
 from tests.nginx_node import (  # noqa: E402
     BASE_OPEN_FILES,
     GOLDEN_HASH,

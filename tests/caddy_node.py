@@ -19,8 +19,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from app.proxy.base import CertificateSpec, NodeSpec, RenderedConfig, SiteSpec
-from app.proxy.caddy import ENGINE
+from app.engines.base import CertificateSpec, NodeSpec, RenderedConfig, SiteSpec
+from app.engines.caddy import ENGINE
 from tests.components import free_port, require_binary, stop, wait_for_port
 
 WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"

@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from app.proxy.nginx import ENGINE as NGINX
+from app.engines.nginx import ENGINE as NGINX
 from app.services import nodes
 from tests.caddy_node import CaddyNode
 from tests.nginx_node import Backend, NginxNode, Response, fetch

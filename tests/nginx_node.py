@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from app.proxy.base import (
+from app.engines.base import (
     BackendSpec,
     CertificateSpec,
     NodeSpec,

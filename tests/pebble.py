@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from app.proxy.nginx import ENGINE as NGINX
+from app.engines.nginx import ENGINE as NGINX
 from tests.components import free_port, require_binary, stop, wait_for_port
 from tests.fleet import FleetNode
 from tests.nginx_node import NginxNode

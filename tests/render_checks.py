@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from app.proxy.base import BackendSpec, Capability, CertificateSpec, SiteSpec
+from app.engines.base import BackendSpec, Capability, CertificateSpec, SiteSpec
 
 GOLDEN_ROOT = Path(__file__).parent / "golden"
 # Audit events (PEP 578) that mean a file, the network or a process was touched.

@@ -28,7 +28,7 @@ from app.connector import (
     UnreachableError,
 )
 from app.models import Node
-from app.proxy.base import acme_webroot
+from app.engines.base import acme_webroot
 from app.services.deployments import ssh_target
 from app.services.rendering import node_spec
 

@@ -21,13 +21,13 @@ from wtforms import (
 from wtforms.validators import Optional
 
 from app.acme.dns_rfc2136 import TSIG_ALGORITHMS
+from app.engines import get_engine
 from app.forms import SITE_ORDER, FilterForm, ServiceForm, enum_choices
 from app.models import DeploymentStatus, DnsProvider, Node, ProxyType, Role, User
 from app.services import node_commands
 from app.services.dashboard import CERTIFICATE_STATES, NODE_STATES, SITE_STATES
-from app.services.nodes import ENGINE_DEFAULTS
 
-_NGINX = ENGINE_DEFAULTS[ProxyType.NGINX]
+_NGINX = get_engine("nginx").defaults
 
 
 class UserForm(ServiceForm):
@@ -95,7 +95,7 @@ class NodeForm(ServiceForm):
     pool = SelectField("Pool")
     config_dir = StringField(
         "Config directory", description=f"Blank: the engine's default "
-        f"(nginx: <code>{_NGINX['config_dir']}</code>).",
+        f"(nginx: <code>{_NGINX.config_dir}</code>).",
     )
     # Chosen, not typed (see node_commands); the choices depend on the node.
     test_command = SelectField("Test command", validate_choice=False)

@@ -20,6 +20,7 @@ from app.api.schemas import (
     StrictBoolean,
     page_schema,
 )
+from app.engines import engine_names
 from app.models import BackendProtocol, GeoMode, Site, SslMode, User, WafLevel
 from app.services import rendering, sites
 from app.services.common import Page
@@ -212,7 +213,7 @@ class SiteItem(MethodView):
 
 class ConfigQuerySchema(Schema):
     engine = fields.String(load_default="nginx",
-                           metadata={"enum": ["nginx", "caddy", "traefik"]})
+                           metadata={"enum": engine_names()})
 
 
 class RenderedConfigSchema(Schema):

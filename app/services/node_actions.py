@@ -11,27 +11,15 @@ from typing import Any
 
 from app.connector import ConnectorError, HostKeyChanged, SSHPool, SSHTarget
 from app.connector.hostkeys import fingerprint
+from app.engines import get_engine
+from app.engines.base import PROBE_HOST, NodeDefaults, acme_webroot
 from app.errors import ValidationError
 from app.extensions import db, ssh
-from app.models import Node, NodeStatus, ProxyType, User
+from app.models import Node, NodeStatus, User
 from app.models.base import utcnow
-from app.proxy import get_engine
-from app.proxy.base import PROBE_HOST, acme_webroot
 from app.services import audit, rendering
 from app.services.common import get_or_404, require_admin
 from app.services.deployments import probe_token, ssh_target
-
-# Per engine: the binary, the package that provides it, and the file that must load
-# the managed directory (nginx reads every conf.d/*.conf inside http {}; Caddy has
-# one Caddyfile, whose global options block must come first).
-ENGINES: dict[ProxyType, dict[str, str]] = {
-    ProxyType.NGINX: {"binary": "nginx", "package": "nginx",
-                      "main_config": "/etc/nginx/conf.d/rpcc.conf"},
-    ProxyType.CADDY: {"binary": "caddy", "package": "caddy",
-                      "main_config": "/etc/caddy/Caddyfile"},
-    ProxyType.TRAEFIK: {"binary": "traefik", "package": "traefik",
-                        "main_config": ""},
-}
 
 # Install commands per distribution family (os-release ID or ID_LIKE).
 PACKAGE_MANAGERS: dict[str, list[list[str]]] = {
@@ -99,7 +87,7 @@ def check_node(actor: User, node_id: int) -> Node:
     require_admin(actor)
     node = get_or_404(Node, node_id, "node")
     pool, target = ssh.pool(), ssh_target(node)
-    binary = ENGINES[node.proxy_type]["binary"]
+    binary = get_engine(node.proxy_type.value).defaults.binary
     result: dict[str, Any] = {}
     started = time.monotonic()
     try:
@@ -141,12 +129,12 @@ def prepare_node(actor: User, node_id: int) -> list[str]:
     require_admin(actor)
     node = get_or_404(Node, node_id, "node")
     pool, target = ssh.pool(), ssh_target(node)
-    engine_info = ENGINES[node.proxy_type]
+    defaults = get_engine(node.proxy_type.value).defaults
     log: list[str] = []
     try:
         os_release = parse_os_release(pool.read_file(target, "/etc/os-release").decode())
         log.append(f"distribution: {os_release.get('PRETTY_NAME') or os_release.get('ID')}")
-        _ensure_installed(pool, target, engine_info, os_release, log)
+        _ensure_installed(pool, target, defaults, os_release, log)
         _ensure_directories(pool, target, node, log)
         _ensure_include(pool, target, node, log)
         check = pool.run(target, shlex.split(node.test_command))
@@ -167,9 +155,9 @@ def prepare_node(actor: User, node_id: int) -> list[str]:
     return log
 
 
-def _ensure_installed(pool: SSHPool, target: SSHTarget, engine_info: dict[str, str],
+def _ensure_installed(pool: SSHPool, target: SSHTarget, defaults: NodeDefaults,
                       os_release: dict[str, str], log: list[str]) -> None:
-    binary = engine_info["binary"]
+    binary = defaults.binary
     # A fixed command line: nothing in it comes from a user.
     found = pool.run(target, ["sh", "-c", f"command -v {binary}"])
     if found.ok:
@@ -183,12 +171,12 @@ def _ensure_installed(pool: SSHPool, target: SSHTarget, engine_info: dict[str, s
     family, commands = manager
     for command in commands[:-1]:
         pool.run(target, command, timeout=600)
-    install = pool.run(target, [*commands[-1], engine_info["package"]], timeout=900)
+    install = pool.run(target, [*commands[-1], defaults.package], timeout=900)
     if not install.ok:
         raise ValidationError("installation failed", {
-            "node": f"installing {engine_info['package']} failed: "
+            "node": f"installing {defaults.package} failed: "
                     f"{(install.stderr or install.stdout).strip()[-1000:]}"})
-    log.append(f"installed {engine_info['package']} with the {family} package manager")
+    log.append(f"installed {defaults.package} with the {family} package manager")
 
 
 def _ensure_directories(pool: SSHPool, target: SSHTarget, node: Node, log: list[str]) -> None:
@@ -209,7 +197,7 @@ def _ensure_directories(pool: SSHPool, target: SSHTarget, node: Node, log: list[
 
 
 def _ensure_include(pool: SSHPool, target: SSHTarget, node: Node, log: list[str]) -> None:
-    main = node.main_config or ENGINES[node.proxy_type]["main_config"]
+    main = node.main_config or get_engine(node.proxy_type.value).defaults.main_config
     include = get_engine(node.proxy_type.value).include_line(rendering.node_spec(node))
     if not main:
         log.append(f"add this to the proxy's static configuration by hand: {include}")

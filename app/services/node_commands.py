@@ -17,7 +17,7 @@ from functools import cache
 
 from flask import current_app
 
-from app.proxy import all_engines, get_engine
+from app.engines import all_engines, get_engine
 from app.security import split_command, validate_command_address, validate_command_path
 
 PURPOSES = ("test", "reload")

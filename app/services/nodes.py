@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.serialization import (
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import selectinload
 
+from app.engines import get_engine
 from app.errors import Conflict, NotFound, ValidationError
 from app.extensions import db
 from app.models import Node, NodeStatus, Pool, ProxyType, Site, User
@@ -46,27 +47,6 @@ NODE_FIELDS = (
 SECRET_FIELDS = ("ssh_private_key", "ssh_password")
 
 # Paths and commands for a stock Debian install of each engine; admins override per node.
-ENGINE_DEFAULTS: dict[ProxyType, dict[str, str]] = {
-    ProxyType.NGINX: {
-        "config_dir": "/etc/nginx/rpcc.d",
-        "test_command": "nginx -t",
-        "reload_command": "nginx -s reload",
-        "log_dir": "/var/log/nginx",
-    },
-    ProxyType.CADDY: {
-        "config_dir": "/etc/caddy/rpcc.d",
-        "test_command": "caddy validate --config /etc/caddy/Caddyfile --adapter caddyfile",
-        "reload_command": "caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile",
-        "log_dir": "/var/log/caddy",
-    },
-    ProxyType.TRAEFIK: {
-        "config_dir": "/etc/traefik/dynamic",
-        "test_command": "traefik version",
-        "reload_command": "true",
-        "log_dir": "/var/log/traefik",
-    },
-}
-
 _SSH_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 COMMAND_FIELDS = ("test_command", "reload_command")
 
@@ -200,7 +180,7 @@ def _clean_node(data: dict[str, Any], *, partial: bool, node: Node | None) -> di
         raise ValidationError("invalid node", errors)
     proxy_type = out.get("proxy_type") or (node.proxy_type if node else ProxyType.NGINX)
     if not partial:
-        for key, default in ENGINE_DEFAULTS[proxy_type].items():
+        for key, default in get_engine(proxy_type.value).defaults.node_fields().items():
             out.setdefault(key, default)
     return out
 

@@ -7,13 +7,12 @@ from typing import Any
 
 from sqlalchemy import select
 
+from app.engines import all_engines, engine_names, get_engine
+from app.engines.base import BackendSpec, CertificateSpec, NodeSpec, SiteSpec
 from app.errors import ValidationError
 from app.extensions import db
 from app.models import Node, ProxyType, Site, User
-from app.proxy import get_engine
-from app.proxy.base import BackendSpec, CertificateSpec, NodeSpec, SiteSpec
 from app.services.common import get_scoped
-from app.services.nodes import ENGINE_DEFAULTS
 
 # What each capability is called in messages (the API field it comes from).
 SETTING_LABELS = {
@@ -95,10 +94,10 @@ def node_spec(node: Node) -> NodeSpec:
 
 def default_node_spec(engine: str) -> NodeSpec:
     """A stock node of this engine, for previews in a pool without such a node."""
-    defaults = ENGINE_DEFAULTS[ProxyType(engine)]
+    defaults = get_engine(engine).defaults
     return NodeSpec(name=f"example-{engine}", proxy_type=engine,
-                    config_dir=defaults["config_dir"], test_command=defaults["test_command"],
-                    reload_command=defaults["reload_command"], log_dir=defaults["log_dir"])
+                    config_dir=defaults.config_dir, test_command=defaults.test_command,
+                    reload_command=defaults.reload_command, log_dir=defaults.log_dir)
 
 
 def pool_engines(pool_id: int) -> list[str]:
@@ -127,7 +126,7 @@ def check_engines_support(site: Site) -> None:
 def capability_matrix() -> dict[str, dict[str, bool]]:
     """setting label -> {engine: supported}, for the site form (which shows the
     columns of the engines of the pool chosen in it)."""
-    engines = {proxy_type.value: get_engine(proxy_type.value) for proxy_type in ProxyType}
+    engines = all_engines()
     return {
         label: {name: setting in engine.capabilities for name, engine in engines.items()}
         for setting, label in SETTING_LABELS.items()
@@ -144,8 +143,9 @@ def preview(actor: User, site_id: int, engine_name: str | None) -> dict[str, Any
         select(Node.proxy_type).where(Node.pool_id == site.pool_id, Node.enabled.is_(True)))})
     if engine_name is None:
         engine_name = in_pool[0] if in_pool else "nginx"
-    if engine_name not in {t.value for t in ProxyType}:
-        raise ValidationError("unknown engine", {"engine": "must be nginx, caddy or traefik"})
+    if engine_name not in all_engines():
+        raise ValidationError("unknown engine",
+                              {"engine": "must be one of " + ", ".join(engine_names())})
     engine = get_engine(engine_name)
     node = db.session.scalar(
         select(Node).where(Node.pool_id == site.pool_id, Node.proxy_type == ProxyType(engine_name))

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
-from app.proxy.base import BackendSpec, CertificateSpec, SiteSpec
+from app.engines.base import BackendSpec, CertificateSpec, SiteSpec
 
 # How many times one node's deployment sets sites aside and tries again, and how many
 # test-only runs a bisection may spend, before it gives up and fails as before.

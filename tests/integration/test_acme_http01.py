@@ -23,7 +23,7 @@ from app.acme.client import new_account_key
 from app.acme.issue import AcmeIssueError, AcmeSettings, Issued, issue
 from app.extensions import db, ssh
 from app.models import AcmeAccount, DeploymentStatus, Site
-from app.proxy.base import acme_webroot
+from app.engines.base import acme_webroot
 from app.services import deployments, nodes
 from tests import factories
 from tests.caddy_node import CaddyNode

@@ -19,7 +19,7 @@ from typing import Any
 import bcrypt
 import pytest
 
-from app.proxy.base import BackendSpec, CertificateSpec, SiteSpec, acme_webroot
+from app.engines.base import BackendSpec, CertificateSpec, SiteSpec, acme_webroot
 from tests.caddy_node import (
     Backend,
     CaddyNode,

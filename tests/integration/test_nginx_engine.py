@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from app.proxy.base import BackendSpec, CertificateSpec, RenderedConfig, SiteSpec
-from app.proxy.nginx import ENGINE
+from app.engines.base import BackendSpec, CertificateSpec, RenderedConfig, SiteSpec
+from app.engines.nginx import ENGINE
 from app.security import COUNTRY_CODES, hash_basic_auth_password, validate_domain
 from tests.nginx_node import (
     Backend,

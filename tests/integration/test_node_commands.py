@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from app.engines import get_engine
 from app.extensions import ssh
-from app.proxy import get_engine
 from app.services import deployments, nodes, rendering
 from tests.sshd import SshServer
 

@@ -27,9 +27,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.engines.base import BackendSpec, NodeSpec, SiteSpec
+from app.engines.nginx import ENGINE
 from app.models import BackendProtocol, GeoMode, SslMode, WafLevel
-from app.proxy.base import BackendSpec, NodeSpec, SiteSpec
-from app.proxy.nginx import ENGINE
 from app.security import (
     COUNTRY_CODES,
     hash_basic_auth_password,

@@ -15,10 +15,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
+from app.engines import all_engines, get_engine
 from app.errors import ValidationError
 from app.extensions import db as _db
 from app.models import AuditLog, Node, ProxyType
-from app.proxy import all_engines
 from app.services import node_commands, nodes
 from app.services.node_commands import clean_command
 from tests import factories
@@ -99,7 +99,7 @@ def test_sudo_forms_are_for_a_user_other_than_root():
 
 def test_every_default_and_offered_line_is_a_known_form():
     for engine in all_engines():
-        defaults = nodes.ENGINE_DEFAULTS[ProxyType(engine)]
+        defaults = get_engine(engine).defaults.node_fields()
         for purpose in node_commands.PURPOSES:
             assert node_commands.is_known(engine, purpose, defaults[f"{purpose}_command"])
             for user in ("root", "deploy"):

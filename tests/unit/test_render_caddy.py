@@ -13,9 +13,9 @@ import re
 
 import pytest
 
-from app.proxy import get_engine
-from app.proxy.base import BackendSpec, Capability, CertificateSpec, NodeSpec, SiteSpec
-from app.proxy.caddy import ENGINE, quote
+from app.engines import get_engine
+from app.engines.base import BackendSpec, Capability, CertificateSpec, NodeSpec, SiteSpec
+from app.engines.caddy import ENGINE, quote
 from tests.hostile import HEADER_VALUES, INJECTION_STRINGS
 from tests.render_checks import (
     FAKE_CERTIFICATE,

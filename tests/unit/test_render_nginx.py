@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from app.proxy import get_engine
-from app.proxy.base import BackendSpec, Capability, NodeSpec, SiteSpec, file_header
-from app.proxy.nginx import ENGINE, NginxEngine, build_environment, nginx_bare, nginx_quoted
+from app.engines import get_engine
+from app.engines.base import BackendSpec, Capability, NodeSpec, SiteSpec, file_header
+from app.engines.nginx import ENGINE, NginxEngine, build_environment, nginx_bare, nginx_quoted
 from tests.nginx_node import NginxPrefix, golden_sites, long_domain, self_signed
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden" / "nginx"

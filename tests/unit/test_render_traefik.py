@@ -15,9 +15,9 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.proxy import get_engine
-from app.proxy.base import BackendSpec, Capability, NodeSpec, RenderedConfig, SiteSpec
-from app.proxy.traefik import ENGINE, EXACT_PRIORITY, WILDCARD_PRIORITY, allowed_ranges, host_rule
+from app.engines import get_engine
+from app.engines.base import BackendSpec, Capability, NodeSpec, RenderedConfig, SiteSpec
+from app.engines.traefik import ENGINE, EXACT_PRIORITY, WILDCARD_PRIORITY, allowed_ranges, host_rule
 from tests.hostile import HEADER_VALUES, INJECTION_STRINGS
 from tests.render_checks import (
     FAKE_CERTIFICATE,

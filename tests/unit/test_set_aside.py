@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from app.proxy.base import BackendSpec, CertificateSpec, NodeSpec, SiteSpec
-from app.proxy.caddy import ENGINE as CADDY
-from app.proxy.nginx import ENGINE as NGINX
+from app.engines.base import BackendSpec, CertificateSpec, NodeSpec, SiteSpec
+from app.engines.caddy import ENGINE as CADDY
+from app.engines.nginx import ENGINE as NGINX
 from app.services import set_aside
 
 NODE = NodeSpec(name="edge", proxy_type="nginx", config_dir="/etc/nginx/rpcc",

@@ -21,6 +21,7 @@ from sqlalchemy import func, insert, select, update
 from app.connector import (
     HostKeyChanged,
 )
+from app.engines.base import NodeSpec
 from app.errors import NotFound
 from app.extensions import db, ssh
 from app.models import (
@@ -30,7 +31,6 @@ from app.models import (
     RolloutKind,
 )
 from app.models.base import utcnow
-from app.proxy.base import NodeSpec
 from app.services import rendering, set_aside
 from app.services.deployments.desired_state import (
     NodeRender,

@@ -17,14 +17,14 @@ from sqlalchemy.orm import selectinload
 from app.connector import (
     SSHTarget,
 )
+from app.engines import get_engine
+from app.engines.base import NodeSpec, SiteSpec
 from app.extensions import db
 from app.models import (
     Node,
     NodeStatus,
     Site,
 )
-from app.proxy import get_engine
-from app.proxy.base import NodeSpec, SiteSpec
 from app.services import rendering, set_aside
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import socket
 import time
 from select import POLLHUP, POLLIN, poll
 
-from app.proxy.base import PROBE_HOST, PROBE_PATH
+from app.engines.base import PROBE_HOST, PROBE_PATH
 
 logger = logging.getLogger(__name__)
 

@@ -38,11 +38,12 @@ from typing import Any
 
 import yaml
 
-from app.proxy.base import (
+from app.engines.base import (
     BackendSpec,
     Capability,
     CommandForms,
     Engine,
+    NodeDefaults,
     NodeSpec,
     RenderedConfig,
     SiteSpec,
@@ -181,6 +182,10 @@ class TraefikEngine(Engine):
     # The file provider watches the directory: nothing to reload.
     command_forms = CommandForms(test=("traefik version",), reload=("true",),
                                  offered_test=("traefik version",), offered_reload=("true",))
+
+    defaults = NodeDefaults(config_dir="/etc/traefik/dynamic", test_command="traefik version",
+                            reload_command="true", log_dir="/var/log/traefik",
+                            binary="traefik", package="traefik", main_config="")
 
     def include_line(self, node: NodeSpec) -> str:
         """The static-configuration flag that loads the managed directory."""

@@ -31,12 +31,13 @@ import base64
 import hashlib
 import re
 
-from app.proxy.base import (
+from app.engines.base import (
     BackendSpec,
     Capability,
     CertificateSpec,
     CommandForms,
     Engine,
+    NodeDefaults,
     NodeSpec,
     RenderedConfig,
     SiteSpec,
@@ -119,6 +120,14 @@ class CaddyEngine(Engine):
         offered_reload=("caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile",
                         "systemctl reload caddy"),
     )
+
+    # One Caddyfile, whose global options block must come first.
+    defaults = NodeDefaults(
+        config_dir="/etc/caddy/rpcc.d",
+        test_command="caddy validate --config /etc/caddy/Caddyfile --adapter caddyfile",
+        reload_command="caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile",
+        log_dir="/var/log/caddy", binary="caddy", package="caddy",
+        main_config="/etc/caddy/Caddyfile")
 
     def include_line(self, node: NodeSpec) -> str:
         """Two imports, not one line: ``options.caddy`` goes inside the node's global

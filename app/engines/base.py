@@ -1,6 +1,6 @@
 """The engine interface: pure rendering of a node's full configuration.
 
-Nothing in ``app/proxy`` does I/O.  Services turn models into the frozen specs below
+Nothing in ``app/engines`` does I/O.  Services turn models into the frozen specs below
 (so renderers never touch the database) and engines turn specs into text.  Every
 value in a spec has already passed the validators in ``app/security.py``; templates
 escape again as defence in depth.
@@ -12,6 +12,7 @@ import hashlib
 import shlex
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 
@@ -147,17 +148,42 @@ class CommandForms:
     offered_reload: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class NodeDefaults:
+    """What a new node of an engine starts with, and how the engine is installed on
+    a node that lacks it."""
+
+    config_dir: str
+    test_command: str
+    reload_command: str
+    log_dir: str
+    binary: str
+    package: str
+    # The file that must load the managed directory ("" when a flag does that).
+    main_config: str
+
+    def node_fields(self) -> dict[str, str]:
+        """The defaults of a node's own fields."""
+        return {"config_dir": self.config_dir, "test_command": self.test_command,
+                "reload_command": self.reload_command, "log_dir": self.log_dir}
+
+
 # A name no one can own (RFC 2606) and a path: the deployment probe's address.
 PROBE_HOST = "rpcc-probe.invalid"
 PROBE_PATH = "/.rpcc-probe"
 
 
 class Engine(ABC):
-    """One proxy server type."""
+    """One proxy server type: everything the control plane knows about it, so that
+    adding one is one class and one entry in the registry (``app/engines/__init__``)
+    plus its value of the nodes' ``proxy_type`` column."""
 
     name: ClassVar[str]
     capabilities: ClassVar[frozenset[str]]
     command_forms: ClassVar[CommandForms]
+    defaults: ClassVar[NodeDefaults]
+    # Where the engine's Jinja2 templates live (None: it renders in code).
+    templates: ClassVar[Path | None] = None
 
     @abstractmethod
     def render(self, node: NodeSpec, sites: list[SiteSpec]) -> RenderedConfig:

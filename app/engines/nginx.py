@@ -54,12 +54,13 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template
 
-from app.proxy.base import (
+from app.engines.base import (
     PROBE_HOST,
     PROBE_PATH,
     Capability,
     CommandForms,
     Engine,
+    NodeDefaults,
     NodeSpec,
     RenderedConfig,
     SiteSpec,
@@ -273,6 +274,12 @@ class NginxEngine(Engine):
 
     name = "nginx"
     capabilities = Capability.ALL
+    templates = TEMPLATE_DIR
+    # nginx reads every conf.d/*.conf inside http {}.
+    defaults = NodeDefaults(config_dir="/etc/nginx/rpcc.d", test_command="nginx -t",
+                            reload_command="nginx -s reload", log_dir="/var/log/nginx",
+                            binary="nginx", package="nginx",
+                            main_config="/etc/nginx/conf.d/rpcc.conf")
     # -p, -c and -e let a node run nginx from its own prefix or configuration file.
     command_forms = CommandForms(
         test=("nginx -t [-q] [-p PATH] [-c PATH] [-e PATH]",),
