@@ -15,9 +15,9 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
+from app.api.base import api
 from app.errors import ServiceError, TooManyAttempts
 from app.extensions import (
-    api,
     bootstrap,
     csrf,
     db,

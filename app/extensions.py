@@ -14,7 +14,6 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import MetaData
 
-from app.api.base import ControlPlaneApi
 from app.connector import SSHPool
 from app.connector.hostkeys import FirstContactCallback
 
@@ -33,7 +32,6 @@ login_manager = LoginManager()
 csrf = CSRFProtect()
 limiter = Limiter(key_func=get_remote_address)
 bootstrap = Bootstrap5()
-api = ControlPlaneApi()
 
 
 class SSHConnections:

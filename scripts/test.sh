@@ -7,7 +7,8 @@ bash scripts/setup-system.sh test
 
 echo "== lint"
 .venv/bin/ruff check app tests bench config.py wsgi.py
-.venv/bin/mypy app/services app/engines app/connector app/security.py
+.venv/bin/mypy app
+.venv/bin/lint-imports --no-cache
 
 echo "== tests (loopback-only network namespace)"
 exec unshare -n bash scripts/test-inner.sh "$@"

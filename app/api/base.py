@@ -48,3 +48,6 @@ class ControlPlaneApi(Api):
 
     def _register_error_handlers(self) -> None:
         return None
+
+
+api = ControlPlaneApi()

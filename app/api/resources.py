@@ -18,7 +18,8 @@ from app.api import (
     tokens,
     users,
 )
-from app.extensions import api, csrf
+from app.api.base import api
+from app.extensions import csrf
 
 BLUEPRINTS = (tokens.blp, sites.blp, deployments.blp, nodes.blp, pools.blp, users.blp,
               audit.blp, certificates.blp, jobs.blp, dns_providers.blp, settings.blp,
