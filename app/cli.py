@@ -7,11 +7,9 @@ import sys
 import click
 from cryptography.fernet import Fernet
 from flask import Flask, current_app
-from sqlalchemy import select
 
 from app.errors import ServiceError
-from app.extensions import db
-from app.models import Node, Role, Site, User
+from app.models import Node, Site, User
 from app.scheduler import JOBS, find_job
 from app.services import (
     certificates,
@@ -149,15 +147,10 @@ def _shown(text: str) -> str:
 
 
 def _admin(username: str | None) -> User:
-    """The account the command acts as (audit entries name it): the given admin, or
-    the first active one."""
-    stmt = select(User).where(User.role == Role.ADMIN, User.is_active.is_(True))
-    if username:
-        stmt = stmt.where(User.username == username)
-    admin = db.session.scalar(stmt.order_by(User.id).limit(1))
-    if admin is None:
-        raise click.ClickException("no such active administrator")
-    return admin
+    try:
+        return users.acting_admin(username)
+    except ServiceError as error:
+        raise click.ClickException(error.message) from None
 
 
 def _node(name: str, as_admin: str | None) -> Node:

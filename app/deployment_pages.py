@@ -20,7 +20,6 @@ from flask import (
     url_for,
 )
 
-from app.extensions import db
 from app.models import User
 from app.services import deployments
 from app.stream_slots import stream_slots
@@ -38,14 +37,6 @@ def detail(actor: User, rollout_id: int, panel: str) -> str:
                            state=deployments.rollout_to_dict(rollout, actor),
                            events_url=url_for(f"{panel}.deployment_events",
                                               rollout_id=rollout.id))
-
-
-def _state(actor: User, rollout_id: int) -> dict[str, Any]:
-    db.session.expire_all()
-    rollout = deployments.get_rollout(actor, rollout_id)
-    state = deployments.rollout_to_dict(rollout, actor)
-    state["finished"] = rollout.status.finished
-    return state
 
 
 def _client_gone(sock: Any) -> bool:
@@ -79,7 +70,7 @@ def events(actor: User, rollout_id: int) -> Response:
     deployments.get_rollout(actor, rollout_id)  # 404 before the stream starts
     wanted = request.accept_mimetypes.best_match(["text/event-stream", "application/json"])
     if wanted == "application/json":
-        return jsonify(_state(actor, rollout_id))
+        return jsonify(deployments.rollout_state(actor.id, rollout_id))
     slot = stream_slots(current_app).acquire(actor.id)
     if slot is None:
         refused = Response("Too many progress streams are open: the page follows the "
@@ -94,13 +85,11 @@ def events(actor: User, rollout_id: int) -> Response:
 
     def generate() -> Iterator[str]:
         try:
-            user = db.session.get(User, actor_id)
-            assert user is not None
             now = time.monotonic()
             deadline, beat = now + longest, now + heartbeat
             last = ""
             while time.monotonic() < deadline and not _client_gone(client):
-                state = _state(user, rollout_id)
+                state = deployments.rollout_state(actor_id, rollout_id)
                 payload = json.dumps(state, default=str)
                 if payload != last:
                     last = payload
@@ -113,7 +102,6 @@ def events(actor: User, rollout_id: int) -> Response:
                     yield ": still running\n\n"
                 if state["finished"]:
                     return
-                db.session.rollback()  # end the read transaction between polls
                 time.sleep(POLL_SECONDS)
         finally:
             slot.release()

@@ -12,7 +12,6 @@ from marshmallow import Schema, fields
 
 from app.api.auth import ApiBlueprint, admin_only, current_actor
 from app.api.schemas import ErrorSchema, PageQuerySchema, StrictBoolean, UtcDateTime, page_schema
-from app.connector.hostkeys import fingerprint
 from app.models import Node, NodeStatus, ProxyType
 from app.services import node_actions, node_commands, nodes
 
@@ -81,10 +80,10 @@ class NodeSchema(NodeUpdateSchema):
     host_key = fields.String(dump_only=True, allow_none=True,
                              metadata={"description": "SSH host key pinned on first contact"})
     host_key_fingerprint = fields.Function(
-        lambda node: fingerprint(node.host_key) if node.host_key else None, dump_only=True,
+        lambda node: node_actions.fingerprint_or_none(node.host_key), dump_only=True,
         allow_none=True, metadata={"type": "string", "description": "null before first contact"})
     pending_host_key_fingerprint = fields.Function(
-        lambda node: fingerprint(node.pending_host_key) if node.pending_host_key else None,
+        lambda node: node_actions.fingerprint_or_none(node.pending_host_key),
         dump_only=True, allow_none=True,
         metadata={"type": "string", "description": "a changed key the node presented: "
                   "deployments are refused until it is accepted; null when none"})

@@ -355,3 +355,15 @@ def all_users(role: str | None = None) -> list[User]:
     if role in {r.value for r in Role}:
         stmt = stmt.where(User.role == Role(role))
     return list(db.session.scalars(stmt))
+
+
+def acting_admin(username: str | None = None) -> User:
+    """The administrator a command-line command acts as, so that its audit entries
+    name someone: the one named, or else the first active one."""
+    stmt = select(User).where(User.role == Role.ADMIN, User.is_active.is_(True))
+    if username:
+        stmt = stmt.where(User.username == username)
+    admin = db.session.scalar(stmt.order_by(User.id).limit(1))
+    if admin is None:
+        raise NotFound("no such active administrator")
+    return admin

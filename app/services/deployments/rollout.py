@@ -346,6 +346,22 @@ def get_rollout(actor: User, rollout_id: int) -> Rollout:
     return rollout
 
 
+def rollout_state(actor_id: int, rollout_id: int) -> dict[str, Any]:
+    """A rollout as its progress page follows it: ``rollout_to_dict`` plus ``finished``.
+
+    Read afresh, since another process may be running the rollout, and the read
+    transaction ends before returning: a stream asks twice a second and must hold
+    none open while it waits.
+    """
+    db.session.expire_all()
+    actor = get_or_404(User, actor_id, "user")
+    rollout = get_rollout(actor, rollout_id)
+    state = rollout_to_dict(rollout, actor)
+    state["finished"] = rollout.status.finished
+    db.session.rollback()
+    return state
+
+
 def redactor(actor: User, pool_id: int | None) -> Callable[[str], str]:
     """What a node printed can name other tenants' sites (a failed test quotes the
     file and upstream it stopped at): for a client, those names become
