@@ -2,13 +2,10 @@
 
 It orders one certificate for the site's domain and aliases with a fresh key,
 proves control of every name (HTTP-01 on every active node of the site's pool, or
-DNS-01 through the zone's DNS provider), and returns the chain and key.  Storing and
-deploying the result is the certificates service's business.
-
-One ACME account per directory URL is registered on first use (agreeing to the CA's
-terms, with the configured contact) and reused afterwards; its key is stored
-encrypted.  Account rows are written on their own connection, so the caller's
-session and transaction stay untouched.
+DNS-01 through the zone's DNS provider), and returns the chain and key; storing and
+deploying the result is :mod:`.renewal`'s business.  The protocol itself (the CA's
+messages, the tokens on the nodes, the DNS updates) is ``app.acme``'s: this module
+decides what to prove where, from the database.
 """
 
 from __future__ import annotations
@@ -16,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import posixpath
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -29,38 +27,22 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from flask import current_app
-from sqlalchemy import insert, select, update
-from sqlalchemy.exc import IntegrityError
 
 from app.acme import http01
-from app.acme.client import (
-    ERROR_CODES,
-    VALIDATION_TIMEOUT,
-    AcmeClient,
-    AcmeIssueError,
-    Authorization,
-    new_account_key,
-)
+from app.acme.client import VALIDATION_TIMEOUT, AcmeIssueError, AcmeSettings, Authorization
 from app.acme.dns import DnsChallengeError, DnsChallengeProvider
+from app.engines.base import acme_webroot
 from app.extensions import db, ssh
-from app.models import AcmeAccount, Node, Site
-from app.services import deployments
+from app.models import Node, Site
+from app.services import deployments, rendering
+from app.services.certificates.accounts import account_client, stored_account
 from app.services.dns_providers import provider_for_domain
 from app.services.names import names_held_by_others
-
-__all__ = ["ERROR_CODES", "AcmeIssueError", "AcmeSettings", "Issued", "issue"]
 
 logger = logging.getLogger(__name__)
 
 CHALLENGES = ("http-01", "dns-01")
 PRECHECK_TIMEOUT = 5.0
-
-
-@dataclass(frozen=True)
-class AcmeSettings:
-    directory_url: str
-    email: str
-    ca_bundle: str | None  # path to a PEM bundle for a private CA (verify=), None = system store
 
 
 @dataclass(frozen=True)
@@ -97,11 +79,11 @@ def issue(site_id: int, settings: AcmeSettings, *, challenge: str = "http-01") -
         if not nodes:
             raise AcmeIssueError("challenge_unreachable", "the site's pool has no active "
                                  "proxy node to serve the HTTP-01 token")
-        hosts = http01.token_hosts(nodes)
+        hosts = _token_hosts(nodes)
     else:
         providers = _dns_providers(names)
     addresses = _node_addresses(nodes)
-    stored = _stored_account(settings.directory_url)
+    stored = stored_account(settings.directory_url)
     resolvers = current_app.config.get("ACME_PRECHECK_RESOLVERS") or ""
     _release_connection()
 
@@ -111,7 +93,7 @@ def issue(site_id: int, settings: AcmeSettings, *, challenge: str = "http-01") -
         raise AcmeIssueError("ca_unreachable", f"the ACME CA bundle {settings.ca_bundle} "
                              "does not exist; fix the certificate settings")
     key_pem, csr_pem = _key_and_csr(names)
-    client = _account_client(settings, stored)
+    client = account_client(settings, stored)
     try:
         order, authorizations = client.new_order(csr_pem, challenge)
         logger.info("site %s: ACME order %s for %d names", site_id, order.uri, len(names))
@@ -127,6 +109,15 @@ def issue(site_id: int, settings: AcmeSettings, *, challenge: str = "http-01") -
     _check_issued(chain_pem, key_pem)
     logger.info("site %s: certificate issued by %s", site_id, settings.directory_url)
     return Issued(chain_pem=chain_pem, key_pem=key_pem)
+
+
+def _release_connection() -> None:
+    """End the session's read-only transaction, so that no database connection is
+    held while the CA works (minutes at worst); a caller's unsaved changes, if any,
+    are left alone."""
+    session = db.session
+    if not (session.new or session.dirty or session.deleted):
+        session.commit()
 
 
 # -- keys, CSR, result ------------------------------------------------------------
@@ -158,86 +149,14 @@ def _check_issued(chain_pem: str, key_pem: str) -> None:
         raise AcmeIssueError("ca_refused", "the CA returned a certificate for another key")
 
 
-# -- the account ------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _StoredAccount:
-    id: int
-    key_pem: str
-    uri: str
-    email: str
-
-
-def _stored_account(directory_url: str) -> _StoredAccount | None:
-    row = db.session.scalar(select(AcmeAccount).where(AcmeAccount.directory_url == directory_url))
-    return None if row is None else _StoredAccount(row.id, row.key_pem, row.uri, row.email)
-
-
-def _release_connection() -> None:
-    """End the session's read-only transaction, so that no database connection is
-    held while the CA works (minutes at worst); a caller's unsaved changes, if any,
-    are left alone."""
-    session = db.session
-    if not (session.new or session.dirty or session.deleted):
-        session.commit()
-
-
-def _account_client(settings: AcmeSettings, stored: _StoredAccount | None) -> AcmeClient:
-    """A client signed in to the directory's account, registering it on first use."""
-    if stored is None:
-        key_pem = new_account_key()
-        client = AcmeClient(settings.directory_url, settings.ca_bundle, key_pem)
-        try:
-            _refuse_external_binding(client)
-            uri = client.register(settings.email)
-        except BaseException:
-            client.close()
-            raise
-        _save_account(settings, key_pem, uri)
-        return client
-    client = AcmeClient(settings.directory_url, settings.ca_bundle, stored.key_pem)
-    try:
-        account = client.find_account()
-        if account is None:  # the CA forgot it (reset, deactivated): register again
-            _refuse_external_binding(client)
-            uri = client.register(settings.email)
-            logger.info("ACME account for %s registered again", settings.directory_url)
-        else:
-            uri = account.uri
-            if stored.email != settings.email:
-                client.update_contact(account, settings.email)
-    except BaseException:
-        client.close()
-        raise
-    if (uri, settings.email) != (stored.uri, stored.email):
-        with db.engine.begin() as conn:
-            conn.execute(update(AcmeAccount).where(AcmeAccount.id == stored.id)
-                         .values(uri=uri, email=settings.email))
-    return client
-
-
-def _refuse_external_binding(client: AcmeClient) -> None:
-    if client.external_account_required():
-        raise AcmeIssueError(
-            "ca_refused", "this CA requires an external account binding (EAB), which the "
-            "control plane does not support; choose another ACME directory")
-
-
-def _save_account(settings: AcmeSettings, key_pem: str, uri: str) -> None:
-    try:
-        with db.engine.begin() as conn:
-            conn.execute(insert(AcmeAccount).values(
-                directory_url=settings.directory_url, email=settings.email, key_pem=key_pem,
-                uri=uri))
-        logger.info("ACME account registered at %s", settings.directory_url)
-    except IntegrityError:
-        # Another issuance registered the directory's account at the same moment;
-        # its row is kept, this account is used for this order only.
-        logger.info("ACME account for %s was registered concurrently",
-                    settings.directory_url)
-
-
 # -- proving control --------------------------------------------------------------
+
+def _token_hosts(nodes: Sequence[Node]) -> list[http01.TokenHost]:
+    return [http01.TokenHost(node.name, deployments.ssh_target(node),
+                             posixpath.join(acme_webroot(rendering.node_spec(node)),
+                                            http01.CHALLENGE_PATH))
+            for node in nodes]
+
 
 @contextmanager
 def _http01(hosts: Sequence[http01.TokenHost],
