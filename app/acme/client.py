@@ -60,6 +60,15 @@ class AcmeIssueError(Exception):
         return self.message
 
 
+@dataclass(frozen=True)
+class AcmeSettings:
+    """Which CA to order from and how to trust it: every order and account uses one."""
+
+    directory_url: str
+    email: str
+    ca_bundle: str | None  # path to a PEM bundle for a private CA (verify=), None = system store
+
+
 def new_account_key() -> str:
     """A P-256 account key (PKCS#8 PEM): ES256 signatures are small and fast."""
     key = ec.generate_private_key(ec.SECP256R1())

@@ -6,6 +6,9 @@ Tokens live at ``<acme_webroot>/.well-known/acme-challenge/<token>`` on each nod
 (beside the managed directory, so a deployment swapping it keeps them); every engine
 serves that location on every site.  Files are 0644 and directories 0755: the proxy's
 unprivileged workers read them.
+
+Hosts come in as plain values (a name, an SSH target, the challenge directory): which
+nodes serve a site, and where, is the certificates service's business.
 """
 
 from __future__ import annotations
@@ -27,10 +30,6 @@ from app.connector import (
     SSHTarget,
     UnreachableError,
 )
-from app.models import Node
-from app.engines.base import acme_webroot
-from app.services.deployments import ssh_target
-from app.services.rendering import node_spec
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +49,6 @@ class TokenHost:
     name: str
     target: SSHTarget
     challenge_dir: str
-
-
-def token_hosts(nodes: Sequence[Node]) -> list[TokenHost]:
-    return [TokenHost(node.name, ssh_target(node),
-                      posixpath.join(acme_webroot(node_spec(node)), CHALLENGE_PATH))
-            for node in nodes]
 
 
 def check_token(token: str) -> str:

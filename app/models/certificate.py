@@ -63,7 +63,7 @@ class Certificate(TimestampMixin, db.Model):
     last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
                                                              nullable=True)
     last_error: Mapped[str] = mapped_column(Text, default="")
-    # What kind of problem it was (app.acme.issue.AcmeIssueError codes, or "invalid").
+    # What kind of problem it was (app.acme.client.AcmeIssueError codes, or "invalid").
     last_error_code: Mapped[str] = mapped_column(String(32), default="")
     # Set while an issuance runs (in whichever process): claimed by a conditional
     # UPDATE so that two never run at once for one certificate.

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from flask import current_app
 
-from app.acme.issue import AcmeSettings
+from app.acme.client import AcmeSettings
 from app.errors import ValidationError
 from app.extensions import db
 from app.models import Setting, User

@@ -66,7 +66,7 @@ SITE_FIELDS = (
     "basic_auth", "rate_limit", "headers", "blocked", "blocked_reason",
 )
 ADMIN_FIELDS = ("owner_id",)
-# How a "letsencrypt" site proves its names to the CA (see services/certificates.py).
+# How a "letsencrypt" site proves its names to the CA (see services/certificates/).
 ACME_CHALLENGES = ("http-01", "dns-01")
 LIMITS = {
     "aliases": 50, "backends": 32, "countries": 250, "ip_rules": 500, "basic_auth": 50,

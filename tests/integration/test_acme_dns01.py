@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 from cryptography import x509
 
-from app.acme.issue import AcmeIssueError, AcmeSettings, Issued, issue
 from app.models import Site, User
 from app.services import dns_providers
+from app.services.certificates import AcmeIssueError, AcmeSettings, Issued, issue
 from tests import factories
 from tests.components import free_port
 from tests.knot import KnotServer, knot  # noqa: F401 - fixture

@@ -20,11 +20,11 @@ from cryptography import x509
 from sqlalchemy import delete, select, text
 
 from app.acme.client import new_account_key
-from app.acme.issue import AcmeIssueError, AcmeSettings, Issued, issue
+from app.engines.base import acme_webroot
 from app.extensions import db, ssh
 from app.models import AcmeAccount, DeploymentStatus, Site
-from app.engines.base import acme_webroot
 from app.services import deployments, nodes
+from app.services.certificates import AcmeIssueError, AcmeSettings, Issued, issue
 from tests import factories
 from tests.caddy_node import CaddyNode
 from tests.fleet import Backends, FleetNode, register_caddy

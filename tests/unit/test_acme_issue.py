@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from app.acme import http01
-from app.acme.issue import AcmeIssueError, AcmeSettings, issue
 from app.services import nodes
+from app.services.certificates import AcmeIssueError, AcmeSettings, issue
 from tests import factories
 from tests.components import free_port
 from tests.hostile import INJECTION_STRINGS
