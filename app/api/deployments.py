@@ -27,6 +27,13 @@ class StepSchema(Schema):
     step = fields.String()
     seconds = fields.Float()
     ok = fields.Boolean()
+    # The upload's details, for administrators (a count of files would tell a client
+    # how big the pool it shares is).
+    mode = fields.String(metadata={"description": "upload: incremental (only the changed "
+                                                  "files were sent), full or adopt"})
+    files = fields.Integer(metadata={"description": "upload: files sent"})
+    removed = fields.Integer(metadata={"description": "upload: files removed"})
+    bytes = fields.Integer(metadata={"description": "upload: size of what was sent"})
 
 
 class NodeDeploymentSchema(Schema):

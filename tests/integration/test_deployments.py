@@ -23,6 +23,7 @@ from app.errors import Conflict, NotFound
 from app.extensions import ssh
 from app.models import AuditLog, Deployment, DeploymentStatus, Node, Rollout, Site
 from app.services import deployments, node_actions, nodes, sites
+from app.services.deployments.release import STAGE_SCRIPT
 from app.services.node_lock import node_lease
 from tests import factories
 from tests.caddy_node import CaddyNode
@@ -106,8 +107,14 @@ def test_the_api_answers_202_then_reports_each_node(app, admin, alice, fleet, ba
     assert body["deployed"] == len(fleet) and all(n["node_id"] is None for n in body["nodes"])
     as_admin = http.get(f"/api/v1/deployments/{rollout_id}", headers=api_headers(admin))
     assert sorted(n["node"] for n in as_admin.get_json()["nodes"]) == [n.name for n in fleet]
-    steps = [s["step"] for s in body["nodes"][0]["steps"]]
-    assert steps == ["lock", "render", "upload", "swap", "test", "reload", "verify", "cleanup"]
+    assert set().union(*(s.keys() for s in body["nodes"][0]["steps"])) == {"step", "seconds",
+                                                                            "ok"}
+    steps = as_admin.get_json()["nodes"][0]["steps"]
+    # A node's first deployment keeps the operator's directory aside ("adopt"); later
+    # ones build the release from the live one in the upload step.
+    first = ["adopt", "swap"] if steps[2].get("mode") == "adopt" else []
+    assert [s["step"] for s in steps] == ["lock", "render", "upload", *first, "test", "reload",
+                                          "verify", "cleanup"]
     listed = http.get(f"/api/v1/sites/{site.id}/deployments",
                       headers=api_headers(alice)).get_json()
     assert [item["id"] for item in listed["items"]] == [rollout_id]
@@ -265,15 +272,15 @@ def test_a_connection_dropped_during_the_upload_changes_nothing(
         nodes.update_node(admin, victim.id, {"ssh_port": relay.port})
         before = _serving_before(fleet)
         pool = ssh.pool(app)
-        upload = pool.upload_tree
+        run = pool.run
 
-        def cut_midway(target: Any, remote_dir: str, files: Any, **kwargs: Any) -> None:
-            if target.node_id == victim.id:
+        def cut_midway(target: Any, argv: list[str], **kwargs: Any) -> Any:
+            if target.node_id == victim.id and STAGE_SCRIPT in argv:
                 relay.refuse()  # the node stays gone after the cut
-                relay.drop_after(1500)
-            upload(target, remote_dir, files, **kwargs)
+                relay.drop_after(2500)  # past the command, into the archive
+            return run(target, argv, **kwargs)
 
-        monkeypatch.setattr(pool, "upload_tree", cut_midway)
+        monkeypatch.setattr(pool, "run", cut_midway)
         sites.update_site(alice, live_site.id, {"headers": {"X-Shop": "v2"}})
         rollout = deploy(alice, live_site)
         failed = next(d for d in rollout.deployments if d.node_name == victim.name)
@@ -284,7 +291,7 @@ def test_a_connection_dropped_during_the_upload_changes_nothing(
         assert all(n.get("shop.example.com").headers["x-shop"] == "v2" for n in fleet[1:])
 
         # Back online: the next deployment sweeps the partial release and succeeds.
-        monkeypatch.setattr(pool, "upload_tree", upload)
+        monkeypatch.setattr(pool, "run", run)
         relay.refuse(False)
         assert deploy(alice, live_site).status == DeploymentStatus.SUCCEEDED
         assert victim.get("shop.example.com").headers["x-shop"] == "v2"
@@ -670,18 +677,20 @@ def test_a_failed_release_that_cannot_be_removed_still_gets_the_previous_one_rel
         monkeypatch.setitem(app.config, "DEPLOY_VERIFY_TIMEOUT", 2.0)
         ssh.reset(app)
         pool = ssh.pool(app)
-        remove_tree = pool.remove_tree
+        run = pool.run
+        stalled: list[str] = []
 
-        def stall_while_removing(target: Any, path: str) -> None:
-            if target.node_id != victim.id:
-                return remove_tree(target, path)
+        def stall_while_removing(target: Any, argv: list[str], **kwargs: Any) -> Any:
+            if target.node_id != victim.id or argv[:2] != ["rm", "-rf"]:
+                return run(target, argv, **kwargs)
+            stalled.append(argv[-1])
             relay.stall()  # the node stops answering while the failed release goes
             try:
-                return remove_tree(target, path)
+                return run(target, argv, **kwargs)
             finally:
                 relay.resume()
 
-        monkeypatch.setattr(pool, "remove_tree", stall_while_removing)
+        monkeypatch.setattr(pool, "run", stall_while_removing)
         # A reload that does nothing: the node never answers with the new
         # configuration's probe, and verification fails.
         monkeypatch.setitem(app.config, "ALLOW_CUSTOM_NODE_COMMANDS", True)
@@ -691,6 +700,7 @@ def test_a_failed_release_that_cannot_be_removed_still_gets_the_previous_one_rel
         [failed] = rollout.deployments
         assert failed.status == DeploymentStatus.ROLLED_BACK, failed.error
         assert failed.error.startswith("verify: ") and "could not be put back" not in failed.error
+        assert stalled, "the failed release was never removed"
         assert victim.snapshot() == before[victim.name][0]
         assert _wait_serving(victim, "live") == "live"
         db.session.expire_all()

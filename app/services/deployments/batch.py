@@ -184,6 +184,8 @@ def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], record
             probe=expected_probe(node, files),
             previous_probe=(expected_probe(node, before_files) if before_files is not None
                             else None),
+            base_files=({path: text.encode() for path, text in before_files.items()}
+                        if before_files is not None else None),
             command_timeout=cfg["SSH_OPERATION_TIMEOUT"],
             verify_timeout=cfg["DEPLOY_VERIFY_TIMEOUT"], steps=steps,
         ), retry=retry)

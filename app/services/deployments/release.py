@@ -6,9 +6,12 @@ the database, so that a slow node never holds a database connection.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
+import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +20,7 @@ from app.connector import (
     CommandResult,
     ConnectorError,
     HostKeyChanged,
+    RemoteFileError,
     SSHPool,
     SSHTarget,
 )
@@ -25,6 +29,74 @@ from app.services.deployments.verify import OldGeneration, verify_sites, wait_fo
 logger = logging.getLogger(__name__)
 
 RELEASE_PREFIX = "v"
+# The staging command's answers besides 0: the live release is not the one the
+# control plane knows (send everything), the managed directory is still the
+# operator's own (adopt it first), the release on the node does not hold exactly
+# the files sent.
+NEEDS_FULL, NOT_A_LINK, MISMATCH = 75, 76, 77
+# Builds the new release beside the live one in one command: the releases left by
+# interrupted deployments go, the live release is copied as hard links (unchanged
+# files cost nothing to send), the removed files go, the archive on stdin (changed
+# files only; every file for a full upload) is unpacked with each file unlinked
+# first so that no file of the live release is written through a link, the result
+# is checked against the digest of the whole desired set, and the link is swapped
+# with one rename.  Every value arrives as a positional word; none is shell code.
+STAGE_SCRIPT = r"""set -eu
+link=$1 releases=$2 new=$3 base=$4 want=$5
+shift 5
+umask 022
+digest() {
+  (cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum \
+    | sha256sum | cut -d" " -f1)
+}
+live=$(readlink -- "$link" || true)
+case "$live" in ""|/*) ;; *) live="$(dirname -- "$link")/$live" ;; esac
+mkdir -p -- "$releases"
+for old in "$releases"/v*; do
+  [ -e "$old" ] || [ -L "$old" ] || continue
+  [ "$old" = "$live" ] || rm -rf -- "$old"
+done
+if [ -e "$link" ] && [ ! -L "$link" ]; then exit 76; fi
+staging="$new.partial"
+if [ -n "$base" ]; then
+  case "$live" in "$releases"/v*) ;; *) exit 75 ;; esac
+  [ "$(digest "$live")" = "$base" ] || exit 75
+  cp -al -- "$live" "$staging"
+  cd "$staging"
+  [ "$#" -eq 0 ] || rm -f -- "$@"
+  find . -mindepth 1 -type d -empty -delete
+else
+  mkdir -- "$staging"
+  cd "$staging"
+fi
+tar -x -U --no-same-owner -f -
+[ "$(digest .)" = "$want" ] || exit 77
+cd /
+chmod 755 "$staging"
+mv -T -- "$staging" "$new"
+ln -s -- "$new" "$new.link"
+mv -T -- "$new.link" "$link"
+"""
+
+
+def manifest_digest(files: Mapping[str, bytes]) -> str:
+    """What ``sha256sum`` says of a release holding ``files``, as the staging command
+    computes it on the node: the same set of bytes gives the same digest."""
+    listing = b"".join(f"{hashlib.sha256(files[path]).hexdigest()}  ./{path}\n".encode()
+                       for path in sorted(files, key=lambda p: p.encode()))
+    return hashlib.sha256(listing).hexdigest()
+
+
+def tar_archive(files: Mapping[str, bytes]) -> bytes:
+    """The files as a tar archive: regular files 0644 owned by no one in particular
+    (the node's user owns them once unpacked), in path order."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        for path in sorted(files):
+            info = tarfile.TarInfo(path)
+            info.size, info.mode, info.mtime = len(files[path]), 0o644, 0
+            archive.addfile(info, io.BytesIO(files[path]))
+    return buffer.getvalue()
 
 
 ADOPTED_PREFIX = "adopted-"
@@ -58,6 +130,10 @@ class NodeJob:
     probe: str | None
     # What the probe answers while the last deployed version runs (None if unknown).
     previous_probe: str | None
+    # The files of the version the node last took (None if unknown): the release is
+    # built from the live one with only the difference sent, if the node still
+    # holds exactly these.
+    base_files: dict[str, bytes] | None
     command_timeout: float
     verify_timeout: float
     steps: list[dict[str, Any]] = field(default_factory=list)
@@ -88,19 +164,22 @@ class Release:
         self.reloaded = False
         self.current = ""
         self.old_generation: OldGeneration | None = None
+        self._said = ""
 
     @contextmanager
-    def step(self, name: str) -> Iterator[None]:
+    def step(self, name: str) -> Iterator[dict[str, Any]]:
+        """Time a step; what the body puts in the dictionary it gets is recorded too."""
         self.current = name
         self.job.on_step(name)
         started = time.monotonic()
         ok = False
+        details: dict[str, Any] = {}
         try:
-            yield
+            yield details
             ok = True
         finally:
             self.job.steps.append({"step": name, "seconds": round(time.monotonic() - started, 4),
-                                   "ok": ok})
+                                   "ok": ok, **details})
 
     def run(self) -> None:
         """:raises StepFailed: for any failure, after putting the previous release back
@@ -130,7 +209,7 @@ class Release:
         try:
             with self.step("cleanup"):
                 if self.previous and not self.adopted and self._ours(self.previous):
-                    self.pool.remove_tree(self.job.target, self._absolute(self.previous))
+                    self._remove(self._absolute(self.previous))
         except Exception:
             logger.warning("node %s: could not remove the previous release",
                            self.job.target.node_id, exc_info=True)
@@ -171,18 +250,62 @@ class Release:
                 self._fail("verify", problem, reload=True)
 
     def _stage(self) -> None:
-        """Upload the release and swap the link to it (the operator's directory kept
-        aside on our first deployment)."""
+        """Build the release on the node and swap the link to it, in one command: from
+        the live release plus the changed files when the node holds what it last took,
+        else from every file.  The operator's own directory, on our first deployment,
+        is kept aside first (:meth:`_adopt`)."""
+        job = self.job
+        with self.step("upload") as details:
+            # Known before anything changes, so that a lost connection can be undone.
+            self.previous = self.pool.readlink(job.target, self.config_dir)
+            self.swapped = True  # the command may swap before we hear back from it
+            status = self._send(details, job.base_files)
+            if status == NEEDS_FULL and job.base_files is not None:
+                status = self._send(details, None)
+            if status == NOT_A_LINK:
+                self.swapped = False
+                details["mode"] = "adopt"
+            elif status == MISMATCH:
+                self.swapped = False
+                raise StepFailed("upload", "the release on the node does not hold exactly the "
+                                 "files sent", restored=True, after_swap=False)
+            elif status != 0:
+                self.swapped = False
+                raise StepFailed("upload", f"could not build the release: {self._said}",
+                                 restored=True, after_swap=False)
+            else:
+                return
+        self._adopt()
+
+    def _send(self, details: dict[str, Any], base: Mapping[str, bytes] | None) -> int:
+        """Run the staging command with what ``base`` lacks; returns its exit status."""
+        files = self.job.files
+        if base is None:
+            sent, removed, base_digest = dict(files), [], ""
+        else:
+            sent = {path: data for path, data in files.items() if base.get(path) != data}
+            removed = sorted(path for path in base if path not in files)
+            base_digest = manifest_digest(base)
+        archive = tar_archive(sent)
+        details.update(mode="incremental" if base is not None else "full", files=len(sent),
+                       removed=len(removed), bytes=len(archive))
+        argv = ["sh", "-c", STAGE_SCRIPT, "sh", self.config_dir, self.releases, self.release,
+                base_digest, manifest_digest(files), *removed]
+        result = self.pool.run(self.job.target, argv, stdin=archive,
+                               timeout=self.job.command_timeout)
+        self._said = output_of(result)
+        return result.exit_status
+
+    def _adopt(self) -> None:
+        """Our first deployment to a node whose managed directory is still a plain
+        directory: it is kept aside, intact, and the release is uploaded over SFTP."""
         pool, target, job = self.pool, self.job.target, self.job
-        with self.step("upload"):
-            # Usually a link already (one request); otherwise, what it is.
-            self.previous = pool.readlink(target, self.config_dir)
-            kind = "link" if self.previous is not None else pool.kind(target, self.config_dir)
+        with self.step("adopt"):
+            kind = pool.kind(target, self.config_dir)
             if kind == "file":
                 raise StepFailed("upload", f"{self.config_dir} is a file, not a directory",
                                  restored=True, after_swap=False)
             pool.mkdir_p(target, self.releases)
-            self._sweep(kind)
             pool.upload_tree(target, self.release, job.files)
         with self.step("swap"):
             if kind == "dir":
@@ -248,14 +371,16 @@ class Release:
     def _ours(self, path: str) -> bool:
         return self._absolute(path).startswith(f"{self.releases}/{RELEASE_PREFIX}")
 
-    def _sweep(self, kind: str | None) -> None:
-        """Remove releases left by interrupted deployments (never the live one, never
-        an adopted operator directory)."""
-        live = self._absolute(self.previous) if kind == "link" and self.previous else None
-        for name in self.pool.listdir(self.job.target, self.releases):
-            path = f"{self.releases}/{name}"
-            if name.startswith(RELEASE_PREFIX) and path != live:
-                self.pool.remove_tree(self.job.target, path)
+    def _remove(self, release: str) -> None:
+        """Remove a release of ours with one command (a release holds a file or more
+        per site: one request per file would cost a big pool seconds).
+
+        :raises RemoteFileError: when the node refuses."""
+        result = self.pool.run(self.job.target, ["rm", "-rf", "--", release],
+                               timeout=self.job.command_timeout)
+        if not result.ok:
+            raise RemoteFileError(f"node {self.job.target.node_id}: could not remove "
+                                  f"{release}: {output_of(result)}", None)
 
     def _fail(self, step: str, message: str, *, reload: bool,
               reload_refused: bool = False) -> None:
@@ -287,7 +412,7 @@ class Release:
                              target.node_id)
             return False
         try:
-            pool.remove_tree(target, self.release)
+            self._remove(self.release)
         except Exception:
             logger.warning("node %s: could not remove the failed release %s; the next "
                            "deployment's sweep does", target.node_id, self.release,

@@ -401,7 +401,9 @@ def rollout_to_dict(rollout: Rollout, actor: User) -> dict[str, Any]:
             "step": d.step,
             "error": d.error if admin else told.summary,
             "message": told.summary,
-            "steps": d.steps,
+            "steps": d.steps if admin else [
+                {key: step[key] for key in ("step", "seconds", "ok") if key in step}
+                for step in d.steps],
             "version": d.config_version.version if d.config_version else None,
         })
     failed = sum(1 for d in rollout.deployments if d.status in (
