@@ -18,8 +18,9 @@ from app.models.deployment import (
     Rollout,
     RolloutKind,
 )
-from app.models.jobs import JobRun, JobStatus, SchedulerLease, Setting
+from app.models.jobs import JobRun, JobStatus, SchedulerLease
 from app.models.node import Node, NodeStatus, Pool, ProxyType
+from app.models.setting import Setting
 from app.models.site import (
     BackendProtocol,
     BlockedName,

@@ -14,8 +14,9 @@ from sqlalchemy import select
 
 from app.models import AuditLog, JobRun, JobStatus, NodeStatus, SchedulerLease
 from app.models.base import as_utc, utcnow
-from app.scheduler import JOBS, Job, RowLease, Scheduler, start_scheduler
+from app.scheduler import JOBS, Job, Scheduler, start_scheduler
 from app.services import jobs
+from app.services.scheduler_lease import RowLease
 from tests import factories
 from tests.components import free_port
 from tests.conftest import api_headers, login, make_app
