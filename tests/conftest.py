@@ -1,8 +1,9 @@
-"""Layered fixtures: app -> db -> users -> clients.
+"""Layered fixtures: app -> db -> users -> clients, and the markers of each folder.
 
 The database is created by the real migrations (``flask db upgrade``) once per run,
 on SQLite by default or on the PostgreSQL named by ``TEST_DATABASE_URL``; each test
-starts from empty tables.
+starts from empty tables.  Only tests whose fixtures reach ``app`` build it: the pure
+ones never touch a database.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask, g, request_started
 from flask.testing import FlaskClient
-from sqlalchemy import text
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.pool import NullPool
 
 from app import create_app
 from app.extensions import db as _db
@@ -24,13 +27,68 @@ from tests import factories
 
 pytest_plugins = ["tests.components"]
 
+TESTS = Path(__file__).resolve().parent
+#: What each folder holds; its name is the marker that selects it (``-m unit``).
+KINDS = ("unit", "db", "integration", "e2e", "property", "api_fuzz")
+#: Folders whose tests must never reach the app's database.
+PURE_KINDS = ("unit", "property")
+#: Added to every test whose fixtures reach the app's database: such tests run on
+#: SQLite and on PostgreSQL; the others once.
+APP_DATABASE = "app_database"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its folder's kind, and with ``app_database`` when it uses
+    the app's database.  A test in the wrong folder (a pure folder's test that reaches
+    the database, a database test that never does) stops the run, since the runs of
+    scripts/test-inner.sh select tests by these markers."""
+    misplaced = []
+    for item in items:
+        parts = Path(item.path).resolve().relative_to(TESTS).parts
+        kind = parts[0] if len(parts) > 1 and parts[0] in KINDS else None
+        uses_database = "app" in item.fixturenames
+        if kind is not None:
+            item.add_marker(kind)
+        if uses_database:
+            item.add_marker(APP_DATABASE)
+        if (kind in PURE_KINDS and uses_database) or (kind == "db" and not uses_database):
+            misplaced.append(f"{item.nodeid} ({'uses' if uses_database else 'never uses'} "
+                             "the database)")
+    if misplaced:
+        raise pytest.UsageError(
+            "tests in the wrong folder: tests/unit and tests/property never reach the "
+            "database, tests/db always does:\n  " + "\n  ".join(misplaced))
+
 
 def database_url() -> str:
+    """``TEST_DATABASE_URL`` (with pytest-xdist, a database of each worker's own on
+    that server, named after the worker, since every session empties its tables),
+    else a fresh SQLite file."""
     url = os.environ.get("TEST_DATABASE_URL")
-    if url:
+    if not url:
+        path = os.path.join(tempfile.mkdtemp(prefix="rpcc-test-"), "test.db")
+        return f"sqlite:///{path}"
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
         return url
-    path = os.path.join(tempfile.mkdtemp(prefix="rpcc-test-"), "test.db")
-    return f"sqlite:///{path}"
+    parsed = make_url(url)
+    return parsed.set(database=f"{parsed.database}_{worker}").render_as_string(
+        hide_password=False)
+
+
+def create_worker_database(url: str) -> None:
+    """Create a worker's own PostgreSQL database (see :func:`database_url`) through
+    ``TEST_DATABASE_URL``'s, unless it exists from an earlier run."""
+    name = make_url(url).database
+    server = create_engine(os.environ["TEST_DATABASE_URL"], isolation_level="AUTOCOMMIT",
+                           poolclass=NullPool)
+    try:
+        with server.connect() as conn:
+            if not conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :name"),
+                               {"name": name}):
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        server.dispose()
 
 
 def make_app(**overrides: Any) -> Flask:
@@ -67,6 +125,8 @@ def reset_database() -> None:
 def app() -> Iterator[Flask]:
     from flask_migrate import upgrade
 
+    if os.environ.get("TEST_DATABASE_URL") and os.environ.get("PYTEST_XDIST_WORKER"):
+        create_worker_database(_DATABASE_URL)
     application = make_app()
     with application.app_context():
         if _db.engine.dialect.name == "postgresql":
@@ -86,14 +146,18 @@ def db(app: Flask) -> Iterator[Any]:
 
 
 @pytest.fixture(autouse=True)
-def fresh_user_per_request(app: Flask) -> Iterator[None]:
+def fresh_user_per_request(request: pytest.FixtureRequest) -> Iterator[None]:
     """Test requests reuse the ``db`` fixture's app context and so its ``g``, where
-    Flask-Login caches the signed-in user; forget it so each request loads its own."""
+    Flask-Login caches the signed-in user; forget it so each request loads its own.
+    Tests that never ask for the app do not get one from here."""
+    if "app" not in request.fixturenames:
+        yield
+        return
 
     def forget(sender: Flask, **extra: Any) -> None:
         g.pop("_login_user", None)
 
-    with request_started.connected_to(forget, app):
+    with request_started.connected_to(forget, request.getfixturevalue("app")):
         yield
 
 

@@ -94,25 +94,6 @@ def test_admin_sees_versions_and_their_diff_with_private_keys_withheld(app, admi
                                  headers=api_headers(admin)).status_code == 404
 
 
-def test_rollout_status_values_are_the_documented_ones():
-    assert [s.value for s in DeploymentStatus] == [
-        "pending", "running", "succeeded", "failed", "rolled_back", "skipped"]
-
-
-def test_a_rollback_summary_says_what_happens_to_the_sites():
-    from types import SimpleNamespace
-
-    now = SimpleNamespace(version=5, file_count=9, site_versions={"1": 3, "2": 7, "3": 1})
-    then = SimpleNamespace(version=2, file_count=7, site_versions={"1": 2, "2": 7, "4": 1})
-    summary = deployments.rollback_summary(now, then)
-    assert summary == ("From v5 to v2: 1 site goes back to an earlier configuration; "
-                       "1 site stops being served; 1 site comes back.")
-    more = SimpleNamespace(version=1, file_count=3, site_versions={})
-    assert deployments.rollback_summary(now, more) == "From v5 to v1: 3 sites stop being served."
-    assert deployments.rollback_summary(now, now).endswith("no site changes (shared files only).")
-    assert deployments.rollback_summary(None, then) == "The node gets v2 (7 files)."
-
-
 def test_the_deployment_list_filters_by_status_and_site(app, admin, alice, admin_client):
     ok = factories.make_rollout(factories.make_site(alice, "fine.example.com"))
     bad = factories.make_rollout(factories.make_site(alice, "broken.example.com"))

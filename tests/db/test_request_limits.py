@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from app import json_depth
 from tests import factories
 from tests.conftest import api_headers, login
 
@@ -52,11 +51,6 @@ def test_deeply_nested_json_is_refused_before_parsing(client, admin):
         **api_headers(admin), "Content-Type": "application/json"})
     assert response.status_code == 400
     assert "nested deeper" in response.get_json()["error"]["message"]
-
-
-def test_json_depth_skips_brackets_inside_strings():
-    assert json_depth(b'{"a": [1, {"b": "]]]]{{{{"}]}') == 3
-    assert json_depth(b'"\\"[[["') == 0
 
 
 def test_bodies_over_the_limit_answer_413(app, client, admin):

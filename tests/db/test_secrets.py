@@ -67,20 +67,3 @@ def test_rotation_command_reports_counts(app, db):
     result = app.test_cli_runner().invoke(args=["keys", "rotate"])
     assert result.exit_code == 0, result.output
     assert "nodes.ssh_private_key: 1 re-encrypted" in result.output
-
-
-def test_encrypted_columns_are_discovered_from_the_models():
-    assert set(keys.encrypted_columns()) == {
-        ("users", "totp_secret"), ("nodes", "ssh_private_key"), ("nodes", "ssh_password"),
-        ("config_versions", "files"), ("acme_accounts", "key_pem"),
-        ("certificates", "key_pem"), ("dns_providers", "tsig_secret"),
-    }
-
-
-def test_production_refuses_to_start_without_secrets(monkeypatch):
-    import pytest
-
-    from app import create_app
-
-    with pytest.raises(RuntimeError, match="SECRET_KEY and ENCRYPTION_KEYS"):
-        create_app("production", {"SECRET_KEY": "", "ENCRYPTION_KEYS": ""})

@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 
 from app.extensions import limiter
 from app.services import audit
-from app.services.sign_in_limits import ADDRESS, LOCKED, USER, USER_ADDRESS, Settings
+from app.services.sign_in_limits import ADDRESS, LOCKED, USER, USER_ADDRESS
 from tests import factories
 from tests.components import free_port
 from tests.conftest import make_app
@@ -169,11 +169,3 @@ def test_sign_in_works_without_limits_when_their_storage_is_unreachable(app, db,
         assert form(client, "alice", factories.PASSWORD, ATTACKER) == 302
     finally:
         limiter.init_app(app)
-
-
-@pytest.mark.parametrize(("failures", "seconds"), [
-    (5, 30), (6, 60), (7, 120), (8, 240), (9, 480), (10, 900), (11, 900), (500, 900)])
-def test_each_failure_past_the_threshold_doubles_the_lock_up_to_the_cap(failures, seconds):
-    limits = Settings(window=3600, thresholds={USER_ADDRESS: 5, USER: 10, ADDRESS: 20},
-                      backoff=30, backoff_max=900, fresh_wait=30)
-    assert limits.lock_seconds(USER_ADDRESS, failures) == seconds
