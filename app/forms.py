@@ -415,6 +415,11 @@ class AcmeSettingsForm(ServiceForm):
                                        "empty uses the system's trust store.")
     submit = SubmitField("Save")
 
+    def to_data(self) -> dict[str, str]:
+        return {"directory_url": (self.directory_url.data or "").strip(),
+                "email": (self.email.data or "").strip(),
+                "ca_bundle_pem": self.ca_bundle_pem.data or ""}
+
 
 class SecuritySettingsForm(ServiceForm):
     require_admin_two_factor = BooleanField(

@@ -268,6 +268,10 @@ class PoolForm(ServiceForm):
     description = StringField("Description")
     submit = SubmitField("Save")
 
+    def to_args(self) -> tuple[str, str]:
+        """The name and description ``nodes.create_pool`` and ``update_pool`` take."""
+        return (self.name.data or "").strip(), (self.description.data or "").strip()
+
 
 class DnsProviderForm(ServiceForm):
     """An RFC 2136 server for one zone.  The TSIG secret is write-only: never shown,

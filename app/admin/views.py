@@ -51,6 +51,7 @@ from app.services import (
 )
 from app.services import dashboard as dashboard_service
 from app.services import jobs as job_service
+from app.web.object_views import delete_object, edit_object
 
 
 def _actor() -> User:
@@ -95,43 +96,34 @@ def user_list() -> Any:
 
 @bp.route("/users/new", methods=["GET", "POST"])
 def user_create() -> Any:
-    form = UserForm(creating=True)
-    if form.validate_on_submit():
-        try:
-            user, generated = users.create_user(_actor(), form.to_data())
-        except ValidationError as exc:
-            form.add_service_errors(exc.fields)
-        else:
-            flash(f"User {user.username} created.", "success")
-            if generated:
-                return _show_password(user, generated, f"User {user.username} created", "")
-            return redirect(url_for(".users"))
-    return render_template("admin/user_form.html", form=form, user=None), form_status(form)
+    def shown_once(created: tuple[User, str | None]) -> Any:
+        user, generated = created
+        if generated:
+            return _show_password(user, generated, f"User {user.username} created", "")
+        return None
+
+    return edit_object(
+        UserForm(creating=True), lambda form: users.create_user(_actor(), form.to_data()),
+        "admin/user_form.html", user=None, next_url=url_for(".users"),
+        message=lambda created: f"User {created[0].username} created.", answer=shown_once)
 
 
 @bp.route("/users/<int:user_id>/edit", methods=["GET", "POST"])
 def user_edit(user_id: int) -> Any:
     actor = _actor()
     user = users.get_user(actor, user_id)
-    form = UserForm(creating=False, own_account=user.id == actor.id, data=UserForm.initial(user))
-    if form.validate_on_submit():
-        try:
-            users.update_user(actor, user_id, form.to_data())
-        except ValidationError as exc:
-            form.add_service_errors(exc.fields)
-        except Forbidden as exc:
-            return _refused(exc, ".user_edit", user_id=user_id)
-        else:
-            flash(f"User {user.username} saved.", "success")
-            return redirect(url_for(".users"))
-    return _user_page(user, form), form_status(form)
+    return edit_object(
+        UserForm(creating=False, own_account=user.id == actor.id, data=UserForm.initial(user)),
+        lambda form: users.update_user(actor, user_id, form.to_data()),
+        "admin/user_form.html", **_user_context(user),
+        message=lambda _: f"User {user.username} saved.", next_url=url_for(".users"),
+        refused=(Forbidden,), refused_url=url_for(".user_edit", user_id=user_id))
 
 
-def _user_page(user: User, form: UserForm, grant_form: DomainGrantForm | None = None) -> str:
-    return render_template("admin/user_form.html", form=form, user=user,
-                           grants=domain_grants.list_grants(_actor(), user.id),
-                           grant_form=grant_form or DomainGrantForm(formdata=None,
-                                                                    prefix="grant"))
+def _user_context(user: User, grant_form: DomainGrantForm | None = None) -> dict[str, Any]:
+    """The user page besides its form: the domains given to the user."""
+    return {"user": user, "grants": domain_grants.list_grants(_actor(), user.id),
+            "grant_form": grant_form or DomainGrantForm(formdata=None, prefix="grant")}
 
 
 @bp.post("/users/<int:user_id>/domains")
@@ -152,7 +144,8 @@ def user_domain_grant(user_id: int) -> Any:
                       f"{', '.join(in_use)}.", "warning")
             return redirect(url_for(".user_edit", user_id=user_id))
     form = UserForm(creating=False, own_account=user.id == actor.id, data=UserForm.initial(user))
-    return _user_page(user, form, grant_form), 422
+    return render_template("admin/user_form.html", form=form,
+                           **_user_context(user, grant_form)), 422
 
 
 @bp.post("/users/<int:user_id>/domains/<int:grant_id>/delete")
@@ -207,12 +200,8 @@ def _show_password(user: Any, password: str, heading: str, note: str) -> Any:
 
 @bp.post("/users/<int:user_id>/delete")
 def user_delete(user_id: int) -> Any:
-    try:
-        users.delete_user(_actor(), user_id)
-    except (Forbidden, Conflict) as exc:
-        return _refused(exc, ".users")
-    flash("User deleted.", "success")
-    return redirect(url_for(".users"))
+    return delete_object(lambda: users.delete_user(_actor(), user_id), message="User deleted.",
+                         next_url=url_for(".users"), refused=(Forbidden, Conflict))
 
 
 # ----------------------------------------------------------------------------- nodes
@@ -232,32 +221,20 @@ def node_list() -> Any:
 @bp.route("/nodes/new", methods=["GET", "POST"])
 def node_create() -> Any:
     actor = _actor()
-    form = NodeForm(pools=_pool_names(actor), creating=True)
-    if form.validate_on_submit():
-        try:
-            node = nodes.create_node(actor, form.to_data())
-        except ValidationError as exc:
-            form.add_service_errors(exc.fields)
-        else:
-            flash(f"Node {node.name} added.", "success")
-            return redirect(url_for(".nodes"))
-    return render_template("admin/node_form.html", form=form, node=None), form_status(form)
+    return edit_object(
+        NodeForm(pools=_pool_names(actor), creating=True),
+        lambda form: nodes.create_node(actor, form.to_data()), "admin/node_form.html",
+        node=None, message=lambda node: f"Node {node.name} added.", next_url=url_for(".nodes"))
 
 
 @bp.route("/nodes/<int:node_id>/edit", methods=["GET", "POST"])
 def node_edit(node_id: int) -> Any:
     actor = _actor()
     node = nodes.get_node(actor, node_id)
-    form = NodeForm(pools=_pool_names(actor), creating=False, data=NodeForm.initial(node))
-    if form.validate_on_submit():
-        try:
-            nodes.update_node(actor, node_id, form.to_data())
-        except ValidationError as exc:
-            form.add_service_errors(exc.fields)
-        else:
-            flash(f"Node {node.name} saved.", "success")
-            return redirect(url_for(".nodes"))
-    return render_template("admin/node_form.html", form=form, node=node), form_status(form)
+    return edit_object(
+        NodeForm(pools=_pool_names(actor), creating=False, data=NodeForm.initial(node)),
+        lambda form: nodes.update_node(actor, node_id, form.to_data()), "admin/node_form.html",
+        node=node, message=lambda _: f"Node {node.name} saved.", next_url=url_for(".nodes"))
 
 
 @bp.get("/nodes/<int:node_id>")
@@ -392,12 +369,8 @@ def node_drain(node_id: int) -> Any:
 
 @bp.post("/nodes/<int:node_id>/delete")
 def node_delete(node_id: int) -> Any:
-    try:
-        nodes.delete_node(_actor(), node_id)
-    except Conflict as exc:
-        return _refused(exc, ".nodes")
-    flash("Node deleted.", "success")
-    return redirect(url_for(".nodes"))
+    return delete_object(lambda: nodes.delete_node(_actor(), node_id), message="Node deleted.",
+                         next_url=url_for(".nodes"), refused=(Conflict,))
 
 
 # ----------------------------------------------------------------------------- pools
@@ -413,44 +386,27 @@ def pool_list() -> Any:
 
 @bp.route("/pools/new", methods=["GET", "POST"])
 def pool_create() -> Any:
-    form = PoolForm()
-    if form.validate_on_submit():
-        try:
-            pool = nodes.create_pool(_actor(), (form.name.data or "").strip(),
-                                     (form.description.data or "").strip())
-        except ValidationError as exc:
-            form.add_service_errors(exc.fields)
-        else:
-            flash(f"Pool {pool.name} created.", "success")
-            return redirect(url_for(".pools"))
-    return render_template("admin/pool_form.html", form=form, pool=None), form_status(form)
+    return edit_object(
+        PoolForm(), lambda form: nodes.create_pool(_actor(), *form.to_args()),
+        "admin/pool_form.html", pool=None, message=lambda pool: f"Pool {pool.name} created.",
+        next_url=url_for(".pools"))
 
 
 @bp.route("/pools/<int:pool_id>/edit", methods=["GET", "POST"])
 def pool_edit(pool_id: int) -> Any:
     actor = _actor()
     pool = nodes.get_pool(actor, pool_id)
-    form = PoolForm(data={"name": pool.name, "description": pool.description})
-    if form.validate_on_submit():
-        try:
-            nodes.update_pool(actor, pool_id, (form.name.data or "").strip(),
-                              (form.description.data or "").strip())
-        except ValidationError as exc:
-            form.add_service_errors(exc.fields)
-        else:
-            flash("Pool saved.", "success")
-            return redirect(url_for(".pools"))
-    return render_template("admin/pool_form.html", form=form, pool=pool), form_status(form)
+    return edit_object(
+        PoolForm(data={"name": pool.name, "description": pool.description}),
+        lambda form: nodes.update_pool(actor, pool_id, *form.to_args()),
+        "admin/pool_form.html", pool=pool, message=lambda _: "Pool saved.",
+        next_url=url_for(".pools"))
 
 
 @bp.post("/pools/<int:pool_id>/delete")
 def pool_delete(pool_id: int) -> Any:
-    try:
-        nodes.delete_pool(_actor(), pool_id)
-    except Conflict as exc:
-        return _refused(exc, ".pools")
-    flash("Pool deleted.", "success")
-    return redirect(url_for(".pools"))
+    return delete_object(lambda: nodes.delete_pool(_actor(), pool_id), message="Pool deleted.",
+                         next_url=url_for(".pools"), refused=(Conflict,))
 
 
 # ----------------------------------------------------------------------------- DNS providers
@@ -466,36 +422,24 @@ def dns_provider_list() -> Any:
 
 @bp.route("/dns-providers/new", methods=["GET", "POST"])
 def dns_provider_create() -> Any:
-    form = DnsProviderForm(creating=True)
-    if form.validate_on_submit():
-        try:
-            provider = dns_providers.create_provider(_actor(), form.to_data())
-        except ValidationError as exc:
-            form.add_service_errors(exc.fields)
-        else:
-            flash(f"DNS provider {provider.name} added for zone {provider.zone}.", "success")
-            return redirect(url_for(".dns_providers"))
-    return (render_template("admin/dns_provider_form.html", form=form, provider=None),
-            form_status(form))
+    return edit_object(
+        DnsProviderForm(creating=True),
+        lambda form: dns_providers.create_provider(_actor(), form.to_data()),
+        "admin/dns_provider_form.html", provider=None,
+        message=lambda provider: f"DNS provider {provider.name} added for zone {provider.zone}.",
+        next_url=url_for(".dns_providers"))
 
 
 @bp.route("/dns-providers/<int:provider_id>/edit", methods=["GET", "POST"])
 def dns_provider_edit(provider_id: int) -> Any:
     actor = _actor()
     provider = dns_providers.get_provider(actor, provider_id)
-    form = DnsProviderForm(creating=False, data=DnsProviderForm.initial(provider))
-    if form.validate_on_submit():
-        try:
-            dns_providers.update_provider(actor, provider_id, form.to_data())
-        except ValidationError as exc:
-            form.add_service_errors(exc.fields)
-        except Conflict as exc:
-            form.add_service_errors({"zone": exc.message})
-        else:
-            flash(f"DNS provider {provider.name} saved.", "success")
-            return redirect(url_for(".dns_providers"))
-    return (render_template("admin/dns_provider_form.html", form=form, provider=provider),
-            form_status(form))
+    return edit_object(
+        DnsProviderForm(creating=False, data=DnsProviderForm.initial(provider)),
+        lambda form: dns_providers.update_provider(actor, provider_id, form.to_data()),
+        "admin/dns_provider_form.html", provider=provider, conflict_field="zone",
+        message=lambda _: f"DNS provider {provider.name} saved.",
+        next_url=url_for(".dns_providers"))
 
 
 @bp.post("/dns-providers/<int:provider_id>/check")
@@ -507,12 +451,9 @@ def dns_provider_check(provider_id: int) -> Any:
 
 @bp.post("/dns-providers/<int:provider_id>/delete")
 def dns_provider_delete(provider_id: int) -> Any:
-    try:
-        dns_providers.delete_provider(_actor(), provider_id)
-    except Conflict as exc:
-        return _refused(exc, ".dns_providers")
-    flash("DNS provider deleted.", "success")
-    return redirect(url_for(".dns_providers"))
+    return delete_object(lambda: dns_providers.delete_provider(_actor(), provider_id),
+                         message="DNS provider deleted.", next_url=url_for(".dns_providers"),
+                         refused=(Conflict,))
 
 
 # ----------------------------------------------------------------------------- sites
@@ -541,19 +482,14 @@ def _site_form(actor: User, **kwargs: Any) -> SiteForm:
 def site_create() -> Any:
     actor = _actor()
     owner_id = request.args.get("owner_id", actor.id, type=int)
-    form = _site_form(actor, data={"owner_id": owner_id})
-    if form.validate_on_submit_with(lambda data: sites.check_site(actor, data)):
-        try:
-            site = sites.create_site(actor, form.to_data())
-        except ValidationError as exc:
-            form.add_service_errors(exc.fields)
-        except Conflict as exc:
-            return _refused(exc, ".sites")
-        else:
-            flash(f"Site {site.domain} created for {site.owner.username}.", "success")
-            return redirect(url_for(".site_detail", site_id=site.id))
-    return render_template("admin/site_form.html", form=form, site=None,
-                           capabilities=rendering.capability_matrix()), form_status(form)
+    return edit_object(
+        _site_form(actor, data={"owner_id": owner_id}),
+        lambda form: sites.create_site(actor, form.to_data()), "admin/site_form.html",
+        site=None, capabilities=rendering.capability_matrix(),
+        check=lambda data: sites.check_site(actor, data),
+        message=lambda site: f"Site {site.domain} created for {site.owner.username}.",
+        next_url=lambda site: url_for(".site_detail", site_id=site.id),
+        refused=(Conflict,), refused_url=url_for(".sites"))
 
 
 def _site_page(site: Site, block_form: BlockForm, upload_form: Any = None) -> Any:
@@ -627,31 +563,24 @@ def site_certificate_upload(site_id: int) -> Any:
 def settings_page() -> Any:
     actor = _actor()
     current = settings.get_acme_settings(actor)
-    form = AcmeSettingsForm(data=current)
-    if form.validate_on_submit():
-        try:
-            settings.update_acme_settings(actor, {
-                "directory_url": (form.directory_url.data or "").strip(),
-                "email": (form.email.data or "").strip(),
-                "ca_bundle_pem": form.ca_bundle_pem.data or ""})
-        except ValidationError as exc:
-            form.add_service_errors(exc.fields)
-        else:
-            flash("Settings saved.", "success")
-            return redirect(url_for(".settings_page"))
-    return _settings_page(actor, form, current), form_status(form)
+    return edit_object(
+        AcmeSettingsForm(data=current),
+        lambda form: settings.update_acme_settings(actor, form.to_data()), "admin/settings.html",
+        **_settings_context(actor, current), message=lambda _: "Settings saved.",
+        next_url=url_for(".settings_page"))
 
 
-def _settings_page(actor: User, form: AcmeSettingsForm, current: dict[str, Any],
-                   policy_form: BackendPolicyForm | None = None) -> str:
-    """The settings page, with the one form that was submitted as it came back."""
+def _settings_context(actor: User, current: dict[str, Any],
+                      policy_form: BackendPolicyForm | None = None) -> dict[str, Any]:
+    """The settings page besides the ACME form, with the one form that was submitted
+    as it came back."""
     policy = settings.get_backend_policy(actor)
-    return render_template(
-        "admin/settings.html", form=form, current=current, policy=policy,
-        policy_form=policy_form or BackendPolicyForm(
+    return {
+        "current": current, "policy": policy,
+        "policy_form": policy_form or BackendPolicyForm(
             formdata=None, data=BackendPolicyForm.initial(policy), prefix="policy"),
-        security_form=SecuritySettingsForm(
-            formdata=None, data=settings.get_security_settings(actor)))
+        "security_form": SecuritySettingsForm(
+            formdata=None, data=settings.get_security_settings(actor))}
 
 
 @bp.post("/settings/backend-policy")
@@ -668,8 +597,9 @@ def backend_policy_settings() -> Any:
             flash("Backend address policy saved.", "success")
             return redirect(url_for(".settings_page"))
     current = settings.get_acme_settings(actor)
-    return _settings_page(actor, AcmeSettingsForm(formdata=None, data=current), current,
-                          form), form_status(form)
+    return render_template("admin/settings.html",
+                           form=AcmeSettingsForm(formdata=None, data=current),
+                           **_settings_context(actor, current, form)), form_status(form)
 
 
 @bp.post("/settings/security")
@@ -686,27 +616,19 @@ def security_settings() -> Any:
 def site_edit(site_id: int) -> Any:
     actor = _actor()
     site = sites.get_site(actor, site_id)
-    form = _site_form(actor, data=SiteForm.initial(sites.site_to_dict(site, admin=True)))
-    if form.validate_on_submit_with(lambda data: sites.check_site(actor, data, site_id)):
-        try:
-            sites.update_site(actor, site_id, form.to_data())
-        except ValidationError as exc:
-            form.add_service_errors(exc.fields)
-        except Conflict as exc:
-            return _refused(exc, ".site_detail", site_id=site_id)
-        else:
-            flash("Site saved.", "success")
-            return redirect(url_for(".site_detail", site_id=site_id))
-    return (render_template("admin/site_form.html", form=form, site=site,
-                           capabilities=rendering.capability_matrix()),
-            form_status(form))
+    here = url_for(".site_detail", site_id=site_id)
+    return edit_object(
+        _site_form(actor, data=SiteForm.initial(sites.site_to_dict(site, admin=True))),
+        lambda form: sites.update_site(actor, site_id, form.to_data()), "admin/site_form.html",
+        site=site, capabilities=rendering.capability_matrix(),
+        check=lambda data: sites.check_site(actor, data, site_id),
+        message=lambda _: "Site saved.", next_url=here, refused=(Conflict,), refused_url=here)
 
 
 @bp.post("/sites/<int:site_id>/delete")
 def site_delete(site_id: int) -> Any:
-    sites.delete_site(_actor(), site_id)
-    flash("Site deleted.", "success")
-    return redirect(url_for(".sites"))
+    return delete_object(lambda: sites.delete_site(_actor(), site_id), message="Site deleted.",
+                         next_url=url_for(".sites"))
 
 
 @bp.post("/sites/<int:site_id>/block")

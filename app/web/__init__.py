@@ -1,0 +1,1 @@
+"""View code the panels share: the generic create, edit and delete pages."""
