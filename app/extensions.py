@@ -14,7 +14,7 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import MetaData
 
-from app.connector import SSHPool
+from app.connector import SSHConnectionPool
 from app.connector.hostkeys import FirstContactCallback
 
 # Deterministic constraint names keep Alembic migrations identical across databases.
@@ -49,18 +49,18 @@ class SSHConnections:
         """:param on_first_contact: stores a node's key the first time it is seen."""
         app.extensions["rpcc_ssh"] = {"on_first_contact": on_first_contact, "pool": None}
 
-    def pool(self, app: Flask | None = None) -> SSHPool:
+    def pool(self, app: Flask | None = None) -> SSHConnectionPool:
         app = app or current_app._get_current_object()  # type: ignore[attr-defined]
         state = app.extensions["rpcc_ssh"]
         with self._lock:
             if state["pool"] is None:
                 cfg = app.config
-                state["pool"] = SSHPool(connect_timeout=cfg["SSH_CONNECT_TIMEOUT"],
+                state["pool"] = SSHConnectionPool(connect_timeout=cfg["SSH_CONNECT_TIMEOUT"],
                                         operation_timeout=cfg["SSH_OPERATION_TIMEOUT"],
                                         idle_timeout=cfg["SSH_IDLE_TIMEOUT"],
                                         retries=cfg["SSH_RETRIES"],
                                         on_first_contact=state["on_first_contact"])
-            pool: SSHPool = state["pool"]
+            pool: SSHConnectionPool = state["pool"]
             return pool
 
     def reset(self, app: Flask | None = None) -> None:

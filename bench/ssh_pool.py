@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from app.connector import SSHPool  # noqa: E402
+from app.connector import SSHConnectionPool  # noqa: E402
 from tests.sshd import SshServer  # noqa: E402
 
 
@@ -46,13 +46,13 @@ def main() -> None:
         target = server.target()
         colds = []
         for _ in range(10):
-            pool = SSHPool()
+            pool = SSHConnectionPool()
             colds.append(timed(lambda pool=pool: pool.run(target, ["true"])))
             pool.close()
         cold = statistics.median(colds)
         print(f"cold connect + true (median of 10): {ms(cold)}")
 
-        pool = SSHPool()
+        pool = SSHConnectionPool()
         try:
             pool.run(target, ["true"])
             warm = statistics.median(timed(lambda: pool.run(target, ["true"]))
@@ -70,7 +70,7 @@ def main() -> None:
         finally:
             pool.close()
 
-        pool = SSHPool()
+        pool = SSHConnectionPool()
         try:
             targets = [server.target(node_id) for node_id in range(1, args.nodes + 1)]
             with ThreadPoolExecutor(max_workers=args.nodes) as executor:

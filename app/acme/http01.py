@@ -26,7 +26,7 @@ from app.connector import (
     AuthenticationFailed,
     ConnectorError,
     HostKeyChanged,
-    SSHPool,
+    SSHConnectionPool,
     SSHTarget,
     UnreachableError,
 )
@@ -77,7 +77,7 @@ def _fan_out(hosts: Sequence[TokenHost],
             if exc is not None}
 
 
-def publish(pool: SSHPool, hosts: Sequence[TokenHost], tokens: Mapping[str, str]) -> None:
+def publish(pool: SSHConnectionPool, hosts: Sequence[TokenHost], tokens: Mapping[str, str]) -> None:
     """Write every token (``{token: key authorization}``) on every host.
 
     :raises AcmeIssueError: ``challenge_unreachable`` naming the nodes that did not
@@ -106,7 +106,8 @@ def publish(pool: SSHPool, hosts: Sequence[TokenHost], tokens: Mapping[str, str]
             "pool must serve it, since the CA may ask any of them")
 
 
-def withdraw(pool: SSHPool, hosts: Sequence[TokenHost], tokens: Mapping[str, str]) -> None:
+def withdraw(pool: SSHConnectionPool, hosts: Sequence[TokenHost],
+             tokens: Mapping[str, str]) -> None:
     """Remove the tokens from every host; a node that cannot be reached keeps them
     (they are public and useless once validated), which is logged, not raised.  A
     token that cannot be removed (a removal that timed out) keeps only itself: the
@@ -127,7 +128,7 @@ def withdraw(pool: SSHPool, hosts: Sequence[TokenHost], tokens: Mapping[str, str
 
 
 @contextmanager
-def published(pool: SSHPool, hosts: Sequence[TokenHost],
+def published(pool: SSHConnectionPool, hosts: Sequence[TokenHost],
               tokens: Mapping[str, str]) -> Iterator[None]:
     """Tokens on every host for the duration of the block, removed afterwards even if
     placing them failed half-way."""

@@ -9,7 +9,7 @@ from app.connector.errors import (
     RemoteFileError,
     UnreachableError,
 )
-from app.connector.pool import CommandResult, SSHPool, SSHTarget
+from app.connector.pool import CommandResult, SSHConnectionPool, SSHTarget
 
 __all__ = [
     "AuthenticationFailed",
@@ -19,7 +19,7 @@ __all__ = [
     "ConnectorError",
     "HostKeyChanged",
     "RemoteFileError",
-    "SSHPool",
+    "SSHConnectionPool",
     "SSHTarget",
     "UnreachableError",
 ]

@@ -307,7 +307,7 @@ class _UploadState:
         self.done = False
 
 
-class SSHPool:
+class SSHConnectionPool:
     """Pooled SSH and SFTP access to the nodes, safe to share between threads.
 
     :param on_first_contact: called with (node id, host key line) when a node without
@@ -837,9 +837,9 @@ class SSHPool:
             if conn is not None and conn.serves(target) and conn.alive():
                 conn.users += 1
                 return conn
-            node_lock = self._node_locks.setdefault(node_id, threading.Lock())
+            node_leases = self._node_locks.setdefault(node_id, threading.Lock())
         # One thread connects per node; the others wait here and then share it.
-        with node_lock:
+        with node_leases:
             with self._lock:
                 self._check_open()
                 conn = self._connections.get(node_id)

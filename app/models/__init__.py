@@ -11,10 +11,11 @@ from app.models.certificate import (
     DnsProvider,
 )
 from app.models.deployment import (
+    ConfigBlob,
     ConfigVersion,
     Deployment,
     DeploymentStatus,
-    NodeLock,
+    NodeLease,
     Rollout,
     RolloutKind,
 )
@@ -40,9 +41,10 @@ __all__ = [
     "AcmeAccount", "AcmeChallenge", "Certificate", "CertificateAttempt",
     "CertificateProvider", "CertificateStatus", "DnsProvider", "JobRun", "JobStatus",
     "SchedulerLease", "Setting",
-    "ApiToken", "AuditLog", "BackendProtocol", "BlockedName", "ConfigVersion", "Deployment",
+    "ApiToken", "AuditLog", "BackendProtocol", "BlockedName", "ConfigBlob", "ConfigVersion",
+    "Deployment",
     "DomainGrant",
-    "DeploymentStatus", "GeoMode", "Node", "NodeLock", "NodeStatus", "Pool", "Rollout",
+    "DeploymentStatus", "GeoMode", "Node", "NodeLease", "NodeStatus", "Pool", "Rollout",
     "RolloutKind",
     "ProxyType", "RecoveryCode", "Role", "Site", "SiteBackend", "SiteBasicAuthUser",
     "SiteHostname", "SiteStatus", "SslMode", "User", "UserSession", "WafLevel",

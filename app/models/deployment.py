@@ -131,7 +131,7 @@ class Deployment(db.Model):
     config_version: Mapped[ConfigVersion | None] = relationship()
 
 
-class NodeLock(db.Model):
+class NodeLease(db.Model):
     """A lease on a node: at most one deployment touches a node at a time, across
     threads, worker processes and app instances sharing the database.  The holder
     renews ``expires_at`` while it works; a crashed holder's lease simply expires."""

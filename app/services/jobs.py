@@ -23,7 +23,7 @@ from app.models import JobRun, JobStatus, Node, Role, SchedulerLease, User
 from app.models.base import as_utc, utcnow
 from app.services import deployments, node_actions
 from app.services.common import Page, paginate, require_admin
-from app.services.node_lock import LockTimeout, node_lease
+from app.services.node_leases import LeaseTimeout, node_lease
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def check_drift() -> str:
         try:
             with node_lease(node_id, ttl=ttl, wait=0):
                 node = deployments.check_drift(None, node_id)
-        except LockTimeout:
+        except LeaseTimeout:
             busy += 1
             continue
         if node.drifted:

@@ -9,7 +9,7 @@ import shlex
 import time
 from typing import Any
 
-from app.connector import ConnectorError, HostKeyChanged, SSHPool, SSHTarget
+from app.connector import ConnectorError, HostKeyChanged, SSHConnectionPool, SSHTarget
 from app.connector.hostkeys import fingerprint
 from app.engines import get_engine
 from app.engines.base import PROBE_HOST, NodeDefaults, acme_webroot
@@ -155,7 +155,7 @@ def prepare_node(actor: User, node_id: int) -> list[str]:
     return log
 
 
-def _ensure_installed(pool: SSHPool, target: SSHTarget, defaults: NodeDefaults,
+def _ensure_installed(pool: SSHConnectionPool, target: SSHTarget, defaults: NodeDefaults,
                       os_release: dict[str, str], log: list[str]) -> None:
     binary = defaults.binary
     # A fixed command line: nothing in it comes from a user.
@@ -179,7 +179,8 @@ def _ensure_installed(pool: SSHPool, target: SSHTarget, defaults: NodeDefaults,
     log.append(f"installed {defaults.package} with the {family} package manager")
 
 
-def _ensure_directories(pool: SSHPool, target: SSHTarget, node: Node, log: list[str]) -> None:
+def _ensure_directories(pool: SSHConnectionPool, target: SSHTarget, node: Node,
+                        log: list[str]) -> None:
     spec = rendering.node_spec(node)
     for path in (node.log_dir, node.cache_dir, acme_webroot(spec)):
         pool.mkdir_p(target, path)
@@ -196,7 +197,7 @@ def _ensure_directories(pool: SSHPool, target: SSHTarget, node: Node, log: list[
         log.append(f"{node.config_dir} exists")
 
 
-def _ensure_include(pool: SSHPool, target: SSHTarget, node: Node, log: list[str]) -> None:
+def _ensure_include(pool: SSHConnectionPool, target: SSHTarget, node: Node, log: list[str]) -> None:
     main = node.main_config or get_engine(node.proxy_type.value).defaults.main_config
     include = get_engine(node.proxy_type.value).include_line(rendering.node_spec(node))
     if not main:

@@ -8,14 +8,14 @@ import time
 import pytest
 from sqlalchemy import select
 
-from app.models import NodeLock
-from app.services.node_lock import NodeLeases
+from app.models import NodeLease
+from app.services.node_leases import NodeLeases
 from tests import factories
 
 
 def lock_rows(db) -> list[int]:
     db.session.expire_all()
-    return list(db.session.scalars(select(NodeLock.node_id)))
+    return list(db.session.scalars(select(NodeLease.node_id)))
 
 
 def test_a_release_rolled_back_keeps_the_lease_and_is_retried(db):

@@ -24,7 +24,7 @@ from app.connector import (
     ConnectorError,
     HostKeyChanged,
     RemoteFileError,
-    SSHPool,
+    SSHConnectionPool,
     UnreachableError,
 )
 from app.connector.hostkeys import fingerprint
@@ -44,16 +44,16 @@ Servers = Callable[..., SshServer]
 
 
 @pytest.fixture()
-def make_pool() -> Iterator[Callable[..., SSHPool]]:
+def make_pool() -> Iterator[Callable[..., SSHConnectionPool]]:
     """Pools with short timeouts and backoff, all closed after the test (list it
     after a server fixture, so its connections close before that server stops)."""
-    pools: list[SSHPool] = []
+    pools: list[SSHConnectionPool] = []
 
-    def make(**options: object) -> SSHPool:
+    def make(**options: object) -> SSHConnectionPool:
         settings: dict[str, object] = {"connect_timeout": 5.0, "operation_timeout": 10.0,
                                        "backoff": 0.05}
         settings.update(options)
-        pool = SSHPool(**settings)  # type: ignore[arg-type]
+        pool = SSHConnectionPool(**settings)  # type: ignore[arg-type]
         pools.append(pool)
         return pool
 
@@ -63,7 +63,7 @@ def make_pool() -> Iterator[Callable[..., SSHPool]]:
 
 
 @pytest.fixture()
-def pool(make_pool: Callable[..., SSHPool]) -> SSHPool:
+def pool(make_pool: Callable[..., SSHConnectionPool]) -> SSHConnectionPool:
     return make_pool()
 
 
@@ -308,7 +308,7 @@ def test_closing_the_pool_after_the_server_dropped_the_connection_never_raises(
         assert pool.kind(target, str(workdir)) == "dir"  # leaves an idle SFTP session
         started, outcome = threading.Event(), []
 
-        def long_command(pool: SSHPool = pool, target=target, started=started,
+        def long_command(pool: SSHConnectionPool = pool, target=target, started=started,
                          outcome=outcome) -> None:
             started.set()
             try:

@@ -24,7 +24,7 @@ from app.extensions import ssh
 from app.models import AuditLog, Deployment, DeploymentStatus, Node, Rollout, Site
 from app.services import deployments, node_actions, nodes, sites
 from app.services.deployments.release import STAGE_SCRIPT
-from app.services.node_lock import node_lease
+from app.services.node_leases import node_lease
 from tests import factories
 from tests.caddy_node import CaddyNode
 from tests.conftest import api_headers

@@ -52,7 +52,7 @@ from app.services.deployments.release import (
     StepFailed,
     describe_failure,
 )
-from app.services.node_lock import NodeLeases
+from app.services.node_leases import NodeLeases
 
 logger = logging.getLogger(__name__)
 

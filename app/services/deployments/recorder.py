@@ -20,7 +20,7 @@ from app.models import (
     NodeStatus,
 )
 from app.models.base import utcnow
-from app.services.node_lock import NodeLeases
+from app.services.node_leases import NodeLeases
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from app.connector import (
     ConnectorError,
     HostKeyChanged,
     RemoteFileError,
-    SSHPool,
+    SSHConnectionPool,
     SSHTarget,
 )
 from app.services.deployments.verify import OldGeneration, verify_sites, wait_for_probe
@@ -152,7 +152,7 @@ class Release:
     """The remote half of one node's deployment (upload, swap, test, reload, verify,
     and putting things back)."""
 
-    def __init__(self, pool: SSHPool, job: NodeJob) -> None:
+    def __init__(self, pool: SSHConnectionPool, job: NodeJob) -> None:
         self.pool = pool
         self.job = job
         self.config_dir = job.config_dir.rstrip("/")

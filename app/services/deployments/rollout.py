@@ -37,7 +37,7 @@ from app.services.deployments.desired_state import active_nodes
 from app.services.deployments.history import carried_versions, get_version, latest_deployments
 from app.services.deployments.recorder import Recorder, SiteOutcomes
 from app.services.deployments.release import describe_failure
-from app.services.node_lock import NodeLeases
+from app.services.node_leases import NodeLeases
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from app.errors import Conflict
 from app.extensions import db
-from app.models import NodeLock
+from app.models import NodeLease
 from app.models.base import utcnow
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def _nothing() -> None:
     is nothing left to apply."""
 
 
-class LockTimeout(Conflict):
+class LeaseTimeout(Conflict):
     """Another deployment kept the node for longer than we were willing to wait."""
 
 
@@ -80,14 +80,14 @@ class NodeLeases:
         started = time.monotonic()
         try:
             with db.engine.begin() as conn:
-                conn.execute(delete(NodeLock).where(NodeLock.node_id.in_(wanted),
-                                                    NodeLock.expires_at < now))
-                busy = set(conn.scalars(select(NodeLock.node_id)
-                                        .where(NodeLock.node_id.in_(wanted))))
+                conn.execute(delete(NodeLease).where(NodeLease.node_id.in_(wanted),
+                                                    NodeLease.expires_at < now))
+                busy = set(conn.scalars(select(NodeLease.node_id)
+                                        .where(NodeLease.node_id.in_(wanted))))
                 free = [node_id for node_id in wanted if node_id not in busy]
                 if free:
                     deadline = now + timedelta(seconds=self.ttl)
-                    conn.execute(insert(NodeLock), [
+                    conn.execute(insert(NodeLease), [
                         {"node_id": node_id, "holder": self.holder, "acquired_at": now,
                          "expires_at": deadline} for node_id in free])
         except IntegrityError:
@@ -108,13 +108,13 @@ class NodeLeases:
         """Wait (with backoff, not spinning) until ``node_id`` is ours.
 
         :returns: seconds spent waiting.
-        :raises LockTimeout: after ``wait`` seconds.
+        :raises LeaseTimeout: after ``wait`` seconds.
         """
         started = time.monotonic()
         delay = 0.01
         while node_id not in self.try_take([node_id]):
             if time.monotonic() - started > wait:
-                raise LockTimeout(f"node {node_id} is busy with another deployment")
+                raise LeaseTimeout(f"node {node_id} is busy with another deployment")
             time.sleep(delay)
             delay = min(delay * 2, 0.25)
         return time.monotonic() - started
@@ -140,15 +140,15 @@ class NodeLeases:
             return _nothing
         started = time.monotonic()
         result = conn.execute(
-            update(NodeLock)
-            .where(NodeLock.node_id.in_(held), NodeLock.holder == self.holder)
+            update(NodeLease)
+            .where(NodeLease.node_id.in_(held), NodeLease.holder == self.holder)
             .values(expires_at=utcnow() + timedelta(seconds=self.ttl)))
         lost: set[int] = set()
         if result.rowcount != len(held):
-            ours = set(conn.scalars(select(NodeLock.node_id).where(
-                NodeLock.node_id.in_(held), NodeLock.holder == self.holder)))
+            ours = set(conn.scalars(select(NodeLease.node_id).where(
+                NodeLease.node_id.in_(held), NodeLease.holder == self.holder)))
             lost = set(held) - ours
-            logger.warning("lost the lock on nodes %s", sorted(lost))
+            logger.warning("lost the lease on nodes %s", sorted(lost))
 
         def done() -> None:
             with self._lock:
@@ -168,7 +168,7 @@ class NodeLeases:
             ok = (node_id in self._held and node_id not in self._lost
                   and time.monotonic() - self._renewed < self.ttl - self.MARGIN)
         if not ok:
-            raise LeaseLost(f"lost the lock on node {node_id}")
+            raise LeaseLost(f"lost the lease on node {node_id}")
 
     def release(self, node_ids: Iterable[int] | None = None,
                 conn: Connection | None = None) -> Callable[[], None]:
@@ -184,8 +184,8 @@ class NodeLeases:
                 self._lost -= set(doomed)
         if not doomed:
             return _nothing
-        statement = delete(NodeLock).where(NodeLock.node_id.in_(doomed),
-                                           NodeLock.holder == self.holder)
+        statement = delete(NodeLease).where(NodeLease.node_id.in_(doomed),
+                                           NodeLease.holder == self.holder)
         if conn is None:
             with db.engine.begin() as own:
                 own.execute(statement)
@@ -195,7 +195,7 @@ class NodeLeases:
         return done
 
 
-class NodeLease(NodeLeases):
+class OneNodeLease(NodeLeases):
     """One holder's lease on one node."""
 
     def __init__(self, node_id: int, ttl: float) -> None:
@@ -216,8 +216,8 @@ class NodeLease(NodeLeases):
 
 
 @contextmanager
-def node_lease(node_id: int, *, ttl: float, wait: float) -> Iterator[NodeLease]:
-    lease = NodeLease(node_id, ttl)
+def node_lease(node_id: int, *, ttl: float, wait: float) -> Iterator[OneNodeLease]:
+    lease = OneNodeLease(node_id, ttl)
     lease.acquire(wait)
     try:
         yield lease
@@ -225,4 +225,4 @@ def node_lease(node_id: int, *, ttl: float, wait: float) -> Iterator[NodeLease]:
         try:
             lease.release()
         except Exception:  # the lease then simply expires
-            logger.exception("could not release the lock on node %s", node_id)
+            logger.exception("could not release the lease on node %s", node_id)
