@@ -11,7 +11,6 @@ from app.models.certificate import (
     DnsProvider,
 )
 from app.models.deployment import (
-    ConfigBlob,
     ConfigVersion,
     Deployment,
     DeploymentStatus,
@@ -41,7 +40,7 @@ __all__ = [
     "AcmeAccount", "AcmeChallenge", "Certificate", "CertificateAttempt",
     "CertificateProvider", "CertificateStatus", "DnsProvider", "JobRun", "JobStatus",
     "SchedulerLease", "Setting",
-    "ApiToken", "AuditLog", "BackendProtocol", "BlockedName", "ConfigBlob", "ConfigVersion",
+    "ApiToken", "AuditLog", "BackendProtocol", "BlockedName", "ConfigVersion",
     "Deployment",
     "DomainGrant",
     "DeploymentStatus", "GeoMode", "Node", "NodeLease", "NodeStatus", "Pool", "Rollout",
