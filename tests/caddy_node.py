@@ -21,7 +21,7 @@ from pathlib import Path
 
 from app.engines.base import CertificateSpec, NodeSpec, RenderedConfig, SiteSpec
 from app.engines.caddy import ENGINE
-from tests.components import free_port, require_binary, stop, wait_for_port
+from tests.processes import free_port, listening, require_binary, start, stop, wait_for_port
 
 WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -85,18 +85,10 @@ class CaddyNode:
             wait_for_port(self.host, self.spec.http_port)
 
     def _start(self) -> None:
-        log = (self.root / "caddy.log").open("wb")
-        self.process = subprocess.Popen(
-            [self.binary, "run", "--config", str(self.main), "--adapter", "caddyfile"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        log.close()
         host, port = self.admin.split(":")
-        try:
-            wait_for_port(host, int(port))
-        except RuntimeError:
-            self.stop()
-            raise AssertionError((self.root / "caddy.log").read_text()[-4000:]) from None
+        self.process = start(
+            [self.binary, "run", "--config", str(self.main), "--adapter", "caddyfile"],
+            ready=listening((host, int(port))), log=self.root / "caddy.log", env=self.env)
 
     def stop(self) -> None:
         if self.process is not None:

@@ -1,68 +1,30 @@
-"""Fixtures that start real components on loopback and stop them by PID."""
+"""The app's own processes (gunicorn, the flask CLI), the databases and memcached they
+share, started on loopback with tests/processes.py."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import time
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {host}:{port} after {timeout}s")
-
-
-def require_binary(name: str) -> str:
-    """Real components are never skipped: a missing binary fails the test loudly."""
-    path = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}")
-                                  else None)
-    if not path:
-        pytest.fail(f"'{name}' is not installed: run the README's test command, which installs it")
-    return path
-
-
-def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if process.poll() is None:
-        os.kill(process.pid, sig)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
+from tests.processes import free_port, listening, require_binary, start, stop
 
 
 @pytest.fixture(scope="session")
 def memcached() -> Iterator[str]:
     """A real memcached on loopback; yields its ``memcached://`` URI."""
-    binary = require_binary("memcached")
     port = free_port()
     user = ["-u", "nobody"] if os.geteuid() == 0 else []
-    process = subprocess.Popen(
-        [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64", *user],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    process = start([require_binary("memcached"), "-l", "127.0.0.1", "-p", str(port), "-U",
+                     "0", "-m", "64", *user], ready=listening(("127.0.0.1", port)))
     try:
-        wait_for_port("127.0.0.1", port)
         yield f"memcached://127.0.0.1:{port}"
     finally:
         stop(process)
@@ -130,20 +92,22 @@ def flask_cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
 
 
 class AppServer:
-    """A real gunicorn process serving the app on a loopback address."""
+    """A real gunicorn process serving the app on a loopback address; its output goes
+    to a log of its own, quoted if it fails to start."""
 
     def __init__(self, env: dict[str, str], host: str = "127.0.0.1", workers: int = 1,
                  threads: int = 2) -> None:
         self.host, self.port = host, free_port(host)
-        self.process = subprocess.Popen(
-            [os.path.join(ROOT, ".venv", "bin", "gunicorn"), "--bind", f"{host}:{self.port}",
-             "--workers", str(workers), "--threads", str(threads), "wsgi:app"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        self.root = Path(tempfile.mkdtemp(prefix="rpcc-gunicorn-"))
         try:
-            wait_for_port(host, self.port, timeout=20)
-        except RuntimeError:
-            stop(self.process)
+            self.process = start(
+                [os.path.join(ROOT, ".venv", "bin", "gunicorn"), "--bind",
+                 f"{host}:{self.port}", "--workers", str(workers), "--threads", str(threads),
+                 "wsgi:app"],
+                ready=listening((host, self.port)), log=self.root / "gunicorn.log",
+                timeout=20, cwd=ROOT, env=env)
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)
             raise
 
     @property
@@ -152,3 +116,4 @@ class AppServer:
 
     def stop(self) -> None:
         stop(self.process)
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -10,11 +10,9 @@ zones.  Stopped by PID; its temp directory is removed.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from tests.components import free_port, require_binary, stop, wait_for_port
+from tests.processes import free_port, require_binary, start, stop
 
 ADDRESS = "127.0.0.1"
 KEY_NAME = "acme-key"
@@ -68,17 +66,11 @@ zone:
 """
 
 
-def _knotd() -> str:
-    """knotd lives in /usr/sbin, which is not on every PATH."""
-    return "/usr/sbin/knotd" if os.path.exists("/usr/sbin/knotd") else require_binary("knotd")
-
-
 def make_tsig_key(name: str, algorithm: str = "hmac-sha256") -> str:
     """A fresh secret from Knot's own ``keymgr -t`` (its first line reads
     ``# ALGORITHM:NAME:SECRET``)."""
-    binary = "/usr/sbin/keymgr" if os.path.exists("/usr/sbin/keymgr") else require_binary("keymgr")
-    out = subprocess.run([binary, "-t", name, algorithm], check=True, capture_output=True,
-                         text=True, timeout=30).stdout
+    out = subprocess.run([require_binary("keymgr"), "-t", name, algorithm], check=True,
+                         capture_output=True, text=True, timeout=30).stdout
     header = out.splitlines()[0]
     return header.rsplit(":", 1)[1]
 
@@ -88,7 +80,7 @@ class KnotServer:
 
     def __init__(self, zones: Sequence[str] = ("example.com",), *,
                  key_name: str = KEY_NAME, algorithm: str = "hmac-sha256") -> None:
-        binary = _knotd()
+        binary = require_binary("knotd")
         self.zones = tuple(zones)
         self.key_name, self.algorithm = key_name, algorithm
         self.secret = make_tsig_key(key_name, algorithm)
@@ -106,23 +98,17 @@ class KnotServer:
         config_path = self.root / "knot.conf"
         config_path.write_text(config)
         self.log_path = self.root / "knotd.log"
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen([binary, "-c", str(config_path)],
-                                            stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_for_port(ADDRESS, self.port, timeout=START_TIMEOUT)
-            self._wait_zones_loaded()
-        except BaseException:  # whatever went wrong, no knotd is left behind
-            self.stop()
+            self.process = start([binary, "-c", str(config_path)], ready=self._zones_loaded,
+                                 log=self.log_path, timeout=START_TIMEOUT)
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)
             raise
 
-    def _wait_zones_loaded(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        for zone in self.zones:
-            while self._soa_rcode(zone) != dns.rcode.NOERROR:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"knotd did not load {zone}:\n{self.log()}")
-                time.sleep(0.05)
+    def _zones_loaded(self, _process: subprocess.Popen[bytes]) -> bool:
+        """Ready once every zone answers its SOA (listening is not enough: zones load
+        after)."""
+        return all(self._soa_rcode(zone) == dns.rcode.NOERROR for zone in self.zones)
 
     def _soa_rcode(self, zone: str) -> int:
         try:

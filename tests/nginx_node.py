@@ -42,7 +42,7 @@ from app.engines.base import (
     SiteSpec,
     acme_webroot,
 )
-from tests.components import free_port, require_binary, stop
+from tests.processes import free_port, require_binary, start, stop
 
 MODULES = (
     "/usr/lib/nginx/modules/ngx_http_modsecurity_module.so",
@@ -194,30 +194,22 @@ class NginxNode(NginxPrefix):
             self.reload(rendered)
 
     def start(self) -> None:
-        """Start nginx and wait for its workers; on failure it is stopped again, since
-        a caller whose start failed has no node to stop."""
-        self.process = subprocess.Popen(
-            [self.nginx, *self._args().split()],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while not self._workers() and time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"nginx exited: {self.process.stderr.read()!r}")  # type: ignore[union-attr]
-                time.sleep(0.02)
-            if not self._workers():
-                raise RuntimeError(f"nginx started no worker: {self.error_log.read_text()}")
-        except BaseException:
-            self.stop()
-            raise
+        """Start nginx and wait for its workers (its output, the startup errors
+        included, goes to ``logs/nginx.out``)."""
+        self.process = start([self.nginx, *self._args().split()],
+                             ready=lambda _process: bool(self._children()),
+                             log=self.prefix / "logs" / "nginx.out")
 
     def master_pid(self) -> int:
         return int(self.pid_file.read_text().strip())
 
     def _workers(self) -> set[int]:
-        """PIDs of the master's children (workers, cache manager and loader)."""
-        if self.process is None or not self.pid_file.exists() or not self.pid_file.read_text():
+        """PIDs of the running master's children (workers, cache manager and loader)."""
+        return self._children() if self.process is not None else set()
+
+    def _children(self) -> set[int]:
+        """PIDs of the children of the master its pid file names."""
+        if not self.pid_file.exists() or not self.pid_file.read_text():
             return set()
         master = self.master_pid()
         children = set()

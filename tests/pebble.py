@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import ssl
-import subprocess
 import tempfile
 import threading
 import urllib.request
@@ -40,9 +39,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from app.engines.nginx import ENGINE as NGINX
-from tests.components import free_port, require_binary, stop, wait_for_port
 from tests.fleet import FleetNode
 from tests.nginx_node import NginxNode
+from tests.processes import free_port, listening, require_binary, start, stop
 
 ADDRESS = "127.0.0.1"
 # Validations without Pebble's random sleeps, every nonce accepted, and a fresh
@@ -113,16 +112,14 @@ class ChallTestSrv:
         self.dns_port, self.management_port = free_port(ADDRESS), free_port(ADDRESS)
         self.root = Path(tempfile.mkdtemp(prefix="rpcc-challtestsrv-"))
         self.log_path = self.root / "challtestsrv.log"
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
+        try:
+            self.process = start(
                 [binary, "-defaultIPv4", default_ipv4, "-defaultIPv6", "",
                  "-dns01", f"{ADDRESS}:{self.dns_port}", "-http01", "", "-https01", "",
                  "-tlsalpn01", "", "-management", f"{ADDRESS}:{self.management_port}"],
-                stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_for_port(ADDRESS, self.management_port)
-        except RuntimeError:
-            self.stop()
+                ready=listening((ADDRESS, self.management_port)), log=self.log_path)
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)
             raise
 
     @property
@@ -188,16 +185,13 @@ class Pebble:
         config_path = self.root / "pebble-config.json"
         config_path.write_text(json.dumps(config))
         self.log_path = self.root / "pebble.log"
-        environment = {**os.environ, **PEBBLE_ENV, **(env or {})}
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [binary, "-config", str(config_path), "-dnsserver", dns_server],
-                stdout=log, stderr=subprocess.STDOUT, env=environment)
         try:
-            wait_for_port(ADDRESS, self.port)
-            wait_for_port(ADDRESS, self.management_port)
-        except RuntimeError:
-            self.stop()
+            self.process = start(
+                [binary, "-config", str(config_path), "-dnsserver", dns_server],
+                ready=listening((ADDRESS, self.port), (ADDRESS, self.management_port)),
+                log=self.log_path, env={**os.environ, **PEBBLE_ENV, **(env or {})})
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)
             raise
 
     @property

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests import pki
-from tests.components import free_port
+from tests.processes import free_port
 
 
 @dataclass

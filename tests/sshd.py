@@ -31,16 +31,11 @@ from typing import Any
 import pytest
 
 from app.connector import SSHTarget
-from tests.components import free_port, require_binary
+from tests.processes import Ready, free_port, require_binary, start, stop
 
 #: OpenSSH's compiled-in limit of listen addresses for one sshd.
 MAX_ADDRESSES = 16
 START_TIMEOUT = 10.0
-
-
-def sshd_binary() -> str:
-    """sshd lives in /usr/sbin, which is not on every PATH; missing, it fails loudly."""
-    return "/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else require_binary("sshd")
 
 
 def keygen(path: Path, key_type: str = "ed25519", *, pem: bool = False) -> str:
@@ -110,7 +105,7 @@ class SshServer:
                  sftp_umask: str | None = None) -> None:
         if not 1 <= len(addresses) <= MAX_ADDRESSES:
             raise ValueError(f"one sshd listens on 1 to {MAX_ADDRESSES} addresses")
-        self.binary = sshd_binary()
+        self.binary = require_binary("sshd")
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation
         self.addresses = tuple(addresses)
         self.password = password
@@ -183,13 +178,7 @@ class SshServer:
         its children when the listener stops)."""
         if self.process is not None:
             leftovers = self.sessions()
-            if self.process.poll() is None:
-                self.process.terminate()
-                try:
-                    self.process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
+            stop(self.process)
             _kill(leftovers)
             # Killed sessions linger as zombies until init reaps them: wait, so that
             # no sshd is listed once the fixture is done.
@@ -259,36 +248,37 @@ class SshServer:
         return shadow
 
     def _start(self, *, fixed_port: bool) -> None:
+        """Start on a free port (another one if that was taken meanwhile), or on the
+        same port again."""
         attempts = 1 if fixed_port else 3
         for attempt in range(attempts):
             if not fixed_port:
                 self.port = free_port(self.addresses[0])
             self.config_path.write_text(self._config())
-            with self.log_path.open("ab") as log:
-                self.process = subprocess.Popen(self._command(), stdin=subprocess.DEVNULL,
-                                                stdout=log, stderr=log)
-            if self._wait_ready():
-                return
-            self.stop(remove=False)
-            if attempt == attempts - 1:
-                raise RuntimeError(f"sshd did not start on port {self.port}:\n{self.log()[-3000:]}")
-
-    def _wait_ready(self) -> bool:
-        """Every address accepts a connection, or sshd has exited (port taken)."""
-        assert self.process is not None
-        deadline = time.monotonic() + START_TIMEOUT
-        pending = list(self.addresses)
-        while pending and time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                return False
             try:
-                with socket.create_connection((pending[0], self.port), timeout=0.5) as sock:
-                    # Read the banner: sshd is past accept() for real.
-                    sock.recv(64)
+                self.process = start(self._command(), ready=self._answering(),
+                                     log=self.log_path, timeout=START_TIMEOUT,
+                                     stdin=subprocess.DEVNULL)
+                return
+            except RuntimeError:
+                if attempt == attempts - 1:
+                    raise
+
+    def _answering(self) -> Ready:
+        """Ready once every address has sent its banner: sshd is past accept() for real."""
+        pending = list(self.addresses)
+
+        def ready(_process: subprocess.Popen[bytes]) -> bool:
+            while pending:
+                try:
+                    with socket.create_connection((pending[0], self.port), timeout=0.5) as sock:
+                        sock.recv(64)
+                except OSError:
+                    return False
                 pending.pop(0)
-            except OSError:
-                time.sleep(0.02)
-        return not pending
+            return True
+
+        return ready
 
 
 class FaultyRelay:

@@ -13,7 +13,7 @@ import pytest
 from app.services import nodes
 from app.services.certificates import AcmeIssueError, AcmeSettings, issue
 from tests import factories
-from tests.components import free_port
+from tests.processes import free_port
 
 NOWHERE = AcmeSettings(directory_url=f"https://127.0.0.1:{free_port()}/dir", email="",
                        ca_bundle=None)

@@ -18,8 +18,8 @@ from app.scheduler import JOBS, Job, Scheduler, start_scheduler
 from app.services import jobs
 from app.services.scheduler_lease import RowLease
 from tests import factories
-from tests.components import free_port
 from tests.conftest import api_headers, login, make_app
+from tests.processes import free_port
 
 
 @pytest.fixture()

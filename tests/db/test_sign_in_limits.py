@@ -15,8 +15,8 @@ from app.extensions import limiter
 from app.services import audit
 from app.services.sign_in_limits import ADDRESS, LOCKED, USER, USER_ADDRESS
 from tests import factories
-from tests.components import free_port
 from tests.conftest import make_app
+from tests.processes import free_port
 
 # Client addresses as the app sees them (no traffic goes anywhere).
 ATTACKER, ACCOMPLICE, OWNER = "127.0.0.2", "127.0.0.4", "127.0.0.3"

@@ -11,8 +11,8 @@ from flask import Flask
 
 from app.extensions import limiter
 from tests import factories
-from tests.components import free_port
 from tests.conftest import api_headers, login, make_app
+from tests.processes import free_port
 
 
 @pytest.fixture()

@@ -25,10 +25,11 @@ import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from tests.components import ROOT, AppServer, app_env, flask_cli, free_port, require_binary
+from tests.components import ROOT, AppServer, app_env, flask_cli
 from tests.fleet import start_nginx
 from tests.nginx_node import NginxNode
 from tests.pebble import ChallTestSrv, Pebble, start_nginx_on
+from tests.processes import free_port, require_binary
 from tests.smtp import SmtpServer
 from tests.sshd import SshServer
 

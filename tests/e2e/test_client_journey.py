@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from tests.components import free_port
 from tests.e2e.conftest import (
     SHARED_POOL,
     account_menu,
@@ -17,6 +16,7 @@ from tests.e2e.conftest import (
 )
 from tests.fleet import start_nginx
 from tests.nginx_node import Backend, fetch
+from tests.processes import free_port
 
 
 def test_a_client_creates_deploys_and_manages_a_site(journey_factory, product, shared_pool):

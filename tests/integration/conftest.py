@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from app.extensions import ssh
-from tests.components import free_port
 from tests.fleet import Backends, FleetNode, register
 from tests.nginx_node import NginxNode
 from tests.pebble import ChallTestSrv, Pebble, start_nginx_on
+from tests.processes import free_port
 from tests.sshd import SshServer
 
 

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from app.acme.client import AcmeClient, AcmeIssueError, new_account_key
-from tests.components import free_port
 from tests.pebble import ChallTestSrv, Pebble, ProblemRelay, make_tls_files
+from tests.processes import free_port
 
 WEB = "127.0.0.31"
 NOWHERE = "127.0.0.99"

@@ -15,9 +15,9 @@ from app.models import Site, User
 from app.services import dns_providers
 from app.services.certificates import AcmeIssueError, AcmeSettings, Issued, issue
 from tests import factories
-from tests.components import free_port
 from tests.knot import KnotServer, knot  # noqa: F401 - fixture
 from tests.pebble import Pebble
+from tests.processes import free_port
 
 DOMAIN = "shop.example.com"
 ALIASES = ["www.shop.example.com", "*.shop.example.com", "shop.example.net"]

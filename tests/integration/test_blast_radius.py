@@ -14,9 +14,9 @@ from app.errors import ValidationError
 from app.models import AuditLog, DeploymentStatus, Rollout, Site, SiteStatus
 from app.services import deployments, sites
 from tests import factories
-from tests.components import free_port
 from tests.conftest import api_headers
 from tests.fleet import FleetNode
+from tests.processes import free_port
 
 # One nginx node per address, in the default pool (the package's ``fleet`` fixture).
 ADDRESSES = ("127.0.0.40", "127.0.0.41", "127.0.0.42")

@@ -28,7 +28,7 @@ from app.connector import (
     UnreachableError,
 )
 from app.connector.hostkeys import fingerprint
-from tests.components import free_port
+from tests.processes import free_port
 from tests.sshd import (
     FaultyRelay,
     SshServer,

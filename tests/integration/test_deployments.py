@@ -210,7 +210,7 @@ def test_a_failing_reload_restores_the_previous_files(admin, alice, fleet, live_
 
 def test_an_unreachable_node_fails_alone(admin, alice, fleet, live_site, backends):
     before = _serving_before(fleet)
-    from tests.components import free_port
+    from tests.processes import free_port
     nodes.update_node(admin, fleet[1].id, {"ssh_port": free_port()})
     other = backends.start("other")
     sites.update_site(alice, live_site.id,

@@ -15,9 +15,9 @@ from app.acme.dns import DnsChallengeError
 from app.acme.dns_rfc2136 import Rfc2136Provider
 from app.models import User
 from app.services import dns_providers
-from tests.components import free_port
 from tests.conftest import api_headers
 from tests.knot import ADDRESS, KnotServer, knot  # noqa: F401 - fixture
+from tests.processes import free_port
 
 WRONG_SECRET = base64.b64encode(b"wrong-secret-but-long-enough-32b").decode()
 

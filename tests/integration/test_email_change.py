@@ -21,8 +21,8 @@ from app.errors import Conflict, Forbidden, Gone, MailFailed, NotFound, Validati
 from app.models import AuditLog, User
 from app.services import email_change
 from tests import factories
-from tests.components import free_port
 from tests.conftest import login, make_app
+from tests.processes import free_port
 from tests.smtp import Received, SmtpServer
 
 ADDRESS = "127.0.0.72"

@@ -13,7 +13,7 @@ from flask import Flask
 
 from app.errors import MailFailed
 from app.services import mail
-from tests.components import free_port
+from tests.processes import free_port
 from tests.smtp import ServerCertificate, SmtpServer, server_certificate
 
 ADDRESS = "127.0.0.71"

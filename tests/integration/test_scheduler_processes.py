@@ -20,7 +20,8 @@ from sqlalchemy.pool import NullPool
 from app import create_app
 from app.extensions import db
 from app.scheduler import Job, Scheduler
-from tests.components import AppServer, app_env, flask_cli, free_port, postgres_database
+from tests.components import AppServer, app_env, flask_cli, postgres_database
+from tests.processes import free_port
 
 
 @pytest.fixture(scope="module")
