@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -69,10 +68,11 @@ def make_rollout(site: Site) -> Rollout:
 def make_version(node: Node, files: dict[str, str] | None = None) -> ConfigVersion:
     """A recorded config version of the node, as a deployment leaves one."""
     from app.services.deployments import files_digest
+    from app.services.deployments.blobs import store_files
 
     files = files or {"rpcc.conf": "# empty\n"}
     number = db.session.query(ConfigVersion).filter_by(node_id=node.id).count() + 1
-    version = ConfigVersion(node_id=node.id, version=number, files=json.dumps(files),
+    version = ConfigVersion(node_id=node.id, version=number, manifest=store_files([files])[0],
                             sha256=files_digest(files), site_versions={},
                             file_count=len(files))
     db.session.add(version)

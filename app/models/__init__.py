@@ -11,6 +11,7 @@ from app.models.certificate import (
     DnsProvider,
 )
 from app.models.deployment import (
+    ConfigBlob,
     ConfigVersion,
     Deployment,
     DeploymentStatus,
@@ -40,7 +41,7 @@ __all__ = [
     "AcmeAccount", "AcmeChallenge", "Certificate", "CertificateAttempt",
     "CertificateProvider", "CertificateStatus", "DnsProvider", "JobRun", "JobStatus",
     "SchedulerLease", "Setting",
-    "ApiToken", "AuditLog", "BackendProtocol", "BlockedName", "ConfigVersion",
+    "ApiToken", "AuditLog", "BackendProtocol", "BlockedName", "ConfigBlob", "ConfigVersion",
     "Deployment",
     "DomainGrant",
     "DeploymentStatus", "GeoMode", "Node", "NodeLease", "NodeStatus", "Pool", "Rollout",

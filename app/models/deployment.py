@@ -40,7 +40,10 @@ class RolloutKind(enum.StrEnum):
 class ConfigVersion(db.Model):
     """The full file set one node was given: rollback re-deploys it as it was.
 
-    Files are stored encrypted because they include the sites' private keys.
+    A version keeps only a manifest of its files' content hashes; each distinct
+    content is a :class:`ConfigBlob`, stored once however many versions and nodes
+    carry it, so that recording a pool's versions costs the database the change,
+    not the pool.
     """
 
     __tablename__ = "config_versions"
@@ -49,8 +52,8 @@ class ConfigVersion(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
     version: Mapped[int] = mapped_column(Integer)
-    # JSON object {relative path: text}, encrypted.
-    files: Mapped[str] = mapped_column(EncryptedText)
+    # {relative path: sha256 hex of the file's UTF-8 text}, each a ConfigBlob.
+    manifest: Mapped[dict[str, str]] = mapped_column(JSON)
     sha256: Mapped[str] = mapped_column(String(64))
     # {site id: site config version} of the sites the file set carries.
     site_versions: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
@@ -61,6 +64,20 @@ class ConfigVersion(db.Model):
 
     node: Mapped[Node] = relationship()
     created_by: Mapped[User | None] = relationship()
+
+
+class ConfigBlob(db.Model):
+    """One file content of config versions, named by its SHA-256.
+
+    Stored encrypted because files include the sites' private keys.  Rows are only
+    ever added: a manifest naming a hash can count on its content being here.
+    """
+
+    __tablename__ = "config_blobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    content: Mapped[str] = mapped_column(EncryptedText)
 
 
 class Rollout(db.Model):

@@ -5,7 +5,6 @@ one tenant's bad version never holds back the others.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import shlex
@@ -32,6 +31,7 @@ from app.models import (
 )
 from app.models.base import utcnow
 from app.services import rendering, set_aside
+from app.services.deployments.blobs import store_files
 from app.services.deployments.desired_state import (
     NodeRender,
     PoolState,
@@ -144,11 +144,12 @@ def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], record
         select(ConfigVersion.node_id, func.max(ConfigVersion.version))
         .where(ConfigVersion.node_id.in_(ids)).group_by(ConfigVersion.node_id)).all())
     order = list(rendered)
+    manifests = store_files([rendered[deployment_id][1] for deployment_id in order])
     rows = []
-    for deployment_id in order:
+    for deployment_id, manifest in zip(order, manifests, strict=True):
         node, files, site_versions, _ = rendered[deployment_id]
         rows.append({"node_id": node.id, "version": (numbers.get(node.id) or 0) + 1,
-                     "files": json.dumps(files), "sha256": files_digest(files),
+                     "manifest": manifest, "sha256": files_digest(files),
                      "site_versions": site_versions, "file_count": len(files),
                      "created_by_id": plan.triggered_by_id, "created_at": utcnow()})
     # The node's lease makes max()+1 safe.
@@ -373,7 +374,8 @@ def _job_again(app: Flask, plan: RolloutPlan, deployment_id: int, job: NodeJob,
     try:
         number = (db.session.scalar(select(func.max(ConfigVersion.version))
                                     .where(ConfigVersion.node_id == node_id)) or 0) + 1
-        version = ConfigVersion(node_id=node_id, version=number, files=json.dumps(files),
+        version = ConfigVersion(node_id=node_id, version=number,
+                                manifest=store_files([files])[0],
                                 sha256=files_digest(files), site_versions=retry.render.versions,
                                 file_count=len(files), created_by_id=plan.triggered_by_id)
         db.session.add(version)

@@ -16,20 +16,23 @@ from app.models import (
 from app.models.base import utcnow
 from app.services import audit
 from app.services.common import get_or_404, require_admin
+from app.services.deployments.blobs import content_hash
 from app.services.deployments.desired_state import ssh_target
-from app.services.deployments.history import current_version, version_files
+from app.services.deployments.history import current_version
 from app.services.deployments.release import describe_failure
 
 logger = logging.getLogger(__name__)
 
 def check_drift(actor: User | None, node_id: int) -> Node:
-    """Compare the files on the node with its last deployed version and flag it."""
+    """Compare the files on the node with its last deployed version and flag it.
+    The node's files are compared by hash with the version's manifest: no stored
+    content (private keys included) is decrypted for it."""
     if actor is not None:
         require_admin(actor)
     node = get_or_404(Node, node_id, "node")
     version = current_version(node.id)
     pool = ssh.pool()
-    expected = version_files(version, keys=True) if version is not None else {}
+    expected = version.manifest if version is not None else {}
     try:
         actual = pool.read_tree(ssh_target(node), node.config_dir)
     except ConnectorError as exc:
@@ -43,7 +46,7 @@ def check_drift(actor: User | None, node_id: int) -> Node:
             differences.append(f"missing {path}")
         elif path not in expected:
             differences.append(f"unexpected {path}")
-        elif actual[path] != expected[path].encode():
+        elif content_hash(actual[path]) != expected[path]:
             differences.append(f"changed {path}")
     node.drifted = bool(differences)
     node.drift_details = "; ".join(differences)[:2000]

@@ -6,7 +6,6 @@ two.
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 from typing import Any
 
@@ -22,6 +21,7 @@ from app.models import (
     User,
 )
 from app.services.common import Page, get_or_404, paginate, require_admin
+from app.services.deployments.blobs import load_contents, manifest_files
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +33,11 @@ def version_files(version: ConfigVersion, *, keys: bool = False) -> dict[str, st
     """A version's files, private keys withheld unless ``keys``: pages, the API and
     diffs show versions to people, and only a deployment or a drift check needs a
     key itself.  Masking here means no caller can forget it."""
-    files: dict[str, str] = json.loads(version.files)
-    if keys:
-        return files
+    files = manifest_files([version.manifest])[0]
+    return files if keys else _masked(files)
+
+
+def _masked(files: dict[str, str]) -> dict[str, str]:
     return {path: (MASKED_KEY if PRIVATE_KEY_MARK in text else text)
             for path, text in files.items()}
 
@@ -89,18 +91,21 @@ def carried_versions(node_ids: list[int]) -> dict[int, dict[str, int]]:
 
 def last_taken(node_ids: list[int], *, with_files: bool
                 ) -> dict[int, tuple[dict[str, int], dict[str, str] | None]]:
-    """Per node, what it last took successfully: site versions, and files if asked."""
+    """Per node, what it last took successfully: site versions, and files if asked
+    (each content the nodes share is read and decrypted once for all of them)."""
     if not node_ids:
         return {}
     latest = latest_deployments(node_ids, [DeploymentStatus.SUCCEEDED])
     columns = [latest.c.node_id, ConfigVersion.site_versions]
     if with_files:
-        columns.append(ConfigVersion.files)
+        columns.append(ConfigVersion.manifest)
     rows = db.session.execute(
         select(*columns).join(ConfigVersion, ConfigVersion.id == latest.c.config_version_id)
-        .where(latest.c.rank == 1))
-    return {row[0]: (dict(row[1] or {}), json.loads(row[2]) if with_files else None)
-            for row in rows}
+        .where(latest.c.rank == 1)).all()
+    files: list[dict[str, str] | None] = (
+        list(manifest_files([row[2] for row in rows])) if with_files else [None] * len(rows))
+    return {row[0]: (dict(row[1] or {}), node_files)
+            for row, node_files in zip(rows, files, strict=True)}
 
 
 def list_versions(actor: User, node_id: int, *, page: int = 1,
@@ -137,12 +142,19 @@ def version_statuses(version_ids: list[int]) -> dict[int, str]:
 
 
 def diff_versions(actor: User, node_id: int, old_id: int, new_id: int) -> str:
-    """A unified diff of two versions of one node (private keys withheld)."""
+    """A unified diff of two versions of one node (private keys withheld).  Only the
+    files whose content differs are read and decrypted."""
     require_admin(actor)
     versions = [get_version(actor, node_id, version_id) for version_id in (old_id, new_id)]
-    old, new = (version_files(v) for v in versions)
+    old_manifest, new_manifest = (v.manifest for v in versions)
+    paths = sorted(path for path in set(old_manifest) | set(new_manifest)
+                   if old_manifest.get(path) != new_manifest.get(path))
+    contents = load_contents({manifest[path] for manifest in (old_manifest, new_manifest)
+                              for path in paths if path in manifest})
+    old, new = (_masked({path: contents[manifest[path]] for path in paths if path in manifest})
+                for manifest in (old_manifest, new_manifest))
     chunks: list[str] = []
-    for path in sorted(set(old) | set(new)):
+    for path in paths:
         chunks.extend(difflib.unified_diff(
             old.get(path, "").splitlines(keepends=True),
             new.get(path, "").splitlines(keepends=True),
