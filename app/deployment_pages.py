@@ -1,5 +1,5 @@
-"""Deployment pages shared by the admin and client panels: the progress page and
-its Server-Sent Events stream."""
+"""A deployment's pages, the same in both panels: the progress page and its
+Server-Sent Events stream.  Links stay in the panel the page was asked from."""
 
 from __future__ import annotations
 
@@ -20,23 +20,22 @@ from flask import (
     url_for,
 )
 
-from app.models import User
 from app.services import deployments
 from app.stream_slots import stream_slots
+from app.web import current_actor
 
 POLL_SECONDS = 0.5
 # A refused stream's page polls meanwhile; it may try a stream again after this.
 STREAM_RETRY_SECONDS = 30
 
 
-def detail(actor: User, rollout_id: int, panel: str) -> str:
+def deployment_detail(rollout_id: int) -> str:
+    actor = current_actor()
     rollout = deployments.get_rollout(actor, rollout_id)
-    site_url = (url_for(f"{panel}.site_detail", site_id=rollout.site_id)
-                if rollout.site_id else "")
-    return render_template("deployments/detail.html", rollout=rollout, site_url=site_url,
-                           state=deployments.rollout_to_dict(rollout, actor),
-                           events_url=url_for(f"{panel}.deployment_events",
-                                              rollout_id=rollout.id))
+    site_url = url_for(".site_detail", site_id=rollout.site_id) if rollout.site_id else ""
+    return render_template("shared/deployment_detail.html", rollout=rollout,
+                           site_url=site_url, state=deployments.rollout_to_dict(rollout, actor),
+                           events_url=url_for(".deployment_events", rollout_id=rollout.id))
 
 
 def _client_gone(sock: Any) -> bool:
@@ -58,7 +57,7 @@ def _client_gone(sock: Any) -> bool:
         return True
 
 
-def events(actor: User, rollout_id: int) -> Response:
+def deployment_events(rollout_id: int) -> Response:
     """The rollout's state as JSON whenever it changes, until it finishes; one state
     when JSON is asked for (what the page polls when no stream is to be had).
 
@@ -67,6 +66,7 @@ def events(actor: User, rollout_id: int) -> Response:
     thread, so streams are capped (``app.stream_slots``): beyond the cap the answer
     is 429 with ``Retry-After`` and the page polls instead.
     """
+    actor = current_actor()
     deployments.get_rollout(actor, rollout_id)  # 404 before the stream starts
     wanted = request.accept_mimetypes.best_match(["text/event-stream", "application/json"])
     if wanted == "application/json":

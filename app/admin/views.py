@@ -11,9 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import current_app, flash, redirect, render_template, request, url_for
-from flask_login import current_user
 
-from app import certificate_pages, deployment_pages
 from app.admin import bp
 from app.admin.forms import (
     AuditFilterForm,
@@ -31,9 +29,9 @@ from app.admin.forms import (
     UserForm,
 )
 from app.errors import Conflict, Forbidden, ValidationError
-from app.extensions import limit_certificate_requests, limit_deploy_requests
-from app.forms import AcmeSettingsForm, SecuritySettingsForm, SiteForm, form_status
-from app.models import Site, User
+from app.extensions import limit_deploy_requests
+from app.forms import AcmeSettingsForm, SecuritySettingsForm, form_status
+from app.models import User
 from app.scheduler import JOBS
 from app.services import (
     audit,
@@ -43,7 +41,6 @@ from app.services import (
     explain,
     node_actions,
     nodes,
-    rendering,
     settings,
     sites,
     two_factor,
@@ -51,11 +48,8 @@ from app.services import (
 )
 from app.services import dashboard as dashboard_service
 from app.services import jobs as job_service
+from app.web import current_actor, site_pages
 from app.web.object_views import delete_object, edit_object
-
-
-def _actor() -> User:
-    return current_user._get_current_object()
 
 
 def _page_number() -> int:
@@ -74,7 +68,7 @@ def _refused(error: Forbidden | Conflict, endpoint: str, **values: Any) -> Any:
 @bp.get("/")
 def dashboard() -> Any:
     overview = dashboard_service.admin_overview(
-        _actor(), heartbeat=current_app.config["SCHEDULER_HEARTBEAT"])
+        current_actor(), heartbeat=current_app.config["SCHEDULER_HEARTBEAT"])
     return render_template("admin/dashboard_overview.html", overview=overview,
                            names=audit.object_names(overview.recent))
 
@@ -84,7 +78,7 @@ def dashboard() -> Any:
 
 @bp.get("/users", endpoint="users")
 def user_list() -> Any:
-    actor = _actor()
+    actor = current_actor()
     filters = UserFilterForm(request.args)
     filters.validate()
     page = users.list_users(actor, page=_page_number(), q=filters.q.data or None,
@@ -103,14 +97,14 @@ def user_create() -> Any:
         return None
 
     return edit_object(
-        UserForm(creating=True), lambda form: users.create_user(_actor(), form.to_data()),
+        UserForm(creating=True), lambda form: users.create_user(current_actor(), form.to_data()),
         "admin/user_form.html", user=None, next_url=url_for(".users"),
         message=lambda created: f"User {created[0].username} created.", answer=shown_once)
 
 
 @bp.route("/users/<int:user_id>/edit", methods=["GET", "POST"])
 def user_edit(user_id: int) -> Any:
-    actor = _actor()
+    actor = current_actor()
     user = users.get_user(actor, user_id)
     return edit_object(
         UserForm(creating=False, own_account=user.id == actor.id, data=UserForm.initial(user)),
@@ -122,13 +116,13 @@ def user_edit(user_id: int) -> Any:
 
 def _user_context(user: User, grant_form: DomainGrantForm | None = None) -> dict[str, Any]:
     """The user page besides its form: the domains given to the user."""
-    return {"user": user, "grants": domain_grants.list_grants(_actor(), user.id),
+    return {"user": user, "grants": domain_grants.list_grants(current_actor(), user.id),
             "grant_form": grant_form or DomainGrantForm(formdata=None, prefix="grant")}
 
 
 @bp.post("/users/<int:user_id>/domains")
 def user_domain_grant(user_id: int) -> Any:
-    actor = _actor()
+    actor = current_actor()
     user = users.get_user(actor, user_id)
     grant_form = DomainGrantForm(prefix="grant")
     if grant_form.validate_on_submit():
@@ -150,14 +144,14 @@ def user_domain_grant(user_id: int) -> Any:
 
 @bp.post("/users/<int:user_id>/domains/<int:grant_id>/delete")
 def user_domain_revoke(user_id: int, grant_id: int) -> Any:
-    domain_grants.revoke(_actor(), user_id, grant_id)
+    domain_grants.revoke(current_actor(), user_id, grant_id)
     flash("The domain is open to every client again.", "success")
     return redirect(url_for(".user_edit", user_id=user_id))
 
 
 @bp.post("/users/<int:user_id>/activate")
 def user_activate(user_id: int) -> Any:
-    user = users.set_active(_actor(), user_id, True)
+    user = users.set_active(current_actor(), user_id, True)
     flash(f"User {user.username} can sign in again.", "success")
     return redirect(url_for(".users"))
 
@@ -165,7 +159,7 @@ def user_activate(user_id: int) -> Any:
 @bp.post("/users/<int:user_id>/deactivate")
 def user_deactivate(user_id: int) -> Any:
     try:
-        user = users.set_active(_actor(), user_id, False)
+        user = users.set_active(current_actor(), user_id, False)
     except Forbidden as exc:
         return _refused(exc, ".users")
     flash(f"User {user.username} is deactivated and signed out.", "success")
@@ -174,7 +168,7 @@ def user_deactivate(user_id: int) -> Any:
 
 @bp.post("/users/<int:user_id>/reset-password")
 def user_reset_password(user_id: int) -> Any:
-    user, password = users.reset_password(_actor(), user_id)
+    user, password = users.reset_password(current_actor(), user_id)
     return _show_password(user, password, f"New password for {user.username}",
                           "Their existing sessions have ended.")
 
@@ -182,7 +176,7 @@ def user_reset_password(user_id: int) -> Any:
 @bp.post("/users/<int:user_id>/reset-two-factor")
 def user_reset_two_factor(user_id: int) -> Any:
     try:
-        user = two_factor.reset(_actor(), user_id)
+        user = two_factor.reset(current_actor(), user_id)
     except (Conflict, Forbidden) as exc:
         return _refused(exc, ".users")
     flash(f"Two-factor sign-in of {user.username} is off: they sign in with the password "
@@ -200,8 +194,9 @@ def _show_password(user: Any, password: str, heading: str, note: str) -> Any:
 
 @bp.post("/users/<int:user_id>/delete")
 def user_delete(user_id: int) -> Any:
-    return delete_object(lambda: users.delete_user(_actor(), user_id), message="User deleted.",
-                         next_url=url_for(".users"), refused=(Forbidden, Conflict))
+    return delete_object(lambda: users.delete_user(current_actor(), user_id),
+                         message="User deleted.", next_url=url_for(".users"),
+                         refused=(Forbidden, Conflict))
 
 
 # ----------------------------------------------------------------------------- nodes
@@ -209,7 +204,7 @@ def user_delete(user_id: int) -> Any:
 
 @bp.get("/nodes", endpoint="nodes")
 def node_list() -> Any:
-    actor = _actor()
+    actor = current_actor()
     filters = NodeFilterForm(request.args, pools=_pool_names(actor))
     filters.validate()
     page = nodes.list_nodes(actor, page=_page_number(), pool=filters.pool.data or None,
@@ -220,7 +215,7 @@ def node_list() -> Any:
 
 @bp.route("/nodes/new", methods=["GET", "POST"])
 def node_create() -> Any:
-    actor = _actor()
+    actor = current_actor()
     return edit_object(
         NodeForm(pools=_pool_names(actor), creating=True),
         lambda form: nodes.create_node(actor, form.to_data()), "admin/node_form.html",
@@ -229,7 +224,7 @@ def node_create() -> Any:
 
 @bp.route("/nodes/<int:node_id>/edit", methods=["GET", "POST"])
 def node_edit(node_id: int) -> Any:
-    actor = _actor()
+    actor = current_actor()
     node = nodes.get_node(actor, node_id)
     return edit_object(
         NodeForm(pools=_pool_names(actor), creating=False, data=NodeForm.initial(node)),
@@ -239,7 +234,7 @@ def node_edit(node_id: int) -> Any:
 
 @bp.get("/nodes/<int:node_id>")
 def node_detail(node_id: int) -> Any:
-    actor = _actor()
+    actor = current_actor()
     node = nodes.get_node(actor, node_id)
     versions = deployments.list_versions(actor, node_id, page=_page_number(), per_page=20)
     current = deployments.current_version(node.id)
@@ -253,7 +248,7 @@ def node_detail(node_id: int) -> Any:
 
 @bp.get("/nodes/<int:node_id>/versions/<int:version_id>")
 def node_version(node_id: int, version_id: int) -> Any:
-    actor = _actor()
+    actor = current_actor()
     version = deployments.get_version(actor, node_id, version_id)
     return render_template("admin/node_version.html", node=version.node, version=version,
                            files=deployments.version_files(version))
@@ -261,7 +256,7 @@ def node_version(node_id: int, version_id: int) -> Any:
 
 @bp.get("/nodes/<int:node_id>/diff")
 def node_diff(node_id: int) -> Any:
-    actor = _actor()
+    actor = current_actor()
     node = nodes.get_node(actor, node_id)
     old = request.args.get("from", type=int)
     new = request.args.get("to", type=int)
@@ -297,14 +292,14 @@ def _check_outcome(node: Any) -> tuple[str, str]:
 
 @bp.post("/nodes/<int:node_id>/check")
 def node_check(node_id: int) -> Any:
-    return _node_action(node_id, lambda: node_actions.check_node(_actor(), node_id),
+    return _node_action(node_id, lambda: node_actions.check_node(current_actor(), node_id),
                         _check_outcome)
 
 
 @bp.post("/nodes/<int:node_id>/prepare")
 def node_prepare(node_id: int) -> Any:
     steps: list[str] = []
-    result = _node_action(node_id, lambda: steps.extend(node_actions.prepare_node(_actor(),
+    result = _node_action(node_id, lambda: steps.extend(node_actions.prepare_node(current_actor(),
                                                                                   node_id)),
                           "Node prepared.")
     for step in steps:
@@ -314,13 +309,13 @@ def node_prepare(node_id: int) -> Any:
 
 @bp.post("/nodes/<int:node_id>/drift")
 def node_drift(node_id: int) -> Any:
-    return _node_action(node_id, lambda: deployments.check_drift(_actor(), node_id),
+    return _node_action(node_id, lambda: deployments.check_drift(current_actor(), node_id),
                         "Drift check finished.")
 
 
 @bp.post("/nodes/<int:node_id>/host-key")
 def node_accept_host_key(node_id: int) -> Any:
-    return _node_action(node_id, lambda: node_actions.accept_host_key(_actor(), node_id),
+    return _node_action(node_id, lambda: node_actions.accept_host_key(current_actor(), node_id),
                         "New host key accepted and pinned.")
 
 
@@ -328,7 +323,7 @@ def node_accept_host_key(node_id: int) -> Any:
 @limit_deploy_requests
 def node_deploy(node_id: int) -> Any:
     try:
-        rollout = deployments.deploy_nodes(_actor(), [node_id])
+        rollout = deployments.deploy_nodes(current_actor(), [node_id])
     except Conflict as exc:
         return _refused(exc, ".node_detail", node_id=node_id)
     return redirect(url_for(".deployment_detail", rollout_id=rollout.id))
@@ -341,27 +336,27 @@ def node_rollback(node_id: int) -> Any:
     if version_id is None:
         flash("Choose a version to roll back to.", "error")
         return redirect(url_for(".node_detail", node_id=node_id))
-    rollout = deployments.rollback_node(_actor(), node_id, version_id)
+    rollout = deployments.rollback_node(current_actor(), node_id, version_id)
     return redirect(url_for(".deployment_detail", rollout_id=rollout.id))
 
 
 @bp.post("/nodes/<int:node_id>/enable")
 def node_enable(node_id: int) -> Any:
-    node = nodes.set_enabled(_actor(), node_id, True)
+    node = nodes.set_enabled(current_actor(), node_id, True)
     flash(f"Node {node.name} enabled.", "success")
     return redirect(url_for(".nodes"))
 
 
 @bp.post("/nodes/<int:node_id>/disable")
 def node_disable(node_id: int) -> Any:
-    node = nodes.set_enabled(_actor(), node_id, False)
+    node = nodes.set_enabled(current_actor(), node_id, False)
     flash(f"Node {node.name} disabled: it receives no more deployments.", "success")
     return redirect(url_for(".nodes"))
 
 
 @bp.post("/nodes/<int:node_id>/drain")
 def node_drain(node_id: int) -> Any:
-    node = nodes.drain_node(_actor(), node_id)
+    node = nodes.drain_node(current_actor(), node_id)
     flash(f"Node {node.name} is draining: it keeps serving but receives no deployments.",
           "success")
     return redirect(url_for(".nodes"))
@@ -369,8 +364,8 @@ def node_drain(node_id: int) -> Any:
 
 @bp.post("/nodes/<int:node_id>/delete")
 def node_delete(node_id: int) -> Any:
-    return delete_object(lambda: nodes.delete_node(_actor(), node_id), message="Node deleted.",
-                         next_url=url_for(".nodes"), refused=(Conflict,))
+    return delete_object(lambda: nodes.delete_node(current_actor(), node_id),
+                         message="Node deleted.", next_url=url_for(".nodes"), refused=(Conflict,))
 
 
 # ----------------------------------------------------------------------------- pools
@@ -380,21 +375,21 @@ def node_delete(node_id: int) -> Any:
 def pool_list() -> Any:
     filters = SearchForm(request.args)
     return render_template("admin/pool_list.html", filters=filters,
-                           pools=nodes.list_pools(_actor(), filters.q.data or None),
+                           pools=nodes.list_pools(current_actor(), filters.q.data or None),
                            stats=nodes.pool_stats())
 
 
 @bp.route("/pools/new", methods=["GET", "POST"])
 def pool_create() -> Any:
     return edit_object(
-        PoolForm(), lambda form: nodes.create_pool(_actor(), *form.to_args()),
+        PoolForm(), lambda form: nodes.create_pool(current_actor(), *form.to_args()),
         "admin/pool_form.html", pool=None, message=lambda pool: f"Pool {pool.name} created.",
         next_url=url_for(".pools"))
 
 
 @bp.route("/pools/<int:pool_id>/edit", methods=["GET", "POST"])
 def pool_edit(pool_id: int) -> Any:
-    actor = _actor()
+    actor = current_actor()
     pool = nodes.get_pool(actor, pool_id)
     return edit_object(
         PoolForm(data={"name": pool.name, "description": pool.description}),
@@ -405,8 +400,8 @@ def pool_edit(pool_id: int) -> Any:
 
 @bp.post("/pools/<int:pool_id>/delete")
 def pool_delete(pool_id: int) -> Any:
-    return delete_object(lambda: nodes.delete_pool(_actor(), pool_id), message="Pool deleted.",
-                         next_url=url_for(".pools"), refused=(Conflict,))
+    return delete_object(lambda: nodes.delete_pool(current_actor(), pool_id),
+                         message="Pool deleted.", next_url=url_for(".pools"), refused=(Conflict,))
 
 
 # ----------------------------------------------------------------------------- DNS providers
@@ -415,7 +410,7 @@ def pool_delete(pool_id: int) -> Any:
 @bp.get("/dns-providers", endpoint="dns_providers")
 def dns_provider_list() -> Any:
     filters = SearchForm(request.args)
-    page = dns_providers.list_providers(_actor(), page=_page_number(),
+    page = dns_providers.list_providers(current_actor(), page=_page_number(),
                                         q=filters.q.data or None)
     return render_template("admin/dns_provider_list.html", page=page, filters=filters)
 
@@ -424,7 +419,7 @@ def dns_provider_list() -> Any:
 def dns_provider_create() -> Any:
     return edit_object(
         DnsProviderForm(creating=True),
-        lambda form: dns_providers.create_provider(_actor(), form.to_data()),
+        lambda form: dns_providers.create_provider(current_actor(), form.to_data()),
         "admin/dns_provider_form.html", provider=None,
         message=lambda provider: f"DNS provider {provider.name} added for zone {provider.zone}.",
         next_url=url_for(".dns_providers"))
@@ -432,7 +427,7 @@ def dns_provider_create() -> Any:
 
 @bp.route("/dns-providers/<int:provider_id>/edit", methods=["GET", "POST"])
 def dns_provider_edit(provider_id: int) -> Any:
-    actor = _actor()
+    actor = current_actor()
     provider = dns_providers.get_provider(actor, provider_id)
     return edit_object(
         DnsProviderForm(creating=False, data=DnsProviderForm.initial(provider)),
@@ -444,24 +439,32 @@ def dns_provider_edit(provider_id: int) -> Any:
 
 @bp.post("/dns-providers/<int:provider_id>/check")
 def dns_provider_check(provider_id: int) -> Any:
-    ok, detail = dns_providers.check_provider(_actor(), provider_id)
+    ok, detail = dns_providers.check_provider(current_actor(), provider_id)
     flash(detail, "success" if ok else "error")
     return redirect(url_for(".dns_providers"))
 
 
 @bp.post("/dns-providers/<int:provider_id>/delete")
 def dns_provider_delete(provider_id: int) -> Any:
-    return delete_object(lambda: dns_providers.delete_provider(_actor(), provider_id),
+    return delete_object(lambda: dns_providers.delete_provider(current_actor(), provider_id),
                          message="DNS provider deleted.", next_url=url_for(".dns_providers"),
                          refused=(Conflict,))
 
 
 # ----------------------------------------------------------------------------- sites
 
+# A site's own pages are the client's (app.web.site_pages) plus its owner and blocking.
+site_pages.register(bp, site_pages.Panel(
+    admin=True, home="Sites", home_endpoint="admin.sites",
+    detail_template="admin/site_detail.html",
+    created=lambda site: f"Site {site.domain} created for {site.owner.username}.",
+    deploy_refusals=(Conflict, ValidationError),
+    detail_context=lambda: {"block_form": BlockForm()}))
+
 
 @bp.get("/sites", endpoint="sites")
 def site_list() -> Any:
-    actor = _actor()
+    actor = current_actor()
     filters = SiteFilterForm(request.args, pools=_pool_names(actor),
                              owners=sites.owner_choices(actor))
     filters.validate()
@@ -473,95 +476,19 @@ def site_list() -> Any:
     return render_template("admin/site_list.html", filters=filters, page=page)
 
 
-def _site_form(actor: User, **kwargs: Any) -> SiteForm:
-    return SiteForm(pools=nodes.pool_choices(actor), owners=sites.owner_choices(actor),
-                    **kwargs)
-
-
-@bp.route("/sites/new", methods=["GET", "POST"])
-def site_create() -> Any:
-    actor = _actor()
-    owner_id = request.args.get("owner_id", actor.id, type=int)
-    return edit_object(
-        _site_form(actor, data={"owner_id": owner_id}),
-        lambda form: sites.create_site(actor, form.to_data()), "admin/site_form.html",
-        site=None, capabilities=rendering.capability_matrix(),
-        check=lambda data: sites.check_site(actor, data),
-        message=lambda site: f"Site {site.domain} created for {site.owner.username}.",
-        next_url=lambda site: url_for(".site_detail", site_id=site.id),
-        refused=(Conflict,), refused_url=url_for(".sites"))
-
-
-def _site_page(site: Site, block_form: BlockForm, upload_form: Any = None) -> Any:
-    engine = request.args.get("engine")
-    return render_template("admin/site_detail.html", site=site, block_form=block_form,
-                           **certificate_pages.context(site, "admin", upload_form),
-                           settings=sites.site_to_dict(site, admin=True),
-                           preview=rendering.preview(_actor(), site.id, engine),
-                           recent=deployments.list_rollouts(_actor(), site_id=site.id,
-                                                            per_page=5),
-                           deploy_url=url_for(".site_deploy", site_id=site.id),
-                           last_error=explain.site_failure(
-                               site.last_deploy_error, admin=_actor().is_admin,
-                               refused=site.refused_version == site.config_version),
-                           detail_endpoint="admin.deployment_detail")
-
-
-@bp.post("/sites/<int:site_id>/deploy")
-@limit_deploy_requests
-def site_deploy(site_id: int) -> Any:
-    try:
-        rollout = deployments.deploy_site(_actor(), site_id,
-                                          canary_node=request.form.get("canary_node") or None)
-    except (Conflict, ValidationError) as exc:
-        flash(exc.message + "".join(f" {v}" for v in exc.fields.values()), "error")
-        return redirect(url_for(".site_detail", site_id=site_id))
-    return redirect(url_for(".deployment_detail", rollout_id=rollout.id))
-
-
 @bp.get("/deployments", endpoint="deployments")
 def deployment_list() -> Any:
     filters = DeploymentFilterForm(request.args)
     filters.validate()
-    page = deployments.list_rollouts(_actor(), page=_page_number(),
+    page = deployments.list_rollouts(current_actor(), page=_page_number(),
                                      status=filters.status.data or None,
                                      q=filters.q.data or None)
-    return render_template("deployments/list.html", page=page, filters=filters)
-
-
-@bp.get("/deployments/<int:rollout_id>")
-def deployment_detail(rollout_id: int) -> Any:
-    return deployment_pages.detail(_actor(), rollout_id, "admin")
-
-
-@bp.get("/deployments/<int:rollout_id>/events")
-def deployment_events(rollout_id: int) -> Any:
-    return deployment_pages.events(_actor(), rollout_id)
-
-
-@bp.get("/sites/<int:site_id>")
-def site_detail(site_id: int) -> Any:
-    return _site_page(sites.get_site(_actor(), site_id), BlockForm())
-
-
-@bp.post("/sites/<int:site_id>/certificate/issue")
-@limit_certificate_requests
-def site_certificate_issue(site_id: int) -> Any:
-    return certificate_pages.issue(_actor(), site_id, "admin")
-
-
-@bp.post("/sites/<int:site_id>/certificate")
-@limit_deploy_requests
-def site_certificate_upload(site_id: int) -> Any:
-    form, done = certificate_pages.upload(_actor(), site_id, "admin")
-    if done:
-        return done
-    return _site_page(sites.get_site(_actor(), site_id), BlockForm(), form), form_status(form)
+    return render_template("admin/deployment_list.html", page=page, filters=filters)
 
 
 @bp.route("/settings", methods=["GET", "POST"])
 def settings_page() -> Any:
-    actor = _actor()
+    actor = current_actor()
     current = settings.get_acme_settings(actor)
     return edit_object(
         AcmeSettingsForm(data=current),
@@ -585,7 +512,7 @@ def _settings_context(actor: User, current: dict[str, Any],
 
 @bp.post("/settings/backend-policy")
 def backend_policy_settings() -> Any:
-    actor = _actor()
+    actor = current_actor()
     form = BackendPolicyForm(prefix="policy")
     if form.validate_on_submit():
         try:
@@ -607,33 +534,14 @@ def security_settings() -> Any:
     form = SecuritySettingsForm()
     if form.validate_on_submit():
         settings.update_security_settings(
-            _actor(), {"require_admin_two_factor": bool(form.require_admin_two_factor.data)})
+            current_actor(), {"require_admin_two_factor": bool(form.require_admin_two_factor.data)})
         flash("Sign-in settings saved.", "success")
     return redirect(url_for(".settings_page"))
 
 
-@bp.route("/sites/<int:site_id>/edit", methods=["GET", "POST"])
-def site_edit(site_id: int) -> Any:
-    actor = _actor()
-    site = sites.get_site(actor, site_id)
-    here = url_for(".site_detail", site_id=site_id)
-    return edit_object(
-        _site_form(actor, data=SiteForm.initial(sites.site_to_dict(site, admin=True))),
-        lambda form: sites.update_site(actor, site_id, form.to_data()), "admin/site_form.html",
-        site=site, capabilities=rendering.capability_matrix(),
-        check=lambda data: sites.check_site(actor, data, site_id),
-        message=lambda _: "Site saved.", next_url=here, refused=(Conflict,), refused_url=here)
-
-
-@bp.post("/sites/<int:site_id>/delete")
-def site_delete(site_id: int) -> Any:
-    return delete_object(lambda: sites.delete_site(_actor(), site_id), message="Site deleted.",
-                         next_url=url_for(".sites"))
-
-
 @bp.post("/sites/<int:site_id>/block")
 def site_block(site_id: int) -> Any:
-    actor = _actor()
+    actor = current_actor()
     site = sites.get_site(actor, site_id)
     form = BlockForm()
     if form.validate_on_submit():
@@ -644,12 +552,12 @@ def site_block(site_id: int) -> Any:
         else:
             flash(f"Site {site.domain} is blocked.", "success")
             return redirect(url_for(".site_detail", site_id=site_id))
-    return _site_page(site, form), 422
+    return site_pages.site_page(site, block_form=form), 422
 
 
 @bp.post("/sites/<int:site_id>/unblock")
 def site_unblock(site_id: int) -> Any:
-    site = sites.set_blocked(_actor(), site_id, False, "")
+    site = sites.set_blocked(current_actor(), site_id, False, "")
     flash(f"Site {site.domain} is unblocked.", "success")
     return redirect(url_for(".site_detail", site_id=site_id))
 
@@ -659,7 +567,7 @@ def site_unblock(site_id: int) -> Any:
 
 @bp.get("/audit", endpoint="audit")
 def audit_list() -> Any:
-    actor = _actor()
+    actor = current_actor()
     filters = AuditFilterForm(request.args, actions=audit.known_actions())
     if not filters.validate():
         return render_template("admin/audit_list.html", filters=filters, page=None), 422
@@ -673,7 +581,7 @@ def audit_list() -> Any:
 
 @bp.get("/jobs", endpoint="jobs")
 def job_list() -> Any:
-    actor = _actor()
+    actor = current_actor()
     job, status = request.args.get("job") or None, request.args.get("status") or None
     page = job_service.list_runs(actor, page=_page_number(), job=job, status=status)
     schedule = [(j.name, j.interval(current_app)) for j in JOBS]

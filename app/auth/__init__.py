@@ -15,6 +15,7 @@ from app.errors import ValidationError
 from app.forms import form_status
 from app.models import User
 from app.services import two_factor, users
+from app.web import current_actor
 
 bp = Blueprint("auth", __name__)
 
@@ -120,7 +121,7 @@ def hold_at_enrolment() -> Any:
 @bp.post("/logout")
 @login_required
 def logout() -> Any:
-    users.end_session(current_user._get_current_object())
+    users.end_session(current_actor())
     logout_user()
     flash("You are signed out.", "info")
     return redirect(url_for("auth.login"))

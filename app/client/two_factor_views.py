@@ -7,18 +7,13 @@ from typing import Any
 
 import segno
 from flask import flash, redirect, render_template, url_for
-from flask_login import current_user
 
 from app.client import bp
 from app.client.forms import EnrolForm, ProofForm
 from app.errors import ValidationError
 from app.forms import form_status
-from app.models import User
 from app.services import two_factor
-
-
-def _actor() -> User:
-    return current_user._get_current_object()
+from app.web import current_actor
 
 
 def _qr_image(uri: str) -> str:
@@ -36,7 +31,7 @@ def _grouped(secret: str) -> str:
 
 def _manage_page(codes_form: ProofForm, off_form: ProofForm) -> Any:
     status = max(form_status(codes_form), form_status(off_form))
-    actor = _actor()
+    actor = current_actor()
     return render_template("client/two_factor_manage.html", codes_form=codes_form,
                            off_form=off_form,
                            codes_left=two_factor.recovery_codes_left(actor)), status
@@ -51,7 +46,7 @@ def _recovery_codes_page(codes: list[str], heading: str) -> Any:
 @bp.route("/profile/two-factor", methods=["GET", "POST"], endpoint="two_factor")
 def two_factor_page() -> Any:
     """Set-up while two-factor sign-in is off, management while it is on."""
-    actor = _actor()
+    actor = current_actor()
     if two_factor.is_enabled(actor):
         return _manage_page(ProofForm(prefix="codes", formdata=None),
                             ProofForm(prefix="off", formdata=None))
@@ -75,7 +70,7 @@ def two_factor_recovery_codes() -> Any:
     form = ProofForm(prefix="codes")
     if form.validate_on_submit():
         try:
-            codes = two_factor.regenerate_recovery_codes(_actor(), form.proof.data or "")
+            codes = two_factor.regenerate_recovery_codes(current_actor(), form.proof.data or "")
         except ValidationError as exc:
             form.add_service_errors(exc.fields)
         else:
@@ -88,7 +83,7 @@ def two_factor_disable() -> Any:
     form = ProofForm(prefix="off")
     if form.validate_on_submit():
         try:
-            two_factor.disable(_actor(), form.proof.data or "")
+            two_factor.disable(current_actor(), form.proof.data or "")
         except ValidationError as exc:
             form.add_service_errors(exc.fields)
         else:

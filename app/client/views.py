@@ -9,9 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app, flash, redirect, render_template, request, url_for
-from flask_login import current_user, logout_user
+from flask_login import logout_user
 
-from app import certificate_pages, deployment_pages
 from app.client import bp
 from app.client.forms import EmailForm, PasswordForm, SiteListFilterForm, TokenForm
 from app.errors import (
@@ -23,37 +22,15 @@ from app.errors import (
     ServiceError,
     ValidationError,
 )
-from app.extensions import (
-    limit_certificate_requests,
-    limit_deploy_requests,
-    limiter,
-    requesting_user,
-)
-from app.forms import SiteForm, form_status
-from app.models import User
-from app.services import (
-    deployments,
-    email_change,
-    explain,
-    nodes,
-    rendering,
-    sites,
-    tokens,
-    users,
-)
-
-
-def _actor() -> User:
-    return current_user._get_current_object()
-
-
-def _site_form(actor: User, **kwargs: Any) -> SiteForm:
-    return SiteForm(pools=nodes.pool_choices(actor), **kwargs)
+from app.extensions import limiter, requesting_user
+from app.forms import form_status
+from app.services import email_change, sites, tokens, users
+from app.web import current_actor, site_pages
 
 
 @bp.get("/")
 def dashboard() -> Any:
-    actor = _actor()
+    actor = current_actor()
     filters = SiteListFilterForm(request.args)
     if not filters.validate():
         return render_template("client/site_list.html", filters=filters, page=None,
@@ -67,111 +44,17 @@ def dashboard() -> Any:
                            quota=actor.max_sites, total=sites.count_sites(actor))
 
 
-@bp.route("/sites/new", methods=["GET", "POST"])
-def site_create() -> Any:
-    actor = _actor()
-    form = _site_form(actor)
-    if form.validate_on_submit_with(lambda data: sites.check_site(actor, data)):
-        try:
-            site = sites.create_site(actor, form.to_data())
-        except ValidationError as exc:
-            form.add_service_errors(exc.fields)
-        except Conflict as exc:
-            flash(exc.message, "error")
-            return redirect(url_for(".dashboard"))
-        else:
-            flash(f"Site {site.domain} created. Deploy it to put it live.", "success")
-            return redirect(url_for(".site_detail", site_id=site.id))
-    return render_template("client/site_form.html", form=form, site=None,
-                           capabilities=rendering.capability_matrix()), form_status(form)
-
-
-@bp.get("/sites/<int:site_id>")
-def site_detail(site_id: int) -> Any:
-    return _site_page(site_id)
-
-
-def _site_page(site_id: int, upload_form: Any = None) -> Any:
-    actor = _actor()
-    site = sites.get_site(actor, site_id)
-    return render_template("client/site_detail.html", site=site,
-                           **certificate_pages.context(site, "client", upload_form),
-                           settings=sites.site_to_dict(site, admin=False),
-                           preview=rendering.preview(actor, site.id,
-                                                     request.args.get("engine")),
-                           recent=deployments.list_rollouts(actor, site_id=site.id, per_page=5),
-                           deploy_url=url_for(".site_deploy", site_id=site.id),
-                           last_error=explain.site_failure(
-                               site.last_deploy_error, admin=actor.is_admin,
-                               refused=site.refused_version == site.config_version),
-                           detail_endpoint="client.deployment_detail")
-
-
-@bp.post("/sites/<int:site_id>/certificate/issue")
-@limit_certificate_requests
-def site_certificate_issue(site_id: int) -> Any:
-    return certificate_pages.issue(_actor(), site_id, "client")
-
-
-@bp.post("/sites/<int:site_id>/certificate")
-@limit_deploy_requests
-def site_certificate_upload(site_id: int) -> Any:
-    form, done = certificate_pages.upload(_actor(), site_id, "client")
-    return done or (_site_page(site_id, form), form_status(form))
-
-
-@bp.post("/sites/<int:site_id>/deploy")
-@limit_deploy_requests
-def site_deploy(site_id: int) -> Any:
-    try:
-        rollout = deployments.deploy_site(_actor(), site_id)
-    except Conflict as exc:
-        flash(exc.message, "error")
-        return redirect(url_for(".site_detail", site_id=site_id))
-    return redirect(url_for(".deployment_detail", rollout_id=rollout.id))
-
-
-@bp.get("/deployments/<int:rollout_id>")
-def deployment_detail(rollout_id: int) -> Any:
-    return deployment_pages.detail(_actor(), rollout_id, "client")
-
-
-@bp.get("/deployments/<int:rollout_id>/events")
-def deployment_events(rollout_id: int) -> Any:
-    return deployment_pages.events(_actor(), rollout_id)
-
-
-@bp.route("/sites/<int:site_id>/edit", methods=["GET", "POST"])
-def site_edit(site_id: int) -> Any:
-    actor = _actor()
-    site = sites.get_site(actor, site_id)
-    form = _site_form(actor, data=SiteForm.initial(sites.site_to_dict(site, admin=False)))
-    if form.validate_on_submit_with(lambda data: sites.check_site(actor, data, site_id)):
-        try:
-            sites.update_site(actor, site_id, form.to_data())
-        except ValidationError as exc:
-            form.add_service_errors(exc.fields)
-        except Conflict as exc:
-            flash(exc.message, "error")
-            return redirect(url_for(".site_detail", site_id=site_id))
-        else:
-            flash("Site saved.", "success")
-            return redirect(url_for(".site_detail", site_id=site_id))
-    return (render_template("client/site_form.html", form=form, site=site,
-                           capabilities=rendering.capability_matrix()),
-            form_status(form))
-
-
-@bp.post("/sites/<int:site_id>/delete")
-def site_delete(site_id: int) -> Any:
-    sites.delete_site(_actor(), site_id)
-    flash("Site deleted.", "success")
-    return redirect(url_for(".dashboard"))
+# A site's own pages, as the administrators' panel has them too (app.web.site_pages).
+site_pages.register(bp, site_pages.Panel(
+    admin=False, home="My sites", home_endpoint="client.dashboard",
+    detail_template="shared/site_detail.html",
+    created=lambda site: f"Site {site.domain} created. Deploy it to put it live.",
+    deploy_refusals=(Conflict,)))
 
 
 @bp.route("/tokens", methods=["GET", "POST"], endpoint="tokens")
 def tokens_page() -> Any:
-    actor = _actor()
+    actor = current_actor()
     form = TokenForm()
     if form.validate_on_submit():
         try:
@@ -193,14 +76,14 @@ def tokens_page() -> Any:
 
 @bp.post("/tokens/<int:token_id>/revoke")
 def token_revoke(token_id: int) -> Any:
-    tokens.revoke_token(_actor(), token_id)
+    tokens.revoke_token(current_actor(), token_id)
     flash("Token revoked: programs using it can no longer sign in.", "success")
     return redirect(url_for(".tokens"))
 
 
 def _profile_page(email_form: EmailForm, password_form: PasswordForm) -> Any:
     status = max(form_status(email_form), form_status(password_form))
-    actor = _actor()
+    actor = current_actor()
     return render_template("client/profile_form.html", email_form=email_form,
                            password_form=password_form, sessions=users.list_sessions(actor),
                            self_service_email=email_change.self_service(),
@@ -214,7 +97,7 @@ def profile() -> Any:
 
 @bp.post("/profile/sessions/<int:session_id>/end")
 def profile_end_session(session_id: int) -> Any:
-    users.revoke_session(_actor(), session_id)
+    users.revoke_session(current_actor(), session_id)
     flash("That session is signed out.", "success")
     return redirect(url_for(".profile"))
 
@@ -237,7 +120,7 @@ def profile_email() -> Any:
     form = EmailForm()
     if form.validate_on_submit():
         try:
-            address = email_change.request_change(_actor(), form.email.data or "",
+            address = email_change.request_change(current_actor(), form.email.data or "",
                                                   _confirmation_link)
         except ValidationError as exc:
             form.add_service_errors(exc.fields)
@@ -257,7 +140,7 @@ def profile_email_confirm(token: str) -> Any:
     """The link from the mail asks before it changes anything: mail scanners open
     links, and a person should see which address the account is about to take."""
     try:
-        pending = email_change.read_link(_actor(), token)
+        pending = email_change.read_link(current_actor(), token)
     except (NotFound, Gone, Forbidden, Conflict) as exc:
         return _link_refused(exc)
     return render_template("client/email_confirm.html", pending=pending, token=token)
@@ -266,7 +149,7 @@ def profile_email_confirm(token: str) -> Any:
 @bp.post("/profile/email/confirm/<token>")
 def profile_email_confirm_apply(token: str) -> Any:
     try:
-        user = email_change.confirm_change(_actor(), token)
+        user = email_change.confirm_change(current_actor(), token)
     except (NotFound, Gone, Forbidden, Conflict) as exc:
         return _link_refused(exc)
     flash(f"Your e-mail address is now {user.email}.", "success")
@@ -283,7 +166,7 @@ def profile_password() -> Any:
     form = PasswordForm()
     if form.validate_on_submit():
         try:
-            users.change_password(_actor(), form.current_password.data or "",
+            users.change_password(current_actor(), form.current_password.data or "",
                                   form.new_password.data or "")
         except ValidationError as exc:
             form.add_service_errors(exc.fields)

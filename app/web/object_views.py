@@ -42,7 +42,7 @@ def edit_object(form: F, save: Callable[[F], T], template: str, *,
     :param answer: what a success answers instead of the redirect (None: redirect).
     :param context: the template's other variables.
     """
-    valid = (form.validate_on_submit_with(check)  # type: ignore[attr-defined]
+    valid = (form.validate_on_submit_with(check)
              if check is not None else form.validate_on_submit())
     if valid:
         try:
