@@ -44,10 +44,12 @@ Design notes:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import operator
 import re
+import secrets
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,17 @@ from app.engines.base import (
 )
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "nginx_templates"
+# A site's own files depend on the node only through these values: they are rendered
+# once per site version with placeholders, which each node's values replace.  The
+# placeholders carry a random part, so that no site's own text can name one.
+NODE_VALUES = ("base", "log_root", "cache_root", "acme_root", "listen_http", "listen_https",
+               "https_redirect")
+_NONCE = secrets.token_hex(12)
+NODE_PLACEHOLDERS: dict[str, Any] = {name: f"rpcc{_NONCE}n{index}x"
+                                     for index, name in enumerate(NODE_VALUES)}
+_PLACEHOLDER = re.compile(f"rpcc{_NONCE}n([0-9])x")
+# Site versions kept rendered, per process (a few KB each).
+SITE_CACHE_SIZE = 20_000
 ENTRY_FILE = "rpcc.conf"
 PROBE_FILE = "probe.conf"
 PARANOIA_LEVELS = {"low": 1, "medium": 2, "high": 3}
@@ -295,6 +308,13 @@ class NginxEngine(Engine):
         self._templates: dict[str, Template] = {
             name: env.get_template(f"{name}.j2") for name in TEMPLATE_NAMES
         }
+        self._cached_site_files = functools.lru_cache(maxsize=SITE_CACHE_SIZE)(self._any_node_files)
+
+    def _any_node_files(self, site: SiteSpec) -> dict[str, str]:
+        """The site's files with the node's values as placeholders (cached per site
+        version: a site that did not change is not rendered again, for any node)."""
+        return _site_files(site, NODE_PLACEHOLDERS["base"], NODE_PLACEHOLDERS,
+                           self._templates)
 
     def include_line(self, node: NodeSpec) -> str:
         return f"include {nginx_bare(node.config_dir.rstrip('/') + '/' + ENTRY_FILE)};"
@@ -312,22 +332,28 @@ class NginxEngine(Engine):
         _check_unique(ordered)
         base = node.config_dir.rstrip("/")
         https_suffix = "" if node.https_port == 443 else f":{node.https_port}"
-        node_context = {
-            "node": node,
+        node_context: dict[str, Any] = {
             "base": base,
-        "log_root": node.log_dir.rstrip("/"),
-        "cache_root": node.cache_dir.rstrip("/"),
+            "log_root": node.log_dir.rstrip("/"),
+            "cache_root": node.cache_dir.rstrip("/"),
             "acme_root": acme_webroot(node),
             "listen_http": listen_address(node, node.http_port),
             "listen_https": listen_address(node, node.https_port),
             "https_redirect": f"https://$host{https_suffix}$request_uri",
         }
+        # What the templates would have refused as the node's values, refused here.
+        for name, value in node_context.items():
+            if name != "https_redirect":
+                nginx_bare(value)
+        values = [node_context[name] for name in NODE_VALUES]
         files: dict[str, str] = {}
         site_files: dict[int, list[str]] = {}
         for site in ordered:
-            own = _site_files(site, base, node_context, self._templates)
+            own = {path: _PLACEHOLDER.sub(lambda match: values[int(match[1])], text)
+                   for path, text in self._cached_site_files(site).items()}
             files.update(own)
             site_files[site.id] = sorted(own)
+        node_context["node"] = node
         files.update(_shared_files(ordered, node_context, self._templates))
         test_command, reload_command = self.commands(node)
         return RenderedConfig(

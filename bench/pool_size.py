@@ -1,0 +1,210 @@
+"""What a one-site change costs as the pool grows: the same change deployed to the same
+real nginx nodes (one real sshd on loopback) while the pool holds 1 site, then after
+the pool has grown to thousands of sites.
+
+Prints, in one run: the warm one-site change with 1 site in the pool (median of a
+few runs, the baseline), the first deployment of the big pool, the warm one-site
+change in the big pool (median), their ratio against the goal (at most 3x), what each
+deployment sent to a node (files and bytes of the upload step), the control plane's
+CPU seconds per node per deploy, and how much the database grew for one change.
+Every run is checked outside the timed part: the rollout succeeded and every node
+serves the new header.
+
+    .venv/bin/python bench/pool_size.py [--nodes 10] [--sites 2000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from flask_migrate import upgrade  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+
+from app import create_app  # noqa: E402
+from app.engines.nginx import ENGINE as NGINX  # noqa: E402
+from app.extensions import db, ssh  # noqa: E402
+from app.models import DeploymentStatus, Rollout  # noqa: E402
+from app.services import deployments, sites  # noqa: E402
+from bench.deploy_fanout import code_version, start_backend  # noqa: E402
+from tests import factories  # noqa: E402
+from tests.fleet import FleetNode, register  # noqa: E402
+from tests.nginx_node import BASE_OPEN_FILES, NginxNode, allow_open_files, fetch  # noqa: E402
+from tests.sshd import SshServer  # noqa: E402
+
+DOMAIN = "changed.example.com"
+HEADER = "X-Bench"
+GOAL_RATIO = 3.0
+GOAL_FIRST_SECONDS = 10.0
+
+
+def node_address(index: int) -> str:
+    """127.0.3.1, 127.0.3.2, ... (clear of the tests' and the other benches' nodes)."""
+    return f"127.0.3.{1 + index}"
+
+
+def start_node(address: str, sites_expected: int) -> NginxNode:
+    """An nginx node allowed the descriptors a pool this big needs (two logs a site)."""
+    node = NginxNode(address=address)
+    node.write(NGINX.render(node.spec, []))
+    node.open_files = allow_open_files(BASE_OPEN_FILES + 2 * sites_expected + 64)
+    node.write_main_conf(NGINX.include_line(node.spec))
+    node.start()
+    return node
+
+
+def database_bytes() -> int:
+    """Bytes the database's pages hold (SQLite): what it grew by is the change's cost."""
+    page_size = db.session.execute(text("PRAGMA page_size")).scalar_one()
+    pages = db.session.execute(text("PRAGMA page_count")).scalar_one()
+    free = db.session.execute(text("PRAGMA freelist_count")).scalar_one()
+    return int(page_size) * (int(pages) - int(free))
+
+
+class Bench:
+    def __init__(self, client: object, site_id: int, fleet: list[FleetNode]) -> None:
+        self.client = client
+        self.site_id = site_id
+        self.fleet = fleet
+        self.counter = 0
+
+    def change(self) -> tuple[float, float, Rollout]:
+        """One timed one-site change, deployed; returns seconds, control-plane CPU
+        seconds and the rollout (checked: every node serves the new value)."""
+        self.counter += 1
+        value = f"v{self.counter}"
+        cpu0 = time.process_time()
+        started = time.perf_counter()
+        sites.update_site(self.client, self.site_id, {"headers": {HEADER: value}})
+        rollout = deployments.wait(deployments.deploy_site(self.client, self.site_id).id,
+                                   timeout=900)
+        seconds = time.perf_counter() - started
+        cpu = time.process_time() - cpu0
+        self.check(rollout, value)
+        return seconds, cpu, rollout
+
+    def check(self, rollout: Rollout, value: str) -> None:
+        if rollout.status != DeploymentStatus.SUCCEEDED:
+            raise SystemExit(f"rollout {rollout.id} failed: {rollout.error}")
+        for node in self.fleet:
+            deadline = time.monotonic() + 10
+            while True:
+                answer = fetch(node.nginx, DOMAIN)
+                if answer.headers.get(HEADER.lower()) == value:
+                    break
+                if time.monotonic() >= deadline:
+                    raise SystemExit(f"{node.name} does not serve {value}")
+                time.sleep(0.02)
+
+
+def uploads(rollout: Rollout) -> str:
+    steps = [next(s for s in d.steps if s["step"] == "upload") for d in rollout.deployments]
+    modes = sorted({s.get("mode", "?") for s in steps})
+    files = statistics.median(s.get("files", 0) for s in steps)
+    sent = statistics.median(s.get("bytes", 0) for s in steps)
+    return f"upload {'/'.join(modes)}, {files:g} files, {sent / 1024:.0f} KiB per node"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=10)
+    parser.add_argument("--sites", type=int, default=2000, help="sites in the big pool")
+    parser.add_argument("--repeat", type=int, default=3, help="warm runs per pool size")
+    args = parser.parse_args()
+    workdir = tempfile.mkdtemp(prefix="rpcc-bench-pool-")
+    app = create_app("testing", {
+        "SQLALCHEMY_DATABASE_URI": "sqlite:///" + os.path.join(workdir, "bench.db"),
+        "RATELIMIT_ENABLED": False, "WTF_CSRF_ENABLED": False,
+        "DEPLOY_REQUEST_LIMIT": "100000/minute",
+    })
+    print(f"code: {code_version()}")
+    sshd: SshServer | None = None
+    started: list[NginxNode] = []
+    backend = None
+    try:
+        with app.app_context():
+            upgrade()
+            admin = factories.make_user("admin", "benchadmin")
+            client = factories.make_user("client", "benchclient")
+            sshd = SshServer()
+            for index in range(args.nodes):
+                started.append(start_node(node_address(index), args.sites + 1))
+            fleet = [register(admin, nginx, f"edge-{i:02d}", sshd.port, sshd.client_key_text)
+                     for i, nginx in enumerate(started)]
+            backend, port = start_backend()
+            site = factories.make_site(client, DOMAIN, backends=[
+                {"host": "127.0.0.1", "port": port}], headers={HEADER: "v0"})
+            bench = Bench(client, site.id, fleet)
+            load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+            print(f"{args.nodes} nginx nodes behind 1 sshd, {os.cpu_count()} cores; "
+                  f"load average {load}")
+
+            bench.change()  # adopts each node's directory and pins host keys: a one-off
+            small = [bench.change() for _ in range(args.repeat)]
+            small_s = statistics.median(s for s, _, _ in small)
+            small_cpu = statistics.median(c for _, c, _ in small)
+            print(f"pool of 1 site: one-site change, median of {args.repeat}: "
+                  f"{small_s:.3f} s ({uploads(small[-1][2])})", flush=True)
+
+            t0 = time.perf_counter()
+            admin.max_sites = args.sites + 10
+            db.session.commit()
+            backends = [{"host": "127.0.0.1", "port": port}]
+            for index in range(args.sites - 1):
+                factories.make_site(admin,
+                                    f"site{index:05d}.example.org", backends=backends,
+                                    headers={"X-Site": str(index)})
+            print(f"added {args.sites - 1} sites in {time.perf_counter() - t0:.1f} s "
+                  f"(not timed)", flush=True)
+            first, first_cpu, first_rollout = bench.change()
+            print(f"first deploy of the {args.sites}-site pool: {first:.2f} s "
+                  f"({uploads(first_rollout)})", flush=True)
+
+            big = []
+            growth = []
+            for _ in range(args.repeat):
+                before = database_bytes()
+                big.append(bench.change())
+                growth.append(database_bytes() - before)
+            big_s = statistics.median(s for s, _, _ in big)
+            big_cpu = statistics.median(c for _, c, _ in big)
+            print(f"pool of {args.sites} sites: one-site change, median of {args.repeat}: "
+                  f"{big_s:.3f} s ({uploads(big[-1][2])})")
+
+            ratio = big_s / small_s
+            print("\nsummary")
+            print(f"  one-site change, 1-site pool (baseline):  {small_s:.3f} s")
+            print(f"  one-site change, {args.sites}-site pool:        {big_s:.3f} s  "
+                  f"ratio {ratio:.2f}x (goal at most {GOAL_RATIO:g}x): "
+                  f"{'met' if ratio <= GOAL_RATIO else 'missed'}")
+            print(f"  first deploy of the {args.sites}-site pool:     {first:.2f} s "
+                  f"(goal under {GOAL_FIRST_SECONDS:g} s): "
+                  f"{'met' if first < GOAL_FIRST_SECONDS else 'missed'}")
+            print(f"  control-plane CPU per node per deploy:   "
+                  f"{small_cpu / args.nodes * 1000:.1f} ms (1 site), "
+                  f"{big_cpu / args.nodes * 1000:.1f} ms ({args.sites} sites), "
+                  f"{first_cpu / args.nodes * 1000:.1f} ms (first deploy)")
+            print(f"  database growth per one-site change:     "
+                  f"{statistics.median(growth) / 1024:.0f} KiB (median of {args.repeat})")
+            print(f"  load average after: "
+                  f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    finally:
+        ssh.reset(app)
+        if backend is not None:
+            backend.terminate()
+            backend.wait()
+        for nginx in started:
+            nginx.stop()
+            nginx.remove()
+        if sshd is not None:
+            sshd.stop()
+
+
+if __name__ == "__main__":
+    main()
