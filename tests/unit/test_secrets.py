@@ -8,7 +8,7 @@ from app.services import keys
 def test_encrypted_columns_are_discovered_from_the_models():
     assert set(keys.encrypted_columns()) == {
         ("users", "totp_secret"), ("nodes", "ssh_private_key"), ("nodes", "ssh_password"),
-        ("config_versions", "files"), ("acme_accounts", "key_pem"),
+        ("config_blobs", "content"), ("acme_accounts", "key_pem"),
         ("certificates", "key_pem"), ("dns_providers", "tsig_secret"),
     }
 
