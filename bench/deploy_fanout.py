@@ -368,7 +368,7 @@ class SizeResult:
     slowest_node: list[float] = field(default_factory=list)
     before_first: list[float] = field(default_factory=list)  # rollout start -> 1st node
     after_last: list[float] = field(default_factory=list)  # last node -> rollout end
-    # Deployment.started_at -> finished_at minus the steps: the per-node database
+    # NodeDeployment.started_at -> finished_at minus the steps: the per-node database
     # writes outside any step (progress, lease renewals, version row, finish).
     outside_steps: list[float] = field(default_factory=list)
     node_walls: list[float] = field(default_factory=list)
@@ -511,7 +511,7 @@ def print_steps(result: SizeResult) -> None:
           f"max {max(result.node_totals):7.3f}")
     print(f"  {'node wall':<8} median {median(result.node_walls):7.3f}   "
           f"max {max(result.node_walls, default=float('nan')):7.3f}   "
-          f"(Deployment.started_at -> finished_at)")
+          f"(NodeDeployment.started_at -> finished_at)")
     print(f"  {'outside':<8} median {median(result.outside_steps):7.3f}   "
           f"max {max(result.outside_steps, default=float('nan')):7.3f}   "
           f"(node wall minus its steps: progress/lease/finish DB writes)")

@@ -13,8 +13,8 @@ from app.models.certificate import (
 from app.models.deployment import (
     ConfigBlob,
     ConfigVersion,
-    Deployment,
     DeploymentStatus,
+    NodeDeployment,
     NodeLease,
     Rollout,
     RolloutKind,
@@ -42,7 +42,7 @@ __all__ = [
     "CertificateProvider", "CertificateStatus", "DnsProvider", "JobRun", "JobStatus",
     "SchedulerLease", "Setting",
     "ApiToken", "AuditLog", "BackendProtocol", "BlockedName", "ConfigBlob", "ConfigVersion",
-    "Deployment",
+    "NodeDeployment",
     "DomainGrant",
     "DeploymentStatus", "GeoMode", "Node", "NodeLease", "NodeStatus", "Pool", "Rollout",
     "RolloutKind",

@@ -82,7 +82,7 @@ class ConfigBlob(db.Model):
 
 class Rollout(db.Model):
     """One request to deploy (a site's pool, or a rollback of one node): what the API
-    calls a deployment, with one :class:`Deployment` per node."""
+    calls a deployment, with one :class:`NodeDeployment` per node."""
 
     __tablename__ = "rollouts"
 
@@ -113,11 +113,11 @@ class Rollout(db.Model):
 
     site: Mapped[Site | None] = relationship()
     triggered_by: Mapped[User | None] = relationship(foreign_keys=[triggered_by_id])
-    deployments: Mapped[list[Deployment]] = relationship(
-        back_populates="rollout", order_by="Deployment.id")
+    deployments: Mapped[list[NodeDeployment]] = relationship(
+        back_populates="rollout", order_by="NodeDeployment.id")
 
 
-class Deployment(db.Model):
+class NodeDeployment(db.Model):
     """One node's part of a rollout, with the time each step took."""
 
     __tablename__ = "deployments"

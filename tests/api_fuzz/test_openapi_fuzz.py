@@ -38,7 +38,7 @@ from schemathesis.specs.openapi.checks import (
 
 from app.executor import executor
 from app.extensions import db
-from app.models import Deployment, DeploymentStatus, Pool, User
+from app.models import DeploymentStatus, NodeDeployment, Pool, User
 from app.services import (
     dns_providers,
     domain_grants,
@@ -185,11 +185,11 @@ def _build_world() -> World:
     failed.status = DeploymentStatus.FAILED
     failed.error = "1 of 1 nodes failed"
     db.session.add_all([
-        Deployment(rollout_id=failed.id, site_id=alice_site.id, node_id=node.id,
+        NodeDeployment(rollout_id=failed.id, site_id=alice_site.id, node_id=node.id,
                    node_name=node.name, status=DeploymentStatus.FAILED, step="connect",
                    steps=[{"step": "connect", "seconds": 0.5, "ok": False}],
                    error="ssh: [Errno 111] Connection refused"),
-        Deployment(rollout_id=succeeded.id, site_id=bob_site.id, node_id=node.id,
+        NodeDeployment(rollout_id=succeeded.id, site_id=bob_site.id, node_id=node.id,
                    node_name=node.name, config_version_id=version.id,
                    status=DeploymentStatus.SUCCEEDED,
                    steps=[{"step": "upload", "seconds": 0.1, "ok": True}]),

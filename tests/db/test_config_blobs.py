@@ -42,9 +42,9 @@ from app.extensions import db as _db
 from app.models import (
     ConfigBlob,
     ConfigVersion,
-    Deployment,
     DeploymentStatus,
     Node,
+    NodeDeployment,
     Rollout,
     RolloutKind,
 )
@@ -83,7 +83,7 @@ def went_live(version: ConfigVersion, minute: int) -> None:
     _db.session.add(rollout)
     _db.session.flush()
     at = datetime(2026, 12, 1, 0, minute, tzinfo=UTC)
-    _db.session.add(Deployment(rollout_id=rollout.id, node_id=node.id, node_name=node.name,
+    _db.session.add(NodeDeployment(rollout_id=rollout.id, node_id=node.id, node_name=node.name,
                                config_version_id=version.id, status=DeploymentStatus.SUCCEEDED,
                                started_at=at, finished_at=at))
     _db.session.commit()

@@ -109,7 +109,7 @@ def test_the_deployment_list_filters_by_status_and_site(app, admin, alice, admin
 def test_rollback_is_offered_for_an_earlier_version_that_went_live(admin, admin_client):
     from datetime import UTC, datetime, timedelta
 
-    from app.models import Deployment, Rollout, RolloutKind
+    from app.models import NodeDeployment, Rollout, RolloutKind
 
     node = factories.make_node("edge-r")
     versions = [factories.make_version(node, {"rpcc.conf": f"{n}\n"}) for n in (1, 2, 3)]
@@ -121,7 +121,7 @@ def test_rollback_is_offered_for_an_earlier_version_that_went_live(admin, admin_
     for offset, (version, status) in enumerate(zip(versions, (
             DeploymentStatus.SUCCEEDED, DeploymentStatus.ROLLED_BACK,
             DeploymentStatus.SUCCEEDED), strict=True)):
-        _db.session.add(Deployment(rollout_id=rollout.id, node_id=node.id,
+        _db.session.add(NodeDeployment(rollout_id=rollout.id, node_id=node.id,
                                    node_name=node.name, config_version_id=version.id,
                                    status=status, started_at=started + timedelta(minutes=offset),
                                    finished_at=started + timedelta(minutes=offset, seconds=5)))

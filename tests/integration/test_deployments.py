@@ -21,7 +21,7 @@ import pytest
 
 from app.errors import Conflict, NotFound
 from app.extensions import ssh
-from app.models import AuditLog, Deployment, DeploymentStatus, Node, Rollout, Site
+from app.models import AuditLog, DeploymentStatus, Node, NodeDeployment, Rollout, Site
 from app.services import deployments, node_actions, nodes, sites
 from app.services.deployments.release import STAGE_SCRIPT
 from app.services.node_leases import node_lease
@@ -245,7 +245,7 @@ def test_versions_are_recorded_and_diffable(admin, alice, fleet, live_site, db):
     assert [v.version for v in page.items] == [2, 1]
     diff = deployments.diff_versions(admin, fleet[0].id, page.items[1].id, page.items[0].id)
     assert '+    add_header X-Shop "v2" always;' in diff
-    assert db.session.query(Deployment).filter_by(node_id=fleet[0].id).count() == 2
+    assert db.session.query(NodeDeployment).filter_by(node_id=fleet[0].id).count() == 2
 
 
 def test_drift_is_detected_and_cleared_by_a_deploy(admin, alice, fleet, live_site):
@@ -353,8 +353,8 @@ def test_two_deployments_at_once_serialize_and_the_later_wins(app, alice, fleet,
         assert deployments.wait(rollout_id).status == DeploymentStatus.SUCCEEDED
     for node in fleet:
         assert node.get("shop.example.com").json()["backend"] == "later"
-        steps = (db.session.query(Deployment).filter_by(node_id=node.id)
-                 .order_by(Deployment.started_at).all())[-2:]
+        steps = (db.session.query(NodeDeployment).filter_by(node_id=node.id)
+                 .order_by(NodeDeployment.started_at).all())[-2:]
         # Never both on the node: one finished before the other left its lock step.
         one, two = sorted(steps, key=lambda d: d.finished_at)
         # The second got the node's lock only after the first had finished.

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from app.models import Deployment, DeploymentStatus, Rollout, Site
+from app.models import DeploymentStatus, NodeDeployment, Rollout, Site
 from app.services import deployments, nodes, sites
 from app.services.deployments.release import manifest_digest
 from tests import factories
@@ -25,7 +25,7 @@ def deploy(actor: Any, site: Site) -> Rollout:
     return deployments.wait(deployments.deploy_site(actor, site.id).id, timeout=120)
 
 
-def upload_step(deployment: Deployment) -> dict[str, Any]:
+def upload_step(deployment: NodeDeployment) -> dict[str, Any]:
     return next(step for step in deployment.steps if step["step"] == "upload")
 
 

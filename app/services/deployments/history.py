@@ -15,9 +15,9 @@ from app.errors import NotFound
 from app.extensions import db
 from app.models import (
     ConfigVersion,
-    Deployment,
     DeploymentStatus,
     Node,
+    NodeDeployment,
     User,
 )
 from app.services.common import Page, get_or_404, paginate, require_admin
@@ -44,10 +44,11 @@ def _masked(files: dict[str, str]) -> dict[str, str]:
 
 def current_version(node_id: int) -> ConfigVersion | None:
     """The version the node last took successfully (what drift is measured against)."""
-    stmt = (select(ConfigVersion).join(Deployment, Deployment.config_version_id == ConfigVersion.id)
-            .where(Deployment.node_id == node_id,
-                   Deployment.status == DeploymentStatus.SUCCEEDED)
-            .order_by(Deployment.finished_at.desc(), Deployment.id.desc()).limit(1))
+    stmt = (select(ConfigVersion)
+            .join(NodeDeployment, NodeDeployment.config_version_id == ConfigVersion.id)
+            .where(NodeDeployment.node_id == node_id,
+                   NodeDeployment.status == DeploymentStatus.SUCCEEDED)
+            .order_by(NodeDeployment.finished_at.desc(), NodeDeployment.id.desc()).limit(1))
     return db.session.scalar(stmt)
 
 
@@ -74,12 +75,12 @@ def latest_deployments(node_ids: list[int], statuses: list[DeploymentStatus], *,
                         by_id: bool = False) -> Any:
     """The latest deployment of each node (by finish, or by creation) among those
     with these statuses, ranked 1 in a subquery: one query for a whole pool."""
-    order = ((Deployment.id.desc(),) if by_id
-             else (Deployment.finished_at.desc(), Deployment.id.desc()))
-    rank = func.row_number().over(partition_by=Deployment.node_id, order_by=order)
-    return (select(Deployment.node_id, Deployment.status, Deployment.error,
-                   Deployment.config_version_id, rank.label("rank"))
-            .where(Deployment.node_id.in_(node_ids), Deployment.status.in_(statuses))
+    order = ((NodeDeployment.id.desc(),) if by_id
+             else (NodeDeployment.finished_at.desc(), NodeDeployment.id.desc()))
+    rank = func.row_number().over(partition_by=NodeDeployment.node_id, order_by=order)
+    return (select(NodeDeployment.node_id, NodeDeployment.status, NodeDeployment.error,
+                   NodeDeployment.config_version_id, rank.label("rank"))
+            .where(NodeDeployment.node_id.in_(node_ids), NodeDeployment.status.in_(statuses))
             .subquery())
 
 
@@ -136,8 +137,8 @@ def get_version_number(actor: User, node_id: int, number: int) -> ConfigVersion:
 
 def version_statuses(version_ids: list[int]) -> dict[int, str]:
     """The outcome of each version's deployment, for the history page."""
-    rows = db.session.execute(select(Deployment.config_version_id, Deployment.status)
-                              .where(Deployment.config_version_id.in_(version_ids)))
+    rows = db.session.execute(select(NodeDeployment.config_version_id, NodeDeployment.status)
+                              .where(NodeDeployment.config_version_id.in_(version_ids)))
     return {vid: status.value for vid, status in rows if vid is not None}
 
 

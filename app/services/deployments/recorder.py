@@ -14,9 +14,9 @@ from sqlalchemy import bindparam, update
 
 from app.extensions import db
 from app.models import (
-    Deployment,
     DeploymentStatus,
     Node,
+    NodeDeployment,
     NodeStatus,
 )
 from app.models.base import utcnow
@@ -110,7 +110,7 @@ class Recorder:
             try:
                 with db.engine.begin() as conn:
                     renewed = self.leases.renew(conn, only_if_older_than=self.leases.ttl / 3)
-                    _update_many(conn, Deployment, deployments)
+                    _update_many(conn, NodeDeployment, deployments)
                     _update_many(conn, Node, nodes, Node.status != NodeStatus.DRAINING)
                     released = self.leases.release(release, conn) if release else None
                 # The leases' own view changes only once the transaction committed.

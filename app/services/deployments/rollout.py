@@ -19,9 +19,9 @@ from app.errors import Conflict, NotFound, ValidationError
 from app.executor import executor
 from app.extensions import db
 from app.models import (
-    Deployment,
     DeploymentStatus,
     Node,
+    NodeDeployment,
     Rollout,
     RolloutKind,
     Site,
@@ -54,7 +54,7 @@ def _create_rollout(actor: User | None, nodes: list[Node], *, kind: RolloutKind,
                       canary_node_id=canary_node_id, target_version_id=target_version_id,
                       triggered_by_id=actor_id)
     rollout.deployments = [
-        Deployment(site_id=site.id if site else None, node_id=node.id, node_name=node.name,
+        NodeDeployment(site_id=site.id if site else None, node_id=node.id, node_name=node.name,
                    triggered_by_id=actor_id)
         for node in nodes
     ]
@@ -126,9 +126,9 @@ def _queued_rollout(site_id: int) -> Rollout | None:
     takes each node's lease, so it will carry whatever was saved before now, and a
     new request joins it instead of starting another (a burst of requests starts at
     most one rollout besides the one already running)."""
-    waiting = (Deployment.status == DeploymentStatus.PENDING) | (
-        (Deployment.status == DeploymentStatus.RUNNING) & (Deployment.step == "lock"))
-    started = select(Deployment.id).where(Deployment.rollout_id == Rollout.id, ~waiting)
+    waiting = (NodeDeployment.status == DeploymentStatus.PENDING) | (
+        (NodeDeployment.status == DeploymentStatus.RUNNING) & (NodeDeployment.step == "lock"))
+    started = select(NodeDeployment.id).where(NodeDeployment.rollout_id == Rollout.id, ~waiting)
     return db.session.scalar(
         select(Rollout).where(Rollout.site_id == site_id, Rollout.kind == RolloutKind.DEPLOY,
                               Rollout.canary_node_id.is_(None),
@@ -188,9 +188,9 @@ def run_rollout(rollout_id: int) -> None:
         with db.engine.begin() as conn:
             conn.execute(update(Rollout).where(Rollout.id == rollout_id).values(
                 status=DeploymentStatus.FAILED, error=describe_failure(exc), finished_at=utcnow()))
-            conn.execute(update(Deployment).where(
-                Deployment.rollout_id == rollout_id,
-                Deployment.status.in_([DeploymentStatus.PENDING, DeploymentStatus.RUNNING]))
+            conn.execute(update(NodeDeployment).where(
+                NodeDeployment.rollout_id == rollout_id,
+                NodeDeployment.status.in_([DeploymentStatus.PENDING, DeploymentStatus.RUNNING]))
                 .values(status=DeploymentStatus.FAILED, finished_at=utcnow(),
                         error="interrupted: " + describe_failure(exc)))
 
@@ -437,7 +437,7 @@ def rollout_to_dict(rollout: Rollout, actor: User) -> dict[str, Any]:
     }
 
 
-def _site_set_aside(deployment: Deployment) -> bool:
+def _site_set_aside(deployment: NodeDeployment) -> bool:
     """The node took the pool but set the rollout's own site aside."""
     return (deployment.status == DeploymentStatus.SUCCEEDED
             and deployment.error.startswith(f"{SET_ASIDE_STEP}: "))
@@ -448,7 +448,7 @@ def list_rollouts(actor: User, *, site_id: int | None = None, page: int = 1,
                   q: str | None = None) -> Page[Rollout]:
     """Newest first; ``status`` one of the statuses, ``q`` part of the site's name."""
     stmt = scoped(select(Rollout), actor, Rollout).options(
-        selectinload(Rollout.deployments).selectinload(Deployment.config_version))
+        selectinload(Rollout.deployments).selectinload(NodeDeployment.config_version))
     if site_id is not None:
         get_scoped(Site, site_id, actor, "site")
         stmt = stmt.where(Rollout.site_id == site_id)
