@@ -50,7 +50,7 @@ import ipaddress
 import operator
 import re
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -408,16 +408,22 @@ def _site_files(site: SiteSpec, base: str, node_context: dict[str, Any],
     return files
 
 
-def _shared_version(sites: Iterable[SiteSpec]) -> str:
-    """Names the site versions the shared files were built from."""
-    summary = ",".join(f"{s.id}:{s.config_version}" for s in sorted(sites, key=lambda s: s.id))
-    return "sites " + hashlib.sha256(summary.encode()).hexdigest()[:12]
+def _stamped(text: str) -> str:
+    """A shared file with its header, which names the file's own content: a file that
+    did not change keeps its bytes (and is not sent again) whatever other site of the
+    pool changed."""
+    body = text.replace(_HEADER_SLOT, "", 1)
+    digest = hashlib.sha256(body.encode()).hexdigest()[:12]
+    return text.replace(_HEADER_SLOT, file_header("#", None, f"content {digest}"), 1)
+
+
+_HEADER_SLOT = f"rpcc{_NONCE}header"
 
 
 def _shared_files(sites: list[SiteSpec], node_context: dict[str, Any],
                   templates: dict[str, Template]) -> dict[str, str]:
     """Files every site relies on; each exists only when some site needs it."""
-    header = file_header("#", None, _shared_version(sites))
+    header = _HEADER_SLOT
     proxied = [s for s in sites if not s.blocked]
     uses = {
         "upstreams.conf": proxied,
@@ -459,7 +465,7 @@ def _shared_files(sites: list[SiteSpec], node_context: dict[str, Any],
                                                VARIABLES_BUCKET_FLOOR),
         **context,
     )
-    return files
+    return {name: _stamped(text) for name, text in files.items()}
 
 
 ENGINE = NginxEngine()

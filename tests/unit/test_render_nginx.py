@@ -105,7 +105,7 @@ def test_every_file_starts_with_its_header():
             assert f"config version {site.config_version}" in text.splitlines()[1]
         else:
             assert text.startswith("# Managed by Reverse Proxy Control Center; do not edit. "
-                                   "Shared file, config sites "), path
+                                   "Shared file, config content "), path
 
 
 def test_site_files_list_each_sites_own_files():

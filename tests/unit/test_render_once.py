@@ -80,3 +80,16 @@ def test_no_placeholder_is_left_and_no_node_leaks_into_another(renders):
 def test_a_node_value_the_templates_would_refuse_is_still_refused():
     with pytest.raises(ValueError, match="refusing to place"):
         NginxEngine().render(node(1, log_dir="/var/log/with space"), SITES)
+
+
+def test_shared_files_keep_their_bytes_when_no_site_changes_them():
+    """A header change touches its site's own file only: the upstreams, the entry
+    file and the zones name their own content, not the pool's versions."""
+    engine = NginxEngine()
+    before = engine.render(node(1), SITES).files
+    changed = [replace(SITES[0], config_version=SITES[0].config_version + 1,
+                       headers=(("X-Changed", "yes"),)), *SITES[1:]]
+    after = engine.render(node(1), changed).files
+    differing = {path for path in after if after[path] != before.get(path)}
+    own = set(engine.render(node(1), changed).site_files[SITES[0].id])
+    assert differing and differing <= own
