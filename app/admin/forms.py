@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time
 from ipaddress import ip_network
 from typing import Any
 
 from wtforms import (
     BooleanField,
-    DateField,
     EmailField,
     IntegerField,
     PasswordField,
@@ -22,10 +20,9 @@ from wtforms.validators import Optional
 
 from app.acme.dns_rfc2136 import TSIG_ALGORITHMS
 from app.engines import get_engine
-from app.forms import SITE_ORDER, FilterForm, ServiceForm, enum_choices
-from app.models import DeploymentStatus, DnsProvider, Node, ProxyType, Role, User
+from app.forms import FilterForm, ServiceForm, enum_choices
+from app.models import DnsProvider, Node, ProxyType, Role, User
 from app.services import node_commands
-from app.services.dashboard import CERTIFICATE_STATES, NODE_STATES, SITE_STATES
 
 _NGINX = get_engine("nginx").defaults
 
@@ -331,75 +328,3 @@ class SearchForm(FilterForm):
     """A list that is searched by name only."""
 
     q = StringField("Search")
-
-
-class UserFilterForm(FilterForm):
-    q = StringField("Search")
-    role = SelectField("Role", choices=[SelectChoice("", "any role"), *enum_choices(Role)],
-                       default="")
-    sort = SelectField("Order", default="username", choices=[
-        SelectChoice("username", "by name"), SelectChoice("-last_login", "last signed in first")])
-
-
-class NodeFilterForm(FilterForm):
-    q = StringField("Search")
-    pool = SelectField("Pool", default="")
-    state = SelectField("State", default="", choices=[
-        SelectChoice("", "any state"), *(SelectChoice(s, s) for s in NODE_STATES)])
-    sort = SelectField("Order", default="name", choices=[
-        SelectChoice("name", "by name"), SelectChoice("-last_seen", "last seen first"),
-        SelectChoice("status", "by status")])
-
-    def __init__(self, *args: Any, pools: list[str], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.pool.choices = [SelectChoice("", "any pool"), *pools]
-
-
-class SiteFilterForm(FilterForm):
-    q = StringField("Search")
-    owner_id = SelectField("Owner", coerce=lambda v: int(v) if v else None)
-    pool = SelectField("Pool", default="")
-    state = SelectField("State", default="", choices=[
-        SelectChoice("", "any state"), *(SelectChoice(s, s) for s in SITE_STATES)])
-    certificate = SelectField("Certificate", default="", choices=[
-        SelectChoice("", "any certificate"),
-        *(SelectChoice(s, s) for s in CERTIFICATE_STATES)])
-    sort = SelectField("Order", default="domain", choices=SITE_ORDER)
-
-    def __init__(self, *args: Any, pools: list[str], owners: list[User], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.pool.choices = [SelectChoice("", "any pool"), *pools]
-        self.owner_id.choices = [SelectChoice("", "any owner"),
-                                *(SelectChoice(u.id, u.username) for u in owners)]
-
-
-class DeploymentFilterForm(FilterForm):
-    q = StringField("Site")
-    status = SelectField("Status", default="", choices=[
-        SelectChoice("", "any status"), *enum_choices(DeploymentStatus)])
-
-
-class AuditFilterForm(FilterForm):
-    username = StringField("User")
-    action = SelectField("Action", default="")
-    object_type = StringField("Object type")
-    since = DateField("From", validators=[Optional()])
-    until = DateField("Until", validators=[Optional()])
-
-    def __init__(self, *args: Any, actions: list[str], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.action.choices = [SelectChoice("", "any action"), *actions]
-
-    def criteria(self) -> dict[str, Any]:
-        """Keyword arguments for ``audit.list_entries``; both dates are whole UTC days."""
-
-        def moment(day: date | None, at: time) -> datetime | None:
-            return datetime.combine(day, at, tzinfo=UTC) if day else None
-
-        return {
-            "username": (self.username.data or "").strip() or None,
-            "action": self.action.data or None,
-            "object_type": (self.object_type.data or "").strip() or None,
-            "since": moment(self.since.data, time.min),
-            "until": moment(self.until.data, time.max),
-        }

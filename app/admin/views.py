@@ -11,21 +11,17 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import current_app, flash, redirect, render_template, request, url_for
+from wtforms import SelectChoice
 
 from app.admin import bp
 from app.admin.forms import (
-    AuditFilterForm,
     BackendPolicyForm,
     BlockForm,
-    DeploymentFilterForm,
     DnsProviderForm,
     DomainGrantForm,
-    NodeFilterForm,
     NodeForm,
     PoolForm,
     SearchForm,
-    SiteFilterForm,
-    UserFilterForm,
     UserForm,
 )
 from app.errors import Conflict, Forbidden, ValidationError
@@ -49,6 +45,14 @@ from app.services import (
 from app.services import dashboard as dashboard_service
 from app.services import jobs as job_service
 from app.web import current_actor, site_pages
+from app.web.filters import (
+    AuditFilters,
+    JobRunFilters,
+    NodeFilters,
+    RolloutFilters,
+    SiteFilters,
+    UserFilters,
+)
 from app.web.object_views import delete_object, edit_object
 
 
@@ -79,11 +83,10 @@ def dashboard() -> Any:
 @bp.get("/users", endpoint="users")
 def user_list() -> Any:
     actor = current_actor()
-    filters = UserFilterForm(request.args)
-    filters.validate()
-    page = users.list_users(actor, page=_page_number(), q=filters.q.data or None,
-                            role=filters.role.data or None,
-                            sort=filters.sort.data or "username")
+    filters, criteria = UserFilters.read(request.args)
+    if criteria is None:
+        return render_template("admin/user_list.html", filters=filters, page=None), 422
+    page = users.list_users(actor, page=_page_number(), **criteria)
     return render_template("admin/user_list.html", filters=filters, page=page,
                            site_counts=users.site_counts([u.id for u in page.items]))
 
@@ -205,11 +208,10 @@ def user_delete(user_id: int) -> Any:
 @bp.get("/nodes", endpoint="nodes")
 def node_list() -> Any:
     actor = current_actor()
-    filters = NodeFilterForm(request.args, pools=_pool_names(actor))
-    filters.validate()
-    page = nodes.list_nodes(actor, page=_page_number(), pool=filters.pool.data or None,
-                            q=filters.q.data or None, state=filters.state.data or None,
-                            sort=filters.sort.data or "name")
+    filters, criteria = NodeFilters.read(request.args, pool=_pool_names(actor))
+    if criteria is None:
+        return render_template("admin/node_list.html", filters=filters, page=None), 422
+    page = nodes.list_nodes(actor, page=_page_number(), **criteria)
     return render_template("admin/node_list.html", filters=filters, page=page)
 
 
@@ -465,24 +467,21 @@ site_pages.register(bp, site_pages.Panel(
 @bp.get("/sites", endpoint="sites")
 def site_list() -> Any:
     actor = current_actor()
-    filters = SiteFilterForm(request.args, pools=_pool_names(actor),
-                             owners=sites.owner_choices(actor))
-    filters.validate()
-    page = sites.list_sites(actor, page=_page_number(), owner_id=filters.owner_id.data,
-                            q=filters.q.data or None, pool=filters.pool.data or None,
-                            state=filters.state.data or None,
-                            certificate=filters.certificate.data or None,
-                            sort=filters.sort.data or "domain")
+    owners = [SelectChoice(u.id, u.username) for u in sites.owner_choices(actor)]
+    filters, criteria = SiteFilters.read(request.args, pool=_pool_names(actor),
+                                         owner_id=owners)
+    if criteria is None:
+        return render_template("admin/site_list.html", filters=filters, page=None), 422
+    page = sites.list_sites(actor, page=_page_number(), **criteria)
     return render_template("admin/site_list.html", filters=filters, page=page)
 
 
 @bp.get("/deployments", endpoint="deployments")
 def deployment_list() -> Any:
-    filters = DeploymentFilterForm(request.args)
-    filters.validate()
-    page = deployments.list_rollouts(current_actor(), page=_page_number(),
-                                     status=filters.status.data or None,
-                                     q=filters.q.data or None)
+    filters, criteria = RolloutFilters.read(request.args)
+    if criteria is None:
+        return render_template("admin/deployment_list.html", filters=filters, page=None), 422
+    page = deployments.list_rollouts(current_actor(), page=_page_number(), **criteria)
     return render_template("admin/deployment_list.html", page=page, filters=filters)
 
 
@@ -568,10 +567,10 @@ def site_unblock(site_id: int) -> Any:
 @bp.get("/audit", endpoint="audit")
 def audit_list() -> Any:
     actor = current_actor()
-    filters = AuditFilterForm(request.args, actions=audit.known_actions())
-    if not filters.validate():
+    filters, criteria = AuditFilters.read(request.args, action=audit.known_actions())
+    if criteria is None:
         return render_template("admin/audit_list.html", filters=filters, page=None), 422
-    page = audit.list_entries(actor, page=_page_number(), **filters.criteria())
+    page = audit.list_entries(actor, page=_page_number(), **criteria)
     return render_template("admin/audit_list.html", filters=filters, page=page,
                            names=audit.object_names(page.items))
 
@@ -582,10 +581,12 @@ def audit_list() -> Any:
 @bp.get("/jobs", endpoint="jobs")
 def job_list() -> Any:
     actor = current_actor()
-    job, status = request.args.get("job") or None, request.args.get("status") or None
-    page = job_service.list_runs(actor, page=_page_number(), job=job, status=status)
     schedule = [(j.name, j.interval(current_app)) for j in JOBS]
+    names = [name for name, _ in schedule]
+    filters, criteria = JobRunFilters.read(request.args, job=names)
+    page = (job_service.list_runs(actor, page=_page_number(), **criteria)
+            if criteria is not None else None)
     return render_template(
         "admin/job_list.html", page=page, schedule=schedule, state=job_service.scheduler_state(),
-        latest=job_service.latest_runs(actor, [name for name, _ in schedule]),
-        job=job, status=status)
+        latest=job_service.latest_runs(actor, names),
+        filters=filters), 200 if criteria is not None else 422

@@ -8,8 +8,9 @@ from flask.views import MethodView
 from marshmallow import Schema, fields
 
 from app.api.auth import ApiBlueprint, admin_only, current_actor
-from app.api.schemas import PageQuerySchema, QueryDateTime, UtcDateTime, page_schema
+from app.api.schemas import PageQuerySchema, UtcDateTime, page_schema
 from app.services import audit
+from app.web.filters import AuditFilters
 
 blp = ApiBlueprint(
     "audit", __name__, url_prefix="/api/v1/audit",
@@ -28,12 +29,8 @@ class AuditEntrySchema(Schema):
     at = UtcDateTime()
 
 
-class AuditQuerySchema(PageQuerySchema):
-    username = fields.String()
-    action = fields.String()
-    object_type = fields.String()
-    since = QueryDateTime(metadata={"description": "ISO 8601; without an offset, UTC"})
-    until = QueryDateTime(metadata={"description": "ISO 8601; without an offset, UTC"})
+class AuditQuerySchema(AuditFilters, PageQuerySchema):
+    pass
 
 
 @blp.route("")

@@ -14,6 +14,7 @@ from app.extensions import limit_deploy_requests
 from app.models import ConfigVersion, DeploymentStatus, Node
 from app.services import deployments
 from app.services.common import Page
+from app.web.filters import RolloutFilters
 
 blp = ApiBlueprint(
     "deployments", __name__, url_prefix="/api/v1",
@@ -108,9 +109,13 @@ class SiteDeployments(MethodView):
         return _page(deployments.list_rollouts(current_actor(), site_id=site_id, **query))
 
 
+class DeploymentQuerySchema(RolloutFilters, PageQuerySchema):
+    pass
+
+
 @blp.route("/deployments")
 class Deployments(MethodView):
-    @blp.arguments(PageQuerySchema, location="query")
+    @blp.arguments(DeploymentQuerySchema, location="query")
     @blp.response(200, DeploymentPageSchema)
     def get(self, query: dict[str, Any]) -> Any:
         """Deployments you may see (your sites'; every one for administrators)."""

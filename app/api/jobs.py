@@ -7,12 +7,12 @@ from typing import Any
 
 from flask.views import MethodView
 from marshmallow import Schema, fields
-from marshmallow.validate import OneOf
 
 from app.api.auth import ApiBlueprint, admin_only, current_actor
 from app.api.schemas import PageQuerySchema, UtcDateTime, page_schema
 from app.models import JobStatus
 from app.services import jobs
+from app.web.filters import JobRunFilters
 
 blp = ApiBlueprint(
     "jobs", __name__, url_prefix="/api/v1/jobs",
@@ -34,9 +34,8 @@ class JobRunSchema(Schema):
                            metadata={"description": "the job's summary, or the error"})
 
 
-class JobRunQuerySchema(PageQuerySchema):
-    job = fields.String()
-    status = fields.String(validate=OneOf(STATUSES))
+class JobRunQuerySchema(JobRunFilters, PageQuerySchema):
+    pass
 
 
 @blp.route("")

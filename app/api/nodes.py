@@ -14,6 +14,7 @@ from app.api.auth import ApiBlueprint, admin_only, current_actor
 from app.api.schemas import ErrorSchema, PageQuerySchema, StrictBoolean, UtcDateTime, page_schema
 from app.models import Node, NodeStatus, ProxyType
 from app.services import node_actions, node_commands, nodes
+from app.web.filters import NodeFilters
 
 blp = ApiBlueprint(
     "nodes", __name__, url_prefix="/api/v1/nodes",
@@ -98,9 +99,8 @@ class NodeSchema(NodeUpdateSchema):
     drift_checked_at = UtcDateTime(allow_none=True)
 
 
-class NodeQuerySchema(PageQuerySchema):
-    pool = fields.String(metadata={"description": "pool name"})
-    q = fields.String(metadata={"description": "part of the name"})
+class NodeQuerySchema(NodeFilters, PageQuerySchema):
+    pass
 
 
 @blp.route("")

@@ -15,7 +15,6 @@ from app.api.auth import ApiBlueprint, current_actor
 from app.api.schemas import (
     ErrorSchema,
     PageQuerySchema,
-    QueryInteger,
     RowId,
     StrictBoolean,
     page_schema,
@@ -24,6 +23,7 @@ from app.engines import engine_names
 from app.models import BackendProtocol, GeoMode, Site, SslMode, User, WafLevel
 from app.services import rendering, sites
 from app.services.common import Page
+from app.web.filters import SiteFilters
 
 blp = ApiBlueprint(
     "sites", __name__, url_prefix="/api/v1/sites",
@@ -134,10 +134,8 @@ class SiteSchema(ClientSiteSchema):
     owner = fields.String(dump_only=True, metadata={"description": "owner's username"})
 
 
-class SiteQuerySchema(PageQuerySchema):
-    owner_id = QueryInteger(metadata={"description": "administrators only"})
-    q = fields.String(metadata={"description": "part of the domain or an alias"})
-    pool = fields.String(metadata={"description": "pool name"})
+class SiteQuerySchema(SiteFilters, PageQuerySchema):
+    pass
 
 
 SitePageSchema = page_schema(SiteSchema)

@@ -22,6 +22,7 @@ from app.api.schemas import (
 )
 from app.models import Role, User
 from app.services import two_factor, users
+from app.web.filters import UserFilters
 
 blp = ApiBlueprint(
     "users", __name__, url_prefix="/api/v1/users",
@@ -67,9 +68,8 @@ class CreatedUserSchema(UserSchema):
     )
 
 
-class UserQuerySchema(PageQuerySchema):
-    q = fields.String(metadata={"description": "part of the username or email"})
-    role = fields.String(metadata={"enum": [r.value for r in Role]})
+class UserQuerySchema(UserFilters, PageQuerySchema):
+    pass
 
 
 @blp.route("")

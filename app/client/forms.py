@@ -7,24 +7,12 @@ from wtforms import (
     EmailField,
     IntegerField,
     PasswordField,
-    SelectChoice,
-    SelectField,
     StringField,
     SubmitField,
 )
 from wtforms.validators import DataRequired, EqualTo
 
-from app.forms import SITE_ORDER, FilterForm, ServiceForm
-from app.services.dashboard import SITE_STATES
-
-
-class SiteListFilterForm(FilterForm):
-    """Search, filter and order of the client's own site list (query string)."""
-
-    q = StringField("Search")
-    state = SelectField("State", default="", choices=[
-        SelectChoice("", "any state"), *(SelectChoice(state, state) for state in SITE_STATES)])
-    sort = SelectField("Order", default="domain", choices=SITE_ORDER)
+from app.forms import ServiceForm
 
 
 class TokenForm(ServiceForm):

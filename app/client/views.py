@@ -12,7 +12,7 @@ from flask import current_app, flash, redirect, render_template, request, url_fo
 from flask_login import logout_user
 
 from app.client import bp
-from app.client.forms import EmailForm, PasswordForm, SiteListFilterForm, TokenForm
+from app.client.forms import EmailForm, PasswordForm, TokenForm
 from app.errors import (
     Conflict,
     Forbidden,
@@ -26,19 +26,19 @@ from app.extensions import limiter, requesting_user
 from app.forms import form_status
 from app.services import email_change, sites, tokens, users
 from app.web import current_actor, site_pages
+from app.web.filters import SiteFilters
 
 
 @bp.get("/")
 def dashboard() -> Any:
     actor = current_actor()
-    filters = SiteListFilterForm(request.args)
-    if not filters.validate():
+    filters, criteria = SiteFilters.read(request.args, only=SiteFilters.CLIENT)
+    if criteria is None:
         return render_template("client/site_list.html", filters=filters, page=None,
                                summaries={}, quota=actor.max_sites,
                                total=sites.count_sites(actor)), 422
     page = sites.list_sites(actor, page=request.args.get("page", 1, type=int),
-                            owner_id=actor.id, q=filters.q.data or None,
-                            state=filters.state.data or None, sort=filters.sort.data)
+                            owner_id=actor.id, **criteria)
     return render_template("client/site_list.html", filters=filters, page=page,
                            summaries=sites.site_summaries(actor, page.items),
                            quota=actor.max_sites, total=sites.count_sites(actor))
