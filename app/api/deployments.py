@@ -9,9 +9,16 @@ from flask.views import MethodView
 from marshmallow import Schema, fields
 
 from app.api.auth import ApiBlueprint, admin_only, current_actor
-from app.api.schemas import PageQuerySchema, QueryInteger, RowId, UtcDateTime, page_schema
+from app.api.schemas import (
+    PageQuerySchema,
+    QueryInteger,
+    RowId,
+    UtcDateTime,
+    WithValues,
+    page_schema,
+)
 from app.extensions import limit_deploy_requests
-from app.models import ConfigVersion, DeploymentStatus, Node
+from app.models import ConfigVersion, DeploymentStatus, Node, Rollout
 from app.services import deployments
 from app.services.common import Page
 from app.web.filters import RolloutFilters
@@ -69,7 +76,7 @@ DeploymentPageSchema = page_schema(DeploymentSchema)
 
 class StartedSchema(Schema):
     id = fields.Integer()
-    status = fields.String(metadata={"enum": STATUSES})
+    status = fields.String(attribute="status.value", metadata={"enum": STATUSES})
 
 
 class DeployRequestSchema(Schema):
@@ -78,10 +85,10 @@ class DeployRequestSchema(Schema):
                        "there if it fails"})
 
 
-def _page(result: Page[Any]) -> dict[str, Any]:
+def _page(result: Page[Rollout]) -> Page[dict[str, Any]]:
     actor = current_actor()
-    return {"items": [deployments.rollout_to_dict(r, actor) for r in result.items],
-            "page": result.page, "per_page": result.per_page, "total": result.total}
+    return Page(items=[deployments.rollout_to_dict(r, actor) for r in result.items],
+                page=result.page, per_page=result.per_page, total=result.total)
 
 
 @blp.route("/sites/<int:site_id>/deploy")
@@ -94,9 +101,8 @@ class SiteDeploy(MethodView):
     @blp.alt_response(429, response="TOO_MANY_REQUESTS")
     def post(self, data: dict[str, Any] | None, site_id: int) -> Any:
         """Deploy the site to every active node of its pool (in the background)."""
-        rollout = deployments.deploy_site(current_actor(), site_id,
-                                          canary_node=(data or {}).get("canary_node"))
-        return {"id": rollout.id, "status": rollout.status.value}
+        return deployments.deploy_site(current_actor(), site_id,
+                                       canary_node=(data or {}).get("canary_node"))
 
 
 @blp.route("/sites/<int:site_id>/deployments")
@@ -163,14 +169,9 @@ class RollbackSchema(Schema):
     version = RowId(required=True, metadata={"description": "id of the version to restore"})
 
 
-def _version(version: ConfigVersion, statuses: dict[int, str],
-             files: bool = False) -> dict[str, Any]:
-    body = {"id": version.id, "version": version.version, "sha256": version.sha256,
-            "file_count": version.file_count, "site_versions": version.site_versions,
-            "created_at": version.created_at, "status": statuses.get(version.id)}
-    if files:
-        body["files"] = deployments.version_files(version)
-    return body
+def _version(version: ConfigVersion, statuses: dict[int, str], **values: Any) -> WithValues:
+    """The version with the outcome of the deployment that carried it."""
+    return WithValues(version, status=statuses.get(version.id), **values)
 
 
 @blp.route("/nodes/<int:node_id>/deploy")
@@ -182,8 +183,7 @@ class NodeDeploy(MethodView):
     @blp.alt_response(429, response="TOO_MANY_REQUESTS")
     def post(self, node_id: int) -> Any:
         """Deploy the current state of the node's pool to this node."""
-        rollout = deployments.deploy_nodes(current_actor(), [node_id])
-        return {"id": rollout.id, "status": rollout.status.value}
+        return deployments.deploy_nodes(current_actor(), [node_id])
 
 
 @blp.route("/nodes/<int:node_id>/versions")
@@ -196,8 +196,8 @@ class NodeVersions(MethodView):
         """The node's config versions, newest first."""
         page = deployments.list_versions(current_actor(), node_id, **query)
         statuses = deployments.version_statuses([v.id for v in page.items])
-        return {"items": [_version(v, statuses) for v in page.items], "page": page.page,
-                "per_page": page.per_page, "total": page.total}
+        return Page(items=[_version(v, statuses) for v in page.items], page=page.page,
+                    per_page=page.per_page, total=page.total)
 
 
 @blp.route("/nodes/<int:node_id>/versions/<int:version_id>")
@@ -208,7 +208,8 @@ class NodeVersionItem(MethodView):
     def get(self, node_id: int, version_id: int) -> Any:
         """One version with its files."""
         version = deployments.get_version(current_actor(), node_id, version_id)
-        return _version(version, deployments.version_statuses([version.id]), files=True)
+        return _version(version, deployments.version_statuses([version.id]),
+                        files=deployments.version_files(version))
 
 
 @blp.route("/nodes/<int:node_id>/diff")
@@ -233,8 +234,7 @@ class NodeRollback(MethodView):
     @blp.alt_response(429, response="TOO_MANY_REQUESTS")
     def post(self, data: dict[str, Any], node_id: int) -> Any:
         """Deploy an earlier version of the node again, exactly as it was."""
-        rollout = deployments.rollback_node(current_actor(), node_id, data["version"])
-        return {"id": rollout.id, "status": rollout.status.value}
+        return deployments.rollback_node(current_actor(), node_id, data["version"])
 
 
 class DriftSchema(Schema):

@@ -9,8 +9,7 @@ from flask.views import MethodView
 from marshmallow import Schema, fields
 
 from app.api.auth import ApiBlueprint, admin_only, current_actor
-from app.api.schemas import ErrorSchema, UtcDateTime
-from app.models import DomainGrant
+from app.api.schemas import ErrorSchema, UtcDateTime, WithValues
 from app.services import domain_grants
 
 blp = ApiBlueprint(
@@ -53,10 +52,10 @@ class Grants(MethodView):
     @blp.alt_response(404, response="NOT_FOUND")
     @blp.alt_response(422, schema=ErrorSchema, description="not a domain one may give, or "
                                                            "given to someone already")
-    def post(self, data: dict[str, Any], user_id: int) -> dict[str, Any]:
+    def post(self, data: dict[str, Any], user_id: int) -> WithValues:
         """Give a domain to this user."""
         row, in_use = domain_grants.grant(current_actor(), user_id, data["name"])
-        return {**_as_dict(row), "in_use_by_others": in_use}
+        return WithValues(row, in_use_by_others=in_use)
 
 
 @blp.route("/<int:user_id>/domains/<int:grant_id>")
@@ -67,8 +66,3 @@ class Grant(MethodView):
     def delete(self, user_id: int, grant_id: int) -> None:
         """Take the domain back: its names are open to every client again."""
         domain_grants.revoke(current_actor(), user_id, grant_id)
-
-
-def _as_dict(row: DomainGrant) -> dict[str, Any]:
-    return {"id": row.id, "name": row.name, "granted_by": row.granted_by,
-            "created_at": row.created_at}

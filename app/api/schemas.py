@@ -94,18 +94,27 @@ def page_schema(item: type[Schema]) -> type[Schema]:
     )
 
 
-class WithSecrets:
+class WithValues:
+    """An object's attributes plus values worked out for one answer (a version's
+    outcome, the names a new grant overlaps), so that the resource's schema
+    serializes it like any other object."""
+
+    def __init__(self, obj: Any, **values: Any) -> None:
+        self._obj = obj
+        for name, value in values.items():
+            setattr(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._obj, name)
+
+
+class WithSecrets(WithValues):
     """An object's attributes plus values shown in one answer only (a new token, a
     generated password).  A secret that is None is absent, so the schema omits it."""
 
     def __init__(self, obj: Any, **secrets: str | None) -> None:
-        self._obj = obj
-        for name, value in secrets.items():
-            if value is not None:
-                setattr(self, name, value)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._obj, name)
+        super().__init__(obj, **{name: value for name, value in secrets.items()
+                                 if value is not None})
 
 
 class ErrorDetailSchema(Schema):
