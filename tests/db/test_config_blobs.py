@@ -160,16 +160,19 @@ def test_diff_and_rollback_between_any_two_versions(app, db, admin):
     assert deployments.current_version(node.id).id == versions[2].id
     blobs = blob_count()
     job = rollback_job(app, admin, node, versions[0])
-    assert job.files == {path: content.encode() for path, content in pool_files(20, 1).items()}
-    assert job.base_files == {path: content.encode()
-                              for path, content in pool_files(20, 3).items()}
+    assert job.files == pool_files(20, 1)
+    assert job.manifest == {path: content_hash(text) for path, text in job.files.items()}
+    assert job.base_manifest == {path: content_hash(text)
+                                 for path, text in pool_files(20, 3).items()}
     recorded = _db.session.scalar(select(ConfigVersion).where(ConfigVersion.node_id == node.id)
                                   .order_by(ConfigVersion.version.desc()).limit(1))
     assert recorded.version == 4 and recorded.manifest == versions[0].manifest
     assert blob_count() == blobs  # a rollback stores nothing new
 
 
-def test_nodes_sharing_files_load_each_content_once(app, db):
+def test_what_nodes_last_took_is_read_from_manifests_alone(app, db):
+    """A rollout compares with the nodes' last versions by hash: one query for the
+    whole batch, and no file content read or decrypted."""
     nodes = [factories.make_node(f"edge-taken{n}") for n in range(3)]
     for minute, node in enumerate(nodes):
         went_live(factories.make_version(node, pool_files(5)), minute)
@@ -181,13 +184,13 @@ def test_nodes_sharing_files_load_each_content_once(app, db):
 
     event.listen(_db.engine, "before_cursor_execute", count)
     try:
-        taken = last_taken(node_ids, with_files=True)
+        taken = last_taken(node_ids, with_manifests=True)
     finally:
         event.remove(_db.engine, "before_cursor_execute", count)
-    assert len(statements) == 2, statements  # the versions, then their distinct contents
-    files = [taken[node_id][1] for node_id in node_ids]
-    assert files[0] == pool_files(5)
-    assert files[0]["rpcc.conf"] is files[1]["rpcc.conf"] is files[2]["rpcc.conf"]
+    assert len(statements) == 1, statements
+    assert "config_blobs" not in statements[0]
+    expected = {path: content_hash(text) for path, text in pool_files(5).items()}
+    assert [taken[node_id][1] for node_id in node_ids] == [expected] * 3
 
 
 # -- versions recorded before content addressing --------------------------------------
@@ -310,8 +313,8 @@ def test_versions_recorded_before_the_migration_still_diff_and_roll_back(app, ol
             assert deployments.rollback_summary(new, old) == (
                 "From v2 to v1: 1 site goes back to an earlier configuration.")
             job = rollback_job(migrated, admin, node, old)
-            assert job.files == {path: content.encode() for path, content in v1.items()}
-            assert job.base_files == {path: content.encode() for path, content in v2.items()}
+            assert job.files == v1
+            assert job.base_manifest == {path: content_hash(text) for path, text in v2.items()}
             _db.session.commit()
 
             downgrade(revision="0009")

@@ -5,6 +5,7 @@ plane last sent gets everything again.  Real sshd, real nginx, two nodes."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from pathlib import Path
@@ -158,4 +159,5 @@ def test_the_digest_the_node_computes_matches_ours(tmp_path):
                 "| sha256sum | cut -d' ' -f1")
     said = subprocess.run(["sh", "-c", pipeline], cwd=tmp_path, capture_output=True,
                           text=True, check=True).stdout.strip()
-    assert manifest_digest(files) == said
+    assert manifest_digest({path: hashlib.sha256(data).hexdigest()
+                            for path, data in files.items()}) == said

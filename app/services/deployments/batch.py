@@ -37,7 +37,6 @@ from app.services.deployments.desired_state import (
     PoolState,
     changed_hosts,
     expected_probe,
-    files_digest,
     probe_for,
     render_node,
     site_domains,
@@ -51,6 +50,7 @@ from app.services.deployments.release import (
     Release,
     StepFailed,
     describe_failure,
+    manifest_digest,
 )
 from app.services.node_leases import NodeLeases
 
@@ -110,7 +110,8 @@ def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], record
         target_version = (db.session.get(ConfigVersion, plan.target_version_id)
                           if plan.target_version_id is not None else None)
     states: dict[int, PoolState] = {}
-    rendered: dict[int, tuple[Node, dict[str, str], dict[str, int], dict[int, str]]] = {}
+    rendered: dict[int, tuple[Node, dict[str, str], dict[str, str], dict[str, int],
+                              dict[int, str]]] = {}
     retries: dict[int, tuple[NodeSpec, PoolState, set[int], NodeRender]] = {}
     for deployment_id, node_id in items:
         node = nodes.get(node_id)
@@ -122,7 +123,8 @@ def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], record
                     raise NotFound("the version to roll back to no longer exists")
                 site_versions = dict(target_version.site_versions)
                 rendered[deployment_id] = (node, version_files(target_version, keys=True),
-                                           site_versions, site_domains(site_versions))
+                                           dict(target_version.manifest), site_versions,
+                                           site_domains(site_versions))
             else:
                 if node.pool_id not in states:
                     states[node.pool_id] = PoolState.load(node.pool_id)
@@ -131,7 +133,8 @@ def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], record
                 aside = set(state.refused - {plan.site_id})
                 spec = rendering.node_spec(node)
                 result = render_node(spec, node.proxy_type.value, state, aside)
-                rendered[deployment_id] = (node, result.files, result.versions, state.domains)
+                rendered[deployment_id] = (node, result.files, result.manifest, result.versions,
+                                           state.domains)
                 retries[deployment_id] = (spec, state, aside, result)
         except Exception as exc:
             prepared[deployment_id] = _Prepared(error=exc)
@@ -139,17 +142,18 @@ def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], record
         db.session.rollback()
         return prepared
     ids = [node.id for node, *_ in rendered.values()]
-    previous = last_taken(ids, with_files=True)
+    previous = last_taken(ids, with_manifests=True)
     numbers = dict(db.session.execute(
         select(ConfigVersion.node_id, func.max(ConfigVersion.version))
         .where(ConfigVersion.node_id.in_(ids)).group_by(ConfigVersion.node_id)).all())
     order = list(rendered)
-    manifests = store_files([rendered[deployment_id][1] for deployment_id in order])
+    store_files([rendered[deployment_id][1] for deployment_id in order],
+                [rendered[deployment_id][2] for deployment_id in order])
     rows = []
-    for deployment_id, manifest in zip(order, manifests, strict=True):
-        node, files, site_versions, _ = rendered[deployment_id]
+    for deployment_id in order:
+        node, files, manifest, site_versions, _ = rendered[deployment_id]
         rows.append({"node_id": node.id, "version": (numbers.get(node.id) or 0) + 1,
-                     "manifest": manifest, "sha256": files_digest(files),
+                     "manifest": manifest, "sha256": manifest_digest(manifest),
                      "site_versions": site_versions, "file_count": len(files),
                      "created_by_id": plan.triggered_by_id, "created_at": utcnow()})
     # The node's lease makes max()+1 safe.
@@ -159,13 +163,13 @@ def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], record
     db.session.commit()
     render_seconds = round(time.monotonic() - started, 4)
     for deployment_id, version_id, row in zip(order, version_ids, rows, strict=True):
-        node, files, site_versions, domains = rendered[deployment_id]
+        node, files, manifest, site_versions, domains = rendered[deployment_id]
         values: dict[str, Any] = {"status": DeploymentStatus.RUNNING, "step": "render",
                                   "config_version_id": version_id}
         if started_at is not None:
             values["started_at"] = started_at
         recorder.update(deployment_id, **values)
-        before, before_files = previous.get(node.id, ({}, None))
+        before, before_manifest = previous.get(node.id, ({}, None))
         changed = changed_hosts(before, site_versions, domains,
                                  plan.site_id)
         steps = [*steps_before, {"step": "render", "seconds": render_seconds, "ok": True}]
@@ -176,17 +180,16 @@ def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], record
                            before=before, aside=aside, render=result, own=plan.site_id)
         prepared[deployment_id] = _Prepared(job=NodeJob(
             target=ssh_target(node), config_dir=node.config_dir,
-            files={path: text.encode() for path, text in files.items()},
+            files=files, manifest=manifest,
             release_name=f"{RELEASE_PREFIX}{row['version']}-{secrets.token_hex(4)}",
             test_command=shlex.split(node.test_command),
             reload_command=shlex.split(node.reload_command),
             verify_address=node.listen_address or node.host, verify_port=node.http_port,
             verify_hosts=changed[:cfg["DEPLOY_VERIFY_MAX_SITES"]],
-            probe=expected_probe(node, files),
-            previous_probe=(expected_probe(node, before_files) if before_files is not None
-                            else None),
-            base_files=({path: text.encode() for path, text in before_files.items()}
-                        if before_files is not None else None),
+            probe=expected_probe(node, manifest),
+            previous_probe=(expected_probe(node, before_manifest)
+                            if before_manifest is not None else None),
+            base_manifest=before_manifest,
             command_timeout=cfg["SSH_OPERATION_TIMEOUT"],
             verify_timeout=cfg["DEPLOY_VERIFY_TIMEOUT"], steps=steps,
         ), retry=retry)
@@ -338,8 +341,8 @@ def _blame(app: Flask, job: NodeJob, retry: _Retry, output: str) -> dict[int, st
     pool = ssh.pool(app)
 
     def trial(aside: set[int]) -> tuple[bool, str]:
-        files = render_node(retry.node, retry.engine, retry.state, retry.aside | aside).files
-        staged = replace(job, files={path: text.encode() for path, text in files.items()},
+        render = render_node(retry.node, retry.engine, retry.state, retry.aside | aside)
+        staged = replace(job, files=render.files, manifest=render.manifest,
                          release_name=f"{RELEASE_PREFIX}trial-{secrets.token_hex(4)}",
                          steps=[])
         return Release(pool, staged).test_only()
@@ -369,14 +372,15 @@ def _job_again(app: Flask, plan: RolloutPlan, deployment_id: int, job: NodeJob,
     """The node's job rendered again with ``retry.aside`` set aside, recorded as a new
     version (the node's lease makes max()+1 safe)."""
     retry.render = render_node(retry.node, retry.engine, retry.state, retry.aside)
-    files = retry.render.files
+    files, manifest = retry.render.files, retry.render.manifest
     node_id = job.target.node_id
     try:
         number = (db.session.scalar(select(func.max(ConfigVersion.version))
                                     .where(ConfigVersion.node_id == node_id)) or 0) + 1
         version = ConfigVersion(node_id=node_id, version=number,
-                                manifest=store_files([files])[0],
-                                sha256=files_digest(files), site_versions=retry.render.versions,
+                                manifest=store_files([files], [manifest])[0],
+                                sha256=manifest_digest(manifest),
+                                site_versions=retry.render.versions,
                                 file_count=len(files), created_by_id=plan.triggered_by_id)
         db.session.add(version)
         db.session.commit()
@@ -386,10 +390,10 @@ def _job_again(app: Flask, plan: RolloutPlan, deployment_id: int, job: NodeJob,
     recorder.update(deployment_id, config_version_id=version_id)
     changed = changed_hosts(retry.before, retry.render.versions, retry.state.domains,
                              plan.site_id)
-    return replace(job, files={path: text.encode() for path, text in files.items()},
+    return replace(job, files=files, manifest=manifest,
                    release_name=f"{RELEASE_PREFIX}{number}-{secrets.token_hex(4)}",
                    verify_hosts=changed[:app.config["DEPLOY_VERIFY_MAX_SITES"]],
-                   probe=probe_for(retry.node, retry.engine, files), site_warnings={})
+                   probe=probe_for(retry.node, retry.engine, manifest), site_warnings={})
 
 
 def _hold_presented_key(node_id: int, exc: HostKeyChanged) -> None:

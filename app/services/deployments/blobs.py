@@ -36,10 +36,13 @@ def content_hash(content: str | bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def store_files(file_sets: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+def store_files(file_sets: Sequence[Mapping[str, str]],
+                known: Sequence[Mapping[str, str]] | None = None) -> list[dict[str, str]]:
     """Store the contents of these file sets that are not stored yet and return each
     set's manifest, in order.  One lookup (per :data:`CHUNK` distinct hashes) and one
     bulk insert for all the sets: the nodes of a pool share most of their files.
+
+    :param known: the sets' manifests when the caller hashed the files already.
 
     Runs in the caller's transaction and does not commit, so that the blobs and the
     versions naming them are written together."""
@@ -47,14 +50,20 @@ def store_files(file_sets: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
     contents: dict[str, str] = {}
     # Nodes of a pool share the rendered text of each site: hash each object once.
     hashed: dict[int, tuple[str, str]] = {}
-    for files in file_sets:
+    for index, files in enumerate(file_sets):
+        if known is not None:
+            manifest = dict(known[index])
+            for path, text in files.items():
+                contents.setdefault(manifest[path], text)
+            manifests.append(manifest)
+            continue
         manifest = {}
         for path, text in files.items():
-            known = hashed.get(id(text))
-            if known is None or known[0] is not text:
-                known = hashed[id(text)] = (text, content_hash(text))
-            manifest[path] = known[1]
-            contents.setdefault(known[1], text)
+            seen = hashed.get(id(text))
+            if seen is None or seen[0] is not text:
+                seen = hashed[id(text)] = (text, content_hash(text))
+            manifest[path] = seen[1]
+            contents.setdefault(seen[1], text)
         manifests.append(manifest)
     stored = _stored(list(contents))
     missing = [{"sha256": digest, "content": text}

@@ -5,9 +5,8 @@ batch of nodes; each node still gets its own rendering.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +25,8 @@ from app.models import (
     Site,
 )
 from app.services import rendering, set_aside
+from app.services.deployments.blobs import content_hash
+from app.services.deployments.release import manifest_digest
 
 logger = logging.getLogger(__name__)
 
@@ -98,50 +99,64 @@ class PoolState:
 
 @dataclass(frozen=True)
 class NodeRender:
-    """One node's files, the site versions they carry, and which files are whose."""
+    """One node's files, their manifest ({path: SHA-256}), the site versions they
+    carry, and which files are whose."""
 
     files: dict[str, str]
+    manifest: dict[str, str]
     versions: dict[str, int]
     site_files: dict[int, list[str]]
 
 
 def render_node(node: NodeSpec, engine_name: str, state: PoolState,
                 aside: Collection[int] = ()) -> NodeRender:
-    """The node's files, with the engine's probe."""
+    """The node's files, with the engine's probe.  Each file is hashed once, here:
+    the manifest serves the probe's token, the stored version, the digest the node
+    checks and the choice of what to send."""
     engine = get_engine(engine_name)
     specs, versions = state.with_aside(aside)
     rendered = engine.render(node, specs)
     files = rendered.files
-    files.update(engine.probe(node, probe_token(files)))
-    return NodeRender(files, versions, rendered.site_files)
+    manifest = manifest_of(files)
+    probe = engine.probe(node, token_of(manifest))
+    files.update(probe)
+    manifest.update(manifest_of(probe))
+    return NodeRender(files, manifest, versions, rendered.site_files)
 
 
-def probe_token(files: dict[str, str]) -> str:
+def manifest_of(files: Mapping[str, str]) -> dict[str, str]:
+    return {path: content_hash(text) for path, text in files.items()}
+
+
+def token_of(manifest: Mapping[str, str]) -> str:
     """What the probe answers: a digest of the configuration it ships with, so that
     the same configuration always carries the same token (and a rollback's files
     still name theirs)."""
-    return files_digest(files)[:32]
+    return manifest_digest(manifest)[:32]
 
 
-def expected_probe(node: Node, files: dict[str, str]) -> str | None:
-    """The token a node answers once it runs ``files``; None for engines without a
-    probe (their reload returns when the configuration is live)."""
-    return probe_for(rendering.node_spec(node), node.proxy_type.value, files)
+def probe_token(files: Mapping[str, str]) -> str:
+    """:func:`token_of` the files themselves."""
+    return token_of(manifest_of(files))
 
 
-def probe_for(spec: NodeSpec, engine_name: str, files: dict[str, str]) -> str | None:
+def expected_probe(node: Node, manifest: Mapping[str, str]) -> str | None:
+    """The token a node answers once it runs the files of ``manifest``; None for
+    engines without a probe (their reload returns when the configuration is live)."""
+    return probe_for(rendering.node_spec(node), node.proxy_type.value, manifest)
+
+
+def probe_for(spec: NodeSpec, engine_name: str, manifest: Mapping[str, str]) -> str | None:
     engine = get_engine(engine_name)
     names = set(engine.probe(spec, "-"))
-    if not names or not names <= set(files):
+    if not names or not names <= set(manifest):
         return None
-    return probe_token({p: t for p, t in files.items() if p not in names})
+    return token_of({path: digest for path, digest in manifest.items() if path not in names})
 
 
-def files_digest(files: dict[str, str]) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(files):
-        digest.update(path.encode() + b"\0" + files[path].encode() + b"\0")
-    return digest.hexdigest()
+def files_digest(files: Mapping[str, str]) -> str:
+    """The digest a version records of its files (the one the node computes)."""
+    return manifest_digest(manifest_of(files))
 
 
 def site_domains(site_versions: dict[str, int]) -> dict[int, str]:

@@ -87,26 +87,24 @@ def latest_deployments(node_ids: list[int], statuses: list[DeploymentStatus], *,
 def carried_versions(node_ids: list[int]) -> dict[int, dict[str, int]]:
     """Per node, the site versions of what it last took successfully."""
     return {node_id: versions for node_id, (versions, _) in
-            last_taken(node_ids, with_files=False).items()}
+            last_taken(node_ids, with_manifests=False).items()}
 
 
-def last_taken(node_ids: list[int], *, with_files: bool
-                ) -> dict[int, tuple[dict[str, int], dict[str, str] | None]]:
-    """Per node, what it last took successfully: site versions, and files if asked
-    (each content the nodes share is read and decrypted once for all of them)."""
+def last_taken(node_ids: list[int], *, with_manifests: bool
+               ) -> dict[int, tuple[dict[str, int], dict[str, str] | None]]:
+    """Per node, what it last took successfully: site versions, and the manifest of
+    its files if asked (what a deployment compares with, without reading a file)."""
     if not node_ids:
         return {}
     latest = latest_deployments(node_ids, [DeploymentStatus.SUCCEEDED])
     columns = [latest.c.node_id, ConfigVersion.site_versions]
-    if with_files:
+    if with_manifests:
         columns.append(ConfigVersion.manifest)
     rows = db.session.execute(
         select(*columns).join(ConfigVersion, ConfigVersion.id == latest.c.config_version_id)
         .where(latest.c.rank == 1)).all()
-    files: list[dict[str, str] | None] = (
-        list(manifest_files([row[2] for row in rows])) if with_files else [None] * len(rows))
-    return {row[0]: (dict(row[1] or {}), node_files)
-            for row, node_files in zip(rows, files, strict=True)}
+    return {row[0]: (dict(row[1] or {}), dict(row[2]) if with_manifests else None)
+            for row in rows}
 
 
 def list_versions(actor: User, node_id: int, *, page: int = 1,

@@ -79,12 +79,14 @@ mv -T -- "$new.link" "$link"
 """
 
 
-def manifest_digest(files: Mapping[str, bytes]) -> str:
-    """What ``sha256sum`` says of a release holding ``files``, as the staging command
-    computes it on the node: the same set of bytes gives the same digest."""
-    listing = b"".join(f"{hashlib.sha256(files[path]).hexdigest()}  ./{path}\n".encode()
-                       for path in sorted(files, key=lambda p: p.encode()))
-    return hashlib.sha256(listing).hexdigest()
+def manifest_digest(manifest: Mapping[str, str]) -> str:
+    """What the staging command computes on the node for a release holding the files
+    of ``manifest`` ({path: SHA-256 of the file}): ``sha256sum``'s listing of them in
+    byte order, hashed.  The same files give the same digest, computed here from the
+    hashes alone."""
+    listing = "".join(f"{manifest[path]}  ./{path}\n"
+                      for path in sorted(manifest, key=lambda p: p.encode()))
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def tar_archive(files: Mapping[str, bytes]) -> bytes:
@@ -119,7 +121,9 @@ class NodeJob:
 
     target: SSHTarget
     config_dir: str
-    files: dict[str, bytes]
+    files: dict[str, str]
+    # {path: SHA-256} of ``files``.
+    manifest: dict[str, str]
     release_name: str
     test_command: list[str]
     reload_command: list[str]
@@ -130,10 +134,10 @@ class NodeJob:
     probe: str | None
     # What the probe answers while the last deployed version runs (None if unknown).
     previous_probe: str | None
-    # The files of the version the node last took (None if unknown): the release is
-    # built from the live one with only the difference sent, if the node still
-    # holds exactly these.
-    base_files: dict[str, bytes] | None
+    # The manifest of the version the node last took (None if unknown): the release
+    # is built from the live one with only the difference sent, if the node still
+    # holds exactly these files.
+    base_manifest: dict[str, str] | None
     command_timeout: float
     verify_timeout: float
     steps: list[dict[str, Any]] = field(default_factory=list)
@@ -259,8 +263,8 @@ class Release:
             # Known before anything changes, so that a lost connection can be undone.
             self.previous = self.pool.readlink(job.target, self.config_dir)
             self.swapped = True  # the command may swap before we hear back from it
-            status = self._send(details, job.base_files)
-            if status == NEEDS_FULL and job.base_files is not None:
+            status = self._send(details, job.base_manifest)
+            if status == NEEDS_FULL and job.base_manifest is not None:
                 status = self._send(details, None)
             if status == NOT_A_LINK:
                 self.swapped = False
@@ -277,20 +281,24 @@ class Release:
                 return
         self._adopt()
 
-    def _send(self, details: dict[str, Any], base: Mapping[str, bytes] | None) -> int:
-        """Run the staging command with what ``base`` lacks; returns its exit status."""
-        files = self.job.files
+    def _send(self, details: dict[str, Any], base: Mapping[str, str] | None) -> int:
+        """Run the staging command with the files ``base`` (a manifest) lacks; returns
+        its exit status."""
+        files, manifest = self.job.files, self.job.manifest
         if base is None:
-            sent, removed, base_digest = dict(files), [], ""
+            sent = {path: text.encode() for path, text in files.items()}
+            removed: list[str] = []
+            base_digest = ""
         else:
-            sent = {path: data for path, data in files.items() if base.get(path) != data}
-            removed = sorted(path for path in base if path not in files)
+            sent = {path: files[path].encode() for path, digest in manifest.items()
+                    if base.get(path) != digest}
+            removed = sorted(path for path in base if path not in manifest)
             base_digest = manifest_digest(base)
         archive = tar_archive(sent)
         details.update(mode="incremental" if base is not None else "full", files=len(sent),
                        removed=len(removed), bytes=len(archive))
         argv = ["sh", "-c", STAGE_SCRIPT, "sh", self.config_dir, self.releases, self.release,
-                base_digest, manifest_digest(files), *removed]
+                base_digest, manifest_digest(manifest), *removed]
         result = self.pool.run(self.job.target, argv, stdin=archive,
                                timeout=self.job.command_timeout)
         self._said = output_of(result)
@@ -306,7 +314,8 @@ class Release:
                 raise StepFailed("upload", f"{self.config_dir} is a file, not a directory",
                                  restored=True, after_swap=False)
             pool.mkdir_p(target, self.releases)
-            pool.upload_tree(target, self.release, job.files)
+            pool.upload_tree(target, self.release,
+                             {path: text.encode() for path, text in job.files.items()})
         with self.step("swap"):
             if kind == "dir":
                 # Our first deployment: the operator's directory is kept aside, intact.
