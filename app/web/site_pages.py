@@ -17,14 +17,13 @@ from typing import Any
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
-from app import certificate_pages
-from app.deployment_pages import deployment_detail, deployment_events
 from app.errors import Conflict, ServiceError
 from app.extensions import limit_certificate_requests, limit_deploy_requests
 from app.forms import SiteForm, form_status
 from app.models import Site, User
 from app.services import deployments, explain, nodes, rendering, sites
-from app.web import current_actor
+from app.web import certificate_pages, current_actor
+from app.web.deployment_pages import deployment_detail, deployment_events
 from app.web.object_views import delete_object, edit_object
 
 

@@ -5,8 +5,7 @@ import ast
 from pathlib import Path
 
 APP = Path(__file__).resolve().parents[2] / "app"
-VIEWS = ["admin", "client", "api", "auth", "main", "web", "cli.py", "deployment_pages.py",
-         "certificate_pages.py", "forms.py"]
+VIEWS = ["admin", "client", "api", "auth", "main", "web", "cli.py", "forms.py"]
 
 
 def _view_modules() -> list[Path]:

@@ -9,8 +9,8 @@ import socket
 
 import pytest
 
-from app.deployment_pages import _client_gone
 from app.stream_slots import StreamSlots, process_capacity
+from app.web.deployment_pages import _client_gone
 
 
 def test_slots_are_capped_per_user_and_in_total_and_released_once():
