@@ -16,10 +16,13 @@ serves the new header.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import statistics
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -32,11 +35,11 @@ from app.engines.nginx import ENGINE as NGINX  # noqa: E402
 from app.extensions import db, ssh  # noqa: E402
 from app.models import DeploymentStatus, Rollout  # noqa: E402
 from app.services import deployments, sites  # noqa: E402
-from bench.deploy_fanout import code_version, start_backend  # noqa: E402
+from bench.deploy_fanout import code_version, process_cpu, start_backend  # noqa: E402
 from tests import factories  # noqa: E402
 from tests.fleet import FleetNode, register  # noqa: E402
 from tests.nginx_node import BASE_OPEN_FILES, NginxNode, allow_open_files, fetch  # noqa: E402
-from tests.sshd import SshServer  # noqa: E402
+from tests.sshd import SshServer, descendants  # noqa: E402
 
 DOMAIN = "changed.example.com"
 HEADER = "X-Bench"
@@ -68,17 +71,30 @@ def database_bytes() -> int:
 
 
 class Bench:
-    def __init__(self, client: object, site_id: int, fleet: list[FleetNode]) -> None:
+    def __init__(self, client: object, site_id: int, fleet: list[FleetNode],
+                 sshd: SshServer) -> None:
         self.client = client
         self.site_id = site_id
         self.fleet = fleet
+        self.sshd = sshd
         self.counter = 0
+        self.node_cpu: list[float] = []
+
+    def nodes_cpu(self) -> float:
+        """CPU seconds of the nodes' side: sshd and its sessions (the staging command,
+        nginx -t), nginx masters and workers."""
+        sshd = self.sshd.process.pid if self.sshd.process else 0
+        masters = [n.nginx.process.pid for n in self.fleet if n.nginx.process]
+        pids = [sshd, *descendants(sshd), *masters,
+                *(pid for master in masters for pid in descendants(master))]
+        return process_cpu(pids)
 
     def change(self) -> tuple[float, float, Rollout]:
         """One timed one-site change, deployed; returns seconds, control-plane CPU
         seconds and the rollout (checked: every node serves the new value)."""
         self.counter += 1
         value = f"v{self.counter}"
+        nodes0 = self.nodes_cpu()
         cpu0 = time.process_time()
         started = time.perf_counter()
         sites.update_site(self.client, self.site_id, {"headers": {HEADER: value}})
@@ -86,6 +102,7 @@ class Bench:
                                    timeout=900)
         seconds = time.perf_counter() - started
         cpu = time.process_time() - cpu0
+        self.node_cpu.append(self.nodes_cpu() - nodes0)
         self.check(rollout, value)
         return seconds, cpu, rollout
 
@@ -103,6 +120,40 @@ class Bench:
                 time.sleep(0.02)
 
 
+def profile(bench: Bench, top: int) -> None:
+    """One more change with every thread under cProfile: where the control plane's
+    time goes in a big pool."""
+    profiles: list[cProfile.Profile] = []
+    guard = threading.Lock()
+
+    def start_profiler(frame: object, event_name: str, arg: object) -> None:
+        profiler = cProfile.Profile()
+        with guard:
+            profiles.append(profiler)
+        profiler.enable()
+
+    threading.setprofile(start_profiler)  # type: ignore[arg-type]
+    main_profiler = cProfile.Profile()
+    main_profiler.enable()
+    try:
+        seconds, _, rollout = bench.change()
+    finally:
+        main_profiler.disable()
+        threading.setprofile(None)  # type: ignore[arg-type]
+    stats = pstats.Stats(main_profiler, stream=sys.stdout)
+    for profiler in profiles:
+        stats.add(profiler)
+    steps: dict[str, list[float]] = {}
+    for deployment in rollout.deployments:
+        for step in deployment.steps:
+            steps.setdefault(step["step"], []).append(step["seconds"])
+    print(f"\nprofile of one more change ({seconds:.2f} s under cProfile); median step "
+          "seconds: " + ", ".join(f"{name} {statistics.median(values):.3f}"
+                                  for name, values in steps.items()))
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(r"/app/", top)
+
+
 def uploads(rollout: Rollout) -> str:
     steps = [next(s for s in d.steps if s["step"] == "upload") for d in rollout.deployments]
     modes = sorted({s.get("mode", "?") for s in steps})
@@ -116,6 +167,9 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--sites", type=int, default=2000, help="sites in the big pool")
     parser.add_argument("--repeat", type=int, default=3, help="warm runs per pool size")
+    parser.add_argument("--profile", type=int, default=0,
+                        help="profile one more change in the big pool; print this many "
+                             "functions")
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="rpcc-bench-pool-")
     app = create_app("testing", {
@@ -140,13 +194,14 @@ def main() -> None:
             backend, port = start_backend()
             site = factories.make_site(client, DOMAIN, backends=[
                 {"host": "127.0.0.1", "port": port}], headers={HEADER: "v0"})
-            bench = Bench(client, site.id, fleet)
+            bench = Bench(client, site.id, fleet, sshd)
             load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
             print(f"{args.nodes} nginx nodes behind 1 sshd, {os.cpu_count()} cores; "
                   f"load average {load}")
 
             bench.change()  # adopts each node's directory and pins host keys: a one-off
             small = [bench.change() for _ in range(args.repeat)]
+            small_nodes = statistics.median(bench.node_cpu[-args.repeat:])
             small_s = statistics.median(s for s, _, _ in small)
             small_cpu = statistics.median(c for _, c, _ in small)
             print(f"pool of 1 site: one-site change, median of {args.repeat}: "
@@ -172,6 +227,7 @@ def main() -> None:
                 before = database_bytes()
                 big.append(bench.change())
                 growth.append(database_bytes() - before)
+            big_nodes = statistics.median(bench.node_cpu[-args.repeat:])
             big_s = statistics.median(s for s, _, _ in big)
             big_cpu = statistics.median(c for _, c, _ in big)
             print(f"pool of {args.sites} sites: one-site change, median of {args.repeat}: "
@@ -190,10 +246,15 @@ def main() -> None:
                   f"{small_cpu / args.nodes * 1000:.1f} ms (1 site), "
                   f"{big_cpu / args.nodes * 1000:.1f} ms ({args.sites} sites), "
                   f"{first_cpu / args.nodes * 1000:.1f} ms (first deploy)")
+            print(f"  the nodes' CPU per node per deploy:       "
+                  f"{small_nodes / args.nodes * 1000:.1f} ms (1 site), "
+                  f"{big_nodes / args.nodes * 1000:.1f} ms ({args.sites} sites)")
             print(f"  database growth per one-site change:     "
                   f"{statistics.median(growth) / 1024:.0f} KiB (median of {args.repeat})")
             print(f"  load average after: "
                   f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+            if args.profile:
+                profile(bench, args.profile)
     finally:
         ssh.reset(app)
         if backend is not None:
