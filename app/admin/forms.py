@@ -18,11 +18,11 @@ from wtforms import (
 )
 from wtforms.validators import Optional
 
-from app.acme.dns_rfc2136 import TSIG_ALGORITHMS
 from app.engines import get_engine
 from app.forms import FilterForm, ServiceForm, enum_choices
 from app.models import DnsProvider, Node, ProxyType, Role, User
 from app.services import node_commands
+from app.services.dns_providers import TSIG_ALGORITHMS
 
 _NGINX = get_engine("nginx").defaults
 

@@ -11,11 +11,11 @@ from typing import Any
 from flask.views import MethodView
 from marshmallow import Schema, fields
 
-from app.acme.dns_rfc2136 import TSIG_ALGORITHMS
 from app.api.auth import ApiBlueprint, admin_only, current_actor
 from app.api.schemas import ErrorSchema, PageQuerySchema, page_schema
 from app.models import DnsProvider
 from app.services import dns_providers
+from app.services.dns_providers import TSIG_ALGORITHMS
 
 blp = ApiBlueprint(
     "dns_providers", __name__, url_prefix="/api/v1/dns-providers",
