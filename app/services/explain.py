@@ -49,6 +49,12 @@ _NODE_RULES: list[tuple[re.Pattern[str], str, str]] = [
      "slow or down?",
      "A proxy node of your pool did not answer in time, so it keeps its previous "
      "configuration; the next deployment tries again."),
+    (re.compile(r"too many open files", re.I),
+     "Node {node}'s proxy ran out of file descriptors: each site opens its own access and "
+     "error log, so a node with N sites needs more than 2N. Raise worker_rlimit_nofile in "
+     "nginx.conf and the service's LimitNOFILE (systemd), then deploy again.",
+     "A proxy node of your pool reached a system limit, so it keeps its previous "
+     "configuration; the administrators can see why."),
     (re.compile(r"lease|another deployment", re.I),
      "Another deployment to node {node} was still running; this one waited and gave up. "
      "Deploy again once it has finished.",

@@ -19,6 +19,9 @@ RAW = {
             "/etc/nginx/rpcc.d/sites/12/site.conf:14",
     "verify": "verify: shop.example.com answered 502 from 10.0.0.7:80",
     "other": "swap: something nobody foresaw at /srv/x",
+    "descriptors": "verify: the node did not load the new configuration within 10 s; "
+                   "nginx: [emerg] epoll_create() failed (24: Too many open files) in "
+                   "/etc/nginx/rpcc.d/rpcc.conf",
 }
 EXPECTED_ADMIN = {
     "refused": "SSH connection to node eu-1 refused: is sshd running and the port open?",
@@ -28,6 +31,7 @@ EXPECTED_ADMIN = {
     "test": "Node eu-1 refused the new configuration",
     "verify": "a site on node eu-1 did not answer correctly",
     "other": "The deployment to node eu-1 failed",
+    "descriptors": "Node eu-1's proxy ran out of file descriptors",
 }
 
 
