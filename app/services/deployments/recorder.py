@@ -110,8 +110,8 @@ class Recorder:
             try:
                 with db.engine.begin() as conn:
                     renewed = self.leases.renew(conn, only_if_older_than=self.leases.ttl / 3)
-                    _update_many(conn, NodeDeployment, deployments)
-                    _update_many(conn, Node, nodes, Node.status != NodeStatus.DRAINING)
+                    update_many(conn, NodeDeployment, deployments)
+                    update_many(conn, Node, nodes, Node.status != NodeStatus.DRAINING)
                     released = self.leases.release(release, conn) if release else None
                 # The leases' own view changes only once the transaction committed.
                 renewed()
@@ -159,7 +159,7 @@ class Recorder:
                     logger.exception("could not record a rollout's progress; retrying")
 
 
-def _update_many(conn: Any, model: Any, rows: dict[int, dict[str, Any]],
+def update_many(conn: Any, model: Any, rows: dict[int, dict[str, Any]],
                  *conditions: Any) -> None:
     """UPDATE rows by id, one executemany per set of columns."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}

@@ -35,7 +35,7 @@ from app.services.common import Page, get_or_404, get_scoped, paginate, require_
 from app.services.deployments.batch import SET_ASIDE_STEP, RolloutPlan, deploy_batch
 from app.services.deployments.desired_state import active_nodes
 from app.services.deployments.history import carried_versions, get_version, latest_deployments
-from app.services.deployments.recorder import Recorder, SiteOutcomes
+from app.services.deployments.recorder import Recorder, SiteOutcomes, update_many
 from app.services.deployments.release import describe_failure
 from app.services.node_leases import NodeLeases
 
@@ -279,7 +279,11 @@ def refresh_site_status(pool_id: int) -> None:
     """"Deployed on X of Y nodes" for every site of the pool, from what each active
     node last took successfully, and the last error a node reported (or why a node
     refused the site's version).  A version some node took, and none refused, becomes
-    the one a node keeps serving when a later version is set aside."""
+    the one a node keeps serving when a later version is set aside.
+
+    Reads the columns it needs without building a model per site, and writes only the
+    sites whose state changed: after a one-site change, one row or a few, however big
+    the pool.  ``last_deployed_at`` moves when a site's deployed state changes."""
     nodes = active_nodes(pool_id)
     ids = [node.id for node in nodes]
     carried = carried_versions(ids)
@@ -290,35 +294,47 @@ def refresh_site_status(pool_id: int) -> None:
               db.session.execute(select(last.c.node_id, last.c.status, last.c.error)
                                  .where(last.c.rank == 1))
               if status != DeploymentStatus.SUCCEEDED} if ids else {}
+    node_error = "; ".join(errors[i] for i in ids if i in errors)[:4000]
     now = utcnow()
-    accepted: list[Site] = []
-    for site in db.session.scalars(select(Site).where(Site.pool_id == pool_id)):
+    accepted: list[int] = []
+    changes: dict[int, dict[str, Any]] = {}
+    rows = db.session.execute(select(
+        Site.id, Site.config_version, Site.refused_version, Site.refused_reason,
+        Site.accepted_version, Site.deployed_nodes, Site.target_nodes, Site.status,
+        Site.last_deploy_error).where(Site.pool_id == pool_id))
+    for row in rows:
         deployed = sum(1 for node_id in ids
-                       if carried.get(node_id, {}).get(str(site.id)) == site.config_version)
-        site.deployed_nodes, site.target_nodes = deployed, len(nodes)
-        refused = site.refused_version == site.config_version
-        site.last_deploy_error = (site.refused_reason if refused else "; ".join(
-            errors[i] for i in ids if i in errors))[:4000]
-        if deployed and not refused and site.accepted_version != site.config_version:
-            accepted.append(site)
-        if deployed and deployed == len(nodes):
-            site.status, site.last_deployed_at = SiteStatus.DEPLOYED, now
-        elif deployed:
-            site.status, site.last_deployed_at = SiteStatus.PARTIAL, now
+                       if carried.get(node_id, {}).get(str(row.id)) == row.config_version)
+        refused = row.refused_version == row.config_version
+        values: dict[str, Any] = {
+            "deployed_nodes": deployed, "target_nodes": len(nodes),
+            "last_deploy_error": (row.refused_reason[:4000] if refused else node_error)}
+        if deployed and not refused and row.accepted_version != row.config_version:
+            accepted.append(row.id)
+        if deployed:
+            values["status"] = (SiteStatus.DEPLOYED if deployed == len(nodes)
+                                else SiteStatus.PARTIAL)
         elif errors or refused:
-            site.status = SiteStatus.FAILED
+            values["status"] = SiteStatus.FAILED
+        changed = {key: value for key, value in values.items() if getattr(row, key) != value}
+        if deployed and changed.keys() & {"deployed_nodes", "target_nodes", "status"}:
+            changed["last_deployed_at"] = now
+        if changed:
+            changes[row.id] = changed
+    with db.session.no_autoflush:
+        update_many(db.session.connection(), Site, changes)
     _keep_accepted(accepted)
     db.session.commit()
 
 
-def _keep_accepted(sites: list[Site]) -> None:
+def _keep_accepted(site_ids: list[int]) -> None:
     """Record the settings of versions the nodes took, reading the sites' names,
     backends and users in a few queries (a pool's first deployment accepts them all)."""
-    for start in range(0, len(sites), 500):
-        chunk = sites[start:start + 500]
-        db.session.scalars(select(Site).where(Site.id.in_([site.id for site in chunk]))
-                           .options(selectinload(Site.hostnames), selectinload(Site.backends),
-                                    selectinload(Site.basic_auth_users))).all()
+    for start in range(0, len(site_ids), 500):
+        chunk = db.session.scalars(
+            select(Site).where(Site.id.in_(site_ids[start:start + 500]))
+            .options(selectinload(Site.hostnames), selectinload(Site.backends),
+                     selectinload(Site.basic_auth_users))).all()
         for site in chunk:
             site.accepted_spec = set_aside.spec_to_json(rendering.site_spec(site))
             site.accepted_version = site.config_version
