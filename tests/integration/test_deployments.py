@@ -114,7 +114,7 @@ def test_the_api_answers_202_then_reports_each_node(app, admin, alice, fleet, ba
     # ones build the release from the live one in the upload step.
     first = ["adopt", "swap"] if steps[2].get("mode") == "adopt" else []
     assert [s["step"] for s in steps] == ["lock", "render", "upload", *first, "test", "reload",
-                                          "verify", "cleanup"]
+                                          "verify"]
     listed = http.get(f"/api/v1/sites/{site.id}/deployments",
                       headers=api_headers(alice)).get_json()
     assert [item["id"] for item in listed["items"]] == [rollout_id]
@@ -185,7 +185,9 @@ def test_a_version_the_test_command_refuses_is_set_aside_and_changes_nothing(
     # version, which is the very configuration it ran.
     assert {d.status for d in rollout.deployments} == {DeploymentStatus.SUCCEEDED}
     _assert_unchanged(fleet, before)
-    assert all(len(release_dirs(node)) == 2 for node in fleet)  # live + adopted original
+    # The live release, the one before it (kept until the next deployment) and the
+    # adopted original.
+    assert all(len(release_dirs(node)) == 3 for node in fleet)
     site = sites.get_site(alice, live_site.id)
     assert site.deployed_nodes == 0 and site.status.value == "failed"
     assert "backend.invalid" in site.last_deploy_error
@@ -276,6 +278,7 @@ def test_a_connection_dropped_during_the_upload_changes_nothing(
 
         def cut_midway(target: Any, argv: list[str], **kwargs: Any) -> Any:
             if target.node_id == victim.id and STAGE_SCRIPT in argv:
+                run(target, ["true"])  # connected through the relay before the cut
                 relay.refuse()  # the node stays gone after the cut
                 relay.drop_after(2500)  # past the command, into the archive
             return run(target, argv, **kwargs)
@@ -295,7 +298,9 @@ def test_a_connection_dropped_during_the_upload_changes_nothing(
         relay.refuse(False)
         assert deploy(alice, live_site).status == DeploymentStatus.SUCCEEDED
         assert victim.get("shop.example.com").headers["x-shop"] == "v2"
-        assert len(release_dirs(victim)) == 2  # the live release and the adopted original
+        # The live release, the one before it and the adopted original: the partial
+        # one went.
+        assert len(release_dirs(victim)) == 3
     finally:
         relay.close()
 

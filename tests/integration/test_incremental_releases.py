@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -89,12 +90,12 @@ def test_an_incremental_release_is_identical_to_a_full_one(admin, alice, bob, fl
     built = {node.name: tree(node) for node in fleet}
     assert "b3.example.com.conf" not in str(sorted(built[fleet[0].name]))
 
-    # The same state sent in full: a file changed behind the control plane's back
-    # makes the node's release unknown, so every file travels.
+    # The same state sent in full: a file changed behind the control plane's back,
+    # found by the drift check, makes the node's release unknown: every file travels.
     for node in fleet:
-        stray = node.nginx.config_dir / "a1.example.com.conf"
-        target = stray if stray.exists() else next(node.nginx.config_dir.rglob("*.conf"))
+        target = next(node.nginx.config_dir.rglob("*.conf"))
         target.write_text(target.read_text() + "# edited by hand\n")
+        assert deployments.check_drift(admin, node.id).drifted
     full = deployments.wait(deployments.deploy_nodes(admin, [node.id for node in fleet]).id)
     assert full.status == DeploymentStatus.SUCCEEDED, full.error
     for deployment in full.deployments:
@@ -137,6 +138,27 @@ def test_a_refused_incremental_release_puts_the_previous_one_back_exactly(
     live = os.path.realpath(node.nginx.config_dir)
     # Only the live release of ours is left (and the operator's adopted original).
     assert [p for p in releases.iterdir() if p.name.startswith("v")] == [Path(live)]
+
+
+def test_a_link_moved_behind_the_control_planes_back_is_looked_at_not_trusted(
+        alice, fleet, pool):
+    """The link points at a release the control plane did not swap in (an operator
+    copied the live one): the node is read first, and as its files are the ones the
+    control plane last sent, only the change travels."""
+    node = fleet[0]
+    live = Path(os.path.realpath(node.nginx.config_dir))
+    copy = live.parent / "v999-by-hand"
+    shutil.copytree(live, copy)
+    temporary = node.nginx.config_dir.parent / "swap-by-hand"
+    temporary.symlink_to(copy)
+    temporary.replace(node.nginx.config_dir)
+    sites.update_site(alice, pool["a1"].id, {"headers": {"X-Version": "5"}})
+    rollout = deploy(alice, pool["a1"])
+    assert rollout.status == DeploymentStatus.SUCCEEDED, rollout.error
+    deployment = next(d for d in rollout.deployments if d.node_id == node.id)
+    assert upload_step(deployment)["mode"] == "incremental"
+    assert tree(node) == expected_tree(node)
+    assert node.get("a1.example.com").headers["x-version"] == "5"
 
 
 def test_files_are_readable_by_the_proxy_workers(fleet, pool):

@@ -51,6 +51,7 @@ from app.services.deployments.release import (
     StepFailed,
     describe_failure,
     manifest_digest,
+    release_name,
 )
 from app.services.node_leases import NodeLeases
 
@@ -149,7 +150,7 @@ def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], record
     order = list(rendered)
     store_files([rendered[deployment_id][1] for deployment_id in order],
                 [rendered[deployment_id][2] for deployment_id in order])
-    rows = []
+    rows: list[dict[str, Any]] = []
     for deployment_id in order:
         node, files, manifest, site_versions, _ = rendered[deployment_id]
         rows.append({"node_id": node.id, "version": (numbers.get(node.id) or 0) + 1,
@@ -169,7 +170,8 @@ def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], record
         if started_at is not None:
             values["started_at"] = started_at
         recorder.update(deployment_id, **values)
-        before, before_manifest = previous.get(node.id, ({}, None))
+        before, before_manifest, before_release = previous.get(node.id, ({}, None, ""))
+        releases = node.config_dir.rstrip("/") + ".releases"
         changed = changed_hosts(before, site_versions, domains,
                                  plan.site_id)
         steps = [*steps_before, {"step": "render", "seconds": render_seconds, "ok": True}]
@@ -181,7 +183,7 @@ def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], record
         prepared[deployment_id] = _Prepared(job=NodeJob(
             target=ssh_target(node), config_dir=node.config_dir,
             files=files, manifest=manifest,
-            release_name=f"{RELEASE_PREFIX}{row['version']}-{secrets.token_hex(4)}",
+            release_name=release_name(row["version"], row["sha256"]),
             test_command=shlex.split(node.test_command),
             reload_command=shlex.split(node.reload_command),
             verify_address=node.listen_address or node.host, verify_port=node.http_port,
@@ -190,6 +192,9 @@ def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], record
             previous_probe=(expected_probe(node, before_manifest)
                             if before_manifest is not None else None),
             base_manifest=before_manifest,
+            # A node found drifted is looked at, not trusted.
+            known_release=(f"{releases}/{before_release}"
+                           if before_manifest is not None and not node.drifted else None),
             command_timeout=cfg["SSH_OPERATION_TIMEOUT"],
             verify_timeout=cfg["DEPLOY_VERIFY_TIMEOUT"], steps=steps,
         ), retry=retry)
@@ -391,7 +396,7 @@ def _job_again(app: Flask, plan: RolloutPlan, deployment_id: int, job: NodeJob,
     changed = changed_hosts(retry.before, retry.render.versions, retry.state.domains,
                              plan.site_id)
     return replace(job, files=files, manifest=manifest,
-                   release_name=f"{RELEASE_PREFIX}{number}-{secrets.token_hex(4)}",
+                   release_name=release_name(number, manifest_digest(manifest)),
                    verify_hosts=changed[:app.config["DEPLOY_VERIFY_MAX_SITES"]],
                    probe=probe_for(retry.node, retry.engine, manifest), site_warnings={})
 

@@ -22,6 +22,7 @@ from app.models import (
 )
 from app.services.common import Page, get_or_404, paginate, require_admin
 from app.services.deployments.blobs import load_contents, manifest_files
+from app.services.deployments.release import release_name
 
 logger = logging.getLogger(__name__)
 
@@ -86,24 +87,27 @@ def latest_deployments(node_ids: list[int], statuses: list[DeploymentStatus], *,
 
 def carried_versions(node_ids: list[int]) -> dict[int, dict[str, int]]:
     """Per node, the site versions of what it last took successfully."""
-    return {node_id: versions for node_id, (versions, _) in
+    return {node_id: taken[0] for node_id, taken in
             last_taken(node_ids, with_manifests=False).items()}
 
 
 def last_taken(node_ids: list[int], *, with_manifests: bool
-               ) -> dict[int, tuple[dict[str, int], dict[str, str] | None]]:
-    """Per node, what it last took successfully: site versions, and the manifest of
-    its files if asked (what a deployment compares with, without reading a file)."""
+               ) -> dict[int, tuple[dict[str, int], dict[str, str] | None, str]]:
+    """Per node, what it last took successfully: site versions, the manifest of its
+    files if asked (what a deployment compares with, without reading a file), and
+    the name of the release directory that version went to."""
     if not node_ids:
         return {}
     latest = latest_deployments(node_ids, [DeploymentStatus.SUCCEEDED])
-    columns = [latest.c.node_id, ConfigVersion.site_versions]
+    columns = [latest.c.node_id, ConfigVersion.site_versions, ConfigVersion.version,
+               ConfigVersion.sha256]
     if with_manifests:
         columns.append(ConfigVersion.manifest)
     rows = db.session.execute(
         select(*columns).join(ConfigVersion, ConfigVersion.id == latest.c.config_version_id)
         .where(latest.c.rank == 1)).all()
-    return {row[0]: (dict(row[1] or {}), dict(row[2]) if with_manifests else None)
+    return {row[0]: (dict(row[1] or {}), dict(row[4]) if with_manifests else None,
+                     release_name(row[2], row[3]))
             for row in rows}
 
 
