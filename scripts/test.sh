@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what it needs, lints, then runs every test twice
-# (SQLite and PostgreSQL, in parallel) inside a loopback-only network namespace.
+# The whole test suite: installs what it needs, lints, then runs the tests inside a
+# loopback-only network namespace: those without the app's database once, those with
+# it on SQLite and on PostgreSQL (scripts/test-inner.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-system.sh test

@@ -25,7 +25,7 @@ from app.extensions import db as _db
 from app.models import User
 from tests import factories
 
-pytest_plugins = ["tests.components"]
+pytest_plugins = ["tests.components", "tests.api_fuzz.figures"]
 
 TESTS = Path(__file__).resolve().parent
 #: What each folder holds; its name is the marker that selects it (``-m unit``).
@@ -35,13 +35,19 @@ PURE_KINDS = ("unit", "property")
 #: Added to every test whose fixtures reach the app's database: such tests run on
 #: SQLite and on PostgreSQL; the others once.
 APP_DATABASE = "app_database"
+#: Folders whose modules start their servers once per module: with pytest-xdist
+#: (``--dist loadgroup``) a module stays on one worker.
+MODULE_KINDS = ("integration", "property")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test with its folder's kind, and with ``app_database`` when it uses
     the app's database.  A test in the wrong folder (a pure folder's test that reaches
     the database, a database test that never does) stops the run, since the runs of
-    scripts/test-inner.sh select tests by these markers."""
+    scripts/test-inner.sh select tests by these markers.
+
+    For pytest-xdist's ``--dist loadgroup``: the browser journeys share one product
+    and stay together on one worker, and so does each module of real servers."""
     misplaced = []
     for item in items:
         parts = Path(item.path).resolve().relative_to(TESTS).parts
@@ -51,6 +57,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(kind)
         if uses_database:
             item.add_marker(APP_DATABASE)
+        if kind == "e2e":
+            item.add_marker(pytest.mark.xdist_group("e2e"))
+        elif kind in MODULE_KINDS:
+            item.add_marker(pytest.mark.xdist_group(Path(item.path).stem))
         if (kind in PURE_KINDS and uses_database) or (kind == "db" and not uses_database):
             misplaced.append(f"{item.nodeid} ({'uses' if uses_database else 'never uses'} "
                              "the database)")

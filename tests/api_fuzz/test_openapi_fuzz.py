@@ -47,7 +47,7 @@ from app.services import (
     tokens,
 )
 from tests import factories, pki
-from tests.api_fuzz.conftest import ANSWERS
+from tests.api_fuzz.figures import ANSWERS
 from tests.conftest import make_app, reset_database
 
 # 2 roles x ~60 operations x MAX_EXAMPLES requests, plus schemathesis's own
