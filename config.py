@@ -107,6 +107,10 @@ class Config:
     SMTP_CA_BUNDLE = os.environ.get("SMTP_CA_BUNDLE", "")
     SMTP_TIMEOUT = _float("SMTP_TIMEOUT", 10.0)
     MAIL_FROM = os.environ.get("MAIL_FROM", "")
+    # Notices to Telegram go through this Bot API server (a private one, or a test's).
+    TELEGRAM_API_BASE_URL = os.environ.get("TELEGRAM_API_BASE_URL", "https://api.telegram.org")
+    # Test messages each user may send through their channels (panels and API together).
+    NOTIFICATION_TEST_LIMIT = os.environ.get("NOTIFICATION_TEST_LIMIT", "10 per hour")
     # Where people reach the product (scheme, host, port), for links sent by mail;
     # empty: the address of the request that asked for the mail.
     PUBLIC_URL = os.environ.get("PUBLIC_URL", "")

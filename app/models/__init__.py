@@ -21,6 +21,12 @@ from app.models.deployment import (
 )
 from app.models.jobs import JobRun, JobStatus, SchedulerLease
 from app.models.node import Node, NodeStatus, Pool, ProxyType
+from app.models.notification import (
+    ChannelKind,
+    DeliveryStatus,
+    NotificationChannel,
+    NotificationDelivery,
+)
 from app.models.setting import Setting
 from app.models.site import (
     BackendProtocol,
@@ -44,6 +50,7 @@ __all__ = [
     "ApiToken", "AuditLog", "BackendProtocol", "BlockedName", "ConfigBlob", "ConfigVersion",
     "NodeDeployment",
     "DomainGrant",
+    "ChannelKind", "DeliveryStatus", "NotificationChannel", "NotificationDelivery",
     "DeploymentStatus", "GeoMode", "Node", "NodeLease", "NodeStatus", "Pool", "Rollout",
     "RolloutKind",
     "ProxyType", "RecoveryCode", "Role", "Site", "SiteBackend", "SiteBasicAuthUser",
