@@ -29,7 +29,7 @@ from app.models import (
     User,
 )
 from app.models.base import utcnow
-from app.services import audit, explain, rendering, set_aside
+from app.services import audit, explain, notifiers, rendering, set_aside
 from app.services import backends as backends_service
 from app.services.common import Page, get_or_404, get_scoped, paginate, require_admin, scoped
 from app.services.deployments.batch import SET_ASIDE_STEP, RolloutPlan, deploy_batch
@@ -273,6 +273,7 @@ def _conclude(rollout_id: int, error: str, outcomes: SiteOutcomes | None = None)
     db.session.commit()
     if rollout.pool_id is not None:
         refresh_site_status(rollout.pool_id)
+    notifiers.rollout_concluded(rollout)
 
 
 def refresh_site_status(pool_id: int) -> None:
