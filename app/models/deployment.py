@@ -42,8 +42,10 @@ class ConfigVersion(db.Model):
 
     A version keeps only a manifest of its files' content hashes; each distinct
     content is a :class:`ConfigBlob`, stored once however many versions and nodes
-    carry it, so that recording a pool's versions costs the database the change,
-    not the pool.
+    carry it.  Most versions keep only what changed since an earlier version of the
+    same node (``base_id``): a one-site change in a big pool then costs the database
+    a few manifest entries per node, not the pool's list of files.  Every few
+    versions, or when most files changed, a version keeps its whole manifest.
     """
 
     __tablename__ = "config_versions"
@@ -52,8 +54,14 @@ class ConfigVersion(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
     version: Mapped[int] = mapped_column(Integer)
-    # {relative path: sha256 hex of the file's UTF-8 text}, each a ConfigBlob.
-    manifest: Mapped[dict[str, str]] = mapped_column(JSON)
+    # {relative path: sha256 hex of the file's UTF-8 text}, each a ConfigBlob; with a
+    # base, only the paths that differ from it (None for a file the base has and
+    # this version does not).
+    manifest: Mapped[dict[str, str | None]] = mapped_column(JSON)
+    base_id: Mapped[int | None] = mapped_column(
+        ForeignKey("config_versions.id", ondelete="CASCADE"), nullable=True)
+    # How many bases up the chain the whole manifest is (0: this one).
+    depth: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     sha256: Mapped[str] = mapped_column(String(64))
     # {site id: site config version} of the sites the file set carries.
     site_versions: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)

@@ -42,7 +42,12 @@ from app.services.deployments.desired_state import (
     site_domains,
     ssh_target,
 )
-from app.services.deployments.history import last_taken, version_files
+from app.services.deployments.history import (
+    last_taken,
+    recorded_manifest,
+    version_files,
+    version_manifest,
+)
 from app.services.deployments.recorder import Recorder
 from app.services.deployments.release import (
     RELEASE_PREFIX,
@@ -124,7 +129,7 @@ def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], record
                     raise NotFound("the version to roll back to no longer exists")
                 site_versions = dict(target_version.site_versions)
                 rendered[deployment_id] = (node, version_files(target_version, keys=True),
-                                           dict(target_version.manifest), site_versions,
+                                           version_manifest(target_version), site_versions,
                                            site_domains(site_versions))
             else:
                 if node.pool_id not in states:
@@ -154,7 +159,8 @@ def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], record
     for deployment_id in order:
         node, files, manifest, site_versions, _ = rendered[deployment_id]
         rows.append({"node_id": node.id, "version": (numbers.get(node.id) or 0) + 1,
-                     "manifest": manifest, "sha256": manifest_digest(manifest),
+                     **recorded_manifest(manifest, previous.get(node.id)),
+                     "sha256": manifest_digest(manifest),
                      "site_versions": site_versions, "file_count": len(files),
                      "created_by_id": plan.triggered_by_id, "created_at": utcnow()})
     # The node's lease makes max()+1 safe.
@@ -170,7 +176,9 @@ def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], record
         if started_at is not None:
             values["started_at"] = started_at
         recorder.update(deployment_id, **values)
-        before, before_manifest, before_release = previous.get(node.id, ({}, None, ""))
+        taken = previous.get(node.id)
+        before = taken.site_versions if taken is not None else {}
+        before_manifest = taken.manifest if taken is not None else None
         releases = node.config_dir.rstrip("/") + ".releases"
         changed = changed_hosts(before, site_versions, domains,
                                  plan.site_id)
@@ -193,8 +201,8 @@ def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], record
                             if before_manifest is not None else None),
             base_manifest=before_manifest,
             # A node found drifted is looked at, not trusted.
-            known_release=(f"{releases}/{before_release}"
-                           if before_manifest is not None and not node.drifted else None),
+            known_release=(f"{releases}/{taken.release}"
+                           if taken is not None and not node.drifted else None),
             command_timeout=cfg["SSH_OPERATION_TIMEOUT"],
             verify_timeout=cfg["DEPLOY_VERIFY_TIMEOUT"], steps=steps,
         ), retry=retry)

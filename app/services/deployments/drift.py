@@ -18,7 +18,7 @@ from app.services import audit
 from app.services.common import get_or_404, require_admin
 from app.services.deployments.blobs import content_hash
 from app.services.deployments.desired_state import ssh_target
-from app.services.deployments.history import current_version
+from app.services.deployments.history import current_version, version_manifest
 from app.services.deployments.release import describe_failure
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def check_drift(actor: User | None, node_id: int) -> Node:
     node = get_or_404(Node, node_id, "node")
     version = current_version(node.id)
     pool = ssh.pool()
-    expected = version.manifest if version is not None else {}
+    expected = version_manifest(version) if version is not None else {}
     try:
         actual = pool.read_tree(ssh_target(node), node.config_dir)
     except ConnectorError as exc:

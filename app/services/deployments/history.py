@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import difflib
 import logging
-from typing import Any
+from collections.abc import Collection, Mapping
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, select
 
@@ -28,14 +29,78 @@ logger = logging.getLogger(__name__)
 
 PRIVATE_KEY_MARK = "PRIVATE KEY-----"
 MASKED_KEY = "# private key withheld\n"
+# A version keeps its whole manifest at least every this many versions of a chain,
+# which bounds what reading one costs.
+WHOLE_EVERY = 16
 
 
 def version_files(version: ConfigVersion, *, keys: bool = False) -> dict[str, str]:
     """A version's files, private keys withheld unless ``keys``: pages, the API and
     diffs show versions to people, and only a deployment or a drift check needs a
     key itself.  Masking here means no caller can forget it."""
-    files = manifest_files([version.manifest])[0]
+    files = manifest_files([version_manifest(version)])[0]
     return files if keys else _masked(files)
+
+
+def version_manifest(version: ConfigVersion) -> dict[str, str]:
+    """The whole manifest of a version, whatever its record keeps."""
+    return resolved_manifests([version.id])[version.id]
+
+
+def resolved_manifests(version_ids: Collection[int]) -> dict[int, dict[str, str]]:
+    """{version id: its whole manifest}: each recorded delta applied on its base,
+    reading the chains level by level (a query per level, at most
+    :data:`WHOLE_EVERY`), each base once for every version built on it."""
+    records: dict[int, tuple[int | None, dict[str, str | None]]] = {}
+    wanted = set(version_ids)
+    while wanted:
+        for version_id, base_id, manifest in db.session.execute(
+                select(ConfigVersion.id, ConfigVersion.base_id, ConfigVersion.manifest)
+                .where(ConfigVersion.id.in_(wanted))):
+            records[version_id] = (base_id, manifest)
+        missing = wanted - set(records)
+        if missing:
+            raise NotFound(f"config version {min(missing)} is not recorded")
+        wanted = {base_id for base_id, _ in records.values()
+                  if base_id is not None and base_id not in records}
+    whole: dict[int, dict[str, str]] = {}
+
+    def resolve(version_id: int) -> dict[str, str]:
+        if version_id not in whole:
+            base_id, manifest = records[version_id]
+            result = dict(resolve(base_id)) if base_id is not None else {}
+            for path, digest in manifest.items():
+                if digest is None:
+                    result.pop(path, None)
+                else:
+                    result[path] = digest
+            whole[version_id] = result
+        return whole[version_id]
+
+    return {version_id: resolve(version_id) for version_id in version_ids}
+
+
+class Taken(NamedTuple):
+    """What a node last took successfully."""
+
+    site_versions: dict[str, int]
+    manifest: dict[str, str] | None
+    release: str
+    version_id: int
+    depth: int
+
+
+def recorded_manifest(manifest: Mapping[str, str], base: Taken | None) -> dict[str, Any]:
+    """The columns recording ``manifest``: what differs from ``base`` (the version
+    the node last took) when that is small, else the whole manifest."""
+    if base is None or base.manifest is None or base.depth + 1 >= WHOLE_EVERY:
+        return {"manifest": dict(manifest), "base_id": None, "depth": 0}
+    delta: dict[str, str | None] = {path: digest for path, digest in manifest.items()
+                                    if base.manifest.get(path) != digest}
+    delta.update((path, None) for path in base.manifest if path not in manifest)
+    if 2 * len(delta) > len(manifest):
+        return {"manifest": dict(manifest), "base_id": None, "depth": 0}
+    return {"manifest": delta, "base_id": base.version_id, "depth": base.depth + 1}
 
 
 def _masked(files: dict[str, str]) -> dict[str, str]:
@@ -91,23 +156,21 @@ def carried_versions(node_ids: list[int]) -> dict[int, dict[str, int]]:
             last_taken(node_ids, with_manifests=False).items()}
 
 
-def last_taken(node_ids: list[int], *, with_manifests: bool
-               ) -> dict[int, tuple[dict[str, int], dict[str, str] | None, str]]:
-    """Per node, what it last took successfully: site versions, the manifest of its
-    files if asked (what a deployment compares with, without reading a file), and
-    the name of the release directory that version went to."""
+def last_taken(node_ids: list[int], *, with_manifests: bool) -> dict[int, Taken]:
+    """Per node, what it last took successfully: site versions, the whole manifest of
+    its files if asked (what a deployment compares with, without reading a file),
+    the name of the release directory that version went to, and the version."""
     if not node_ids:
         return {}
     latest = latest_deployments(node_ids, [DeploymentStatus.SUCCEEDED])
-    columns = [latest.c.node_id, ConfigVersion.site_versions, ConfigVersion.version,
-               ConfigVersion.sha256]
-    if with_manifests:
-        columns.append(ConfigVersion.manifest)
     rows = db.session.execute(
-        select(*columns).join(ConfigVersion, ConfigVersion.id == latest.c.config_version_id)
+        select(latest.c.node_id, ConfigVersion.site_versions, ConfigVersion.version,
+               ConfigVersion.sha256, ConfigVersion.id, ConfigVersion.depth)
+        .join(ConfigVersion, ConfigVersion.id == latest.c.config_version_id)
         .where(latest.c.rank == 1)).all()
-    return {row[0]: (dict(row[1] or {}), dict(row[4]) if with_manifests else None,
-                     release_name(row[2], row[3]))
+    manifests = (resolved_manifests([row[4] for row in rows]) if with_manifests else {})
+    return {row[0]: Taken(dict(row[1] or {}), manifests.get(row[4]),
+                          release_name(row[2], row[3]), row[4], row[5])
             for row in rows}
 
 
@@ -149,7 +212,8 @@ def diff_versions(actor: User, node_id: int, old_id: int, new_id: int) -> str:
     files whose content differs are read and decrypted."""
     require_admin(actor)
     versions = [get_version(actor, node_id, version_id) for version_id in (old_id, new_id)]
-    old_manifest, new_manifest = (v.manifest for v in versions)
+    resolved = resolved_manifests([v.id for v in versions])
+    old_manifest, new_manifest = (resolved[v.id] for v in versions)
     paths = sorted(path for path in set(old_manifest) | set(new_manifest)
                    if old_manifest.get(path) != new_manifest.get(path))
     contents = load_contents({manifest[path] for manifest in (old_manifest, new_manifest)
