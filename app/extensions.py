@@ -83,6 +83,7 @@ ssh = SSHConnections()
 # roll back during incidents, yet a runaway script with their token is still bounded.
 DEPLOY_REQUEST_SCOPE = "deploy-request"
 CERTIFICATE_REQUEST_SCOPE = "certificate-request"
+NOTIFICATION_TEST_SCOPE = "notification-test"
 
 
 def _requester() -> Any:
@@ -118,6 +119,10 @@ limit_deploy_requests = limiter.shared_limit(
 limit_certificate_requests = limiter.shared_limit(
     certificate_request_limit, scope=CERTIFICATE_REQUEST_SCOPE, key_func=requesting_user,
     error_message="certificate requests")
+# Each test message reaches a chat service or a tenant's server: counted per user.
+limit_notification_tests = limiter.shared_limit(
+    lambda: str(current_app.config["NOTIFICATION_TEST_LIMIT"]), scope=NOTIFICATION_TEST_SCOPE,
+    key_func=requesting_user, error_message="test messages")
 
 
 def retry_after() -> int:

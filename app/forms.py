@@ -18,11 +18,13 @@ from wtforms import (
     IntegerField,
     SelectChoice,
     SelectField,
+    SelectMultipleField,
     StringField,
     SubmitField,
     TextAreaField,
 )
 from wtforms.validators import Optional, ValidationError
+from wtforms.widgets import CheckboxInput, ListWidget
 
 from app.models import BackendProtocol, SslMode, User, WafLevel
 from app.services.nodes import PoolChoice
@@ -49,6 +51,13 @@ class ServiceForm(FlaskForm):
                 field.errors = [*field.errors, message]
             else:
                 self.form_errors.append(message if key == "_" else f"{key}: {message}")
+
+
+class CheckboxesField(SelectMultipleField):
+    """A choice of several, as a checkbox each (``macros.field`` draws a fieldset)."""
+
+    widget = ListWidget(prefix_label=False)
+    option_widget = CheckboxInput()
 
 
 # ----------------------------------------------------------------------------- site form

@@ -12,6 +12,7 @@ from app.api import (
     domain_grants,
     jobs,
     nodes,
+    notifications,
     pools,
     settings,
     sites,
@@ -23,7 +24,7 @@ from app.extensions import csrf
 
 BLUEPRINTS = (tokens.blp, sites.blp, deployments.blp, nodes.blp, pools.blp, users.blp,
               audit.blp, certificates.blp, jobs.blp, dns_providers.blp, settings.blp,
-              domain_grants.blp)
+              domain_grants.blp, notifications.blp)
 
 
 def register(app: Flask) -> None:

@@ -1,4 +1,5 @@
-"""Client panel: a signed-in user's own sites, API tokens and profile."""
+"""Client panel: a signed-in user's own sites, API tokens and profile (with their
+notification channels)."""
 
 from typing import Any
 
@@ -16,4 +17,4 @@ def require_login() -> Any:
     return None
 
 
-from app.client import two_factor_views, views  # noqa: E402,F401
+from app.client import notification_views, two_factor_views, views  # noqa: E402,F401

@@ -12,7 +12,7 @@ from flask import current_app, flash, redirect, render_template, request, url_fo
 from flask_login import logout_user
 
 from app.client import bp
-from app.client.forms import EmailForm, PasswordForm, TokenForm
+from app.client.forms import ChannelForm, EmailForm, PasswordForm, TokenForm
 from app.errors import (
     Conflict,
     Forbidden,
@@ -24,7 +24,7 @@ from app.errors import (
 )
 from app.extensions import limiter, requesting_user
 from app.forms import form_status
-from app.services import email_change, sites, tokens, users
+from app.services import email_change, notifiers, sites, tokens, users
 from app.web import current_actor, site_pages
 from app.web.filters import SiteFilters
 
@@ -81,13 +81,25 @@ def token_revoke(token_id: int) -> Any:
     return redirect(url_for(".tokens"))
 
 
+def profile_context(email_form: EmailForm | None = None,
+                    password_form: PasswordForm | None = None,
+                    channel_form: ChannelForm | None = None) -> dict[str, Any]:
+    """What the profile page shows; the forms not given are fresh (not filled from
+    another form's submission)."""
+    actor = current_actor()
+    return {"email_form": email_form or EmailForm(formdata=None),
+            "password_form": password_form or PasswordForm(formdata=None),
+            "channel_form": channel_form or ChannelForm(formdata=None),
+            "sessions": users.list_sessions(actor),
+            "self_service_email": email_change.self_service(),
+            "this_session": users.current_session_id(actor),
+            "channels": notifiers.channel_summaries(actor)}
+
+
 def _profile_page(email_form: EmailForm, password_form: PasswordForm) -> Any:
     status = max(form_status(email_form), form_status(password_form))
-    actor = current_actor()
-    return render_template("client/profile_form.html", email_form=email_form,
-                           password_form=password_form, sessions=users.list_sessions(actor),
-                           self_service_email=email_change.self_service(),
-                           this_session=users.current_session_id(actor)), status
+    return render_template("client/profile_form.html",
+                           **profile_context(email_form, password_form)), status
 
 
 @bp.get("/profile")

@@ -44,6 +44,10 @@ EXPECTED = {
     "/api/v1/users/{user_id}/domains/{grant_id}": {"delete"},
     "/api/v1/audit": {"get"},
     "/api/v1/jobs": {"get"},
+    "/api/v1/notification-channels": {"get", "post"},
+    "/api/v1/notification-channels/{channel_id}": {"get", "patch", "delete"},
+    "/api/v1/notification-channels/{channel_id}/test": {"post"},
+    "/api/v1/notification-channels/{channel_id}/deliveries": {"get"},
 }
 HTTP_METHODS = {"get", "put", "post", "patch", "delete", "head", "options"}
 

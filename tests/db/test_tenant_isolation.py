@@ -26,6 +26,8 @@ OWNED = {
     "deployments": lambda victim: factories.make_rollout(
         factories.make_site(victim, "deployed.example.com")).id,
     "sessions": lambda victim: _victim_session(victim),
+    "notifications": lambda victim: _victim_channel(victim),
+    "notification-channels": lambda victim: _victim_channel(victim),
 }
 
 
@@ -35,11 +37,22 @@ def _victim_session(victim: Any) -> int:
 
     users.start_session(victim, "203.0.113.9", "victim's browser")
     return _db.session.query(UserSession).filter_by(user_id=victim.id).one().id
+
+
+def _victim_channel(victim: Any) -> int:
+    from app.services import notifiers
+
+    return notifiers.create_channel(victim, notifiers.ChannelInput(
+        name="victim", kind="email", target="victim@example.test")).id
+
+
 # Segments whose routes are for administrators only: a client gets 403 there.
 ADMIN_ONLY = {"nodes", "users", "pools", "audit", "dns-providers", "settings"}
 
 SITE_JSON = {"domain": "attacker.example.com", "backends": [{"host": "127.0.0.1", "port": 80}],
              "websocket": True}
+# A valid body for the other kinds' changes, so that the request reaches the lookup.
+JSON_BODIES = {"notification-channels": {"name": "attacker", "enabled": False}}
 SITE_FORM = {"domain": "attacker.example.com", "backends": "127.0.0.1:80", "pool": "default",
              "backend_protocol": "http", "ssl_mode": "none", "waf_level": "off",
              "geo_mode": "off", "cache_ttl": "300", "websocket": "y"}
@@ -111,7 +124,7 @@ def test_other_clients_ids_answer_404_and_change_nothing(app, alice, bob, surfac
                 if method in {"POST", "PUT", "PATCH"}:
                     # Actions take no site fields: a valid body reaches the lookup.
                     kwargs["json"] = ({} if url.endswith(("/deploy", "/certificate"))
-                                      else SITE_JSON)
+                                      else JSON_BODIES.get(segment, SITE_JSON))
             elif method == "POST":
                 kwargs["data"] = SITE_FORM
             response = attacker.open(url, method=method, **kwargs)

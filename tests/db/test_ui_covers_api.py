@@ -2,12 +2,13 @@
 
 Every API operation found in the URL map must map to the UI page or action that
 does the same; a new API operation fails this test until its UI counterpart exists.
-The UI actions themselves are exercised in test_admin_ui.py and test_client_ui.py.
+The UI actions themselves are exercised in test_admin_ui.py, test_client_ui.py and
+test_notification_ui.py.
 """
 
 from __future__ import annotations
 
-from app.services import dns_providers
+from app.services import dns_providers, notifiers
 from tests import factories
 
 UI_FOR_API = {
@@ -72,6 +73,13 @@ UI_FOR_API = {
     ("tokens.Tokens", "GET"): "client.tokens",
     ("tokens.Tokens", "POST"): "client.tokens",
     ("tokens.TokenItem", "DELETE"): "client.token_revoke",
+    ("notification_channels.Channels", "GET"): "client.profile",
+    ("notification_channels.Channels", "POST"): "client.notification_channel_create",
+    ("notification_channels.Channel", "GET"): "client.notification_channel_edit",
+    ("notification_channels.Channel", "PATCH"): "client.notification_channel_edit",
+    ("notification_channels.Channel", "DELETE"): "client.notification_channel_delete",
+    ("notification_channels.ChannelTest", "POST"): "client.notification_channel_test",
+    ("notification_channels.ChannelDeliveries", "GET"): "client.notification_channel_edit",
 }
 NOT_AN_OPERATION = {"api-docs.openapi_json"}
 
@@ -101,6 +109,8 @@ def test_ui_counterparts_exist_and_answer_the_admin(app, admin, admin_client):
     ids["provider_id"] = dns_providers.create_provider(admin, {
         "name": "main", "zone": "example.com", "server": "127.0.0.1", "tsig_name": "acme-key",
         "tsig_secret": "a2V5LWtleS1rZXkta2V5LWtleS1rZXk="}).id
+    ids["channel_id"] = notifiers.create_channel(admin, notifiers.ChannelInput(
+        name="mail", kind="email", target="admin@example.com")).id
     endpoints = {rule.endpoint: rule for rule in app.url_map.iter_rules()}
     for ui_endpoint in set(UI_FOR_API.values()):
         assert ui_endpoint in endpoints, ui_endpoint

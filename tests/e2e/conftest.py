@@ -28,6 +28,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_play
 from tests.components import ROOT, AppServer, app_env, flask_cli
 from tests.fleet import start_nginx
 from tests.nginx_node import NginxNode
+from tests.notice_servers import FakeTelegram
 from tests.pebble import ChallTestSrv, Pebble, start_nginx_on
 from tests.processes import free_port, require_binary
 from tests.smtp import SmtpServer
@@ -43,6 +44,9 @@ NODE_ADDRESS = "127.0.0.61"
 SHARED_NODE_ADDRESS = "127.0.0.62"
 SHARED_POOL = "shared"
 MAIL_ADDRESS = "127.0.0.66"
+TELEGRAM_ADDRESS = "127.0.0.67"
+#: The bot token the product's Telegram stand-in accepts (any other is refused).
+TELEGRAM_TOKEN = "424242:" + "E" * 35
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 ARTIFACTS = Path(os.environ.get("E2E_ARTIFACTS", os.path.join(ROOT, "test-artifacts", "e2e")))
@@ -96,9 +100,20 @@ def mailbox() -> Iterator[SmtpServer]:
 
 
 @pytest.fixture(scope="session")
-def product_env(pebble: Pebble, mailbox: SmtpServer) -> dict[str, str]:
+def telegram() -> Iterator[FakeTelegram]:
+    """The Telegram Bot API the product's notices go to: it keeps every message sent
+    with ``TELEGRAM_TOKEN``.  Like the mail server, it runs in this process."""
+    server = FakeTelegram(TELEGRAM_ADDRESS, token=TELEGRAM_TOKEN)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def product_env(pebble: Pebble, mailbox: SmtpServer, telegram: FakeTelegram) -> dict[str, str]:
     """Settings of the product under test: its own SQLite database, the local CA, the
-    local mail server."""
+    local mail server, the local Telegram Bot API."""
     directory = tempfile.mkdtemp(prefix="rpcc-e2e-")
     return app_env(f"sqlite:///{directory}/rpcc.db", SIGN_IN_ADDRESS_FAILURES="200",
                    SCHEDULER_HEARTBEAT="2", E2E_DIRECTORY=directory,
@@ -106,6 +121,7 @@ def product_env(pebble: Pebble, mailbox: SmtpServer) -> dict[str, str]:
                    ACME_EMAIL="certs@example.test",
                    SMTP_HOST=mailbox.host, SMTP_PORT=str(mailbox.port), SMTP_SECURITY="none",
                    MAIL_FROM="Control Center <rpcc@example.test>",
+                   TELEGRAM_API_BASE_URL=telegram.url,
                    # The suite's nginx nodes run from prefixes under /tmp, which no
                    # offered command names: the administrator types them.
                    ALLOW_CUSTOM_NODE_COMMANDS="1")

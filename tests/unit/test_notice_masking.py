@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.services.notifiers import mask
+from app.services.notifiers import NOTIFIERS, mask
 from app.services.notifiers.masking import ADDRESS_WORD
 
 
@@ -37,3 +37,15 @@ def test_ip_addresses_become_a_word(address: str) -> None:
 def test_prose_and_times_stay_readable() -> None:
     assert mask("At 12:30:45 the rollout stopped, e.g. on 3 of 4 nodes.") == (
         "At 12:30:45 the rollout stopped, e.g. on 3 of 4 nodes.")
+
+
+@pytest.mark.parametrize(("kind", "target", "shown"), [
+    ("telegram", "123456789", "1*******9"),
+    ("telegram", "@opschannel", "@*********l"),
+    ("email", "alice@shop.example.com", "a***e@s**p.e*****e.com"),
+    ("webhook", "https://hooks.example.com/services/T0/B0/key", "https://h***s.e*****e.com/…"),
+    ("webhook", "http://127.0.0.9:8080/hook?token=x", f"http://{ADDRESS_WORD}:8080/…"),
+    ("webhook", "https://[2001:db8::1]/", f"https://{ADDRESS_WORD}"),
+])
+def test_channel_lists_show_targets_masked(kind: str, target: str, shown: str) -> None:
+    assert NOTIFIERS[kind].shown_target(target) == shown

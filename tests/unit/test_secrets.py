@@ -10,6 +10,7 @@ def test_encrypted_columns_are_discovered_from_the_models():
         ("users", "totp_secret"), ("nodes", "ssh_private_key"), ("nodes", "ssh_password"),
         ("config_blobs", "content"), ("acme_accounts", "key_pem"),
         ("certificates", "key_pem"), ("dns_providers", "tsig_secret"),
+        ("notification_channels", "secret"),
     }
 
 

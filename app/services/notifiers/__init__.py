@@ -8,9 +8,13 @@ the package's only door: other modules import these names, never the submodules.
 
 from app.services.notifiers.base import DeliveryFailed, Notice, Notifier
 from app.services.notifiers.channels import (
+    DEFAULT_EVENTS,
     EVENTS,
     NOTIFIERS,
     ChannelInput,
+    ChannelSummary,
+    channel_summaries,
+    channel_summary,
     channel_to_dict,
     create_channel,
     delete_channel,
@@ -27,13 +31,17 @@ from app.services.notifiers.events import DEPLOYMENT_FAILED, rollout_concluded
 from app.services.notifiers.masking import mask
 
 __all__ = [
+    "DEFAULT_EVENTS",
     "DEPLOYMENT_FAILED",
     "EVENTS",
     "NOTIFIERS",
     "ChannelInput",
+    "ChannelSummary",
     "DeliveryFailed",
     "Notice",
     "Notifier",
+    "channel_summaries",
+    "channel_summary",
     "channel_to_dict",
     "create_channel",
     "delete_channel",

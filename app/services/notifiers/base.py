@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from app.models import NotificationChannel
+from app.services.notifiers.masking import mask
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,14 @@ class DeliveryFailed(Exception):
 class Notifier:
     """One kind of channel: how its settings are checked and how a notice is sent.
 
+    :cvar label: the kind's name as people read it.
     :cvar attempts: how many times a notice is tried before its delivery is failed.
     :cvar target_label: what ``target`` is for this kind, in the forms and the API.
     :cvar secret_label: what ``secret`` is, or "" when the kind has none.
     """
 
     kind: ClassVar[str]
+    label: ClassVar[str]
     attempts: ClassVar[int] = 1
     target_label: ClassVar[str]
     secret_label: ClassVar[str] = ""
@@ -49,6 +52,11 @@ class Notifier:
 
         :raises ValueError: with a message for the field."""
         return secret
+
+    def shown_target(self, target: str) -> str:
+        """The target as lists show it: enough for its owner to tell channels apart,
+        too little for someone looking over their shoulder to use."""
+        return mask(target)
 
     def send(self, channel: NotificationChannel, notice: Notice) -> None:
         """Hand one notice over, waiting (with a timeout) for the answer.

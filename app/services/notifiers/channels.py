@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from app.errors import ValidationError
@@ -65,6 +65,17 @@ class ChannelInput:
     events: list[str] | None = None
 
 
+@dataclass(frozen=True)
+class ChannelSummary:
+    """A channel as its owner's list shows it: the target masked (see each notifier's
+    ``shown_target``) and its latest delivery, if any."""
+
+    channel: NotificationChannel
+    kind_label: str
+    shown_target: str
+    last_delivery: NotificationDelivery | None
+
+
 # ----------------------------------------------------------------------------- channels
 
 def list_channels(actor: User) -> list[NotificationChannel]:
@@ -72,6 +83,31 @@ def list_channels(actor: User) -> list[NotificationChannel]:
     return list(db.session.scalars(select(NotificationChannel)
                                    .where(NotificationChannel.owner_id == actor.id)
                                    .order_by(NotificationChannel.id)))
+
+
+def channel_summaries(actor: User) -> list[ChannelSummary]:
+    """The actor's channels with what their list shows of each."""
+    latest = (select(func.max(NotificationDelivery.id)).join(NotificationChannel)
+              .where(NotificationChannel.owner_id == actor.id)
+              .group_by(NotificationDelivery.channel_id))
+    last = {d.channel_id: d for d in db.session.scalars(
+        select(NotificationDelivery).where(NotificationDelivery.id.in_(latest)))}
+    return [_summary(channel, last.get(channel.id)) for channel in list_channels(actor)]
+
+
+def channel_summary(actor: User, channel_id: int) -> ChannelSummary:
+    """One of the actor's channels as its list shows it."""
+    channel = get_channel(actor, channel_id)
+    last = db.session.scalars(select(NotificationDelivery)
+                              .where(NotificationDelivery.channel_id == channel.id)
+                              .order_by(NotificationDelivery.id.desc()).limit(1)).first()
+    return _summary(channel, last)
+
+
+def _summary(channel: NotificationChannel,
+             last: NotificationDelivery | None) -> ChannelSummary:
+    notifier = NOTIFIERS[channel.kind.value]
+    return ChannelSummary(channel, notifier.label, notifier.shown_target(channel.target), last)
 
 
 def get_channel(actor: User, channel_id: int) -> NotificationChannel:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from urllib.parse import urlsplit
 
 from publicsuffixlist import PublicSuffixList
 
@@ -45,13 +46,36 @@ def mask_name(name: str) -> str:
     if suffix == lowered:
         return lowered
     labels = lowered[: -len(suffix) - 1].split(".")
-    return ".".join([*(_mask_label(label) for label in labels), suffix])
+    return ".".join([*(mask_word(label) for label in labels), suffix])
 
 
-def _mask_label(label: str) -> str:
-    if len(label) <= 2:
-        return label
-    return label[0] + "*" * (len(label) - 2) + label[-1]
+def mask_word(word: str) -> str:
+    """``word`` with only its first and last characters kept (two or fewer stay)."""
+    if len(word) <= 2:
+        return word
+    return word[0] + "*" * (len(word) - 2) + word[-1]
+
+
+def mask_url(url: str) -> str:
+    """A URL reduced to its scheme, its masked host and port, and "/…" for any path or
+    query (where services often put a key)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        host = mask_name(host) if "." in host else mask_word(host)
+    else:
+        host = ADDRESS_WORD
+    port = f":{parts.port}" if parts.port is not None else ""
+    rest = "/…" if parts.path.strip("/") or parts.query else ""
+    return f"{parts.scheme}://{host}{port}{rest}"
+
+
+def mask_address(address: str) -> str:
+    """An e-mail address with its local part and its domain masked."""
+    local, _, domain = address.rpartition("@")
+    return f"{mask_word(local)}@{mask_name(domain)}" if local else mask_word(address)
 
 
 def _address_or_same(match: re.Match[str]) -> str:

@@ -16,6 +16,7 @@ from flask import current_app
 
 from app.models import NotificationChannel
 from app.services.notifiers.base import DeliveryFailed, Notice, Notifier
+from app.services.notifiers.masking import mask_word
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ def split_message(subject: str, text: str, limit: int = MAX_MESSAGE) -> list[str
 
 class TelegramNotifier(Notifier):
     kind = "telegram"
+    label = "Telegram"
     attempts = 2
     target_label = "Chat id (a number, or @channel)"
     secret_label = "Bot token"
@@ -58,6 +60,9 @@ class TelegramNotifier(Notifier):
         if not _CHAT_ID.match(target):
             raise ValueError("must be a chat id (digits, may start with -) or an @channel name")
         return target
+
+    def shown_target(self, target: str) -> str:
+        return mask_word(target)
 
     def clean_secret(self, secret: str) -> str:
         secret = secret.strip()

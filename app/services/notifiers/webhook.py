@@ -24,6 +24,7 @@ import requests
 from app.models import NotificationChannel
 from app.services import backends
 from app.services.notifiers.base import DeliveryFailed, Notice, Notifier
+from app.services.notifiers.masking import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def url_refusal(url: str) -> str | None:
 
 class WebhookNotifier(Notifier):
     kind = "webhook"
+    label = "Webhook"
     attempts = 3
     target_label = "URL (https:// or http://)"
     secret_label = "Secret (signs each request)"
@@ -71,6 +73,9 @@ class WebhookNotifier(Notifier):
         if reason is not None:
             raise ValueError(reason)
         return target
+
+    def shown_target(self, target: str) -> str:
+        return mask_url(target)
 
     def clean_secret(self, secret: str) -> str:
         if not 16 <= len(secret) <= 256 or any(ord(ch) < 32 or ord(ch) == 127
