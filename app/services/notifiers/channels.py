@@ -197,14 +197,6 @@ def list_deliveries(actor: User, channel_id: int, limit: int = 20) -> list[Notif
                                    .order_by(NotificationDelivery.id.desc()).limit(limit)))
 
 
-def recent_deliveries(actor: User, limit: int = 10) -> list[NotificationDelivery]:
-    """The actor's latest deliveries over all their channels, newest first."""
-    return list(db.session.scalars(
-        select(NotificationDelivery).join(NotificationChannel)
-        .where(NotificationChannel.owner_id == actor.id)
-        .order_by(NotificationDelivery.id.desc()).limit(limit)))
-
-
 def send_test(actor: User, channel_id: int) -> NotificationDelivery:
     """Send a test notice to one of the actor's channels, in the background."""
     channel = get_channel(actor, channel_id)
