@@ -9,7 +9,7 @@ from app.connector.errors import (
     RemoteFileError,
     UnreachableError,
 )
-from app.connector.pool import CommandResult, SSHConnectionPool, SSHTarget
+from app.connector.pool import CommandResult, SSHConnectionPool, SSHTarget, check_tree_path
 
 __all__ = [
     "AuthenticationFailed",
@@ -22,4 +22,5 @@ __all__ = [
     "SSHConnectionPool",
     "SSHTarget",
     "UnreachableError",
+    "check_tree_path",
 ]

@@ -1035,16 +1035,24 @@ def _absolute(path: str) -> str:
     return path.rstrip("/") or "/"
 
 
+def check_tree_path(relative: str) -> str:
+    """``relative`` if it names a file inside a tree: a path that is absolute, empty,
+    or has '.', '..' or an empty part could reach outside it, on the node.
+
+    :raises ValueError: for any other path."""
+    if not relative or relative.startswith("/") or "\0" in relative \
+            or any(part in ("", ".", "..") for part in relative.split("/")):
+        raise ValueError(f"not a relative file path inside the tree: {relative!r}")
+    return relative
+
+
 def _tree_plan(files: Mapping[str, bytes]) -> tuple[list[str], list[tuple[str, bytes]]]:
     """Directories to create (parents first) and files to write, after refusing any
     path that could leave the tree."""
     directories: set[str] = set()
     ordered: list[tuple[str, bytes]] = []
     for relative in sorted(files):
-        parts = relative.split("/")
-        if not relative or relative.startswith("/") or "\0" in relative \
-                or any(part in ("", ".", "..") for part in parts):
-            raise ValueError(f"not a relative file path inside the tree: {relative!r}")
+        parts = check_tree_path(relative).split("/")
         for depth in range(1, len(parts)):
             directories.add("/".join(parts[:depth]))
         ordered.append((relative, bytes(files[relative])))

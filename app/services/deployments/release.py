@@ -23,6 +23,7 @@ from app.connector import (
     RemoteFileError,
     SSHConnectionPool,
     SSHTarget,
+    check_tree_path,
 )
 from app.services.deployments.verify import OldGeneration, verify_sites, wait_for_probe
 
@@ -320,6 +321,9 @@ class Release:
                     if base.get(path) != digest}
             removed = sorted(path for path in base if path not in manifest)
             base_digest = manifest_digest(base)
+        # Names reach tar and rm on the node: none may point outside the release.
+        for path in (*sent, *removed):
+            check_tree_path(path)
         archive = tar_archive(sent)
         details.update(mode="incremental" if base is not None else "full", files=len(sent),
                        removed=len(removed), bytes=len(archive))
