@@ -75,7 +75,7 @@ from app.services import deployments, nodes, sites  # noqa: E402
 from tests import factories  # noqa: E402
 from tests.fleet import FleetNode, register, release_dirs  # noqa: E402
 from tests.nginx_node import NginxNode, allow_open_files, fetch  # noqa: E402
-from tests.sshd import SshServer  # noqa: E402
+from tests.sshd import SshServer, below, process_children  # noqa: E402
 
 DOMAIN = "fanout.example.com"
 HEADER = "X-Bench"
@@ -128,33 +128,6 @@ def start_node(address: str) -> NginxNode:
     node.write_main_conf(f"{empty.include_line}\n    include {bare};")
     node.start()
     return node
-
-
-def process_children() -> dict[int, list[int]]:
-    """Every process's children, from one pass over /proc (a fleet of 200 nodes runs
-    over a thousand processes: one pass per node would take seconds)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                # The command name may contain spaces and parentheses: split after it.
-                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    return children
-
-
-def below(children: dict[int, list[int]], pid: int) -> list[int]:
-    found: list[int] = []
-    pending = [pid]
-    while pending:
-        for child in children.get(pending.pop(), []):
-            found.append(child)
-            pending.append(child)
-    return found
 
 
 def memory_mb(pids: list[int]) -> tuple[float, float]:

@@ -57,9 +57,9 @@ def ssh_keygen_fingerprint(public_key_file: Path) -> str:
     return out.split()[1]
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (sshd's per-connection monitors, their session
-    children and the commands they run)."""
+def process_children() -> dict[int, list[int]]:
+    """Every process's children, from one pass over /proc (a fleet of hundreds of
+    nodes runs thousands of processes: one pass per node would take seconds)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -71,6 +71,11 @@ def descendants(pid: int) -> list[int]:
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def below(children: dict[int, list[int]], pid: int) -> list[int]:
+    """Every process below ``pid`` in a map from :func:`process_children`."""
     found: list[int] = []
     pending = [pid]
     while pending:
@@ -78,6 +83,12 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             pending.append(child)
     return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (sshd's per-connection monitors, their session
+    children and the commands they run)."""
+    return below(process_children(), pid)
 
 
 def _kill(pids: Sequence[int], sig: int = signal.SIGKILL) -> None:
