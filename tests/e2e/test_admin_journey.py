@@ -84,6 +84,8 @@ def test_an_administrator_sets_up_a_pool_a_node_and_a_client(journey_factory, pr
     password = page.get_by_label("password for carol").input_value()
     assert len(password) >= 12
     journey.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    # The button works once the page's script has loaded: a click before is lost.
+    page.wait_for_load_state("load")
     page.get_by_role("button", name="Copy").click()
     expect(page.locator("#password-copied")).to_have_text("Copied.")
     assert page.evaluate("navigator.clipboard.readText()") == password
