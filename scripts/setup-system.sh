@@ -9,7 +9,7 @@ packages=(python3 python3-venv python3-pip)
 if [ "$mode" = test ]; then
   packages+=(postgresql memcached iproute2 util-linux openssh-server
              nginx-light libnginx-mod-http-modsecurity libnginx-mod-http-geoip2 modsecurity-crs
-             caddy pebble knot knot-dnsutils openssl chromium)
+             caddy pebble knot knot-dnsutils openssl chromium glances)
 fi
 missing=()
 for pkg in "${packages[@]}"; do
@@ -36,7 +36,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The distribution's PostgreSQL service is not used: tests start their own.
 if [ "$mode" = test ] && command -v systemctl >/dev/null 2>&1; then
-  systemctl disable --now postgresql memcached nginx caddy >/dev/null 2>&1 || true
+  systemctl disable --now postgresql memcached nginx caddy glances >/dev/null 2>&1 || true
 fi
 
 python=${PYTHON:-python3}

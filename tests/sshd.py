@@ -226,7 +226,7 @@ class SshServer:
             "PrintMotd no",
             "PermitTTY no",
             "X11Forwarding no",
-            "AllowTcpForwarding no",
+            "AllowTcpForwarding local",
             "AllowAgentForwarding no",
         ]) + "\n"
 

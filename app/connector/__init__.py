@@ -6,6 +6,7 @@ from app.connector.errors import (
     CommandTimeout,
     ConnectorError,
     HostKeyChanged,
+    PortClosed,
     RemoteFileError,
     UnreachableError,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "CommandTimeout",
     "ConnectorError",
     "HostKeyChanged",
+    "PortClosed",
     "RemoteFileError",
     "SSHConnectionPool",
     "SSHTarget",

@@ -45,6 +45,11 @@ class HostKeyChanged(ConnectorError):
                 f"presented {self.presented}; refusing to connect")
 
 
+class PortClosed(ConnectorError):
+    """The node refused a forwarded channel: nothing listens on that address and port
+    on the node, or its sshd does not allow forwarding."""
+
+
 class CommandTimeout(ConnectorError):
     """A command or file operation did not finish within its timeout."""
 

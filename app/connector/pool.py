@@ -64,6 +64,7 @@ from app.connector.errors import (
     CommandTimeout,
     ConnectorError,
     HostKeyChanged,
+    PortClosed,
     RemoteFileError,
     UnreachableError,
 )
@@ -360,6 +361,43 @@ class SSHConnectionPool:
         else:
             command = shlex.join(["sh", "-c", _DRAIN_STDIN, "sh", *argv])
         return self._command(target, command, f"command {argv[0]!r}", timeout, stdin)
+
+    def tunnel(self, target: SSHTarget, host: str, port: int,
+               body: Callable[[paramiko.Channel], T], *, timeout: float | None = None) -> T:
+        """Call ``body`` with a channel forwarded to ``host:port`` as the node sees it
+        (usually its loopback), over the node's pooled connection.
+
+        This is how services that listen only on a node's loopback (Glances, the
+        proxy's status page) are read without opening a port.  The channel is a
+        socket-like object (``sendall``, ``recv``, ``makefile``) with ``timeout`` on
+        each operation, closed when ``body`` returns.  Opening it is retried like any
+        idempotent call; ``body`` runs once.
+
+        :raises PortClosed: if the node refuses the channel (nothing listens there).
+        :raises CommandTimeout: if the channel stalls for ``timeout`` seconds.
+        """
+        seconds = self.operation_timeout if timeout is None else timeout
+        what = f"a channel to port {port}"
+
+        def attempt(conn: _Connection) -> T:
+            try:
+                channel = conn.transport.open_channel(
+                    "direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=seconds)
+            except paramiko.ChannelException as exc:
+                raise PortClosed(f"node {target.node_id}: nothing answers on {host}:{port} "
+                                 f"there ({exc.text or 'channel refused'})") from None
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                raise _Transient(f"could not open {what}: {_describe(exc)}") from exc
+            channel.settimeout(seconds)
+            try:
+                return body(channel)
+            except TimeoutError:
+                raise CommandTimeout(f"node {target.node_id}: {what} stalled for more than "
+                                     f"{seconds:g}s") from None
+            finally:
+                _close_quietly(channel, "forwarded channel", target.node_id)
+
+        return self._call(target, what, attempt, idempotent=True)
 
     def _command(self, target: SSHTarget, command: str, what: str, timeout: float | None,
                  stdin: bytes | None = None,

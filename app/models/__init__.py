@@ -1,5 +1,15 @@
 """All models, importable from one place (Alembic needs them registered)."""
 
+from app.models.alert import (
+    Alert,
+    AlertKind,
+    AlertRule,
+    AlertSeverity,
+    AlertState,
+    AlertTransition,
+    Silence,
+    SubjectKind,
+)
 from app.models.audit import AuditLog
 from app.models.certificate import (
     AcmeAccount,
@@ -20,6 +30,13 @@ from app.models.deployment import (
     RolloutKind,
 )
 from app.models.jobs import JobRun, JobStatus, SchedulerLease
+from app.models.monitoring import (
+    NameserverCheck,
+    NameserverStatus,
+    NodeMetric,
+    SiteCheck,
+    ZoneNameservers,
+)
 from app.models.node import Node, NodeStatus, Pool, ProxyType
 from app.models.notification import (
     ChannelKind,
@@ -44,6 +61,9 @@ from app.models.site import (
 from app.models.user import ApiToken, RecoveryCode, Role, User, UserSession
 
 __all__ = [
+    "Alert", "AlertKind", "AlertRule", "AlertSeverity", "AlertState", "AlertTransition",
+    "Silence", "SubjectKind",
+    "NameserverCheck", "NameserverStatus", "NodeMetric", "SiteCheck", "ZoneNameservers",
     "AcmeAccount", "AcmeChallenge", "Certificate", "CertificateAttempt",
     "CertificateProvider", "CertificateStatus", "DnsProvider", "JobRun", "JobStatus",
     "SchedulerLease", "Setting",

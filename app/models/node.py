@@ -88,6 +88,11 @@ class Node(TimestampMixin, db.Model):
     drift_details: Mapped[str] = mapped_column(Text, default="", server_default="")
     drift_checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
                                                               nullable=True)
+    # What the last metrics poll learnt: the Glances API version it speaks ("3" or "4",
+    # None when no Glances answered) and, when it failed, why in words.
+    glances_api: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    metrics_error: Mapped[str] = mapped_column(String(300), default="", server_default="")
+    metrics_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     pool: Mapped[Pool] = relationship(back_populates="nodes")
 

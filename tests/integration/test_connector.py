@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from app.connector import (
     CommandTimeout,
     ConnectorError,
     HostKeyChanged,
+    PortClosed,
     RemoteFileError,
     SSHConnectionPool,
     UnreachableError,
@@ -356,6 +358,44 @@ def test_closed_pool_refuses_work(make_pool, sshd_server):
 
 
 # -- host keys --------------------------------------------------------------------------
+
+def test_a_tunnel_reaches_a_port_on_the_nodes_loopback_over_the_pooled_connection(
+        pool, sshd_server):
+    """What Glances and the proxy's status page are read through: a service that
+    listens only on the node's loopback, reached without opening a port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    received: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            received.append(conn.recv(100))
+            conn.sendall(b"pong " + received[0])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    def talk(channel) -> bytes:
+        channel.sendall(b"ping")
+        return channel.recv(100)
+
+    try:
+        assert pool.tunnel(sshd_server.target(), "127.0.0.1", port, talk) == b"pong ping"
+        assert pool.run(sshd_server.target(), ["true"]).ok
+        assert pool.stats()["connections"] == 1
+    finally:
+        thread.join(5)
+        listener.close()
+    assert received == [b"ping"]
+
+
+def test_a_tunnel_to_a_closed_port_says_nothing_answers(pool, sshd_server):
+    port = free_port()
+    with pytest.raises(PortClosed, match=f"nothing answers on 127.0.0.1:{port}"):
+        pool.tunnel(sshd_server.target(), "127.0.0.1", port, lambda channel: None)
+    assert pool.run(sshd_server.target(), ["true"]).ok
+
 
 def test_first_contact_reports_the_servers_key(make_pool, sshd_server):
     seen: list[tuple[int, str]] = []
