@@ -6,6 +6,8 @@ batch of nodes; each node still gets its own rendering.
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +22,7 @@ from app.engines import get_engine
 from app.engines.base import NodeSpec, SiteSpec
 from app.extensions import db
 from app.models import (
+    Certificate,
     Node,
     NodeStatus,
     Site,
@@ -43,12 +46,54 @@ def active_nodes(pool_id: int) -> list[Node]:
     return list(db.session.scalars(stmt))
 
 
-def pool_sites(pool_id: int) -> list[Site]:
+def pool_sites(pool_id: int, site_ids: Collection[int] | None = None) -> list[Site]:
     stmt = (select(Site).where(Site.pool_id == pool_id)
             .options(selectinload(Site.hostnames), selectinload(Site.backends),
-                     selectinload(Site.basic_auth_users))
+                     selectinload(Site.basic_auth_users), selectinload(Site.certificate))
             .order_by(Site.domain))
+    if site_ids is not None:
+        stmt = stmt.where(Site.id.in_(site_ids))
     return list(db.session.scalars(stmt))
+
+
+# What identifies one rendering of a site: its id, its config version, and when its row
+# and its certificate's row last changed (a stored certificate, or any write that did
+# not bump the version, still gives a new key; so does a fresh database reusing ids).
+SpecKey = tuple[int, int, Any, Any]
+
+
+class SpecCache:
+    """Site specs kept between rollouts, so that a rollout reads each pool's sites as a
+    few columns and builds specs only for the sites that changed: the cost of a
+    one-site change stays that of one site, however many the pool holds.  Bounded;
+    shared by the threads of one process."""
+
+    def __init__(self, limit: int = 50_000) -> None:
+        self.limit = limit
+        self._specs: OrderedDict[int, tuple[SpecKey, SiteSpec]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: SpecKey) -> SiteSpec | None:
+        with self._lock:
+            held = self._specs.get(key[0])
+            if held is None or held[0] != key:
+                return None
+            self._specs.move_to_end(key[0])
+            return held[1]
+
+    def put(self, key: SpecKey, spec: SiteSpec) -> None:
+        with self._lock:
+            self._specs[key[0]] = (key, spec)
+            self._specs.move_to_end(key[0])
+            while len(self._specs) > self.limit:
+                self._specs.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._specs.clear()
+
+
+SPECS = SpecCache()
 
 
 @dataclass(frozen=True)
@@ -56,10 +101,11 @@ class PoolState:
     """A pool's sites as the engines take them, read once for every node of a
     rollout's batch (each node still gets its own rendering).
 
-    ``accepted`` holds, per site, the settings of the last version the nodes took
-    (JSON) and its number: what a node renders for a site that is set aside.
-    ``refused`` names the sites whose current version a node refused: other
-    tenants' rollouts set them aside from the start."""
+    ``accepted`` holds, for the sites whose last version the nodes took is not their
+    current one, that version's settings (JSON) and number: what a node renders for
+    such a site when it is set aside (``None`` settings: it never had one, and is
+    left out).  ``refused`` names the sites whose current version a node refused:
+    other tenants' rollouts set them aside from the start."""
 
     specs: list[SiteSpec]
     versions: dict[str, int]
@@ -69,14 +115,42 @@ class PoolState:
 
     @classmethod
     def load(cls, pool_id: int) -> PoolState:
-        sites = pool_sites(pool_id)
-        return cls(specs=[rendering.site_spec(site) for site in sites],
-                   versions={str(site.id): site.config_version for site in sites},
-                   domains={site.id: site.domain for site in sites},
-                   accepted={site.id: (site.accepted_spec, site.accepted_version)
-                             for site in sites},
-                   refused=frozenset(site.id for site in sites
-                                     if site.refused_version == site.config_version))
+        rows = db.session.execute(
+            select(Site.id, Site.domain, Site.config_version, Site.updated_at,
+                   Certificate.updated_at, Site.accepted_version, Site.refused_version)
+            .outerjoin(Certificate, Certificate.site_id == Site.id)
+            .where(Site.pool_id == pool_id).order_by(Site.domain)).all()
+        keys = {row[0]: (row[0], row[2], row[3], row[4]) for row in rows}
+        cached = {site_id: SPECS.get(key) for site_id, key in keys.items()}
+        missing = [site_id for site_id, spec in cached.items() if spec is None]
+        if missing:
+            for site in pool_sites(pool_id, missing):
+                spec = rendering.site_spec(site)
+                key = (site.id, site.config_version, site.updated_at,
+                       site.certificate.updated_at if site.certificate else None)
+                SPECS.put(key, spec)
+                if key == keys.get(site.id):
+                    cached[site.id] = spec
+        specs = []
+        for row in rows:
+            found = cached.get(row[0])
+            if found is None:  # changed between the two reads: the newer read wins
+                current = db.session.get(Site, row[0])
+                if current is None:
+                    continue
+                found = rendering.site_spec(current)
+            specs.append(found)
+        stale = [row[0] for row in rows if row[5] != row[2]]
+        accepted: dict[int, tuple[dict[str, Any] | None, int | None]] = {}
+        if stale:
+            accepted = {row[0]: (row[1], row[2]) for row in db.session.execute(
+                select(Site.id, Site.accepted_spec, Site.accepted_version)
+                .where(Site.id.in_(stale)))}
+        return cls(specs=specs,
+                   versions={str(spec.id): spec.config_version for spec in specs},
+                   domains={row[0]: row[1] for row in rows},
+                   accepted=accepted,
+                   refused=frozenset(row[0] for row in rows if row[6] == row[2]))
 
     def with_aside(self, aside: Collection[int]) -> tuple[list[SiteSpec], dict[str, int]]:
         """The specs and versions with the sites in ``aside`` at their accepted
@@ -88,7 +162,10 @@ class PoolState:
             if spec.id not in aside:
                 specs.append(spec)
                 continue
-            data, version = self.accepted.get(spec.id, (None, None))
+            if spec.id not in self.accepted:  # the nodes took its current version
+                specs.append(spec)
+                continue
+            data, version = self.accepted[spec.id]
             if data is None or version is None:
                 versions.pop(str(spec.id), None)
                 continue
