@@ -4,7 +4,10 @@ the pool has grown to thousands of sites.
 
 Prints, in one run: the warm one-site change with 1 site in the pool (median of a
 few runs, the baseline), the first deployment of the big pool, the warm one-site
-change in the big pool (median), their ratio against the goal (at most 3x), what each
+change in the big pool (median), their ratio against the goal (at most 3x), the same
+change made by ``deploy_fanout``'s bare push (one file + test + reload + HTTP check,
+no control plane) to the same nodes at each pool size, which is the floor the nodes'
+nginx sets (it parses every site of the pool twice per change, whoever sends it), what each
 deployment sent to a node (files and bytes of the upload step), the control plane's
 CPU seconds per node per deploy, and how much the database grew for one change.
 Every run is checked outside the timed part: the rollout succeeded and every node
@@ -35,13 +38,19 @@ from app.engines.nginx import ENGINE as NGINX  # noqa: E402
 from app.extensions import db, ssh  # noqa: E402
 from app.models import DeploymentStatus, Rollout  # noqa: E402
 from app.services import deployments, sites  # noqa: E402
-from bench.deploy_fanout import code_version, process_cpu, start_backend  # noqa: E402
+from bench.deploy_fanout import (  # noqa: E402
+    BARE_FILE,
+    DOMAIN,
+    BarePush,
+    code_version,
+    process_cpu,
+    start_backend,
+)
 from tests import factories  # noqa: E402
 from tests.fleet import FleetNode, register  # noqa: E402
 from tests.nginx_node import BASE_OPEN_FILES, NginxNode, allow_open_files, fetch  # noqa: E402
 from tests.sshd import SshServer, descendants  # noqa: E402
 
-DOMAIN = "changed.example.com"
 HEADER = "X-Bench"
 GOAL_RATIO = 3.0
 GOAL_FIRST_SECONDS = 10.0
@@ -53,13 +62,24 @@ def node_address(index: int) -> str:
 
 
 def start_node(address: str, sites_expected: int) -> NginxNode:
-    """An nginx node allowed the descriptors a pool this big needs (two logs a site)."""
+    """An nginx node allowed the descriptors a pool this big needs (two logs a site),
+    whose nginx.conf also includes the bare push's own file."""
     node = NginxNode(address=address)
-    node.write(NGINX.render(node.spec, []))
+    empty = NGINX.render(node.spec, [])
+    node.write(empty)
+    bare = node.root / BARE_FILE
+    bare.write_text("# the bare push writes this file\n")
+    bare.chmod(0o644)
     node.open_files = allow_open_files(BASE_OPEN_FILES + 2 * sites_expected + 64)
-    node.write_main_conf(NGINX.include_line(node.spec))
+    node.write_main_conf(f"{empty.include_line}\n    include {bare};")
     node.start()
     return node
+
+
+def bare_floor(bare: BarePush, repeat: int) -> float:
+    """Median seconds of the bare push to the nodes it holds."""
+    values = [float(bare.push(f"b{time.monotonic_ns()}")["seconds"]) for _ in range(repeat)]
+    return statistics.median(values)
 
 
 def database_bytes() -> int:
@@ -181,6 +201,7 @@ def main() -> None:
     sshd: SshServer | None = None
     started: list[NginxNode] = []
     backend = None
+    bare: BarePush | None = None
     try:
         with app.app_context():
             upgrade()
@@ -206,6 +227,11 @@ def main() -> None:
             small_cpu = statistics.median(c for _, c, _ in small)
             print(f"pool of 1 site: one-site change, median of {args.repeat}: "
                   f"{small_s:.3f} s ({uploads(small[-1][2])})", flush=True)
+            bare = BarePush(sshd)
+            bare.connect(fleet, min(int(app.config["DEPLOY_PARALLELISM"]), args.nodes))
+            small_bare = bare_floor(bare, args.repeat)
+            print(f"pool of 1 site: bare push, median of {args.repeat}: {small_bare:.3f} s",
+                  flush=True)
 
             t0 = time.perf_counter()
             admin.max_sites = args.sites + 10
@@ -232,6 +258,10 @@ def main() -> None:
             big_cpu = statistics.median(c for _, c, _ in big)
             print(f"pool of {args.sites} sites: one-site change, median of {args.repeat}: "
                   f"{big_s:.3f} s ({uploads(big[-1][2])})")
+            bare.connect(fleet, min(int(app.config["DEPLOY_PARALLELISM"]), args.nodes))
+            big_bare = bare_floor(bare, args.repeat)
+            print(f"pool of {args.sites} sites: bare push, median of {args.repeat}: "
+                  f"{big_bare:.3f} s", flush=True)
 
             ratio = big_s / small_s
             print("\nsummary")
@@ -239,6 +269,12 @@ def main() -> None:
             print(f"  one-site change, {args.sites}-site pool:        {big_s:.3f} s  "
                   f"ratio {ratio:.2f}x (goal at most {GOAL_RATIO:g}x): "
                   f"{'met' if ratio <= GOAL_RATIO else 'missed'}")
+            print(f"  bare push floor (same nodes, same run):   {small_bare:.3f} s (1 site), "
+                  f"{big_bare:.3f} s ({args.sites} sites): the pool's size costs the "
+                  f"bare push {big_bare - small_bare:.3f} s and the control plane's "
+                  f"change {big_s - small_s:.3f} s")
+            print(f"  one-site change against the bare push:   {small_s / small_bare:.2f}x "
+                  f"(1 site), {big_s / big_bare:.2f}x ({args.sites} sites)")
             print(f"  first deploy of the {args.sites}-site pool:     {first:.2f} s "
                   f"(goal under {GOAL_FIRST_SECONDS:g} s): "
                   f"{'met' if first < GOAL_FIRST_SECONDS else 'missed'}")
@@ -256,6 +292,8 @@ def main() -> None:
             if args.profile:
                 profile(bench, args.profile)
     finally:
+        if bare is not None:
+            bare.stop()
         ssh.reset(app)
         if backend is not None:
             backend.terminate()
