@@ -16,9 +16,10 @@ Prints cold and warm figures per fleet size against the goals (50 nodes warm und
 1.5 s and under 3x one node, at most 1.3x the bare push) and the Ansible reference;
 the median of each deployment step across nodes, in the order the rollouts recorded
 them; control-plane and node CPU per node per deploy (goal under 8 ms for the control
-plane); a DEPLOY_PARALLELISM sweep on the largest fleet; the nodes' memory; the control
-plane's peak resident memory (goal under 300 MB up to 50 nodes, 400 MB above); its open
-file descriptors before and after many warm deploys (they must not grow); the load
+plane); a DEPLOY_PARALLELISM sweep on the largest fleet; the nodes' memory; the API's
+latency while a rollout to the largest fleet runs, next to the same requests idle; the
+control plane's peak resident memory (goal under 300 MB up to 50 nodes, 400 MB above);
+its open file descriptors before and after many warm deploys (they must not grow); the load
 average at start and end; then a summary, one figure per line with its goal and
 whether it was met.  CPU seconds (the control plane = this process; the nodes = sshd
 sessions and what they ran, nginx masters and workers) are steadier than wall times
@@ -71,7 +72,7 @@ from app.engines.base import file_stem  # noqa: E402
 from app.engines.nginx import ENGINE as NGINX  # noqa: E402
 from app.extensions import db, ssh  # noqa: E402
 from app.models import DeploymentStatus, Rollout, User  # noqa: E402
-from app.services import deployments, nodes, sites  # noqa: E402
+from app.services import deployments, nodes, sites, tokens  # noqa: E402
 from tests import factories  # noqa: E402
 from tests.fleet import FleetNode, register, release_dirs  # noqa: E402
 from tests.nginx_node import NginxNode, allow_open_files, fetch  # noqa: E402
@@ -614,6 +615,61 @@ class Bench:
                        http=median(reply["http"]), stale=sum(reply["stale"]))
 
 
+RESPONSIVE_PATHS = ("/api/v1/sites?per_page=20", "/api/v1/deployments?per_page=20", "/health")
+
+
+def request_latencies(app: Flask, token: str, until: threading.Event | None,
+                      count: int = 60) -> list[float]:
+    """Seconds of each API request, one after another on one thread: ``count`` of them,
+    or until ``until`` is set.  The app's request path in the process that runs the
+    rollout, as a gunicorn worker serving requests beside its rollout threads is."""
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {token}"}
+    latencies: list[float] = []
+    index = 0
+    while (until is None and index < count) or (until is not None and not until.is_set()):
+        path = RESPONSIVE_PATHS[index % len(RESPONSIVE_PATHS)]
+        started = time.perf_counter()
+        reply = client.get(path, headers=headers)
+        latencies.append(time.perf_counter() - started)
+        if reply.status_code >= 400 and path != "/health":
+            raise RuntimeError(f"GET {path} answered {reply.status_code}")
+        index += 1
+    return latencies
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
+
+
+def responsiveness(bench: Bench, active: list[FleetNode], token: str) -> str:
+    """API latencies while a warm rollout to ``active`` runs, next to the same requests
+    with nothing running, measured now; returns the summary line."""
+    idle = request_latencies(bench.app, token, None)
+    done = threading.Event()
+    during: list[float] = []
+
+    def poll() -> None:
+        during.extend(request_latencies(bench.app, token, done))
+
+    thread = threading.Thread(target=poll, name="bench-api")
+    thread.start()
+    try:
+        run, value = bench.deploy_change()
+    finally:
+        done.set()
+        thread.join()
+    bench.check(run, active, value)
+    line = (f"API while a rollout to {len(active)} nodes runs ({run.seconds:.2f} s, "
+            f"{len(during)} requests): p50 {1000 * percentile(during, 0.5):.0f} ms, p95 "
+            f"{1000 * percentile(during, 0.95):.0f} ms, max {1000 * max(during):.0f} ms; "
+            f"idle, same requests: p50 {1000 * percentile(idle, 0.5):.0f} ms, p95 "
+            f"{1000 * percentile(idle, 0.95):.0f} ms")
+    print(line, flush=True)
+    return line
+
+
 def merge_order(order: list[str], names: list[str]) -> None:
     """Add the step names not seen yet to ``order``, each after the step that ran
     before it (a node's first deployment has ``adopt`` and ``swap`` after ``upload``)."""
@@ -1048,6 +1104,8 @@ def main() -> None:
                       f"median {median([r.seconds for r in result.warm]):.3f} s; bare push "
                       f"median {median([r.seconds for r in result.bare]):.3f} s", flush=True)
             rss_largest = results[-1].rss_kb
+            api_token = tokens.create_token(admin, "bench")[1]
+            responsive_line = responsiveness(bench, bench.activate(largest), api_token)
 
             print(f"\nend-to-end deploy of one site change (update_site + deploy_site + wait), "
                   f"DEPLOY_PARALLELISM={parallelism}, warm = median of {args.repeat}")
@@ -1236,6 +1294,7 @@ def main() -> None:
               f"goal no growth -> {verdict(fds_after <= fds_before)}")
         print(f"rollouts with a node serving the previous value when wait() returned: "
               f"{len(bench.stale_runs)} of {len(bench.checked_runs)} (no goal)")
+        print(responsive_line + " (no goal)")
     finally:
         sampler.stop()
         ssh.reset(app)
