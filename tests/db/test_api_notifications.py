@@ -29,7 +29,8 @@ def test_channels_are_created_listed_changed_and_deleted_without_showing_secrets
     made = create(client, headers, name="phone", kind="telegram", target="42", secret=TOKEN)
     assert made.status_code == 201, made.get_json()
     channel = made.get_json()
-    assert channel["has_secret"] and channel["events"] == ["deployment.failed", "test"]
+    assert channel["has_secret"] and channel["events"] == ["deployment.failed", "alert.firing",
+                                                         "alert.resolved", "test"]
     changed = client.patch(f"{URL}/{channel['id']}", json={"enabled": False,
                                                            "events": ["test"]},
                            headers=headers)

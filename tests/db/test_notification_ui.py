@@ -125,5 +125,6 @@ def test_client_cannot_reach_other_clients_channel_through_the_profile(
         answer = alice_client.open(url, method=method, data={"name": "mine", "events": []})
         assert answer.status_code == 404, (method, url)
     [channel] = stored(db, bob)
-    assert (channel.name, channel.events) == ("bob", ["deployment.failed", "test"])
+    assert (channel.name, channel.events) == ("bob", ["deployment.failed", "alert.firing",
+                                                   "alert.resolved", "test"])
     assert notifiers.list_deliveries(bob, bobs.id) == []

@@ -43,9 +43,11 @@ NOTIFIERS: dict[str, Notifier] = {n.kind: n for n in
 #: The events a channel can receive, with what people read in the forms.
 EVENTS: dict[str, str] = {
     "deployment.failed": "a deployment failed",
+    "alert.firing": "an alert fires (and reminds while it keeps firing)",
+    "alert.resolved": "an alert is resolved",
     "test": "test messages",
 }
-DEFAULT_EVENTS = ("deployment.failed", "test")
+DEFAULT_EVENTS = ("deployment.failed", "alert.firing", "alert.resolved", "test")
 MAX_CHANNELS = 20
 #: Pauses before the second and later attempts of one delivery (seconds).
 RETRY_DELAYS = (2.0, 8.0)
@@ -212,6 +214,10 @@ def send_test(actor: User, channel_id: int) -> NotificationDelivery:
     return delivery
 
 
+#: Deliveries written in a transaction and not started yet, with what each one says.
+Queued = list[tuple[int, Notice]]
+
+
 def notify(event: str, reference: str, owner_id: int | None, owner_notice: Notice,
            admin_notice: Notice) -> list[int]:
     """Send ``event`` once per subscribed, enabled channel: the owner's channels get
@@ -219,6 +225,17 @@ def notify(event: str, reference: str, owner_id: int | None, owner_notice: Notic
     ``reference`` already is skipped (the database's unique key makes sure).
 
     :returns: the ids of the deliveries started."""
+    queued = queue_notice(event, reference, owner_id, owner_notice, admin_notice)
+    db.session.commit()
+    start_queued(queued)
+    return [delivery_id for delivery_id, _ in queued]
+
+
+def queue_notice(event: str, reference: str, owner_id: int | None, owner_notice: Notice,
+                 admin_notice: Notice) -> Queued:
+    """:func:`notify`'s deliveries, written in the caller's transaction and not yet
+    sent: a caller that records what it notified in the same transaction commits once,
+    then calls :func:`start_queued`, so the record and the deliveries stand or fall together."""
     admins = select(User.id).where(User.role == Role.ADMIN, User.is_active.is_(True))
     owners = [owner_id] if owner_id is not None else []
     channels = db.session.scalars(select(NotificationChannel).where(
@@ -226,7 +243,7 @@ def notify(event: str, reference: str, owner_id: int | None, owner_notice: Notic
         NotificationChannel.owner_id.in_(owners) | NotificationChannel.owner_id.in_(admins))
         .order_by(NotificationChannel.id)).all()
     admin_ids = set(db.session.scalars(admins))
-    started: list[tuple[int, Notice]] = []
+    queued: Queued = []
     for channel in channels:
         if event not in (channel.events or []):
             continue
@@ -237,11 +254,14 @@ def notify(event: str, reference: str, owner_id: int | None, owner_notice: Notic
                 db.session.add(delivery)
         except IntegrityError:
             continue
-        started.append((delivery.id, notice))
-    db.session.commit()
-    for delivery_id, notice in started:
+        queued.append((delivery.id, notice))
+    return queued
+
+
+def start_queued(queued: Queued) -> None:
+    """Send committed deliveries of :func:`queue_notice` in the background."""
+    for delivery_id, notice in queued:
         _start(delivery_id, notice)
-    return [delivery_id for delivery_id, _ in started]
 
 
 def wait(delivery_id: int, timeout: float = 30.0) -> None:
