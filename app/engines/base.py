@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import shlex
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -111,6 +112,9 @@ class NodeSpec:
     cache_dir: str = "/var/cache/rpcc"
     geoip_db_path: str = "/usr/share/GeoIP/GeoLite2-Country.mmdb"
     id: int = 0
+    # Where the proxy's own counters are read on the node's loopback (None: the
+    # engine's default, see :meth:`Engine.status_endpoint`).
+    status_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,8 @@ class NodeDefaults:
     package: str
     # The file that must load the managed directory ("" when a flag does that).
     main_config: str
+    # The loopback port where the proxy's counters are read (None: they are not).
+    status_port: int | None = None
 
     def node_fields(self) -> dict[str, str]:
         """The defaults of a node's own fields."""
@@ -171,6 +177,38 @@ class NodeDefaults:
 # A name no one can own (RFC 2606) and a path: the deployment probe's address.
 PROBE_HOST = "rpcc-probe.invalid"
 PROBE_PATH = "/.rpcc-probe"
+# Where a proxy whose files open a status listener tells its counters.
+STATUS_PATH = "/.rpcc-status"
+
+
+@dataclass(frozen=True)
+class ProxyCounters:
+    """What a proxy says of its own load at one moment: connections (or requests)
+    being served now, and requests served since it started."""
+
+    active_connections: int
+    requests_total: int
+
+
+@dataclass(frozen=True)
+class StatusEndpoint:
+    """Where a node's proxy tells its counters over HTTP, on the node's loopback: the
+    control plane reaches it through a channel forwarded over SSH, never over the
+    network, so it needs no port open to anyone."""
+
+    host: str
+    port: int
+    path: str
+    # Turns the endpoint's answer into counters; ValueError for anything else.
+    parse: Callable[[str], ProxyCounters]
+    # What an administrator should do when nothing answers there.
+    missing: str
+
+    @property
+    def host_header(self) -> str:
+        """``host:port``, the Host an endpoint bound to that address expects."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
 
 class Engine(ABC):
@@ -202,6 +240,14 @@ class Engine(ABC):
         none: the default).
         """
         return {}
+
+    def status_endpoint(self, node: NodeSpec) -> StatusEndpoint | None:
+        """Where this node's proxy tells its connections and requests; None when the
+        control plane does not read them for this engine (the default).
+
+        :raises ValueError: when the node's values cannot name one.
+        """
+        return None
 
     def missing_capabilities(self, site: SiteSpec) -> set[str]:
         return required_capabilities(site) - self.capabilities

@@ -9,7 +9,9 @@ Files, relative to the node's ``config_dir``:
     ``default_bind`` there.  ``auto_https off`` is needed because the control plane
     owns certificates: Caddy must never ask a CA for one, and its automatic
     HTTP->HTTPS redirects would otherwise bind the global ``http_port`` (80) on
-    nodes that serve other ports.
+    nodes that serve other ports.  ``servers { metrics }`` turns on Caddy's HTTP
+    metrics (off by default), which the control plane reads at ``/metrics`` on the
+    node's admin endpoint (see :meth:`CaddyEngine.status_endpoint`).
 ``rpcc.caddy``
     Imports every site file; imported at the top level of the node's main Caddyfile.
 ``sites/<domain>.caddy``
@@ -30,6 +32,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import shlex
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.engines.base import (
     BackendSpec,
@@ -39,8 +44,10 @@ from app.engines.base import (
     Engine,
     NodeDefaults,
     NodeSpec,
+    ProxyCounters,
     RenderedConfig,
     SiteSpec,
+    StatusEndpoint,
     acme_webroot,
     file_header,
     file_stem,
@@ -58,6 +65,17 @@ FAIL_DURATION = "30s"
 MAX_FAILS = 3
 # How long a request may keep trying other upstreams when one is down.
 LB_TRY_DURATION = "5s"
+# The managed global options: the control plane owns certificates, and reads the
+# servers' metrics.
+OPTIONS = "servers {\n\tmetrics\n}\nauto_https off\n"
+METRICS_PATH = "/metrics"
+ADMIN_MISSING = ("Caddy's admin endpoint is not there: name the address of the admin "
+                 "option of the node's Caddyfile with --address in its reload command, or "
+                 "set the node's status port")
+# Caddy's samples of requests being served and served since it started (one per
+# server and top-level handler; a request no site's route matches is not counted).
+IN_FLIGHT = "caddy_http_requests_in_flight"
+REQUESTS = "caddy_http_requests_total"
 
 
 def quote(value: str) -> str:
@@ -127,7 +145,7 @@ class CaddyEngine(Engine):
         test_command="caddy validate --config /etc/caddy/Caddyfile --adapter caddyfile",
         reload_command="caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile",
         log_dir="/var/log/caddy", binary="caddy", package="caddy",
-        main_config="/etc/caddy/Caddyfile")
+        main_config="/etc/caddy/Caddyfile", status_port=2019)
 
     def include_line(self, node: NodeSpec) -> str:
         """Two imports, not one line: ``options.caddy`` goes inside the node's global
@@ -135,6 +153,28 @@ class CaddyEngine(Engine):
         options, sites = (quote(_node_path(node, name)) for name in ("options.caddy",
                                                                       "rpcc.caddy"))
         return f"{{\n\timport {options}\n}}\nimport {sites}"
+
+    def status_endpoint(self, node: NodeSpec) -> StatusEndpoint:
+        """Caddy's admin endpoint, which serves the metrics ``options.caddy`` turns on.
+
+        Its address is the one the node's reload command names with ``--address``
+        (the control plane already reloads through it); without one, the node's
+        status port on its loopback (Caddy's own default, 2019, unless set).
+
+        :raises ValueError: when ``--address`` is not ``host:port``.
+        """
+        words = shlex.split(node.reload_command)
+        host, port = "127.0.0.1", node.status_port or self.defaults.status_port
+        if "--address" in words[:-1]:
+            named, separator, digits = words[words.index("--address") + 1].rpartition(":")
+            if not separator or not digits.isdigit():
+                raise ValueError(f"node {node.name}: the reload command's --address is not "
+                                 "host:port")
+            named = named.strip("[]")
+            host, port = ("127.0.0.1" if named in ("", "localhost") else named), int(digits)
+        assert port is not None  # the engine's default names one
+        return StatusEndpoint(host=host, port=port, path=METRICS_PATH, parse=parse_metrics,
+                              missing=ADMIN_MISSING)
 
     def render(self, node: NodeSpec, sites: list[SiteSpec]) -> RenderedConfig:
         """:raises ValueError: for a site that needs a capability Caddy lacks (the
@@ -150,7 +190,7 @@ class CaddyEngine(Engine):
             files.update(rendered)
             site_files[site.id] = sorted(rendered)
         version = _shared_version(ordered)
-        files["options.caddy"] = file_header("#", None, version) + "auto_https off\n"
+        files["options.caddy"] = file_header("#", None, version) + OPTIONS
         files["rpcc.caddy"] = file_header("#", None, version) + "".join(
             f"import {quote(_node_path(node, _site_path(site)))}\n" for site in ordered
         )
@@ -160,6 +200,26 @@ class CaddyEngine(Engine):
             test_command=test_command, reload_command=reload_command,
             include_line=self.include_line(node), site_files=site_files,
         )
+
+
+def parse_metrics(text: str) -> ProxyCounters:
+    """Counters from Caddy's Prometheus metrics: requests in flight stand for the
+    active connections (Caddy has no connection gauge), summed over its servers, and
+    requests served.  Before its first request Caddy has no such samples: 0.
+
+    :raises ValueError: for text that is not Prometheus' text format, or holds no
+        metric at all.
+    """
+    totals = {IN_FLIGHT: 0.0, REQUESTS: 0.0}
+    samples = [sample for family in text_string_to_metric_families(text)
+               for sample in family.samples]
+    if not samples:
+        raise ValueError("no metrics in the answer")
+    for sample in samples:
+        if sample.name in totals:
+            totals[sample.name] += sample.value
+    return ProxyCounters(active_connections=int(totals[IN_FLIGHT]),
+                         requests_total=int(totals[REQUESTS]))
 
 
 def _shared_version(sites: list[SiteSpec]) -> str:

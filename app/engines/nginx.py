@@ -40,6 +40,11 @@ Design notes:
   HTTPS port asks for HTTP/2, every TLS site on that port offers it.
 * Backends named by host name are resolved when nginx loads the configuration
   (upstream ``resolve`` needs nginx 1.27.3); prefer IP addresses for backends that move.
+* The proxy's counters (``stub_status``) are served by a server of their own on
+  ``127.0.0.1:<status port>`` (``status.conf``): the control plane reads them through
+  a channel forwarded over SSH.  Sites listen on the node's listen address and its
+  HTTP and HTTPS ports, which the status port must differ from, so no site can share
+  that socket and no request from the network reaches it, whatever its Host.
 """
 
 from __future__ import annotations
@@ -60,13 +65,16 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template
 from app.engines.base import (
     PROBE_HOST,
     PROBE_PATH,
+    STATUS_PATH,
     Capability,
     CommandForms,
     Engine,
     NodeDefaults,
     NodeSpec,
+    ProxyCounters,
     RenderedConfig,
     SiteSpec,
+    StatusEndpoint,
     acme_webroot,
     file_header,
     file_stem,
@@ -78,7 +86,7 @@ TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "nginx_templates"
 # once per site version with placeholders, which each node's values replace.  The
 # placeholders carry a random part, so that no site's own text can name one.
 NODE_VALUES = ("base", "log_root", "cache_root", "acme_root", "listen_http", "listen_https",
-               "https_redirect", "geoip_db_path")
+               "https_redirect", "geoip_db_path", "status_listen")
 _NONCE = secrets.token_hex(12)
 NODE_PLACEHOLDERS: dict[str, Any] = {name: f"rpcc{_NONCE}n{index}x"
                                      for index, name in enumerate(NODE_VALUES)}
@@ -87,6 +95,11 @@ _PLACEHOLDER = re.compile(f"rpcc{_NONCE}n([0-9])x")
 SITE_CACHE_SIZE = 20_000
 ENTRY_FILE = "rpcc.conf"
 PROBE_FILE = "probe.conf"
+STATUS_FILE = "status.conf"
+# The status listener binds this address only: the node's own loopback.
+STATUS_ADDRESS = "127.0.0.1"
+STATUS_MISSING = ("the status listener does not answer on the node: deploy the pool once "
+                  "so that it is rendered (and check that no other program holds its port)")
 PARANOIA_LEVELS = {"low": 1, "medium": 2, "high": 3}
 GEO_MODES = ("allow", "deny")
 BACKEND_SCHEMES = ("http", "https")
@@ -263,8 +276,43 @@ def build_environment(inline_partials: bool = True) -> Environment:
 TEMPLATE_NAMES = (
     "site.conf", "blocked.html", "rpcc.conf", "upstreams.conf", "limit_req_zones.conf",
     "cache_zones.conf", "geoip2.conf", "websocket.conf", "modsecurity/main.conf",
-    "modsecurity/paranoia.conf", "probe.conf",
+    "modsecurity/paranoia.conf", "probe.conf", "status.conf",
 )
+
+
+# What stub_status answers (nginx 1.22): every figure since the master started.
+_STUB_STATUS = re.compile(
+    r"Active connections: (\d+) \n"
+    r"server accepts handled requests\n (\d+) (\d+) (\d+) \n"
+    r"Reading: \d+ Writing: \d+ Waiting: \d+ \n")
+
+
+def parse_stub_status(text: str) -> ProxyCounters:
+    """Counters from a ``stub_status`` answer.  nginx counts the connection that asks
+    among the active ones, so it is left out here: an idle node reads 0.  The request
+    that asks is counted in the total, as every other request is.
+
+    :raises ValueError: for any other text.
+    """
+    match = _STUB_STATUS.fullmatch(text)
+    if match is None:
+        raise ValueError("not an nginx stub_status answer")
+    return ProxyCounters(active_connections=max(int(match.group(1)) - 1, 0),
+                         requests_total=int(match.group(4)))
+
+
+def status_port(node: NodeSpec) -> int:
+    """The node's status port (its own, else the engine's default).
+
+    :raises ValueError: when it is one of the node's HTTP and HTTPS ports, where a
+        site could answer instead of the status listener.
+    """
+    port = node.status_port or NginxEngine.defaults.status_port
+    assert port is not None  # the engine's default names one
+    if port in (node.http_port, node.https_port):
+        raise ValueError(f"node {node.name}: the status port {port} is also its HTTP or "
+                         "HTTPS port; give the node another status port")
+    return port
 
 
 def _htpasswd(site: SiteSpec) -> str:
@@ -293,7 +341,7 @@ class NginxEngine(Engine):
     defaults = NodeDefaults(config_dir="/etc/nginx/rpcc.d", test_command="nginx -t",
                             reload_command="nginx -s reload", log_dir="/var/log/nginx",
                             binary="nginx", package="nginx",
-                            main_config="/etc/nginx/conf.d/rpcc.conf")
+                            main_config="/etc/nginx/conf.d/rpcc.conf", status_port=8899)
     # -p, -c and -e let a node run nginx from its own prefix or configuration file.
     command_forms = CommandForms(
         test=("nginx -t [-q] [-p PATH] [-c PATH] [-e PATH]",),
@@ -338,9 +386,18 @@ class NginxEngine(Engine):
             header=file_header("#", None, "probe"), token=token, probe_host=PROBE_HOST,
             probe_path=PROBE_PATH, listen_http=listen_address(node, node.http_port))}
 
+    def status_endpoint(self, node: NodeSpec) -> StatusEndpoint:
+        """The status listener every render opens (``status.conf``).
+
+        :raises ValueError: see :func:`status_port`.
+        """
+        return StatusEndpoint(host=STATUS_ADDRESS, port=status_port(node), path=STATUS_PATH,
+                              parse=parse_stub_status, missing=STATUS_MISSING)
+
     def render(self, node: NodeSpec, sites: list[SiteSpec]) -> RenderedConfig:
         """:raises ValueError: for two sites sharing an id or a domain, a proxied site
-            without backends, or a value the quoting filters refuse."""
+            without backends, a status port that is a site port, or a value the
+            quoting filters refuse."""
         ordered = sorted(sites, key=lambda s: s.domain)
         _check_unique(ordered)
         base = node.config_dir.rstrip("/")
@@ -354,6 +411,7 @@ class NginxEngine(Engine):
             "listen_https": listen_address(node, node.https_port),
             "https_redirect": f"https://$host{https_suffix}$request_uri",
             "geoip_db_path": node.geoip_db_path,
+            "status_listen": f"{STATUS_ADDRESS}:{status_port(node)}",
         }
         # What the templates would have refused as the node's values, refused here.
         for name, value in node_context.items():
@@ -479,6 +537,7 @@ def _shared_files(sites: list[SiteSpec], node_context: dict[str, Any],
         variables.append("rpcc_connection_upgrade")
     # Room for nginx's own variables too.
     variables_max_size = _hash_size(len(uses["geoip2.conf"]) + 512, 1024)
+    files[STATUS_FILE] = templates["status.conf"].render(status_path=STATUS_PATH, **context)
     files[ENTRY_FILE] = templates["rpcc.conf"].render(
         includes=[name for name in uses if name in files],
         waf=bool(levels),

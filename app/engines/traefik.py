@@ -26,6 +26,10 @@ Not rendered, because stock Traefik has no native way: serving the ACME HTTP-01
 challenge from files (Traefik nodes need the control plane's own challenge service,
 or DNS-01), a block page with a status and a reason, a WAF, country rules, caching
 and passive health checks.
+
+Not read: the proxy's connections and requests (``Engine.status_endpoint`` is None).
+Traefik's metrics and its API are static configuration, which the control plane does
+not write, so the node metrics of a Traefik node carry no proxy figures.
 """
 
 from __future__ import annotations

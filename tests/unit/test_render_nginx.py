@@ -90,7 +90,7 @@ def test_commands_and_include_line_come_from_the_node():
     assert rendered.reload_command == shlex.split(node.reload_command)
     assert rendered.include_line == "include /etc/nginx/rpcc/rpcc.conf;"
     assert rendered.config_dir == node.config_dir
-    assert set(rendered.files) == {"rpcc.conf"}
+    assert set(rendered.files) == {"rpcc.conf", "status.conf"}
 
 
 def test_every_file_starts_with_its_header():
@@ -122,8 +122,8 @@ def test_site_files_list_each_sites_own_files():
     owned = {path for paths in rendered.site_files.values() for path in paths}
     shared = set(rendered.files) - owned
     assert shared == {
-        "rpcc.conf", "upstreams.conf", "limit_req_zones.conf", "cache_zones.conf",
-        "geoip2.conf", "websocket.conf", "modsecurity/main.conf",
+        "rpcc.conf", "status.conf", "upstreams.conf", "limit_req_zones.conf",
+        "cache_zones.conf", "geoip2.conf", "websocket.conf", "modsecurity/main.conf",
         "modsecurity/paranoia-2.conf", "modsecurity/paranoia-3.conf",
     }
 
@@ -155,7 +155,8 @@ def test_entry_file_loads_shared_files_before_sites_and_everything_once():
 
 def test_shared_files_exist_only_when_a_site_needs_them():
     files = ENGINE.render(GOLDEN_NODE, [SITES["minimal"]]).files
-    assert set(files) == {"rpcc.conf", "upstreams.conf", "sites/minimal.example.com.conf"}
+    assert set(files) == {"rpcc.conf", "status.conf", "upstreams.conf",
+                          "sites/minimal.example.com.conf"}
     assert "modsecurity" not in files["rpcc.conf"]
     assert "geoip2" not in "".join(files.values())
 
