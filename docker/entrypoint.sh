@@ -14,11 +14,5 @@ if [ "$#" -eq 0 ]; then
   exit 64
 fi
 
-if [ -n "${PROMETHEUS_MULTIPROC_DIR:-}" ]; then
-  # Counters left by an earlier run of this container would be added to the new ones.
-  mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
-  find "$PROMETHEUS_MULTIPROC_DIR" -maxdepth 1 -type f -name '*.db' -delete
-fi
-
 python -m app.cli_startup
 exec "$@"
