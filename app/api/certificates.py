@@ -26,6 +26,15 @@ ERROR_CODES = ["dns_not_pointing", "ca_refused", "rate_limited", "challenge_unre
 _INSTANT = {"format": "date-time"}
 
 
+class PrecheckSchema(Schema):
+    state = fields.String(metadata={
+        "enum": ["on", "skipped", "not_applicable"],
+        "description": "on: an HTTP-01 order first checks that every name resolves to one "
+                       "of the pool's nodes; skipped: no DNS resolvers are configured; "
+                       "not_applicable: not an HTTP-01 ACME site"})
+    message = fields.String(metadata={"description": "the same in words"})
+
+
 class CertificateSchema(Schema):
     site_id = fields.Integer()
     ssl_mode = fields.String(metadata={"enum": ["none", "self_signed", "letsencrypt",
@@ -51,6 +60,8 @@ class CertificateSchema(Schema):
         **_INSTANT, "description": "after a failure: when it is tried again"})
     last_error = fields.String()
     last_error_code = fields.String(metadata={"enum": ["", *ERROR_CODES, "invalid"]})
+    precheck = fields.Nested(PrecheckSchema, metadata={
+        "description": "whether orders are checked against DNS before the CA is asked"})
 
 
 class UploadSchema(Schema):

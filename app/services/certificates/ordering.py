@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import dns.exception
-import dns.nameserver
 import dns.resolver
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -33,8 +32,8 @@ from app.acme.client import VALIDATION_TIMEOUT, AcmeIssueError, AcmeSettings, Au
 from app.acme.dns import DnsChallengeError, DnsChallengeProvider
 from app.engines.base import acme_webroot
 from app.extensions import db, ssh
-from app.models import Node, Site
-from app.services import deployments, rendering
+from app.models import Node, Site, SslMode
+from app.services import deployments, rendering, resolvers
 from app.services.certificates.accounts import account_client, stored_account
 from app.services.dns_providers import provider_for_domain
 from app.services.names import names_held_by_others
@@ -84,11 +83,13 @@ def issue(site_id: int, settings: AcmeSettings, *, challenge: str = "http-01") -
         providers = _dns_providers(names)
     addresses = _node_addresses(nodes)
     stored = stored_account(settings.directory_url)
-    resolvers = current_app.config.get("ACME_PRECHECK_RESOLVERS") or ""
+    servers = precheck_resolvers() if challenge == "http-01" else ()
     _release_connection()
 
-    if challenge == "http-01" and resolvers.strip():
-        precheck(names, addresses, resolvers)
+    if servers:
+        precheck(names, addresses, servers)
+    elif challenge == "http-01":
+        logger.info("site %s: DNS pre-check skipped: no DNS resolvers are configured", site_id)
     if settings.ca_bundle and not os.path.isfile(settings.ca_bundle):
         raise AcmeIssueError("ca_unreachable", f"the ACME CA bundle {settings.ca_bundle} "
                              "does not exist; fix the certificate settings")
@@ -213,25 +214,35 @@ def _dns01(providers: dict[str, DnsChallengeProvider],
 
 # -- pre-check --------------------------------------------------------------------
 
-def _resolver(setting: str) -> dns.resolver.Resolver:
-    """``"127.0.0.1:5300, 192.0.2.53"`` -> a resolver asking exactly those servers."""
-    resolver = dns.resolver.Resolver(configure=False)
-    servers: list[dns.nameserver.Nameserver] = []
-    for item in setting.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        host, port = item, 53
-        if item.startswith("["):  # [IPv6]:port
-            host, _, rest = item[1:].partition("]")
-            port = int(rest[1:]) if rest.startswith(":") else 53
-        elif item.count(":") == 1:
-            host, port_text = item.split(":")
-            port = int(port_text)
-        servers.append(dns.nameserver.Do53Nameserver(str(ipaddress.ip_address(host)), port))
-    resolver.nameservers = servers
-    resolver.lifetime = PRECHECK_TIMEOUT
-    return resolver
+def precheck_resolvers() -> tuple[resolvers.ResolverAddress, ...]:
+    """The servers the pre-check asks: ``ACME_PRECHECK_RESOLVERS`` when set, else the
+    DNS resolvers every DNS check uses; none (or a list that is not addresses, which
+    is logged) means no pre-check."""
+    explicit = current_app.config.get("ACME_PRECHECK_RESOLVERS") or ""
+    try:
+        return resolvers.parse_resolvers(explicit) if explicit.strip() \
+            else resolvers.configured()
+    except ValueError as exc:
+        logger.warning("the ACME pre-check's resolvers are not a list of addresses: %s", exc)
+        return ()
+
+
+PRECHECK_SKIPPED = ("Skipped: no DNS resolvers are configured, so the names are not checked "
+                    "to point at the pool's nodes before the CA is asked (a name pointing "
+                    "elsewhere fails at the CA instead). An administrator sets resolvers in "
+                    "Settings, Nameservers, or with DNS_RESOLVERS.")
+PRECHECK_ON = ("Before each order the names are resolved through the configured DNS "
+               "resolvers and must point at one of the pool's nodes.")
+
+
+def precheck_plan(site: Site) -> dict[str, str]:
+    """Whether an order of the site's certificate is pre-checked, in words: ``on``,
+    ``skipped`` (no resolvers), or ``not_applicable`` (not an HTTP-01 ACME site)."""
+    if site.ssl_mode != SslMode.LETSENCRYPT or site.acme_challenge != "http-01":
+        return {"state": "not_applicable", "message": ""}
+    if precheck_resolvers():
+        return {"state": "on", "message": PRECHECK_ON}
+    return {"state": "skipped", "message": PRECHECK_SKIPPED}
 
 
 def _node_addresses(nodes: Sequence[Node]) -> set[str]:
@@ -245,17 +256,14 @@ def _node_addresses(nodes: Sequence[Node]) -> set[str]:
     return found
 
 
-def precheck(names: Sequence[str], allowed: set[str], resolvers: str) -> None:
+def precheck(names: Sequence[str], allowed: set[str],
+             servers: Sequence[resolvers.ResolverAddress]) -> None:
     """Fail early, before asking the CA, when a name does not point at any of the
-    ``allowed`` addresses (the pool's nodes), resolved through the configured resolvers.
+    ``allowed`` addresses (the pool's nodes), resolved through ``servers``.
 
     :raises AcmeIssueError: ``dns_not_pointing``.
     """
-    try:
-        resolver = _resolver(resolvers)
-    except ValueError as exc:
-        logger.warning("ACME_PRECHECK_RESOLVERS is not a list of addresses: %s", exc)
-        return
+    resolver = resolvers.make_resolver(servers, PRECHECK_TIMEOUT)
     for name in names:
         addresses: set[str] = set()
         for rdtype in ("A", "AAAA"):

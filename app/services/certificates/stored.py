@@ -25,6 +25,7 @@ from app.models import (
 )
 from app.models.base import utcnow
 from app.services import audit, deployments
+from app.services.certificates.ordering import precheck_plan
 from app.services.certificates.pem import ParsedChain, parse_chain, self_signed, uncovered
 from app.services.common import get_scoped
 
@@ -141,7 +142,8 @@ def renewal_due_at(cert: Certificate) -> datetime | None:
 
 def certificate_to_dict(site: Site) -> dict[str, Any]:
     """The API's view: status of the latest attempt (``none`` before the first),
-    what is served and until when, and the last error in words a client can act on."""
+    what is served and until when, the last error in words a client can act on, and
+    whether orders are pre-checked against DNS."""
     cert = site.certificate
     if cert is None:
         return {"site_id": site.id, "ssl_mode": site.ssl_mode.value, "status": "none",
@@ -149,7 +151,7 @@ def certificate_to_dict(site: Site) -> dict[str, Any]:
                 "not_before": None, "not_after": None, "renew_after": None,
                 "issuer": "", "serial": "", "fingerprint_sha256": "",
                 "last_attempt_at": None, "next_attempt_at": None,
-                "last_error": "", "last_error_code": ""}
+                "last_error": "", "last_error_code": "", "precheck": precheck_plan(site)}
 
     def iso(value: datetime | None) -> str | None:
         value = aware(value)
@@ -174,4 +176,5 @@ def certificate_to_dict(site: Site) -> dict[str, Any]:
         "next_attempt_at": iso(cert.next_attempt_at),
         "last_error": cert.last_error,
         "last_error_code": cert.last_error_code,
+        "precheck": precheck_plan(site),
     }
