@@ -3,7 +3,8 @@
 :class:`KnotServer` runs ``knotd -c CONF`` on 127.0.0.1 and a free port, serving
 fresh copies of small zones (Knot rewrites its zone files after each update, so
 every start writes them anew).  Updates are allowed for one TSIG key made with
-``keymgr -t``.  :meth:`KnotServer.txt` asks it directly, as a resolver would, and
+``keymgr -t``.  :meth:`KnotServer.txt` asks it directly, as a resolver would,
+:meth:`KnotServer.update` changes a zone's records, and
 :meth:`KnotServer.provider_data` gives the fields of a DNS provider for one of its
 zones.  Stopped by PID; its temp directory is removed.
 """
@@ -22,6 +23,8 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import dns.tsigkeyring
+import dns.update
 import pytest
 
 from tests.processes import free_port, require_binary, start, stop
@@ -132,6 +135,26 @@ class KnotServer:
         return {b"".join(rdata.strings).decode()
                 for rrset in response.answer if rrset.rdtype == dns.rdatatype.TXT
                 for rdata in rrset}
+
+    def update(self, zone: str, *, replace: Sequence[tuple[str, str, str]] = (),
+               add: Sequence[tuple[str, str, str]] = (),
+               delete: Sequence[tuple[str, str, str]] = ()) -> None:
+        """One RFC 2136 update of ``zone`` signed with the server's key, as an
+        operator's DNS tooling sends it: records ``(name, type, value)`` (names
+        relative to the zone, ``@`` for its apex) replaced, added, then deleted."""
+        message = dns.update.UpdateMessage(
+            zone, keyring=dns.tsigkeyring.from_text({self.key_name: self.secret}),
+            keyname=self.key_name, keyalgorithm=self.algorithm)
+        for name, rdtype, value in replace:
+            message.replace(name, 300, rdtype, value)
+        for name, rdtype, value in add:
+            message.add(name, 300, rdtype, value)
+        for name, rdtype, value in delete:
+            message.delete(name, rdtype, value)
+        response = dns.query.tcp(message, self.host, port=self.port, timeout=5)
+        if response.rcode() != dns.rcode.NOERROR:
+            raise AssertionError(f"Knot refused the update of {zone}: "
+                                 f"{dns.rcode.to_text(response.rcode())}\n{self.log()}")
 
     def provider_data(self, zone: str, **extra: Any) -> dict[str, Any]:
         """Fields for ``dns_providers.create_provider`` that reach this server."""
