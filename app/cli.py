@@ -8,6 +8,7 @@ import click
 from cryptography.fernet import Fernet
 from flask import Flask, current_app
 
+from app.cli_startup import startup_command
 from app.errors import ServiceError
 from app.models import Node, Site, User
 from app.scheduler import JOBS, find_job
@@ -31,6 +32,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(sites_cli)
     app.cli.add_command(jobs_cli)
     app.cli.add_command(certs_cli)
+    app.cli.add_command(startup_command)
 
 
 def _fail(error: ServiceError) -> None:

@@ -9,7 +9,8 @@ packages=(python3 python3-venv python3-pip)
 if [ "$mode" = test ]; then
   packages+=(postgresql memcached iproute2 util-linux openssh-server
              nginx-light libnginx-mod-http-modsecurity libnginx-mod-http-geoip2 modsecurity-crs
-             caddy pebble knot knot-dnsutils openssl chromium glances)
+             caddy pebble knot knot-dnsutils openssl chromium glances python3-bottle
+             docker-compose)
 fi
 missing=()
 for pkg in "${packages[@]}"; do

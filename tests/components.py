@@ -56,10 +56,11 @@ POSTGRES_ADMIN_URL = "TEST_POSTGRES_ADMIN_URL"
 
 
 @contextmanager
-def postgres_database(prefix: str) -> Iterator[str]:
-    """A migrated database of its own on the PostgreSQL server that
-    scripts/test-inner.sh starts for both suite runs (named uniquely, dropped
-    afterwards), for tests that run several app processes on one database."""
+def postgres_database(prefix: str, migrated: bool = True) -> Iterator[str]:
+    """A database of its own on the PostgreSQL server that scripts/test-inner.sh
+    starts for both suite runs (named uniquely, dropped afterwards), for tests that
+    run several app processes on one database; migrated unless ``migrated`` is
+    false (for tests of the migration itself)."""
     from sqlalchemy import create_engine, make_url, text
     from sqlalchemy.pool import NullPool
 
@@ -73,7 +74,8 @@ def postgres_database(prefix: str) -> Iterator[str]:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     try:
-        flask_cli(app_env(url), "db", "upgrade")
+        if migrated:
+            flask_cli(app_env(url), "db", "upgrade")
         yield url
     finally:
         with admin.connect() as conn:
