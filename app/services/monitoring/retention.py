@@ -56,7 +56,7 @@ def bucket_start(column: Any, seconds: int) -> ColumnElement[datetime]:
     if db.session.get_bind().dialect.name == "sqlite":
         epoch = cast(func.strftime(literal_column("'%s'"), column), Integer)
         return func.strftime(literal_column("'%Y-%m-%d %H:%M:%S.000000'"),
-                             (epoch / length) * length, literal_column("'unixepoch'"),
+                             (epoch // length) * length, literal_column("'unixepoch'"),
                              type_=DateTime(timezone=True))
     return func.to_timestamp(func.floor(extract("epoch", column) / length) * length,
                              type_=DateTime(timezone=True))
@@ -132,8 +132,10 @@ def rollup(series: _Series, source: int, target: int, until: datetime) -> int:
         grouped.c.bucket.label("at"),
         *(literal(value).label(name) for name, value in series.constant),
     ).where(fresh)
-    result = db.session.execute(insert(table).from_select(
-        [*names, "period", "at", *(name for name, _ in series.constant)], select_new))
+    statement = insert(table).from_select(
+        [*names, "period", "at", *(name for name, _ in series.constant)], select_new)
+    # Without it SQLAlchemy reports -1 for an INSERT ... SELECT on PostgreSQL.
+    result = db.session.execute(statement.execution_options(preserve_rowcount=True))
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
