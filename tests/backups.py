@@ -1,0 +1,140 @@
+"""What the backup tests share: fresh databases to restore into, every row of a
+database read independently of the backup code, and backups rewritten as a damaged,
+foreign or older one would be."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from cryptography.fernet import Fernet
+from flask import Flask
+from sqlalchemy import JSON, DateTime, MetaData, Text, cast, create_engine, select
+from sqlalchemy.pool import NullPool
+
+from app.extensions import db
+from app.models.base import as_utc
+from tests.components import postgres_database
+from tests.conftest import make_app
+
+KINDS = ("sqlite", "postgresql")
+
+
+def new_key() -> str:
+    return Fernet.generate_key().decode()
+
+
+@contextmanager
+def fresh_database(kind: str) -> Iterator[str]:
+    """A database without a single table: a new SQLite file, or a new database on the
+    suite's PostgreSQL server (dropped afterwards)."""
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="rpcc-restore-") as directory:
+            yield f"sqlite:///{directory}/restored.db"
+        return
+    with postgres_database("rpcc_restore", migrated=False) as url:
+        yield url
+
+
+@contextmanager
+def app_on(url: str, keys: str) -> Iterator[Flask]:
+    """An app on ``url`` holding ``keys``; its connections are closed afterwards, so
+    that its database can be dropped."""
+    app = make_app(SQLALCHEMY_DATABASE_URI=url, ENCRYPTION_KEYS=keys)
+    try:
+        yield app
+    finally:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+def table_rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, read through reflection (not the models, not the
+    backup code): JSON as its stored text, times in UTC, secrets as their ciphertext.
+    The audit log's own backup entries are left out (made after the snapshot)."""
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        meta = MetaData()
+        meta.reflect(engine)
+        rows: dict[str, list[tuple[Any, ...]]] = {}
+        with engine.connect() as conn:
+            for name, table in sorted(meta.tables.items()):
+                if name == "alembic_version":
+                    continue
+                columns = [cast(c, Text()).label(c.name) if isinstance(c.type, JSON) else c
+                           for c in table.columns]
+                stmt = select(*columns).order_by(*table.primary_key.columns)
+                if name == "audit_log":
+                    stmt = stmt.where(table.c.action.not_like("backup.%"))
+                rows[name] = [
+                    tuple(as_utc(v) if isinstance(c.type, DateTime) and v is not None else v
+                          for c, v in zip(table.columns, row, strict=True))
+                    for row in conn.execute(stmt)]
+        return rows
+    finally:
+        engine.dispose()
+
+
+def table_columns(url: str) -> dict[str, list[str]]:
+    """Each table's columns (the migrations' own bookkeeping left out)."""
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        meta = MetaData()
+        meta.reflect(engine)
+        return {name: [c.name for c in t.columns] for name, t in meta.tables.items()
+                if name != "alembic_version"}
+    finally:
+        engine.dispose()
+
+
+def schema_tables(url: str) -> list[str]:
+    return sorted(table_columns(url))
+
+
+def rewrite(source: str, target: str, *,
+            manifest: Callable[[dict[str, Any]], None] = lambda m: None,
+            rows: Callable[[str, list[Any]], list[Any]] | None = None) -> None:
+    """Copy a backup, letting ``manifest`` change its manifest (a dict) and ``rows``
+    change each part's rows (given the table's name and the row); each part's SHA-256
+    and row count follow the new content unless ``rows`` is None."""
+    with tarfile.open(source, "r:") as archive:
+        data = json.loads(archive.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        parts = {m.name: archive.extractfile(m).read()  # type: ignore[union-attr]
+                 for m in archive.getmembers() if m.name != "manifest.json"}
+    if rows is not None:
+        for entry in data["tables"]:
+            lines = gzip.decompress(parts[entry["part"]]).decode().splitlines()
+            kept = [rows(entry["name"], json.loads(line)) for line in lines]
+            content = "".join(json.dumps(row) + "\n" for row in kept).encode()
+            parts[entry["part"]] = gzip.compress(content, mtime=0)
+            entry["rows"] = len(kept)
+            entry["sha256"] = hashlib.sha256(parts[entry["part"]]).hexdigest()
+    manifest(data)
+    listed = {entry["part"] for entry in data["tables"]}
+    with tarfile.open(target, "w") as archive:
+        for name, content in [("manifest.json", json.dumps(data).encode()),
+                              *((n, c) for n, c in parts.items() if n in listed)]:
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+
+
+def damage(path: str, part: str) -> None:
+    """Flip one byte in the middle of ``part``'s content, in place."""
+    with tarfile.open(path, "r:") as archive:
+        member = archive.getmember(part)
+    assert member.size > 0
+    with open(path, "r+b") as handle:
+        handle.seek(member.offset_data + member.size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
