@@ -270,14 +270,14 @@ class FleetCollector(Collector):
             "rpcc_job_interval_seconds", "Seconds between the job's runs as configured "
             "(a job is late when its last run is older than that).", labels=["job"])
         runs = GaugeMetricFamily(
-            "rpcc_job_runs", "Recorded runs of the job per status (runs older than "
-            "JOB_RUN_RETENTION_DAYS are purged, so this can fall).", labels=["job", "status"])
+            "rpcc_job_runs_last_day", "Runs of the job started in the last 24 hours, per "
+            "status.", labels=["job", "status"])
         for name, job in self.gauges.jobs.items():
             if job.last_start_age_seconds is not None:
                 age.add_metric([name], job.last_start_age_seconds)
             if job.interval_seconds is not None:
                 interval.add_metric([name], job.interval_seconds)
-            for status, count in sorted(job.runs.items()):
+            for status, count in sorted(job.recent_runs.items()):
                 runs.add_metric([name, status], count)
         yield age
         yield interval

@@ -43,7 +43,7 @@ FAMILIES = {
     "rpcc_http_request_duration_seconds", "rpcc_rollouts", "rpcc_rollout_duration_seconds",
     "rpcc_nodes", "rpcc_certificates_ending_within_days", "rpcc_certificate_soonest_end_days",
     "rpcc_alerts_firing", "rpcc_job_last_run_age_seconds", "rpcc_job_interval_seconds",
-    "rpcc_job_runs",
+    "rpcc_job_runs_last_day",
 }
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
 TOKEN = "metrics-token-for-tests"
@@ -113,10 +113,14 @@ def test_every_family_is_there_and_follows_what_happens(client, admin, alice, db
                              subject_kind=SubjectKind.NODE, subject_id=node.id,
                              node_id=node.id, pool_id=eu.id, state=state))
     db.session.add_all([
-        JobRun(job="drift", runner="test", status=JobStatus.SUCCEEDED,
-               started_at=now - timedelta(hours=3), finished_at=now - timedelta(hours=3)),
-        JobRun(job="drift", runner="test", status=JobStatus.FAILED,
-               started_at=now - timedelta(minutes=10), finished_at=now - timedelta(minutes=9)),
+        JobRun(job=job, runner="test", status=status, started_at=now - ago,
+               finished_at=now - ago + timedelta(seconds=1))
+        for job, status, ago in (
+            ("drift", JobStatus.SUCCEEDED, timedelta(days=2)),
+            ("drift", JobStatus.SUCCEEDED, timedelta(hours=3)),
+            ("drift", JobStatus.FAILED, timedelta(minutes=10)),
+            ("job_retention", JobStatus.SUCCEEDED, timedelta(days=3)),
+            ("job_retention", JobStatus.SUCCEEDED, timedelta(days=2)))
     ])
     db.session.commit()
 
@@ -142,8 +146,16 @@ def test_every_family_is_there_and_follows_what_happens(client, admin, alice, db
     assert after.value("rpcc_alerts_firing", severity="warning") == 0
     assert 590 <= after.value("rpcc_job_last_run_age_seconds", job="drift") < 3600
     assert after.value("rpcc_job_interval_seconds", job="drift") == 3600
-    assert after.value("rpcc_job_runs", job="drift", status="succeeded") == 1
-    assert after.value("rpcc_job_runs", job="drift", status="failed") == 1
+    # Runs of the last day per status; a job idle for longer still has its age.
+    assert after.value("rpcc_job_runs_last_day", job="drift", status="succeeded") == 1
+    assert after.value("rpcc_job_runs_last_day", job="drift", status="failed") == 1
+    assert 2 * 86400 - 10 < after.value("rpcc_job_last_run_age_seconds",
+                                        job="job_retention") < 2 * 86400 + 60
+    assert after.labels("rpcc_job_runs_last_day") == [{"job": "drift", "status": "failed"},
+                                                     {"job": "drift", "status": "succeeded"}]
+    # A job that never ran has an interval and no age.
+    assert after.value("rpcc_job_interval_seconds", job="node_health") == 300
+    assert {"job": "node_health"} not in after.labels("rpcc_job_last_run_age_seconds")
     # No tenant's domain, and (without a token) no node's name.
     for secret in ("soon.example.com", "later.example.com", "edge-eu-1", "alice"):
         assert secret not in after.text
