@@ -118,7 +118,7 @@ def line_chart(points: Sequence[Point], *, label: str, unit: str,
     parts = [f'<figure class="rpcc-chart mb-3" data-points="{len(values)}">',
              f'<figcaption class="small fw-semibold">{escape(name)}</figcaption>',
              f'<svg viewBox="0 0 {_WIDTH} {_HEIGHT}" width="100%" role="img" '
-             f'aria-labelledby="{uid}-title {uid}-desc" style="max-height:12rem">',
+             f'aria-labelledby="{uid}-title {uid}-desc">',
              f'<title id="{uid}-title">{escape(name)}, {escape(_time_label(first, span))} to '
              f'{escape(_time_label(last, span))} UTC</title>',
              f'<desc id="{uid}-desc">{escape(summary)}</desc>']
@@ -133,16 +133,20 @@ def line_chart(points: Sequence[Point], *, label: str, unit: str,
         parts.append(f'<text x="{x(moment):.1f}" y="{_HEIGHT - 6}" text-anchor="{anchor}" '
                      f'font-size="11" fill="currentColor">'
                      f'{escape(_time_label(moment, span))}</text>')
+    # The series takes the theme's primary colour through the class's CSS colour
+    # (no inline style: the pages' Content-Security-Policy refuses it).
+    parts.append('<g class="text-primary">')
     for run in runs:
         if len(run) == 1:
             moment, value = run[0]
             parts.append(f'<circle cx="{x(moment):.1f}" cy="{y(value):.1f}" r="2" '
-                         'style="fill:var(--bs-primary)"/>')
+                         'fill="currentColor"/>')
             continue
         path = " ".join(f"{'M' if i == 0 else 'L'}{x(t):.1f},{y(v):.1f}"
                         for i, (t, v) in enumerate(run))
-        parts.append(f'<path d="{path}" fill="none" stroke-width="1.5" '
-                     'stroke-linejoin="round" style="stroke:var(--bs-primary)"/>')
+        parts.append(f'<path d="{path}" fill="none" stroke="currentColor" stroke-width="1.5" '
+                     'stroke-linejoin="round"/>')
+    parts.append("</g>")
     if not values:
         parts.append(f'<text x="{_LEFT + plot_w / 2:.1f}" y="{_TOP + plot_h / 2:.1f}" '
                      'text-anchor="middle" font-size="13" fill="currentColor">no data</text>')
@@ -161,3 +165,15 @@ def _summary(label: str, unit: str, values: Sequence[float],
             f"highest {fmt(max(values), unit)}, over {len(values)} measurement(s)")
     gaps = len(runs) - 1
     return text + (f", with {gaps} gap(s)." if gaps > 0 else ".")
+
+
+def format_duration(seconds: float) -> str:
+    """An uptime as people say it: "6 days, 19 h", "3 h 04 min", "12 min"."""
+    minutes = int(seconds) // 60
+    days, minutes = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(minutes, 60)
+    if days:
+        return f"{days} day{'s' if days != 1 else ''}, {hours} h"
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min"

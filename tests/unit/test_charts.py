@@ -26,9 +26,9 @@ def _minutes(*values: float | None) -> list[tuple[datetime, float | None]]:
 def test_a_none_value_breaks_the_line_and_a_lone_point_is_a_dot():
     svg = _svg(line_chart(_minutes(10, 20, None, 30, 40, None, 50), label="CPU", unit="%",
                           y_max=100))
-    paths = svg.findall(f"{SVG}path")
+    paths = svg.findall(f".//{SVG}path")
     assert [p.get("d").count("L") for p in paths] == [1, 1]
-    assert len(svg.findall(f"{SVG}circle")) == 1
+    assert len(svg.findall(f".//{SVG}circle")) == 1
 
 
 def test_points_further_apart_than_the_gap_are_not_joined():
@@ -36,14 +36,14 @@ def test_points_further_apart_than_the_gap_are_not_joined():
                                (START + timedelta(hours=2, minutes=1), 4.0)]
     joined = _svg(line_chart(points, label="Load", unit=""))
     split = _svg(line_chart(points, label="Load", unit="", gap=timedelta(minutes=5)))
-    assert len(joined.findall(f"{SVG}path")) == 1
-    assert len(split.findall(f"{SVG}path")) == 2
+    assert len(joined.findall(f".//{SVG}path")) == 1
+    assert len(split.findall(f".//{SVG}path")) == 2
 
 
 def test_values_are_placed_on_the_scale_and_higher_ones_stay_inside():
     svg = _svg(line_chart(_minutes(0, 50, 150), label="CPU", unit="%", y_max=100))
     coords = [tuple(map(float, c[1:].split(",")))
-              for c in svg.find(f"{SVG}path").get("d").split()]
+              for c in svg.find(f".//{SVG}path").get("d").split()]
     ys = [y for _, y in coords]
     assert ys[0] > ys[1] > ys[2]
     assert ys[2] == min(float(line.get("y1")) for line in svg.findall(f"{SVG}line"))
@@ -75,7 +75,7 @@ def test_the_chart_is_named_and_summarised_for_screen_readers():
 def test_a_chart_without_values_says_so():
     markup = line_chart(_minutes(None, None), label="Disk", unit="%", y_max=100)
     svg = _svg(markup)
-    assert svg.findall(f"{SVG}path") == []
+    assert svg.findall(f".//{SVG}path") == []
     assert "no data" in [t.text for t in svg.findall(f"{SVG}text")]
     assert svg.find(f"{SVG}desc").text == "Disk: no data in this range."
 
@@ -85,7 +85,7 @@ def test_the_time_range_given_frames_the_points():
     svg = _svg(line_chart([(START + timedelta(minutes=30), 5.0),
                            (START + timedelta(minutes=45), 5.0)],
                           label="Load", unit="", start=START, end=end))
-    x0 = float(svg.find(f"{SVG}path").get("d").split()[0][1:].split(",")[0])
+    x0 = float(svg.find(f".//{SVG}path").get("d").split()[0][1:].split(",")[0])
     labels = [t.text for t in svg.findall(f"{SVG}text")]
     assert "12:00" in labels and "13:00" in labels
     left, right = (float(t.get("x")) for t in svg.findall(f"{SVG}text")[-2:])
