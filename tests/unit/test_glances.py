@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from app.services import nodes
 from app.services.monitoring import glances
 from app.services.monitoring.glances import Answer, GlancesError
 
@@ -163,3 +165,32 @@ def test_filesystems_are_bounded_and_ordered():
 ])
 def test_where_glances_is(url, expected):
     assert glances.endpoint(url, 61208) == expected
+
+
+@pytest.mark.parametrize(("value", "stored"), [
+    ("", None),
+    ("ssh://127.0.0.1:61209", "ssh://127.0.0.1:61209"),
+    ("ssh://127.0.0.9", "ssh://127.0.0.9"),
+    ("ssh://[::1]:61208/", "ssh://[::1]:61208"),
+    ("http://10.0.0.5:61208/", "http://10.0.0.5:61208"),
+    ("https://metrics.example.com/glances", "https://metrics.example.com/glances"),
+])
+def test_a_glances_address_is_read_through_ssh_or_directly(value, stored):
+    assert nodes.validate_glances_url(value) == stored
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("ssh://10.0.0.5:61208", "the node's own loopback"),
+    ("ssh://localhost:61208", "loopback IP address"),
+    ("ssh://root@127.0.0.1:61208", "a loopback address and a port only"),
+    ("ssh://127.0.0.1:61208/api", "a loopback address and a port only"),
+    ("ssh://127.0.0.1:61208?x=1", "a loopback address and a port only"),
+    ("ssh://127.0.0.1:0", "invalid port"),
+    ("ssh://127.0.0.1:99999", "invalid port"),
+    ("ftp://127.0.0.1", "http(s)://HOST"),
+    ("http://user:secret@10.0.0.5:61208", "without credentials"),
+    ("http://10.0.0.5:61208/\nx", "http(s)://HOST"),
+])
+def test_a_glances_address_elsewhere_or_malformed_is_refused(value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        nodes.validate_glances_url(value)
