@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from cryptography.fernet import Fernet
-from flask import Flask
+from flask import Flask, g, request_started
 from sqlalchemy import JSON, DateTime, MetaData, Text, cast, create_engine, select
 from sqlalchemy.pool import NullPool
 
@@ -49,8 +49,15 @@ def app_on(url: str, keys: str) -> Iterator[Flask]:
     """An app on ``url`` holding ``keys``; its connections are closed afterwards, so
     that its database can be dropped."""
     app = make_app(SQLALCHEMY_DATABASE_URI=url, ENCRYPTION_KEYS=keys)
+
+    def forget(sender: Flask, **extra: Any) -> None:
+        # As tests/conftest.py does for the suite's app: test requests share the
+        # test's app context, where Flask-Login caches the signed-in user.
+        g.pop("_login_user", None)
+
     try:
-        yield app
+        with request_started.connected_to(forget, app):
+            yield app
     finally:
         with app.app_context():
             db.session.remove()

@@ -848,6 +848,18 @@ def stage_backup(actor: User, upload: IO[bytes]) -> StagedBackup:
     return StagedBackup(token, manifest, state)
 
 
+def staged_backup(actor: User, token: str) -> StagedBackup:
+    """A staged upload's summary, checked again (the instance may have changed)."""
+    require_admin(actor)
+    path = _staged_path(token)
+    if not os.path.exists(path):
+        raise _expired()
+    manifest = verify_backup(path)
+    state = instance_state()
+    _check_target(state, manifest, Allow.NO_FLEET)
+    return StagedBackup(token, manifest, state)
+
+
 def restore_staged(actor: User, token: str) -> RestoreReport:
     """Restore a staged upload (checked again: the instance may have changed)."""
     require_admin(actor)
