@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -96,32 +96,39 @@ def read_node(app: Flask, pool: SSHConnectionPool, node: Probe, timeout: float) 
 def sweep(app: Flask, pool: SSHConnectionPool, probes: list[Probe], *, workers: int,
           timeout: float) -> list[Reading]:
     """Read every node, ``workers`` at a time; a node still running ``timeout``
-    seconds after it started is given up (its thread ends on its own timeouts)."""
-    started: dict[int, float] = {}
+    seconds after it started is given up (its thread ends on its own timeouts).
+    Waits sleep until a read ends or the next running one is due: no polling."""
+    running: dict[int, float] = {}  # node id -> when its read started, while it runs
 
     def work(node: Probe) -> Reading:
-        started[node.node_id] = time.monotonic()
-        return read_node(app, pool, node, timeout)
+        running[node.node_id] = time.monotonic()
+        try:
+            return read_node(app, pool, node, timeout)
+        finally:
+            running.pop(node.node_id, None)
 
     executor = ThreadPoolExecutor(max_workers=max(1, min(workers, len(probes))),
                                   thread_name_prefix="rpcc-metrics")
     readings: list[Reading] = []
     try:
-        pending: dict[Future[Reading], Probe] = {executor.submit(work, p): p for p in probes}
+        futures = {p.node_id: executor.submit(work, p) for p in probes}
+        pending = {future: node_id for node_id, future in futures.items()}
         while pending:
+            # Reads still awaited (a given-up one may still be running).
+            awaited = [(node_id, since) for node_id, since in list(running.items())
+                       if futures[node_id] in pending]
+            due = min((since for _, since in awaited), default=time.monotonic()) + timeout
+            done, _ = wait(pending, timeout=max(0.0, due - time.monotonic()),
+                           return_when=FIRST_COMPLETED)
+            for future in done:
+                del pending[future]
+                readings.append(future.result())
             now = time.monotonic()
-            for future, node in list(pending.items()):
-                if future.done():
-                    readings.append(future.result())
-                    del pending[future]
-                elif node.node_id in started and now - started[node.node_id] > timeout:
-                    readings.append(Reading(node.node_id, utcnow(), error=(
+            for node_id, since in awaited:
+                if now - since > timeout and futures[node_id] in pending:
+                    del pending[futures[node_id]]
+                    readings.append(Reading(node_id, utcnow(), error=(
                         f"Glances did not answer within {timeout:g} s")))
-                    del pending[future]
-            running = [started[p.node_id] for p in pending.values() if p.node_id in started]
-            next_deadline = min(running, default=now) + timeout
-            wait(pending, timeout=max(0.05, next_deadline - time.monotonic()),
-                 return_when=FIRST_COMPLETED)
     finally:
         # Given-up reads finish in the background; nothing waits for them.
         executor.shutdown(wait=False, cancel_futures=True)
