@@ -363,7 +363,7 @@ def plan_sweep() -> tuple[dict[int, _Route], dict[int, deque[_Planned]]]:
         select(Site.id, Site.domain, Site.pool_id, served_tls.label("tls"),
                func.coalesce(Certificate.fingerprint_sha256, "").label("fingerprint"))
         .outerjoin(Certificate, Certificate.site_id == Site.id)
-        .where(Site.blocked.is_(False), Site.pool_id.in_({node.pool_id for node in nodes}))
+        .where(Site.blocked.is_(False), Site.pool_id.in_(sorted({n.pool_id for n in nodes})))
         .order_by(Site.id)).all()
     by_pool: dict[int, list[Any]] = defaultdict(list)
     for site in sites:
