@@ -146,3 +146,22 @@ def test_the_site_page_shows_uptime_to_its_owner_without_node_names(
 def test_client_cannot_open_other_clients_site_page(db, bob, alice_client):
     site = factories.make_site(bob, "bobs.example.com")
     assert alice_client.get(f"/client/sites/{site.id}").status_code == 404
+
+
+def test_site_checks_run_every_minute_unless_configured(app, monkeypatch):
+    from app.scheduler import find_job
+
+    job = find_job("site_checks")
+    assert job is not None and job.work is uptime.check_sites
+    assert job.interval(app) == 60
+    monkeypatch.setitem(app.config, "JOB_INTERVALS", {"site_checks": 15.0})
+    assert job.interval(app) == 15
+
+
+def test_a_site_no_node_serves_yet_is_not_checked(db, alice):
+    """A node answers for a name it does not carry with another server block: the
+    sweep asks only nodes whose last version carries the site."""
+    factories.make_node("edge-idle")
+    factories.make_site(alice, "undeployed.example.com")
+    assert uptime.check_sites() == "no deployed site to check"
+    assert db.session.query(SiteCheck).count() == 0
