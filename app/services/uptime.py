@@ -228,7 +228,6 @@ class _Sweep:
         needed (nothing is left to start, or enough threads are working)."""
         with self._cond:
             while True:
-                planned = None
                 if self._threads - self._parked <= self.workers:
                     planned = self._pick()
                     if planned is not None:
@@ -353,7 +352,7 @@ def _carried_sites(node_ids: list[int]) -> dict[int, set[int]]:
     return {node_id: {int(site_id) for site_id in (versions or {})} for node_id, versions in rows}
 
 
-def plan_sweep() -> tuple[dict[int, _Route], dict[int, deque[_Planned]]]:
+def _plan_sweep() -> tuple[dict[int, _Route], dict[int, deque[_Planned]]]:
     """Every (site, node) pair to check, per node, read in a few queries."""
     nodes = list(db.session.scalars(select(Node).where(Node.enabled.is_(True))
                                     .order_by(Node.pool_id, Node.name)))
@@ -406,7 +405,7 @@ def _record(outcomes: list[_Outcome]) -> None:
 def check_sites() -> str:
     """The ``site_checks`` job: check every site through every node that serves it
     and record the results; returns a one-line summary."""
-    routes, queues = plan_sweep()
+    routes, queues = _plan_sweep()
     # Nothing is held open in the database while the nodes answer.
     db.session.commit()
     if not queues:
