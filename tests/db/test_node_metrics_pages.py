@@ -18,7 +18,7 @@ from app.models import Node, NodeMetric
 from app.models.base import utcnow
 from app.services import monitoring
 from app.services.monitoring import glances
-from app.services.monitoring.node_metrics import Reading, record
+from app.services.monitoring.node_metrics import Reading, probe, record
 from app.services.monitoring.retention import floor_time
 from tests import factories
 from tests.conftest import api_headers
@@ -37,14 +37,15 @@ def fleet(db):
     nodes = [factories.make_node(name) for name in ("edge-b", "edge-a", "edge-c")]
     measured, bare, lost = nodes
     now = utcnow()
-    record(nodes, [
+    record([probe(node, 61208) for node in nodes], [
         Reading(measured.id, now, "4", recorded_sample("4.4.0_dev5")),
         Reading(bare.id, now, error="no Glances: nothing listens on 127.0.0.1:61208 on "
                 "the node (through SSH)", absent=True),
         Reading(lost.id, now - timedelta(minutes=5), "3", recorded_sample("4.3.0.4")),
     ])
-    record(nodes, [Reading(lost.id, now, error="Glances on 127.0.0.1:61208 on the node "
-                                                "(through SSH) did not answer in time")])
+    db.session.refresh(lost)
+    record([probe(lost, 61208)], [Reading(lost.id, now, error=(
+        "Glances on 127.0.0.1:61208 on the node (through SSH) did not answer in time"))])
     return measured, bare, lost
 
 

@@ -52,6 +52,7 @@ class Probe:
     endpoint: glances.Endpoint
     target: SSHTarget
     remembered: str | None
+    previous_error: str
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class Reading:
 
 def probe(node: Node, default_port: int) -> Probe:
     return Probe(node.id, node.name, glances.endpoint(node.glances_url, default_port),
-                 ssh_target(node), node.glances_api)
+                 ssh_target(node), node.glances_api, node.metrics_error)
 
 
 def read_node(app: Flask, pool: SSHConnectionPool, node: Probe, timeout: float) -> Reading:
@@ -135,16 +136,16 @@ def sweep(app: Flask, pool: SSHConnectionPool, probes: list[Probe], *, workers: 
     return readings
 
 
-def _node_changes(node: Node, reading: Reading) -> dict[str, Any]:
+def _node_changes(node: Probe, reading: Reading) -> dict[str, Any]:
     """The node's new metrics columns, logging a change of state once."""
     error = reading.error[:ERROR_LENGTH]
-    if error != node.metrics_error:
+    if error != node.previous_error:
         if error:
-            log.warning("node %s (%s): no metrics: %s", node.id, node.name, error)
+            log.warning("node %s (%s): no metrics: %s", node.node_id, node.name, error)
         else:
-            log.info("node %s (%s): metrics again (Glances API %s)", node.id, node.name,
+            log.info("node %s (%s): metrics again (Glances API %s)", node.node_id, node.name,
                      reading.version)
-    changes: dict[str, Any] = {"id": node.id, "metrics_error": error}
+    changes: dict[str, Any] = {"id": node.node_id, "metrics_error": error}
     if reading.sample is not None:
         changes.update(glances_api=reading.version, metrics_at=reading.at)
     elif reading.absent:
@@ -152,10 +153,11 @@ def _node_changes(node: Node, reading: Reading) -> dict[str, Any]:
     return changes
 
 
-def record(nodes: Iterable[Node], readings: Iterable[Reading]) -> tuple[int, int, int]:
-    """Store the readings: raw samples in one insert, the nodes' state in one
-    update.  Returns how many nodes gave metrics, had no Glances, failed otherwise."""
-    by_id = {node.id: node for node in nodes}
+def record(probes: Iterable[Probe], readings: Iterable[Reading]) -> tuple[int, int, int]:
+    """Store the readings of the nodes ``probes`` describe: raw samples in one
+    insert, the nodes' state in one update.  Returns how many nodes gave metrics,
+    had no Glances, failed otherwise."""
+    by_id = {node.node_id: node for node in probes}
     rows, changes = [], []
     counts = [0, 0, 0]
     for reading in readings:
@@ -186,11 +188,12 @@ def poll_node_metrics() -> str:
     if not nodes:
         return "no enabled nodes"
     probes = [probe(node, config["GLANCES_PORT"]) for node in nodes]
+    db.session.rollback()  # no transaction stays open while the nodes are read
     started = time.monotonic()
     readings = sweep(app, ssh.pool(app), probes, workers=config["METRICS_PARALLELISM"],
                      timeout=config["METRICS_NODE_TIMEOUT"])
     seconds = time.monotonic() - started
-    ok, absent, failed = record(nodes, readings)
+    ok, absent, failed = record(probes, readings)
     return (f"{len(nodes)} node(s) in {seconds:.1f}s: {ok} with metrics, {absent} without "
             f"Glances, {failed} failed")
 
