@@ -16,9 +16,9 @@ or a node out of reach over SSH is **down**.
 
 Every result is one raw ``SiteCheck`` row (``period`` 0); the ``metrics_retention``
 job rolls them into 5-minute and hourly sums and deletes old rows.  Readers take the
-coarsest resolution a question needs and finer rows only after the last bucket of
-the coarser ones (:func:`_spans`), so no check is counted twice, whenever the
-rollups run.
+coarsest resolution a question allows (5-minute sums for a day, hourly ones for a
+week or a month) and finer rows only after the last bucket of the coarser ones
+(:func:`_spans`), so no check is counted twice, whenever the rollups run.
 
 A sweep is bounded, whatever a tenant's backend does: one channel and one deadline
 (``SITE_CHECK_TIMEOUT``) per check, ``SITE_CHECK_PARALLELISM`` threads at work, and
@@ -46,7 +46,7 @@ from typing import Any
 
 from cryptography import x509
 from flask import current_app
-from sqlalchemy import case, func, insert, select
+from sqlalchemy import func, insert, select
 
 from app.connector import (
     AuthenticationFailed,
@@ -87,6 +87,8 @@ PARKED_PER_WORKER = 8
 WINDOWS: dict[str, timedelta] = {"24h": timedelta(hours=24), "7d": timedelta(days=7),
                                  "30d": timedelta(days=30)}
 CHART_STEPS: dict[str, int] = {"24h": 300, "7d": 3600, "30d": 6 * 3600}
+#: The coarsest rows each window's uptime is summed from.
+WINDOW_STEPS: dict[str, int] = {"24h": 300, "7d": 3600, "30d": 3600}
 _INSERT_BATCH = 1000
 
 
@@ -427,43 +429,46 @@ def check_sites() -> str:
 # Reading                                                                     #
 # --------------------------------------------------------------------------- #
 
-def _spans(site_id: int, coarsest: int) -> list[tuple[int, datetime | None]]:
-    """The resolutions to read, coarsest first, each with the instant it is read
-    from: a finer one only after the last bucket of the coarser ones, so a check
-    rolled up already is never counted again, whenever the rollups ran."""
-    ends = {period: as_utc(last) + timedelta(seconds=period)
+def _ends(site_id: int) -> dict[int, datetime]:
+    """Where the site's rows of each resolution end (the last bucket's end)."""
+    return {period: as_utc(last) + timedelta(seconds=period)
             for period, last in db.session.execute(
                 select(SiteCheck.period, func.max(SiteCheck.at))
-                .where(SiteCheck.site_id == site_id, SiteCheck.period <= coarsest)
-                .group_by(SiteCheck.period))}
+                .where(SiteCheck.site_id == site_id).group_by(SiteCheck.period))}
+
+
+def _spans(ends: dict[int, datetime], coarsest: int) -> list[tuple[int, datetime | None]]:
+    """The resolutions to read, coarsest first (up to ``coarsest`` seconds), each
+    with the instant it is read from: a finer one only after the last bucket of the
+    coarser ones, so a check rolled up already is never counted again, whenever the
+    rollups ran."""
     spans: list[tuple[int, datetime | None]] = []
     start: datetime | None = None
-    for period in sorted(ends, reverse=True):
+    for period in sorted((p for p in ends if p <= coarsest), reverse=True):
         spans.append((period, start))
         start = ends[period] if start is None else max(start, ends[period])
     return spans
 
 
 def _windows(site_id: int, now: datetime) -> list[dict[str, Any]]:
-    checks = dict.fromkeys(WINDOWS, 0)
-    failures = dict.fromkeys(WINDOWS, 0)
-    oldest = now - max(WINDOWS.values())
-    for period, start in _spans(site_id, max(CHART_STEPS.values())):
-        columns = []
-        for span in WINDOWS.values():
-            recent = SiteCheck.at >= now - span
-            columns += [func.sum(case((recent, SiteCheck.checks), else_=0)),
-                        func.sum(case((recent, SiteCheck.failures), else_=0))]
-        row = db.session.execute(
-            select(*columns).where(SiteCheck.site_id == site_id, SiteCheck.period == period,
-                                   SiteCheck.at >= max(oldest, start or oldest))).one()
-        for index, name in enumerate(WINDOWS):
-            checks[name] += int(row[2 * index] or 0)
-            failures[name] += int(row[2 * index + 1] or 0)
-    return [{"window": name, "checks": checks[name], "failures": failures[name],
-             "percent": (round(100 * (checks[name] - failures[name]) / checks[name], 3)
-                         if checks[name] else None)}
-            for name in WINDOWS]
+    """Checks and failures over each window.  A bucket that began before the window
+    is left out, so a window starts at most one bucket late (:data:`WINDOW_STEPS`)."""
+    ends = _ends(site_id)
+    result = []
+    for name, span in WINDOWS.items():
+        since = now - span
+        checks = failures = 0
+        for period, start in _spans(ends, WINDOW_STEPS[name]):
+            row = db.session.execute(
+                select(func.sum(SiteCheck.checks), func.sum(SiteCheck.failures))
+                .where(SiteCheck.site_id == site_id, SiteCheck.period == period,
+                       SiteCheck.at >= max(since, start or since))).one()
+            checks += int(row[0] or 0)
+            failures += int(row[1] or 0)
+        result.append({"window": name, "checks": checks, "failures": failures,
+                       "percent": (round(100 * (checks - failures) / checks, 3)
+                                   if checks else None)})
+    return result
 
 
 def _history(site_id: int, range_: str, now: datetime) -> dict[str, Any]:
@@ -475,7 +480,7 @@ def _history(site_id: int, range_: str, now: datetime) -> dict[str, Any]:
     count = int((now - first).total_seconds() // step) + 1
     checks, failures = [0] * count, [0] * count
     timed, weights = [0.0] * count, [0] * count
-    for period, start in _spans(site_id, step):
+    for period, start in _spans(_ends(site_id), step):
         rows = db.session.execute(
             select(SiteCheck.at, SiteCheck.checks, SiteCheck.failures, SiteCheck.response_ms)
             .where(SiteCheck.site_id == site_id, SiteCheck.period == period,

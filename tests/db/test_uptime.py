@@ -47,9 +47,10 @@ def history(db, alice):
 
 def test_uptime_counts_every_check_once_whatever_its_resolution(alice, history):
     windows = {w["window"]: w for w in uptime.site_uptime(alice, history.id, now=NOW)["windows"]}
-    # 24 h: 22 hourly sums, then 23 five-minute sums, then the last 5 raw checks.
-    assert windows["24h"] == {"window": "24h", "checks": 1440, "failures": 137,
-                              "percent": round(100 * 1303 / 1440, 3)}
+    # 24 h: five-minute sums (never hourly ones), then the last 5 raw checks.
+    assert windows["24h"] == {"window": "24h", "checks": 287 * 5 + 5, "failures": 5,
+                              "percent": round(100 * 1435 / 1440, 3)}
+    # 7 and 30 days: hourly sums, then 23 five-minute sums, then the raw tail.
     assert windows["7d"]["checks"] == 166 * 60 + 23 * 5 + 5
     assert windows["7d"]["failures"] == 166 * 6 + 5
     assert windows["30d"]["checks"] == 238 * 60 + 23 * 5 + 5
