@@ -13,6 +13,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from cryptography.fernet import Fernet
@@ -60,19 +61,26 @@ def app_on(url: str, keys: str) -> Iterator[Flask]:
             yield app
     finally:
         with app.app_context():
-            db.session.remove()
             db.engine.dispose()
 
 
-def table_rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table, read through reflection (not the models, not the
-    backup code): JSON as its stored text, times in UTC, secrets as their ciphertext.
-    The audit log's own backup entries are left out (made after the snapshot)."""
+Rows = dict[str, list[dict[str, Any]]]
+
+
+def _backup_entry(table: str, row: dict[str, Any]) -> bool:
+    return table == "audit_log" and str(row["action"]).startswith("backup.")
+
+
+def table_rows(url: str) -> Rows:
+    """Every row of every table by primary key, read through reflection (not the
+    models, not the backup code): JSON as its stored text, times in UTC, secrets as
+    their ciphertext.  The audit log's own backup entries are left out (they are
+    written after the snapshot, and by the restore)."""
     engine = create_engine(url, poolclass=NullPool)
     try:
         meta = MetaData()
         meta.reflect(engine)
-        rows: dict[str, list[tuple[Any, ...]]] = {}
+        rows: Rows = {}
         with engine.connect() as conn:
             for name, table in sorted(meta.tables.items()):
                 if name == "alembic_version":
@@ -80,15 +88,31 @@ def table_rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
                 columns = [cast(c, Text()).label(c.name) if isinstance(c.type, JSON) else c
                            for c in table.columns]
                 stmt = select(*columns).order_by(*table.primary_key.columns)
-                if name == "audit_log":
-                    stmt = stmt.where(table.c.action.not_like("backup.%"))
-                rows[name] = [
-                    tuple(as_utc(v) if isinstance(c.type, DateTime) and v is not None else v
-                          for c, v in zip(table.columns, row, strict=True))
-                    for row in conn.execute(stmt)]
+                found = [{c.name: as_utc(v) if isinstance(c.type, DateTime) and v is not None
+                          else v for c, v in zip(table.columns, row, strict=True)}
+                         for row in conn.execute(stmt)]
+                rows[name] = [row for row in found if not _backup_entry(name, row)]
         return rows
     finally:
         engine.dispose()
+
+
+def backup_rows(path: str) -> Rows:
+    """The rows a backup file holds, read from its parts without the backup code, in
+    :func:`table_rows`' shape."""
+    with tarfile.open(path, "r:") as archive:
+        manifest = json.loads(archive.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        rows: Rows = {}
+        for entry in manifest["tables"]:
+            content = gzip.decompress(archive.extractfile(entry["part"]).read())  # type: ignore[union-attr]
+            names = [c["name"] for c in entry["columns"]]
+            kinds = {c["name"]: c["kind"] for c in entry["columns"]}
+            found = [{name: datetime.fromisoformat(value)
+                      if kinds[name] == "datetime" and value is not None else value
+                      for name, value in zip(names, json.loads(line), strict=True)}
+                     for line in content.decode().splitlines()]
+            rows[entry["name"]] = [row for row in found if not _backup_entry(entry["name"], row)]
+    return rows
 
 
 def table_columns(url: str) -> dict[str, list[str]]:

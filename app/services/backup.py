@@ -6,6 +6,10 @@ for every table of the models in dependency order.  The manifest gives the forma
 the schema revision, when it was made, each table's columns, rows and SHA-256, and
 the fingerprints of the keys that encrypted its secrets.
 
+Leases (which deployment holds a node, which process runs the jobs) belong to
+running processes, none of which runs in a restored instance: their tables are in
+every backup, empty.
+
 Secrets stay as the database holds them: encrypted columns are copied as their
 ciphertext, and the keys are never in a backup.  A key's fingerprint is a hash of
 it that cannot be turned back into it; restore compares them with the instance's
@@ -68,6 +72,7 @@ from sqlalchemy import (
     Table,
     Text,
     cast,
+    false,
     func,
     inspect,
     select,
@@ -80,7 +85,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from app.errors import Conflict, NotFound, ValidationError
 from app.extensions import db
-from app.models import Node, Site, User
+from app.models import Node, NodeLease, SchedulerLease, Site, User
 from app.models.base import as_utc, utcnow
 from app.security import EncryptedText, fernet
 from app.services import audit
@@ -106,6 +111,11 @@ _TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # How long a restore waits for other sessions' locks on PostgreSQL before it gives up.
 LOCK_TIMEOUT = "30s"
 _FINGERPRINT_LABEL = b"rpcc-fernet-key-fingerprint:"
+# Rows that belong to running processes rather than to the state: which deployment
+# holds a node, which process runs the jobs.  None of those processes runs in a
+# restored instance (a lease restored would keep its node from every deployment
+# until it expires), so these tables are written empty and marked so.
+RUNTIME_TABLES = frozenset({NodeLease.__tablename__, SchedulerLease.__tablename__})
 _CHUNK = 1024 * 1024
 
 
@@ -137,6 +147,7 @@ class TablePart:
     columns: tuple[tuple[str, Kind], ...]
     rows: int
     sha256: str
+    runtime: bool = False
 
     @property
     def path(self) -> str:
@@ -173,7 +184,7 @@ class Manifest:
                                     for fp, n in sorted(self.keys.items())],
                            "unreadable": self.unreadable},
             "tables": [{"name": part.name, "part": part.path, "rows": part.rows,
-                        "sha256": part.sha256,
+                        "sha256": part.sha256, "runtime": part.runtime,
                         "columns": [{"name": name, "kind": kind.value}
                                     for name, kind in part.columns]}
                        for part in self.tables],
@@ -197,7 +208,8 @@ class Manifest:
             tables = tuple(
                 TablePart(_table_name(entry["name"]),
                           tuple((str(c["name"]), Kind(c["kind"])) for c in entry["columns"]),
-                          int(entry["rows"]), str(entry["sha256"]))
+                          int(entry["rows"]), str(entry["sha256"]),
+                          bool(entry.get("runtime", False)))
                 for entry in data["tables"])
             encryption = data["encryption"]
             return cls(
@@ -431,6 +443,9 @@ def _dump_table(conn: Connection, model_table: Table, target: IO[bytes],
     columns = [(column, _kind(column)) for column in model_table.columns]
     stmt = select(*[_read_expression(c, k) for c, k in columns]).order_by(
         *model_table.primary_key.columns)
+    runtime = model_table.name in RUNTIME_TABLES
+    if runtime:
+        stmt = stmt.where(false())
     secret_positions = [i for i, (_, kind) in enumerate(columns) if kind is Kind.SECRET]
     kinds = [kind for _, kind in columns]
     hashing = _HashingWriter(target)
@@ -449,7 +464,7 @@ def _dump_table(conn: Connection, model_table: Table, target: IO[bytes],
             out.write(("\n".join(lines) + "\n").encode())
             rows += len(batch)
     return TablePart(model_table.name, tuple((c.name, k) for c, k in columns), rows,
-                     hashing.sha.hexdigest())
+                     hashing.sha.hexdigest(), runtime)
 
 
 def write_backup(actor: User | None, target: IO[bytes], *,

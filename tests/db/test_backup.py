@@ -21,12 +21,14 @@ from app.errors import Conflict, ValidationError
 from app.extensions import db
 from app.models import Certificate, Node, NotificationChannel, User
 from app.services import backup, jobs, nodes, tokens, two_factor
+from app.services.node_leases import node_lease
 from app.services.notifiers import ChannelInput, channels
 from app.services.startup import schema_revision
 from tests import factories
 from tests.backups import (
     KINDS,
     app_on,
+    backup_rows,
     damage,
     fresh_database,
     new_key,
@@ -116,6 +118,7 @@ def test_a_backup_restores_into_a_fresh_database_with_every_row_equal_and_secret
     seeded = seed()
     before = table_rows(_DATABASE_URL)
     path = take_backup(tmp_path)
+    assert backup_rows(path) == before
     manifest = backup.verify_backup(path)
     assert manifest.schema_revision == backup.head_revision()
     assert [part.name for part in manifest.tables] == [t.name for t in db.metadata.sorted_tables]
@@ -137,7 +140,7 @@ def test_a_backup_restores_into_a_fresh_database_with_every_row_equal_and_secret
         assert_secrets_readable(seeded)
         # New rows take ids after the restored ones (PostgreSQL's sequences moved on).
         newcomer = factories.make_user("client", "newcomer")
-        assert newcomer.id > max(row[0] for row in before["users"])
+        assert newcomer.id > max(row["id"] for row in before["users"])
         assert nodes.get_node_by_name(factories.make_user("admin"), "edge-1").id == seeded.node_id
 
 
@@ -378,3 +381,17 @@ def test_the_manifest_names_each_part_with_its_hash_and_rows(source, tmp_path):
     assert len(users["sha256"]) == 64
     assert {"name": "totp_secret", "kind": "secret"} in users["columns"]
     assert names[1:] == [t["part"] for t in data["tables"]]
+
+
+def test_leases_of_running_processes_are_not_carried_into_a_restore(source, key, tmp_path):
+    """A deployment's hold on a node belongs to its process: the restored instance
+    starts with every node free, not blocked until a dead holder's lease expires."""
+    seeded = seed()
+    with node_lease(seeded.node_id, ttl=300, wait=0):
+        path = take_backup(tmp_path)
+    part = backup.verify_backup(path).part("node_locks")
+    assert part is not None and part.runtime and part.rows == 0
+    with fresh_database("sqlite") as url, app_on(url, key) as target, target.app_context():
+        backup.restore_backup(None, path, allow=backup.Allow.EMPTY)
+        with node_lease(seeded.node_id, ttl=300, wait=0):
+            pass  # taken at once
