@@ -194,3 +194,16 @@ def test_a_glances_address_is_read_through_ssh_or_directly(value, stored):
 def test_a_glances_address_elsewhere_or_malformed_is_refused(value, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         nodes.validate_glances_url(value)
+
+
+def test_figures_no_column_can_hold_are_dropped_not_stored():
+    data = recorded("v3_3.3.1.1")
+    data["cpu"]["total"] = float("nan")
+    data["mem"]["percent"] = float("inf")
+    data["load"]["min1"] = 10 ** 400
+    data["fs"][0]["used"] = 2 ** 70
+    data["uptime"] = 10 ** 30
+    sample = glances.parse("3", json.loads(json.dumps(data)))
+    assert (sample.cpu_percent, sample.mem_percent, sample.load1) == (None, None, None)
+    assert sample.filesystems[0]["used"] is None and sample.uptime_seconds is None
+    assert glances.parse_uptime("999999999999 days, 1:00:00") is None

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -52,7 +53,9 @@ PLUGINS = ("cpu", "mem", "memswap", "load", "fs", "network", "uptime")
 MAX_ANSWER = 1 << 20
 #: File systems kept per sample: enough for any real node, bounded for the table.
 MAX_FILESYSTEMS = 64
-_UPTIME = re.compile(r"(?:(\d+) days?, )?(\d+):(\d\d):(\d\d)")
+#: Figures at or above this are refused (a 64-bit column holds less than 2**63).
+LARGEST = 2.0**62
+_UPTIME = re.compile(r"(?:(\d{1,9}) days?, )?(\d{1,2}):(\d\d):(\d\d)")
 _LOOPBACK_INTERFACE = re.compile(r"lo\d*")
 _USER_AGENT = "rpcc-metrics/1"
 
@@ -329,12 +332,14 @@ def parse(version: str, data: dict[str, Any]) -> Sample:
 def parse_uptime(value: Any) -> int | None:
     """Seconds from Glances' ``"12 days, 3:04:05"`` (or ``"3:04:05"``)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return int(value)
+        number = _number(value)
+        return int(number) if number is not None else None
     match = _UPTIME.fullmatch(value.strip()) if isinstance(value, str) else None
     if match is None:
         return None
     days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
-    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    return total if total < LARGEST else None
 
 
 def _mapping(data: dict[str, Any], name: str) -> dict[str, Any]:
@@ -352,9 +357,16 @@ def _sequence(data: dict[str, Any], name: str) -> list[dict[str, Any]]:
 
 
 def _number(value: Any) -> float | None:
+    """A figure as Glances sent it, if it is one a database column can hold: a node
+    answering NaN, infinities or 400-digit numbers loses that figure, and never
+    breaks the sweep's one insert for every node."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) and abs(number) < LARGEST else None
 
 
 def _filesystems(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
