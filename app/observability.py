@@ -20,6 +20,7 @@ gives the same figures.
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
 import hmac
 import json
@@ -207,6 +208,32 @@ class _ThisProcess(Collector):
         return _COUNTED.collect()
 
 
+class _Workers(Collector):
+    """What every worker of this instance counted, from the files of the multiprocess
+    directory, those of exited workers included.  A file that a starting worker is
+    creating at this very moment is still empty and cannot be read: it holds no
+    count yet, and the next scrape reads it."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def collect(self) -> Iterable[Metric]:
+        files = [path for path in glob.glob(os.path.join(self.directory, "*.db"))
+                 if _size(path) >= _FILE_HEADER_BYTES]
+        return MultiProcessCollector.merge(files, accumulate=True)
+
+
+# Each file starts with how many of its bytes are used (4 bytes, then 4 of padding).
+_FILE_HEADER_BYTES = 8
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return 0
+
+
 class FleetCollector(Collector):
     """The fleet's state as gauges, from one reading of the database.
 
@@ -302,9 +329,7 @@ def exposition(gauges: FleetGauges, *, node_names: bool) -> bytes:
     """The scrape's answer in the Prometheus text format, from a registry built for
     it: the counts of every process of this instance, then the fleet's gauges."""
     registry = CollectorRegistry()
-    if multiprocess_directory():
-        MultiProcessCollector(registry)
-    else:
-        registry.register(_ThisProcess())
+    directory = multiprocess_directory()
+    registry.register(_Workers(directory) if directory else _ThisProcess())
     registry.register(FleetCollector(gauges, node_names=node_names))
     return generate_latest(registry)
