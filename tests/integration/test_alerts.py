@@ -104,6 +104,15 @@ def alert_events(db: Any) -> list[str]:
                                    .order_by(NotificationDelivery.id)))
 
 
+def deployed(owner: User, backends: Any) -> None:
+    """shop.example.com, deployed to every node."""
+    backend = backends.start("shop")
+    site = factories.make_site(owner, "shop.example.com",
+                               backends=[{"host": "127.0.0.1", "port": backend.port}])
+    rollout = deployments.wait(deployments.deploy_site(owner, site.id).id, timeout=120)
+    assert rollout.status == DeploymentStatus.SUCCEEDED, rollout.error
+
+
 def test_a_node_whose_sshd_stops_is_unreachable_until_it_is_back(
         db: Any, admin: User, sshd: SshServer, fleet: list[FleetNode]) -> None:
     notifiers.create_channel(admin, ChannelInput(name="ops", kind="telegram", target="5",
@@ -131,13 +140,29 @@ def test_a_node_whose_sshd_stops_is_unreachable_until_it_is_back(
     assert alert_events(db) == ["alert.firing"] * 2 + ["alert.resolved"] * 2
 
 
+def test_a_node_whose_proxy_stops_is_not_answering_until_it_is_back(
+        db: Any, admin: User, alice: User, fleet: list[FleetNode], backends: Any) -> None:
+    deployed(alice, backends)  # each node then answers the health check's HTTP probe
+    alerts.create_rule(admin, {"name": "Proxy down", "kind": "proxy_down"})
+    alerts.create_rule(admin, {"name": "Node unreachable", "kind": "node_unreachable"})
+    fleet[1].nginx.stop()
+    try:
+        assert run(db, "node_health").endswith("1 healthy, 1 not")
+        run(db, "alerts")
+        [down] = alerts_of(db, "proxy_down")
+        assert (down.state, down.node_id) == (AlertState.FIRING, fleet[1].id)
+        assert down.summary.startswith("edge-1: ") and "does not answer HTTP" in down.summary
+        assert alerts_of(db, "node_unreachable") == []  # SSH still answers
+    finally:
+        fleet[1].nginx.start()
+    run(db, "node_health")
+    run(db, "alerts")
+    assert alerts_of(db, "proxy_down")[0].state == AlertState.RESOLVED
+
+
 def test_a_file_changed_on_a_node_raises_drift_until_the_node_is_deployed_again(
         db: Any, admin: User, alice: User, fleet: list[FleetNode], backends: Any) -> None:
-    backend = backends.start("shop")
-    site = factories.make_site(alice, "shop.example.com",
-                               backends=[{"host": "127.0.0.1", "port": backend.port}])
-    rollout = deployments.wait(deployments.deploy_site(alice, site.id).id, timeout=120)
-    assert rollout.status == DeploymentStatus.SUCCEEDED, rollout.error
+    deployed(alice, backends)
     alerts.create_rule(admin, {"name": "Drift", "kind": "drift"})
     conf = fleet[0].nginx.config_dir / "sites" / "shop.example.com.conf"
     conf.write_text(conf.read_text() + "\n# edited by hand\n")
