@@ -624,18 +624,27 @@ def _check_archive(archive: _Archive) -> Manifest:
     missing = sorted(fp for fp in manifest.keys if fp not in have)
     if missing:
         raise _missing_keys_error(missing)
-    sample: str | None = None
+    # Secrets no key of the backed-up instance could read are unreadable here too:
+    # among this many of the first secrets, one at least must decrypt.
+    wanted = manifest.unreadable + 1
+    samples: list[str] = []
     for part in manifest.tables:
         positions = [i for i, (_, kind) in enumerate(part.columns) if kind is Kind.SECRET]
         for values in archive.rows(part):
-            if sample is None and positions:
-                sample = next((values[i] for i in positions if values[i] is not None), None)
-    if sample is not None:
-        try:
-            fernet().decrypt(str(sample).encode())
-        except (InvalidToken, TypeError):
-            raise _missing_keys_error(sorted(manifest.keys) or ["(unknown)"]) from None
+            for position in positions:
+                if len(samples) < wanted and values[position] is not None:
+                    samples.append(str(values[position]))
+    if samples and not any(_decrypts(sample) for sample in samples):
+        raise _missing_keys_error(sorted(manifest.keys) or ["(none named)"])
     return manifest
+
+
+def _decrypts(token: str) -> bool:
+    try:
+        fernet().decrypt(token.encode())
+    except InvalidToken:
+        return False
+    return True
 
 
 def verify_backup(source: str | IO[bytes]) -> Manifest:

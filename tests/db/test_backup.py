@@ -14,8 +14,9 @@ from typing import Any
 
 import flask_migrate
 import pytest
+from cryptography.fernet import Fernet
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import Text, select, type_coerce, update
 
 from app.errors import Conflict, ValidationError
 from app.extensions import db
@@ -395,3 +396,24 @@ def test_leases_of_running_processes_are_not_carried_into_a_restore(source, key,
         backup.restore_backup(None, path, allow=backup.Allow.EMPTY)
         with node_lease(seeded.node_id, ttl=300, wait=0):
             pass  # taken at once
+
+
+def test_a_secret_no_key_reads_any_more_is_counted_and_does_not_stop_a_restore(
+        source, key, tmp_path):
+    """A secret written under a key since removed from ENCRYPTION_KEYS is unreadable
+    in the instance too: the backup counts it, and the readable ones carry it."""
+    seeded = seed()
+    stale = Fernet(new_key()).encrypt(b"JBSWY3DPEHPK3PXP").decode()
+    root = db.session.scalar(select(User).where(User.username == "root"))
+    assert root is not None
+    db.session.execute(update(User).where(User.id == root.id).values(
+        totp_secret=type_coerce(stale, Text())))
+    db.session.commit()
+    path = take_backup(tmp_path)
+    manifest = backup.verify_backup(path)
+    assert manifest.unreadable == 1
+    assert manifest.keys == {backup.instance_key_fingerprints()[0]: manifest.secrets - 1}
+    with fresh_database("sqlite") as url, app_on(url, key) as target, target.app_context():
+        backup.restore_backup(None, path, allow=backup.Allow.EMPTY)
+        assert_secrets_readable(seeded)
+        assert backup_rows(path)["users"] == table_rows(url)["users"]
