@@ -1,6 +1,7 @@
-"""What the backup tests share: fresh databases to restore into, every row of a
-database read independently of the backup code, and backups rewritten as a damaged,
-foreign or older one would be."""
+"""What the backup tests share: a state with a secret of each kind to back up, fresh
+databases to restore into, every row of a database (and of a backup file) read
+independently of the backup code, and backups rewritten as a damaged, foreign or
+older one would be."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -22,7 +24,11 @@ from sqlalchemy import JSON, DateTime, MetaData, Text, cast, create_engine, sele
 from sqlalchemy.pool import NullPool
 
 from app.extensions import db
+from app.models import Certificate, Node, NotificationChannel, User
 from app.models.base import as_utc
+from app.services import tokens, two_factor
+from app.services.notifiers import ChannelInput, channels
+from tests import factories
 from tests.components import postgres_database
 from tests.conftest import make_app
 
@@ -169,3 +175,57 @@ def damage(path: str, part: str) -> None:
         byte = handle.read(1)
         handle.seek(-1, os.SEEK_CUR)
         handle.write(bytes([byte[0] ^ 0xFF]))
+
+
+TELEGRAM_TOKEN = "123456:" + "B" * 35
+
+
+@dataclass
+class Seeded:
+    """The secrets of each kind as their owners gave them, and where they are."""
+
+    node_id: int
+    ssh_key: str
+    certificate_id: int
+    certificate_key: str
+    user_id: int
+    totp_secret: str
+    channel_id: int
+    channel_secret: str
+
+
+def seed() -> Seeded:
+    """A little of everything: accounts, a node with its SSH key, a self-signed site
+    (its certificate key), two-factor enrolment (TOTP secret), a Telegram channel (its
+    bot token), a config version (encrypted files), a rollout, a token, JSON null."""
+    admin = factories.make_user("admin", "root")
+    alice = factories.make_user("client", "alice")
+    ssh_key = factories.ssh_key()
+    node = factories.make_node("edge-1", ssh_private_key=ssh_key)
+    node.last_check = {"ssh": {"ok": True, "detail": "ü"}}
+    db.session.commit()
+    node.last_check = None  # JSON null, which is not SQL NULL
+    db.session.commit()
+    site = factories.make_site(alice, "shop.example.com", ssl_mode="self_signed")
+    certificate = site.certificate
+    assert certificate is not None
+    enrolment = two_factor.begin_enrolment(alice)
+    channel = channels.create_channel(alice, ChannelInput(
+        name="phone", kind="telegram", target="4242", secret=TELEGRAM_TOKEN))
+    factories.make_version(node, {"rpcc.conf": "# one\n", "sites/shop.conf": "# two\n"})
+    factories.make_rollout(site)
+    tokens.create_token(admin, "ci")
+    return Seeded(node.id, ssh_key, certificate.id, certificate.key_pem or "", alice.id,
+                  enrolment.secret, channel.id, TELEGRAM_TOKEN)
+
+
+def assert_secrets_readable(seeded: Seeded) -> None:
+    node = db.session.get(Node, seeded.node_id)
+    assert node is not None and node.ssh_private_key == seeded.ssh_key
+    cert = db.session.get(Certificate, seeded.certificate_id)
+    assert cert is not None and cert.key_pem == seeded.certificate_key
+    assert seeded.certificate_key.startswith("-----BEGIN")
+    user = db.session.get(User, seeded.user_id)
+    assert user is not None and user.totp_secret == seeded.totp_secret
+    channel = db.session.get(NotificationChannel, seeded.channel_id)
+    assert channel is not None and channel.secret == seeded.channel_secret

@@ -8,7 +8,6 @@ import json
 import tarfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,42 +19,28 @@ from sqlalchemy import Text, select, type_coerce, update
 
 from app.errors import Conflict, ValidationError
 from app.extensions import db
-from app.models import Certificate, Node, NotificationChannel, User
-from app.services import backup, jobs, nodes, tokens, two_factor
+from app.models import User
+from app.services import backup, jobs, nodes, tokens
 from app.services.node_leases import node_lease
-from app.services.notifiers import ChannelInput, channels
 from app.services.startup import schema_revision
 from tests import factories
 from tests.backups import (
     KINDS,
     app_on,
+    assert_secrets_readable,
     backup_rows,
     damage,
     fresh_database,
     new_key,
     rewrite,
     schema_tables,
+    seed,
     table_columns,
     table_rows,
 )
 from tests.conftest import _DATABASE_URL, make_app
 
-TELEGRAM_TOKEN = "123456:" + "B" * 35
 MISSING_KEY = "this backup's secrets were encrypted with a key this instance does not have"
-
-
-@dataclass
-class Seeded:
-    """The secrets of each kind as their owners gave them, and where they are."""
-
-    node_id: int
-    ssh_key: str
-    certificate_id: int
-    certificate_key: str
-    user_id: int
-    totp_secret: str
-    channel_id: int
-    channel_secret: str
 
 
 @pytest.fixture()
@@ -68,43 +53,6 @@ def source(db: Any, key: str) -> Iterator[Flask]:
     """An app on the suite's (emptied) database holding ``key`` alone."""
     with app_on(_DATABASE_URL, key) as app, app.app_context():
         yield app
-
-
-def seed() -> Seeded:
-    """A little of everything: accounts, a node with its SSH key, a self-signed site
-    (its certificate key), two-factor enrolment (TOTP secret), a Telegram channel (its
-    bot token), a config version (encrypted files), a rollout, a token, JSON null."""
-    admin = factories.make_user("admin", "root")
-    alice = factories.make_user("client", "alice")
-    ssh_key = factories.ssh_key()
-    node = factories.make_node("edge-1", ssh_private_key=ssh_key)
-    node.last_check = {"ssh": {"ok": True, "detail": "ü"}}
-    db.session.commit()
-    node.last_check = None  # JSON null, which is not SQL NULL
-    db.session.commit()
-    site = factories.make_site(alice, "shop.example.com", ssl_mode="self_signed")
-    certificate = site.certificate
-    assert certificate is not None
-    enrolment = two_factor.begin_enrolment(alice)
-    channel = channels.create_channel(alice, ChannelInput(
-        name="phone", kind="telegram", target="4242", secret=TELEGRAM_TOKEN))
-    factories.make_version(node, {"rpcc.conf": "# one\n", "sites/shop.conf": "# two\n"})
-    factories.make_rollout(site)
-    tokens.create_token(admin, "ci")
-    return Seeded(node.id, ssh_key, certificate.id, certificate.key_pem or "", alice.id,
-                  enrolment.secret, channel.id, TELEGRAM_TOKEN)
-
-
-def assert_secrets_readable(seeded: Seeded) -> None:
-    node = db.session.get(Node, seeded.node_id)
-    assert node is not None and node.ssh_private_key == seeded.ssh_key
-    cert = db.session.get(Certificate, seeded.certificate_id)
-    assert cert is not None and cert.key_pem == seeded.certificate_key
-    assert seeded.certificate_key.startswith("-----BEGIN")
-    user = db.session.get(User, seeded.user_id)
-    assert user is not None and user.totp_secret == seeded.totp_secret
-    channel = db.session.get(NotificationChannel, seeded.channel_id)
-    assert channel is not None and channel.secret == seeded.channel_secret
 
 
 def take_backup(tmp_path: Path, name: str = "backup.tar", **kwargs: Any) -> str:

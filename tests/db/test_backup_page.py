@@ -22,9 +22,15 @@ from app.models import JobRun, User
 from app.scheduler import find_job
 from app.services import backup
 from tests import factories
-from tests.backups import app_on, fresh_database, new_key, table_rows
+from tests.backups import (
+    app_on,
+    assert_secrets_readable,
+    fresh_database,
+    new_key,
+    seed,
+    table_rows,
+)
 from tests.conftest import _DATABASE_URL, api_headers, login
-from tests.db.test_backup import assert_secrets_readable, seed
 
 
 @pytest.fixture()
