@@ -64,7 +64,10 @@ def staged_token(page: str) -> str:
 
 def test_the_page_offers_a_download_the_schedule_and_a_restore(source):
     admin = factories.make_user("admin", "root")
-    page = signed_in(source, admin).get("/admin/backups")
+    client = signed_in(source, admin)
+    assert 'href="/admin/backups">Backups page</a>' in client.get(
+        "/admin/settings").get_data(as_text=True)
+    page = client.get("/admin/backups")
     assert page.status_code == 200
     html = page.get_data(as_text=True)
     assert "Download a backup" in html and "Check backup" in html

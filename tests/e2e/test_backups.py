@@ -45,7 +45,8 @@ def test_a_backup_is_downloaded_checked_and_restored_into_a_new_installation(
     journey = journey_factory("main")
     page = journey.go("/")
     sign_in(journey, "admin", product.admin_password)
-    page.get_by_role("navigation", name="Main").get_by_role("link", name="Backups").click()
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Settings").click()
+    page.get_by_role("link", name="Backups page").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Backups")
     journey.check("backups")
 
@@ -85,7 +86,8 @@ def test_a_backup_is_downloaded_checked_and_restored_into_a_new_installation(
     page = fresh.page
     page.goto(f"{url}/auth/login")
     sign_in(fresh, "first", password)
-    page.get_by_role("navigation", name="Main").get_by_role("link", name="Backups").click()
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Settings").click()
+    page.get_by_role("link", name="Backups page").click()
     page.get_by_label("Backup file").set_input_files(str(saved))
     page.get_by_role("button", name="Check backup").click()
     expect(page.get_by_role("heading", level=1)).to_have_text(
