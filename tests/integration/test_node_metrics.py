@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -172,3 +173,48 @@ def test_a_missing_glances_is_logged_once_per_change_of_state(app, db, sshd, rea
     said = [r.getMessage() for r in caplog.records if "edge-10" in r.getMessage()]
     assert len(said) == 2 and "metrics again (Glances API 3)" in said[1]
     assert len(samples(db, node.id)) == 2
+
+
+def test_an_answer_trickling_through_the_tunnel_is_cut_at_the_nodes_deadline(app, sshd,
+                                                                             pooled):
+    """A node that sends its answer a byte at a time cannot hold the reading thread
+    past the node's time: the read ends while the node is still sending."""
+    trickle = socket.create_server(("127.0.0.78", 0))
+    finished = threading.Event()
+    stop = threading.Event()
+
+    def serve() -> None:
+        trickle.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = trickle.accept()
+                break
+            except TimeoutError:
+                continue
+        else:
+            return
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            for _ in range(1000):
+                if stop.wait(0.05):
+                    return
+                try:
+                    conn.sendall(b" ")
+                except OSError:
+                    return
+            finished.set()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        transport = glances.TunnelTransport(
+            ssh.pool(app), sshd.target(pinned=True), "127.0.0.78", trickle.getsockname()[1],
+            deadline=time.monotonic() + 2)
+        with pytest.raises(glances.GlancesError, match="did not answer in time"):
+            glances.read(transport, "3")
+        assert not finished.is_set()
+    finally:
+        stop.set()
+        thread.join()
+        trickle.close()

@@ -26,6 +26,7 @@ found by asking, the version it spoke last time first.
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import math
 import re
@@ -147,6 +148,36 @@ def _remaining(deadline: float) -> float:
     return left
 
 
+class _Channel:
+    """A forwarded channel as ``http.client.HTTPResponse`` reads it, where every read
+    waits only until the node's deadline: the answer comes from the node, and one
+    that trickles a byte at a time must not hold a thread past it."""
+
+    def __init__(self, channel: Any, deadline: float) -> None:
+        self.channel, self.deadline = channel, deadline
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(_ChannelReader(self.channel, self.deadline))
+
+
+class _ChannelReader(io.RawIOBase):
+    def __init__(self, channel: Any, deadline: float) -> None:
+        super().__init__()
+        self.channel, self.deadline = channel, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the node's time is up")
+        self.channel.settimeout(left)
+        data = self.channel.recv(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
 class TunnelTransport:
     """HTTP/1.1 over channels forwarded by the node's pooled SSH connection."""
 
@@ -190,7 +221,8 @@ class TunnelTransport:
             channel.sendall((f"GET {path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
                              f"Accept: application/json\r\nUser-Agent: {_USER_AGENT}\r\n"
                              "\r\n").encode("ascii"))
-            response = http.client.HTTPResponse(channel, method="GET")
+            response = http.client.HTTPResponse(
+                _Channel(channel, self.deadline), method="GET")  # type: ignore[arg-type]
             try:
                 response.begin()
                 body = response.read(MAX_ANSWER + 1)
