@@ -36,6 +36,7 @@ import multiprocessing
 import os
 import resource
 import selectors
+import shutil
 import socket
 import sys
 import tempfile
@@ -354,15 +355,18 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
 
     workdir = tempfile.mkdtemp(prefix="rpcc-monitor-sweep-")
-    url = args.database or "sqlite:///" + os.path.join(workdir, "bench.db")
-    app = create_app("testing", {"SQLALCHEMY_DATABASE_URI": url})
-    with app.app_context():
-        upgrade()
-    print(f"database: {url.split(':', 1)[0]}; "
-          f"load average at start: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    for line in metrics_half(app, args.nodes, args.sweeps, args.size_rows):
-        print(line)
-    print(f"load average at end: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    try:
+        url = args.database or "sqlite:///" + os.path.join(workdir, "bench.db")
+        app = create_app("testing", {"SQLALCHEMY_DATABASE_URI": url})
+        with app.app_context():
+            upgrade()
+        print(f"database: {url.split(':', 1)[0]}; "
+              f"load average at start: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+        for line in metrics_half(app, args.nodes, args.sweeps, args.size_rows):
+            print(line)
+        print(f"load average at end: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
