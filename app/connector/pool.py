@@ -78,6 +78,17 @@ from app.connector.hostkeys import (
 
 logger = logging.getLogger(__name__)
 
+
+class _RefusedChannelFilter(logging.Filter):
+    """Paramiko logs every refused channel as an error; to this pool a refused forward
+    is an answer (:class:`PortClosed`), which its caller reports once in words."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "open FAILED" not in record.getMessage()
+
+
+logging.getLogger("paramiko.transport").addFilter(_RefusedChannelFilter())
+
 T = TypeVar("T")
 
 #: Largest SFTP read or write request (OpenSSH's and Paramiko's limit).

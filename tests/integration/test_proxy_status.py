@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from app.engines.base import STATUS_PATH
-from app.extensions import ssh
-from app.models import DeploymentStatus, Node
-from app.services import deployments, nodes
+from app.extensions import db, ssh
+from app.models import DeploymentStatus, Node, NodeMetric
+from app.services import deployments, monitoring, nodes
 from app.services.monitoring.proxy_status import (
     ProxyStatusUnavailable,
     read_proxy_status,
@@ -265,3 +266,23 @@ def test_a_caddy_node_whose_admin_endpoint_is_elsewhere_says_where_to_name_it(
     assert f"Nothing answers on 127.0.0.1:{elsewhere} on node caddy-status" in \
         refused.value.message
     assert "--address in its reload command" in refused.value.message
+
+
+def test_the_metrics_job_stores_the_proxys_connections_and_request_rate(app, admin, alice,
+                                                                         edge, backend):
+    """A node without Glances still has its proxy's figures: the first sweep stores
+    the connections (no rate yet: nothing to measure it from), the next one the rate
+    of the requests served in between."""
+    deploy_site(alice, "busy.example.com", backend)
+    monitoring.poll_node_metrics()
+    for _ in range(REQUESTS):
+        assert edge.get("busy.example.com").status == 200
+    monitoring.poll_node_metrics()
+    samples = list(db.session.scalars(select(NodeMetric).where(NodeMetric.node_id == edge.id)
+                                      .order_by(NodeMetric.id)))
+    assert len(samples) == 2
+    first, second = samples
+    assert first.connections is not None and first.requests_per_second is None
+    assert second.connections is not None and second.requests_per_second > 0
+    assert second.cpu_percent is None  # no Glances on this node
+    assert "Glances" in row(admin, edge.id).metrics_error

@@ -9,15 +9,22 @@ one update of the nodes' ``glances_api``, ``metrics_error`` and ``metrics_at``.
 
 A node without Glances is a state, not an error: its ``metrics_error`` says why in
 words and the log says so once when the state changes (not every minute).
+
+The same read takes the proxy's own counters (active connections, requests served;
+``proxy_status``) within the node's remaining time; the request rate is the counter's
+growth since this process's previous read of that node, so the first sweep after a
+start, or after the proxy restarted, has none.  A node whose proxy counters cannot be
+read still gets its Glances figures, and the other way round.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,7 +39,7 @@ from app.models import Node, NodeMetric, User
 from app.models.base import as_utc, utcnow
 from app.services.common import MAX_PER_PAGE, Page, get_or_404, require_admin
 from app.services.deployments import ssh_target
-from app.services.monitoring import glances
+from app.services.monitoring import glances, proxy_status
 from app.services.monitoring.glances import GlancesError, Sample
 from app.services.monitoring.retention import FIVE_MINUTES, HOUR, RAW, bucket_start
 
@@ -53,6 +60,7 @@ class Probe:
     target: SSHTarget
     remembered: str | None
     previous_error: str
+    status: proxy_status.StatusSource
 
 
 @dataclass(frozen=True)
@@ -65,11 +73,33 @@ class Reading:
     sample: Sample | None = None
     error: str = ""
     absent: bool = False
+    proxy: proxy_status.ProxyStatus | None = None
+
+    def columns(self, previous: proxy_status.ProxyStatus | None) -> dict[str, Any] | None:
+        """The raw sample's columns, the request rate measured since ``previous``
+        counters; None when the node told nothing."""
+        if self.sample is None and self.proxy is None:
+            return None
+        columns: dict[str, Any] = self.sample.columns() if self.sample is not None else {}
+        columns["connections"] = None
+        columns["requests_per_second"] = None
+        if self.proxy is not None:
+            columns["connections"] = float(self.proxy.active_connections)
+            columns["requests_per_second"] = proxy_status.requests_per_second(previous,
+                                                                               self.proxy)
+        return columns
+
+
+# Each node's last proxy counters read by this process: what a request rate is
+# measured from.
+_COUNTERS: dict[int, proxy_status.ProxyStatus] = {}
+_COUNTERS_LOCK = threading.Lock()
 
 
 def probe(node: Node, default_port: int) -> Probe:
     return Probe(node.id, node.name, glances.endpoint(node.glances_url, default_port),
-                 ssh_target(node), node.glances_api, node.metrics_error)
+                 ssh_target(node), node.glances_api, node.metrics_error,
+                 proxy_status.status_source(node))
 
 
 def read_node(app: Flask, pool: SSHConnectionPool, node: Probe, timeout: float) -> Reading:
@@ -77,21 +107,30 @@ def read_node(app: Flask, pool: SSHConnectionPool, node: Probe, timeout: float) 
     inside an app context because a first SSH contact pins the node's host key."""
     started, deadline = utcnow(), time.monotonic() + timeout
     transport: glances.Transport
-    try:
-        with app.app_context():
+    with app.app_context():
+        try:
             if node.endpoint.kind == "http":
                 transport = glances.HttpTransport(node.endpoint.base_url, deadline)
             else:
                 transport = glances.TunnelTransport(pool, node.target, node.endpoint.host,
                                                     node.endpoint.port, deadline)
             version, sample = glances.read(transport, node.remembered)
-    except GlancesError as exc:
-        return Reading(node.node_id, started, error=str(exc), absent=exc.absent)
-    except Exception as exc:  # noqa: BLE001 - one node's surprise must not end the sweep
-        log.exception("metrics of node %s: unexpected failure", node.node_id)
-        return Reading(node.node_id, started, error=f"unexpected failure: "
-                       f"{type(exc).__name__}: {exc}")
-    return Reading(node.node_id, started, version=version, sample=sample)
+            reading = Reading(node.node_id, started, version=version, sample=sample)
+        except GlancesError as exc:
+            reading = Reading(node.node_id, started, error=str(exc), absent=exc.absent)
+        except Exception as exc:  # noqa: BLE001 - one node's surprise must not end the sweep
+            log.exception("metrics of node %s: unexpected failure", node.node_id)
+            reading = Reading(node.node_id, started, error=f"unexpected failure: "
+                              f"{type(exc).__name__}: {exc}")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return reading
+        try:
+            counters = proxy_status.read_proxy_status(node.status, app, timeout=remaining)
+        except proxy_status.ProxyStatusUnavailable as exc:
+            log.debug("node %s: no proxy counters: %s", node.node_id, exc)
+            return reading
+        return replace(reading, proxy=counters)
 
 
 def sweep(app: Flask, pool: SSHConnectionPool, probes: list[Probe], *, workers: int,
@@ -163,10 +202,15 @@ def record(probes: Iterable[Probe], readings: Iterable[Reading]) -> tuple[int, i
     for reading in readings:
         node = by_id[reading.node_id]
         changes.append(_node_changes(node, reading))
-        if reading.sample is not None:
+        with _COUNTERS_LOCK:
+            previous = _COUNTERS.get(reading.node_id)
+            if reading.proxy is not None:
+                _COUNTERS[reading.node_id] = reading.proxy
+        columns = reading.columns(previous)
+        if columns is not None:
             rows.append({"node_id": reading.node_id, "period": 0, "at": reading.at,
-                         "samples": 1, "connections": None, "requests_per_second": None,
-                         **reading.sample.columns()})
+                         "samples": 1, **columns})
+        if reading.sample is not None:
             counts[0] += 1
         else:
             counts[1 if reading.absent else 2] += 1

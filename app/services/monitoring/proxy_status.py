@@ -17,9 +17,9 @@ from typing import Any
 
 from flask import Flask
 
-from app.connector import ConnectorError, PortClosed
+from app.connector import ConnectorError, PortClosed, SSHTarget
 from app.engines import get_engine
-from app.engines.base import ProxyCounters, StatusEndpoint
+from app.engines.base import NodeSpec, ProxyCounters, StatusEndpoint
 from app.errors import ServiceError
 from app.extensions import ssh
 from app.models import Node
@@ -58,37 +58,58 @@ class _BadAnswer(Exception):
     """What answered on the status port is not the proxy's status."""
 
 
-def read_proxy_status(node: Node, app: Flask | None = None) -> ProxyStatus:
+@dataclass(frozen=True)
+class StatusSource:
+    """What reading one node's counters needs, taken from its row beforehand, so that
+    the metrics sweep's threads never touch the database session."""
+
+    node_id: int
+    name: str
+    engine: str
+    spec: NodeSpec
+    target: SSHTarget
+
+
+def status_source(node: Node) -> StatusSource:
+    return StatusSource(node.id, node.name, node.proxy_type.value, node_spec(node),
+                        ssh_target(node))
+
+
+def read_proxy_status(node: Node | StatusSource, app: Flask | None = None, *,
+                      timeout: float = READ_TIMEOUT) -> ProxyStatus:
     """Read the counters of the node's proxy through its SSH connection.
 
     :param app: the application whose SSH connection pool to use (the current one
         by default; the scheduler's jobs pass theirs).
+    :param timeout: seconds for opening the channel and for each read on it.
     :raises ProxyStatusUnavailable: when the engine's counters are not read, nothing
         answers where they are served (nginx: the pool was not deployed since the
         status listener came), something else answers there, or the node cannot be
         reached.
     """
-    engine = get_engine(node.proxy_type.value)
+    source = node if isinstance(node, StatusSource) else status_source(node)
+    engine = get_engine(source.engine)
     try:
-        endpoint = engine.status_endpoint(node_spec(node))
+        endpoint = engine.status_endpoint(source.spec)
     except ValueError as exc:
         raise ProxyStatusUnavailable(str(exc)) from None
     if endpoint is None:
         raise ProxyStatusUnavailable(f"The control plane does not read the connections and "
-                                     f"requests of {engine.name} nodes such as {node.name}.")
+                                     f"requests of {engine.name} nodes such as {source.name}.")
     if not _is_loopback(endpoint.host):
         raise ProxyStatusUnavailable(
-            f"Node {node.name}: the proxy's counters are read on the node's loopback only, "
-            f"and its reload command names {endpoint.host_header}; move the endpoint to "
-            "127.0.0.1.")
-    where = f"{endpoint.host_header} on node {node.name}"
+            f"Node {source.name}: the proxy's counters are read on the node's loopback "
+            f"only, and its reload command names {endpoint.host_header}; move the endpoint "
+            "to 127.0.0.1.")
+    where = f"{endpoint.host_header} on node {source.name}"
     try:
-        answer = ssh.pool(app).tunnel(ssh_target(node), endpoint.host, endpoint.port,
+        answer = ssh.pool(app).tunnel(source.target, endpoint.host, endpoint.port,
                                       lambda channel: _exchange(channel, endpoint),
-                                      timeout=READ_TIMEOUT)
+                                      timeout=timeout)
         counters = _counters(answer, endpoint)
     except PortClosed:
-        logger.info("node %s: nothing answers on its status port %s", node.id, endpoint.port)
+        logger.info("node %s: nothing answers on its status port %s", source.node_id,
+                    endpoint.port)
         raise ProxyStatusUnavailable(f"Nothing answers on {where}: {endpoint.missing}.") from None
     except _BadAnswer as exc:
         raise ProxyStatusUnavailable(
@@ -96,7 +117,7 @@ def read_proxy_status(node: Node, app: Flask | None = None) -> ProxyStatus:
             "another program using that port?") from None
     except ConnectorError as exc:
         raise ProxyStatusUnavailable(
-            explain.node_failure(str(exc), node.name, admin=True).summary) from None
+            explain.node_failure(str(exc), source.name, admin=True).summary) from None
     except (OSError, EOFError) as exc:
         raise ProxyStatusUnavailable(f"The channel to {where} broke while reading the "
                                      f"proxy's counters ({exc}); the next poll tries "
