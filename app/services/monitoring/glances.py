@@ -8,13 +8,18 @@ where:
 * ``ssh://127.0.0.1:61209`` (any loopback address and port): still through SSH, to
   that address and port as the node sees it;
 * ``http://10.0.0.5:61208`` or ``https://host/prefix``: directly over HTTP(S), for
-  a Glances that is reachable from the control plane (no redirects are followed and
-  no proxy from the environment is used).
+  a Glances that is reachable from the control plane (no redirects are followed, no
+  proxy from the environment is used, and an https server's certificate is verified
+  against the system's roots).
 
-Over a forwarded channel there is no HTTP library, only a socket-like object:
-requests are written by hand and answers read with ``http.client.HTTPResponse``
-(Content-Length, chunked, or up to the end), one channel reused as long as the server
-keeps the connection open (Glances 4 does; Glances 3 answers HTTP/1.0 and closes).
+Both ways use one small client: requests are written by hand on a socket-like object
+(a forwarded channel, or a TCP or TLS socket) and answers read with
+``http.client.HTTPResponse`` (Content-Length, chunked, or up to the end; at most
+``MAX_ANSWER`` bytes), one connection reused for a read's requests as long as the
+server keeps it open (Glances 4 does; Glances 3 answers HTTP/1.0 and closes).  Every
+wait, connecting and each read of the answer alike, lasts only until the node's
+deadline: a node that trickles its answer a byte at a time cannot hold a thread of
+the sweep past its turn.
 
 The two API versions differ in their paths (``/api/3``, ``/api/4``) and in the
 network plugin (v3 counts bytes since its last refresh in ``rx``/``tx``, v4 gives
@@ -25,18 +30,19 @@ found by asking, the version it spoke last time first.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import io
 import json
 import math
 import re
+import socket
+import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
-
-import requests
 
 from app.connector import (
     CommandTimeout,
@@ -144,38 +150,82 @@ def endpoint(glances_url: str | None, default_port: int) -> Endpoint:
 def _remaining(deadline: float) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
-        raise GlancesError("Glances did not answer in time")
+        raise TimeoutError("the node's time is up")
     return left
 
 
-class _Channel:
-    """A forwarded channel as ``http.client.HTTPResponse`` reads it, where every read
-    waits only until the node's deadline: the answer comes from the node, and one
-    that trickles a byte at a time must not hold a thread past it."""
+class _Connection:
+    """A connection (forwarded channel or socket) as ``http.client.HTTPResponse``
+    reads it, where every read waits only until the node's deadline: the answer comes
+    from the node, and one that trickles a byte at a time must not hold a thread past
+    it."""
 
-    def __init__(self, channel: Any, deadline: float) -> None:
-        self.channel, self.deadline = channel, deadline
+    def __init__(self, conn: Any, deadline: float) -> None:
+        self.conn, self.deadline = conn, deadline
 
     def makefile(self, mode: str) -> io.BufferedReader:
-        return io.BufferedReader(_ChannelReader(self.channel, self.deadline))
+        return io.BufferedReader(_DeadlineReader(self.conn, self.deadline))
 
 
-class _ChannelReader(io.RawIOBase):
-    def __init__(self, channel: Any, deadline: float) -> None:
+class _DeadlineReader(io.RawIOBase):
+    def __init__(self, conn: Any, deadline: float) -> None:
         super().__init__()
-        self.channel, self.deadline = channel, deadline
+        self.conn, self.deadline = conn, deadline
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("the node's time is up")
-        self.channel.settimeout(left)
-        data = self.channel.recv(len(buffer))
+        self.conn.settimeout(_remaining(self.deadline))
+        data = self.conn.recv(len(buffer))
         buffer[:len(data)] = data
         return len(data)
+
+
+def _not_http(where: str, exc: Exception) -> GlancesError:
+    return GlancesError(f"{where} does not answer HTTP ({type(exc).__name__})", absent=True)
+
+
+def _exchange(conn: Any, deadline: float, host_header: str, prefix: str, where: str,
+              pending: list[str], answers: dict[str, Answer], stop_early: bool) -> None:
+    """Ask for the pending paths one after the other on this connection until the
+    server closes it (the caller then opens another for the rest).
+
+    A connection that already gave an answer and is found closed at the next request
+    was closed by the server between two requests (an idle timeout, or a server that
+    closes without saying so): the caller asks again on a new one.
+    """
+    reused = False
+    while pending:
+        path = pending[0]
+        try:
+            conn.settimeout(_remaining(deadline))
+            conn.sendall((f"GET {prefix}{path} HTTP/1.1\r\nHost: {host_header}\r\n"
+                          f"Accept: application/json\r\nUser-Agent: {_USER_AGENT}\r\n"
+                          "\r\n").encode("ascii"))
+            response = http.client.HTTPResponse(
+                _Connection(conn, deadline), method="GET")  # type: ignore[arg-type]
+            response.begin()
+        except ConnectionError as exc:
+            if reused:
+                return
+            if isinstance(exc, http.client.RemoteDisconnected):
+                raise _not_http(where, exc) from None
+            raise
+        except (http.client.HTTPException, ValueError) as exc:
+            raise _not_http(where, exc) from None
+        try:
+            body = response.read(MAX_ANSWER + 1)
+        except (http.client.HTTPException, ValueError) as exc:
+            raise _not_http(where, exc) from None
+        _check_size(body, where)
+        answers[path] = Answer(response.status, body)
+        pending.pop(0)
+        reused = True
+        if stop_early and response.status != 200:
+            pending.clear()
+        if response.will_close:
+            return
 
 
 class TunnelTransport:
@@ -195,13 +245,14 @@ class TunnelTransport:
         while pending:
             try:
                 self.pool.tunnel(self.target, self.host, self.port,
-                                 lambda channel: self._exchange(channel, pending, answers,
-                                                                stop_early),
+                                 lambda channel: _exchange(
+                                     channel, self.deadline, self.host_header, "",
+                                     self.where, pending, answers, stop_early),
                                  timeout=_remaining(self.deadline))
             except PortClosed:
                 raise GlancesError(f"no Glances: nothing listens on {self.where}",
                                    absent=True) from None
-            except CommandTimeout:
+            except (CommandTimeout, TimeoutError):
                 raise GlancesError(f"Glances on {self.where} did not answer in time") from None
             except HostKeyChanged:
                 raise GlancesError("the node presents a new SSH host key: accept it on the "
@@ -212,80 +263,62 @@ class TunnelTransport:
                 raise GlancesError(f"the channel to {self.where} broke: {exc}") from None
         return answers
 
-    def _exchange(self, channel: Any, pending: list[str], answers: dict[str, Answer],
-                  stop_early: bool) -> None:
-        """Ask for the pending paths one after the other on this channel until the
-        server closes it (the caller then opens another for the rest)."""
-        while pending:
-            path = pending[0]
-            channel.sendall((f"GET {path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
-                             f"Accept: application/json\r\nUser-Agent: {_USER_AGENT}\r\n"
-                             "\r\n").encode("ascii"))
-            response = http.client.HTTPResponse(
-                _Channel(channel, self.deadline), method="GET")  # type: ignore[arg-type]
-            try:
-                response.begin()
-                body = response.read(MAX_ANSWER + 1)
-            except (http.client.HTTPException, ValueError) as exc:
-                raise GlancesError(f"{self.where} does not answer HTTP "
-                                   f"({type(exc).__name__})", absent=True) from None
-            _check_size(body, self.where)
-            answers[path] = Answer(response.status, body)
-            pending.pop(0)
-            if stop_early and response.status != 200:
-                pending.clear()
-            if response.will_close:
-                return
+
+@functools.cache
+def _system_roots() -> ssl.SSLContext:
+    """The default TLS client context (the system's roots, host names checked),
+    made once: loading the roots costs more than a read of a node."""
+    return ssl.create_default_context()
 
 
 class HttpTransport:
-    """Glances at an HTTP(S) URL: no redirects, no proxies from the environment."""
+    """Glances at an HTTP(S) URL, read with the tunnel's client over a TCP (or TLS)
+    socket: no redirects followed, no proxy from the environment, and the server's
+    certificate verified against ``context`` (the system's roots by default)."""
 
     def __init__(self, base_url: str, deadline: float,
-                 session_factory: Callable[[], requests.Session] = requests.Session) -> None:
-        self.base_url, self.deadline = base_url, deadline
-        self.session_factory = session_factory
+                 context: ssl.SSLContext | None = None) -> None:
+        parts = urlsplit(base_url)
+        self.tls = parts.scheme == "https"
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if self.tls else 80)
+        self.host_header = parts.netloc
+        self.prefix = parts.path.rstrip("/")
+        self.deadline = deadline
+        self.context = context
         self.where = base_url
 
     def get(self, paths: Sequence[str], *, stop_early: bool) -> dict[str, Answer]:
         answers: dict[str, Answer] = {}
-        with self.session_factory() as session:
-            session.trust_env = False
-            for path in paths:
-                left = _remaining(self.deadline)
-                try:
-                    with session.get(self.base_url + path, timeout=(min(left, 5.0), left),
-                                     allow_redirects=False, stream=True,
-                                     headers={"Accept": "application/json",
-                                              "User-Agent": _USER_AGENT}) as response:
-                        body = response.raw.read(MAX_ANSWER + 1, decode_content=True)
-                        status = response.status_code
-                except requests.Timeout:
-                    raise GlancesError(f"Glances at {self.where} did not answer in time") \
-                        from None
-                except requests.exceptions.SSLError as exc:
-                    raise GlancesError(f"TLS with {self.where} failed: {_reason(exc)}") \
-                        from None
-                except requests.ConnectionError as exc:
-                    raise GlancesError(f"no Glances: {self.where} refuses or drops the "
-                                       f"connection ({_reason(exc)})", absent=True) from None
-                except requests.RequestException as exc:
-                    raise GlancesError(f"{self.where}: {_reason(exc)}") from None
-                _check_size(body, self.where)
-                answers[path] = Answer(status, body)
-                if stop_early and status != 200:
-                    break
+        pending = list(paths)
+        try:
+            while pending:
+                with self._connect() as conn:
+                    _exchange(conn, self.deadline, self.host_header, self.prefix, self.where,
+                              pending, answers, stop_early)
+        except TimeoutError:
+            raise GlancesError(f"Glances at {self.where} did not answer in time") from None
+        except ssl.SSLError as exc:
+            reason = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+            raise GlancesError(f"TLS with {self.where} failed: {reason}") from None
+        except OSError as exc:
+            raise GlancesError(f"no Glances: {self.where} refuses or drops the connection "
+                               f"({exc.strerror or exc})", absent=True) from None
         return answers
 
-
-def _reason(exc: BaseException) -> str:
-    """The innermost cause, shortened: requests wraps urllib3's errors, which wrap
-    the socket's, and only the last says what happened."""
-    for _ in range(5):
-        if exc.__context__ is None:
-            break
-        exc = exc.__context__
-    return str(exc)[:160] or type(exc).__name__
+    def _connect(self) -> socket.socket:
+        conn = socket.create_connection((self.host, self.port),
+                                        timeout=_remaining(self.deadline))
+        if not self.tls:
+            return conn
+        try:
+            # The handshake is one wait bounded by the time left.
+            conn.settimeout(_remaining(self.deadline))
+            return (self.context or _system_roots()).wrap_socket(
+                conn, server_hostname=self.host)
+        except BaseException:
+            conn.close()
+            raise
 
 
 def _check_size(body: bytes, where: str) -> None:
