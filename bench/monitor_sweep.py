@@ -1,6 +1,9 @@
-"""One monitoring sweep of a large fleet: the node_metrics job reading 1,000 nodes'
-Glances, next to a bare concurrent HTTP GET of the same endpoints measured in the
-same run.
+"""One monitoring sweep of a large fleet, both halves: node metrics and site checks.
+
+The node_metrics job reads 1,000 nodes' Glances, next to a bare concurrent HTTP GET of
+the same endpoints measured in the same run; then come the site checks of
+bench/site_check_sweep.py (its :func:`~site_check_sweep.measure` and
+:func:`~site_check_sweep.report`).
 
 The nodes are a Glances-speaking server in a process of its own: one listening
 socket per node on 127.0.x.y:61208 (1,000 addresses), answering Glances 3's REST API
@@ -9,7 +12,10 @@ answers recorded from it in tests/unit/data) and 404 to ``/api/4``.  Each node's
 ``glances_url`` points at its address: at this scale the reads go over HTTP, not
 through SSH tunnels (which would need 1,000 sshd sessions; the tunnel is exercised by
 tests/integration/test_node_metrics.py).  The first sweep finds each node's API
-version (a 404 for v4, then v3); the later ones ask v3 at once.
+version (a 404 for v4, then v3); the later ones ask v3 at once.  The nodes are
+Traefik nodes, whose proxy counters the control plane does not read: the sweep also
+reads nginx and Caddy nodes' counters through SSH, which this fleet has not, so what
+is measured is the Glances read alone.
 
 Prints, per sweep and for the baseline: wall time (goal: a sweep under 5 s), the
 threads the process ran at most, its peak resident memory over the phase; then the
@@ -18,11 +24,14 @@ database's growth: bytes per stored row (a raw sample with its file systems, a 5
 sampled every minute store per day and hold at steady state under the default
 retention (raw 24 h, 5-minute 30 days, hourly a year).
 
-The site-check half of the monitoring sweep comes as a function of its own beside
-:func:`metrics_half`.
+The site checks' half (real sshd and nginx nodes, sites deployed by the product)
+prints its own figures after them; ``--only metrics`` or ``--only sites`` runs one
+half.
 
     unshare -n bash -c 'ip link set lo up; .venv/bin/python bench/monitor_sweep.py'
-    [--nodes 1000] [--sweeps 3] [--database postgresql+psycopg://...]
+    [--only metrics|sites] [--nodes 1000] [--sweeps 3]
+    [--database postgresql+psycopg://...]  (the metrics half's database)
+    [--site-nodes 100] [--sites 100] [--site-repeat 3] [--site-parallelism 32]
 
 It refuses to run outside a network namespace with only loopback.
 """
@@ -61,10 +70,11 @@ from sqlalchemy import func, insert, select, text  # noqa: E402
 
 from app import create_app  # noqa: E402
 from app.extensions import db  # noqa: E402
-from app.models import Node, NodeMetric, Pool  # noqa: E402
+from app.models import Node, NodeMetric, Pool, ProxyType  # noqa: E402
 from app.models.base import utcnow  # noqa: E402
 from app.services import monitoring  # noqa: E402
 from app.services.monitoring import glances  # noqa: E402
+from bench import site_check_sweep  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDED_V3 = ROOT / "tests" / "unit" / "data" / "glances_v3_3.3.1.1.json"
@@ -247,8 +257,9 @@ def add_nodes(addresses: list[str]) -> None:
     for index, address in enumerate(addresses):
         db.session.add(Node(
             name=f"edge-{index:04d}", host=address, ssh_private_key=key, pool_id=pool_id,
-            config_dir="/etc/nginx/rpcc.d", test_command="nginx -t",
-            reload_command="nginx -s reload", glances_url=f"http://{address}:{GLANCES_PORT}"))
+            proxy_type=ProxyType.TRAEFIK, config_dir="/etc/traefik/dynamic",
+            test_command="traefik healthcheck", reload_command="true",
+            glances_url=f"http://{address}:{GLANCES_PORT}"))
     db.session.commit()
 
 
@@ -324,8 +335,9 @@ def metrics_half(app: Flask, nodes: int, sweeps: int, size_rows: int) -> list[st
         node_ids = list(db.session.scalars(select(Node.id)))
         raw_bytes, average_bytes = row_sizes(node_ids, size_rows)
     baseline = phases[0].seconds
-    lines.append(f"nodes: {nodes}, over HTTP glances_url (Glances 3 API, one connection "
-                 f"per request), {workers} threads (METRICS_PARALLELISM)")
+    lines.append(f"nodes: {nodes}, over HTTP glances_url (Glances 3 API, HTTP/1.0: one "
+                 f"connection per request), {workers} threads (METRICS_PARALLELISM); proxy "
+                 "counters not read (Traefik nodes, no SSH in this fleet)")
     for phase in phases:
         lines.append(f"{phase.name}: {phase.seconds:.2f} s, {phase.threads} threads at most, "
                      f"peak RSS {phase.peak_mib:.0f} MiB"
@@ -339,14 +351,42 @@ def metrics_half(app: Flask, nodes: int, sweeps: int, size_rows: int) -> list[st
     return lines
 
 
+def load_average() -> str:
+    return ", ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def metrics_lines(args: argparse.Namespace) -> list[str]:
+    """The metrics half in a database of its own (a new SQLite file by default),
+    removed when it ends."""
+    workdir = tempfile.mkdtemp(prefix="rpcc-monitor-sweep-")
+    try:
+        url = args.database or "sqlite:///" + os.path.join(workdir, "bench.db")
+        app = create_app("testing", {"SQLALCHEMY_DATABASE_URI": url})
+        with app.app_context():
+            upgrade()
+        return [f"database: {url.split(':', 1)[0]}",
+                *metrics_half(app, args.nodes, args.sweeps, args.size_rows)]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", type=int, default=1000)
-    parser.add_argument("--sweeps", type=int, default=3)
-    parser.add_argument("--size-rows", type=int, default=100_000,
-                        help="rows of each kind written to measure bytes per row")
-    parser.add_argument("--database", default="",
-                        help="SQLAlchemy URL of an empty database (default: a new SQLite file)")
+    parser.add_argument("--only", choices=("metrics", "sites"),
+                        help="run one half only (default: both)")
+    metrics = parser.add_argument_group("node metrics")
+    metrics.add_argument("--nodes", type=int, default=1000)
+    metrics.add_argument("--sweeps", type=int, default=3)
+    metrics.add_argument("--size-rows", type=int, default=100_000,
+                         help="rows of each kind written to measure bytes per row")
+    metrics.add_argument("--database", default="",
+                         help="SQLAlchemy URL of an empty database (default: a new SQLite file)")
+    sites = parser.add_argument_group("site checks (bench/site_check_sweep.py)")
+    sites.add_argument("--site-nodes", type=int, default=100, help="nginx nodes")
+    sites.add_argument("--sites", type=int, default=100, help="sites in their pool")
+    sites.add_argument("--site-repeat", type=int, default=3, help="timed sweeps")
+    sites.add_argument("--site-parallelism", type=int, default=32,
+                       help="SITE_CHECK_PARALLELISM (and the baseline's threads)")
     args = parser.parse_args()
     if not only_loopback():
         sys.exit("run it in a loopback-only network namespace: "
@@ -354,19 +394,18 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
 
-    workdir = tempfile.mkdtemp(prefix="rpcc-monitor-sweep-")
-    try:
-        url = args.database or "sqlite:///" + os.path.join(workdir, "bench.db")
-        app = create_app("testing", {"SQLALCHEMY_DATABASE_URI": url})
-        with app.app_context():
-            upgrade()
-        print(f"database: {url.split(':', 1)[0]}; "
-              f"load average at start: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
-        for line in metrics_half(app, args.nodes, args.sweeps, args.size_rows):
-            print(line)
-        print(f"load average at end: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"load average at start: {load_average()} ({os.cpu_count()} CPU cores)", flush=True)
+    if args.only != "sites":
+        print("== node metrics ==", flush=True)
+        for line in metrics_lines(args):
+            print(line, flush=True)
+    if args.only != "metrics":
+        print("== site checks ==", flush=True)
+        figures = site_check_sweep.measure(args.site_nodes, args.sites, args.site_repeat,
+                                           args.site_parallelism)
+        for line in site_check_sweep.report(figures):
+            print(line, flush=True)
+    print(f"load average at end: {load_average()}")
 
 
 if __name__ == "__main__":
