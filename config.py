@@ -119,6 +119,9 @@ class Config:
 
     BOOTSTRAP_SERVE_LOCAL = True
     LOG_JSON = _bool("LOG_JSON", False)
+    # /metrics answers only requests bearing this token when set (and then also
+    # names nodes); empty: anyone may scrape the counts, which name no node or tenant.
+    METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 
     # Deployments: nodes deployed to at once, how long a node's lock lives (renewed
     # at each step) and how long to wait for it, and the HTTP verification.
@@ -153,7 +156,27 @@ class Config:
     # Seconds between runs of each job (JOB_INTERVAL_<JOB>); 0 turns a job off.
     JOB_INTERVALS = _intervals("JOB_INTERVAL_")
     JOB_RUN_RETENTION_DAYS = _float("JOB_RUN_RETENTION_DAYS", 30.0)
+    # The daily `backups` job writes the whole state into BACKUP_DIR (off while it is
+    # empty) and keeps the newest BACKUP_KEEP files.  Backups uploaded on the admin
+    # Backups page may be this large (the app's other requests keep MAX_REQUEST_BYTES).
+    BACKUP_DIR = os.environ.get("BACKUP_DIR", "")
+    BACKUP_KEEP = _int("BACKUP_KEEP", 7)
+    BACKUP_UPLOAD_MAX_BYTES = _int("BACKUP_UPLOAD_MAX_BYTES", 512 * 1024 * 1024)
     NODE_CHECK_PARALLELISM = _int("NODE_CHECK_PARALLELISM", 8)
+    # Node metrics (job node_metrics): Glances' port on a node's loopback, reached
+    # through SSH unless the node's glances_url says otherwise; nodes read at once; the
+    # seconds one node's read may take.  Retention (job metrics_retention) of node
+    # metrics and site checks: raw samples, 5-minute and hourly averages.
+    GLANCES_PORT = _int("GLANCES_PORT", 61208)
+    METRICS_PARALLELISM = _int("METRICS_PARALLELISM", 16)
+    METRICS_NODE_TIMEOUT = _float("METRICS_NODE_TIMEOUT", 15.0)
+    METRICS_RAW_RETENTION_HOURS = _float("METRICS_RAW_RETENTION_HOURS", 24.0)
+    METRICS_5MIN_RETENTION_DAYS = _float("METRICS_5MIN_RETENTION_DAYS", 30.0)
+    METRICS_HOURLY_RETENTION_DAYS = _float("METRICS_HOURLY_RETENTION_DAYS", 365.0)
+    # Site checks (job site_checks): seconds one check through a node may take from
+    # the channel's opening to the status line, and checks run at once.
+    SITE_CHECK_TIMEOUT = _float("SITE_CHECK_TIMEOUT", 10.0)
+    SITE_CHECK_PARALLELISM = _int("SITE_CHECK_PARALLELISM", 32)
 
     # Certificates: the ACME CA (an admin may override these in the settings page),
     # when to renew, and how long one issuance may take.
@@ -161,9 +184,19 @@ class Config:
         "ACME_DIRECTORY_URL", "https://acme-v02.api.letsencrypt.org/directory")
     ACME_CA_BUNDLE = os.environ.get("ACME_CA_BUNDLE", "")
     ACME_EMAIL = os.environ.get("ACME_EMAIL", "")
-    # DNS servers that check an HTTP-01 site's names point at its pool before ordering.
+    # DNS servers that check an HTTP-01 site's names point at its pool before ordering
+    # (addr[:port], comma-separated); empty: DNS_RESOLVERS.
     ACME_PRECHECK_RESOLVERS = os.environ.get("ACME_PRECHECK_RESOLVERS", "")
     CERT_RENEW_BEFORE_DAYS = _int("CERT_RENEW_BEFORE_DAYS", 30)
+
+    # The DNS servers the control plane asks about names (addr[:port], comma-separated),
+    # until an administrator changes them in Settings: nameserver checks and the ACME
+    # pre-check run only when some are set. Seconds one lookup may take, and how many
+    # names a nameserver check looks up at once.
+    DNS_RESOLVERS = os.environ.get("DNS_RESOLVERS", "")
+    DNS_TIMEOUT = _float("DNS_TIMEOUT", 5.0)
+    NAMESERVER_CHECK_PARALLELISM = _int("NAMESERVER_CHECK_PARALLELISM", 8)
+    NAMESERVER_CHECK_LIMIT = os.environ.get("NAMESERVER_CHECK_LIMIT", "30 per hour")
 
     # Where backends may point (comma-separated CIDRs), until an administrator changes
     # the lists in Settings. Link-local, loopback, "this host", cloud metadata addresses

@@ -3,7 +3,6 @@ no tables, no network, no threads."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -15,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
+from app import observability
 from app.api.base import api
 from app.errors import ServiceError, TooManyAttempts
 from app.extensions import (
@@ -42,6 +42,7 @@ def create_app(config_name: str | None = None, overrides: dict[str, Any] | None 
     configure_database_pool(app)
     configure_secrets(app, production=name == "production")
     configure_logging(app)
+    observability.init_app(app)
     if app.config["PROXY_FIX_COUNT"]:
         count = app.config["PROXY_FIX_COUNT"]
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
@@ -86,18 +87,10 @@ def configure_secrets(app: Flask, *, production: bool) -> None:
     app.extensions["rpcc_fernet"] = parse_encryption_keys(app.config["ENCRYPTION_KEYS"])
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({
-            "at": self.formatTime(record), "level": record.levelname, "logger": record.name,
-            "message": record.getMessage(),
-        })
-
-
 def configure_logging(app: Flask) -> None:
     if app.config.get("LOG_JSON") and not app.testing:
         handler = logging.StreamHandler()
-        handler.setFormatter(_JsonFormatter())
+        handler.setFormatter(observability.JsonLogFormatter())
         logging.getLogger().handlers = [handler]
         logging.getLogger().setLevel(logging.INFO)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import click
 from cryptography.fernet import Fernet
@@ -13,6 +14,7 @@ from app.errors import ServiceError
 from app.models import Node, Site, User
 from app.scheduler import JOBS, find_job
 from app.services import (
+    backup,
     certificates,
     deployments,
     discovery,
@@ -32,6 +34,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(sites_cli)
     app.cli.add_command(jobs_cli)
     app.cli.add_command(certs_cli)
+    app.cli.add_command(backup_cli)
     app.cli.add_command(startup_command)
 
 
@@ -309,3 +312,69 @@ def certs_issue(domain: str, timeout: float, as_admin: str | None) -> None:
                   if cert.not_after else ""))
     if cert.status.value != "valid":
         raise click.ClickException(_shown(cert.last_error or "not finished in time"))
+
+
+@click.group("backup", help="Backups of the whole state: secrets stay encrypted and the "
+                            "keys (ENCRYPTION_KEYS) are never in them; keep those apart.")
+def backup_cli() -> None:
+    pass
+
+
+def _print_manifest(manifest: backup.Manifest) -> None:
+    click.echo(f"made {manifest.created_at:%Y-%m-%d %H:%M:%S} UTC from {manifest.database}, "
+               f"schema revision {manifest.schema_revision}: {manifest.rows} rows in "
+               f"{len(manifest.tables)} tables")
+    keys_used = ", ".join(f"{fp} ({n})" for fp, n in sorted(manifest.keys.items()))
+    click.echo(f"secrets: {manifest.secrets}, encrypted with key(s) {keys_used or '-'}"
+               + (f"; {manifest.unreadable} under no key of the instance that made it"
+                  if manifest.unreadable else ""))
+
+
+def _progress(verbose: bool) -> Callable[[str, int], None] | None:
+    return (lambda name, rows: click.echo(f"  {name}: {rows} rows")) if verbose else None
+
+
+@backup_cli.command("create")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("-v", "--verbose", is_flag=True, help="print each table as it is written")
+def backup_create(path: str, verbose: bool) -> None:
+    """Write a backup of the whole state to PATH (a new file, readable by you only).
+    Safe while the app runs: every table is read at one moment."""
+    try:
+        manifest = backup.write_backup_file(None, path, progress=_progress(verbose))
+    except ServiceError as error:
+        raise click.ClickException(error.message) from None
+    click.echo(f"wrote {path}")
+    _print_manifest(manifest)
+
+
+@backup_cli.command("verify")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+def backup_verify(path: str) -> None:
+    """Check PATH as a restore would (format, schema, keys, every part's SHA-256)
+    without touching the database."""
+    click.echo(f"this instance's keys: {', '.join(backup.instance_key_fingerprints())}")
+    try:
+        manifest = backup.verify_backup(path)
+    except ServiceError as error:
+        raise click.ClickException(error.message) from None
+    _print_manifest(manifest)
+    click.echo("ok: this instance can restore it")
+
+
+@backup_cli.command("restore")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--force", is_flag=True,
+              help="replace a database that is not empty (stop every app process first)")
+@click.option("-v", "--verbose", is_flag=True, help="print each table as it is restored")
+def backup_restore(path: str, force: bool, verbose: bool) -> None:
+    """Replace the whole state with PATH's.  Without --force the database must be
+    empty (no account, no node); an empty one is migrated to the backup's schema
+    first and to this application's after.  Nothing changes unless every check passes."""
+    allow = backup.Allow.ANYTHING if force else backup.Allow.EMPTY
+    try:
+        report = backup.restore_backup(None, path, allow=allow, progress=_progress(verbose))
+    except ServiceError as error:
+        raise click.ClickException(error.message) from None
+    _print_manifest(report.manifest)
+    click.echo(f"restored; the database is at schema revision {report.schema_revision}")

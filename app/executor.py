@@ -18,6 +18,7 @@ from typing import Any
 from flask import Flask, current_app
 
 from app.extensions import db
+from app.observability import carry_request_id
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ class Executor:
                app: Flask | None = None) -> None:
         """Start ``work(*args)`` in the background, inside ``app``'s context."""
         app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-        thread = threading.Thread(target=self._run, args=(app, kind, key, work, args),
+        thread = threading.Thread(target=carry_request_id(self._run),
+                                  args=(app, kind, key, work, args),
                                   name=f"{kind}-{key}", daemon=True)
         with self._lock:
             self._running[(kind, key)] = thread

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from flask import Flask
 
 from app.models.base import utcnow
-from app.services import certificates
+from app.services import alerts, backup, certificates, monitoring, nameservers, uptime
 from app.services import jobs as job_service
 from app.services.scheduler_lease import Lease, make_lease
 
@@ -38,9 +38,12 @@ class Job:
     name: str
     work: Callable[[], str]
     every: float  # seconds between starts unless JOB_INTERVAL_<NAME> says otherwise
+    needs: str = ""  # a setting that must be set for the job to run (e.g. BACKUP_DIR)
 
     def interval(self, app: Flask) -> float:
         """Seconds between starts; 0 or less turns the job off."""
+        if self.needs and not app.config.get(self.needs):
+            return 0.0
         return float(app.config["JOB_INTERVALS"].get(self.name, self.every))
 
 
@@ -49,6 +52,12 @@ JOBS: tuple[Job, ...] = (
     Job("drift", job_service.check_drift, every=3600),
     Job("job_retention", job_service.purge_job_runs, every=86400),
     Job("certificates", certificates.renew_due, every=3600),
+    Job("node_metrics", monitoring.poll_node_metrics, every=60),
+    Job("metrics_retention", monitoring.apply_retention, every=3600),
+    Job("nameservers", nameservers.check_all, every=3600),
+    Job("site_checks", uptime.check_sites, every=60),
+    Job("alerts", alerts.evaluate, every=60),
+    Job("backups", backup.scheduled_backup, every=86400, needs="BACKUP_DIR"),
 )
 
 

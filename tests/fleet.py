@@ -56,7 +56,7 @@ def register(admin: Any, nginx: NginxNode, name: str, ssh_port: int, key: str,
         "reload_command": spec.reload_command, "listen_address": spec.listen_address,
         "http_port": spec.http_port, "https_port": spec.https_port,
         "log_dir": spec.log_dir, "cache_dir": spec.cache_dir,
-        "geoip_db_path": spec.geoip_db_path, **extra,
+        "geoip_db_path": spec.geoip_db_path, "status_port": spec.status_port, **extra,
     })
     return FleetNode(nginx, row.id, name)
 

@@ -88,6 +88,10 @@ class NginxPrefix:
             directory.mkdir(parents=True, mode=0o755)
         self.address = address
         self.http_port, self.https_port = free_port(address), free_port(address)
+        # Every node's status listener is on 127.0.0.1, which the nodes share.
+        self.status_port = free_port()
+        while self.status_port in (self.http_port, self.https_port):
+            self.status_port = free_port()
         self.spec = NodeSpec(
             name=f"test-{self.root.name}",
             proxy_type="nginx",
@@ -100,6 +104,7 @@ class NginxPrefix:
             log_dir=str(self.log_dir),
             cache_dir=str(self.cache_dir),
             geoip_db_path=geoip_db or str(self.root / "absent.mmdb"),
+            status_port=self.status_port,
         )
         self.acme_root = Path(acme_webroot(self.spec))
         self.pid_file = self.prefix / "logs" / "nginx.pid"

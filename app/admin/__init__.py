@@ -19,4 +19,4 @@ def require_admin() -> Any:
     return None
 
 
-from app.admin import views  # noqa: E402,F401
+from app.admin import alert_views, backup_views, monitoring_views, views  # noqa: E402,F401

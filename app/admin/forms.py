@@ -107,8 +107,13 @@ class NodeForm(ServiceForm):
                                  description="IP the sites bind on; blank for all addresses.")
     http_port = IntegerField("HTTP port", default=80, validators=[Optional()])
     https_port = IntegerField("HTTPS port", default=443, validators=[Optional()])
-    glances_url = StringField("Glances URL", description="e.g. http://10.0.0.5:61208; "
-                              "blank for no metrics.")
+    glances_url = StringField(
+        "Glances URL", description="Where the node's metrics are read. Blank: Glances on "
+        "the node's loopback (<code>127.0.0.1:61208</code>), reached through the node's SSH "
+        "connection, so no port is opened. <code>ssh://127.0.0.1:PORT</code> (any loopback "
+        "address): the same on another address or port. <code>http://HOST:PORT</code> or "
+        "<code>https://HOST/PATH</code>: read directly from the control plane. A node "
+        "without Glances shows \u201cno metrics\u201d.")
     log_dir = StringField("Log directory", description="Per-site access and error logs. "
                           "Blank: <code>/var/log/rpcc</code>.")
     cache_dir = StringField("Cache directory", description="Blank: <code>/var/cache/rpcc</code>.")

@@ -13,7 +13,7 @@ from typing import Any
 from flask import current_app, flash, redirect, render_template, request, url_for
 from wtforms import SelectChoice
 
-from app.admin import bp
+from app.admin import bp, monitoring_views, nameserver_views
 from app.admin.forms import (
     BackendPolicyForm,
     BlockForm,
@@ -24,6 +24,7 @@ from app.admin.forms import (
     SearchForm,
     UserForm,
 )
+from app.admin.nameserver_forms import NameserverSettingsForm
 from app.errors import Conflict, Forbidden, ValidationError
 from app.extensions import limit_deploy_requests
 from app.forms import AcmeSettingsForm, SecuritySettingsForm, form_status
@@ -74,7 +75,8 @@ def dashboard() -> Any:
     overview = dashboard_service.admin_overview(
         current_actor(), heartbeat=current_app.config["SCHEDULER_HEARTBEAT"])
     return render_template("admin/dashboard_overview.html", overview=overview,
-                           names=audit.object_names(overview.recent))
+                           names=audit.object_names(overview.recent),
+                           **nameserver_views.dashboard_context())
 
 
 # ----------------------------------------------------------------------------- users
@@ -245,7 +247,8 @@ def node_detail(node_id: int) -> Any:
                            current=current, fingerprint=node_actions.fingerprint_or_none,
                            explain_check=explain.check_failure,
                            rollback_summaries={v.id: deployments.rollback_summary(current, v)
-                                               for v in versions.items})
+                                               for v in versions.items},
+                           **monitoring_views.node_metrics_context(actor, node_id))
 
 
 @bp.get("/nodes/<int:node_id>/versions/<int:version_id>")
@@ -497,11 +500,14 @@ def settings_page() -> Any:
 
 
 def _settings_context(actor: User, current: dict[str, Any],
-                      policy_form: BackendPolicyForm | None = None) -> dict[str, Any]:
+                      policy_form: BackendPolicyForm | None = None,
+                      nameserver_form: NameserverSettingsForm | None = None
+                      ) -> dict[str, Any]:
     """The settings page besides the ACME form, with the one form that was submitted
     as it came back."""
     policy = settings.get_backend_policy(actor)
     return {
+        **nameserver_views.settings_context(nameserver_form),
         "current": current, "policy": policy,
         "policy_form": policy_form or BackendPolicyForm(
             formdata=None, data=BackendPolicyForm.initial(policy), prefix="policy"),

@@ -58,6 +58,12 @@ class NodeUpdateSchema(Schema):
         metadata={"description": "GeoIP2 country database on the node"})
     main_config = fields.String(metadata={
         "description": "file that 'prepare' makes load config_dir; default per engine"})
+    status_port = fields.Integer(strict=True, allow_none=True, metadata={
+        "description": "port on the node's loopback where the proxy's connections and "
+                       "requests are read: nginx's status listener, which deployments "
+                       "open there (default 8899), or Caddy's admin endpoint when the "
+                       "reload command names no --address (default 2019); not http_port "
+                       "or https_port"})
 
 
 class NodeCreateSchema(NodeUpdateSchema):

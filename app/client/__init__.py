@@ -17,4 +17,9 @@ def require_login() -> Any:
     return None
 
 
-from app.client import notification_views, two_factor_views, views  # noqa: E402,F401
+from app.client import (  # noqa: E402,F401
+    alert_views,
+    notification_views,
+    two_factor_views,
+    views,
+)

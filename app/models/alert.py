@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.extensions import db
@@ -75,7 +75,12 @@ class Alert(db.Model):
 
     __tablename__ = "alerts"
     __table_args__ = (Index("ix_alerts_rule_subject", "rule_id", "subject_kind", "subject_id"),
-                      Index("ix_alerts_state", "state"))
+                      Index("ix_alerts_state", "state"),
+                      # One open alert per rule and subject, even when two evaluations
+                      # overlap: the second one's insert fails instead of duplicating.
+                      Index("uq_alerts_open_subject", "rule_id", "subject_kind", "subject_id",
+                            unique=True, sqlite_where=text("state != 'resolved'"),
+                            postgresql_where=text("state != 'resolved'")))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     rule_id: Mapped[int] = mapped_column(ForeignKey("alert_rules.id", ondelete="CASCADE"))
@@ -114,6 +119,11 @@ class AlertTransition(db.Model):
     back, ``notified_at`` that the notice went out."""
 
     __tablename__ = "alert_transitions"
+    # The notices a silence holds back, which each evaluation looks at again: few rows
+    # however long the history grows.
+    __table_args__ = (Index("ix_alert_transitions_held", "alert_id",
+                            sqlite_where=text("silenced = 1 AND notified_at IS NULL"),
+                            postgresql_where=text("silenced AND notified_at IS NULL")),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"),

@@ -26,4 +26,6 @@ class AuditLog(db.Model):
     object_id: Mapped[str] = mapped_column(String(64), default="")
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     ip: Mapped[str] = mapped_column(String(64), default="")
+    # The X-Request-ID of the request that made the change, which its log lines carry.
+    request_id: Mapped[str] = mapped_column(String(128), default="", server_default="")
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

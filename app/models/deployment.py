@@ -114,6 +114,8 @@ class Rollout(db.Model):
     error: Mapped[str] = mapped_column(Text, default="")
     triggered_by_id: Mapped[int | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    # The X-Request-ID of the request that started it: its log lines carry the same.
+    request_id: Mapped[str] = mapped_column(String(128), default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
                                                  index=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -93,6 +93,10 @@ class Node(TimestampMixin, db.Model):
     glances_api: Mapped[str | None] = mapped_column(String(8), nullable=True)
     metrics_error: Mapped[str] = mapped_column(String(300), default="", server_default="")
     metrics_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The loopback port where the proxy's counters are read (nginx's status listener,
+    # which its managed files open there, or Caddy's admin endpoint); None: the
+    # engine's default.
+    status_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     pool: Mapped[Pool] = relationship(back_populates="nodes")
 

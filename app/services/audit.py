@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from app import observability
 from app.extensions import db
 from app.models import AuditLog, User
 from app.services.common import Page, paginate, require_admin
@@ -33,6 +34,7 @@ def record(
         object_id=str(object_id),
         details=details or {},
         ip=client_ip.get(),
+        request_id=observability.request_id.get(),
     )
     db.session.add(entry)
     return entry

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
@@ -43,6 +44,7 @@ NODE_FIELDS = (
     "cache_dir",
     "geoip_db_path",
     "main_config",
+    "status_port",
 )
 SECRET_FIELDS = ("ssh_private_key", "ssh_password")
 
@@ -64,14 +66,24 @@ def validate_private_key(value: Any) -> str:
     raise ValueError("cannot be read (it must be an unencrypted private key)")
 
 
+GLANCES_URL_FORMS = ("http(s)://HOST[:PORT][/PATH] to read Glances directly, or "
+                     "ssh://127.0.0.1:PORT to reach it through the node's SSH connection")
+
+
 def validate_glances_url(value: Any) -> str | None:
+    """Where the metrics poll finds the node's Glances: empty (through SSH, to
+    ``GLANCES_PORT`` on the node's loopback), ``ssh://LOOPBACK[:PORT]`` (through SSH,
+    elsewhere on the node's loopback) or an ``http(s)`` URL read directly."""
     if value in (None, ""):
         return None
-    if not isinstance(value, str) or len(value) > 512:
-        raise ValueError("must be an http(s) URL")
+    if not isinstance(value, str) or len(value) > 512 or not value.isprintable():
+        raise ValueError(f"must be {GLANCES_URL_FORMS}")
     parts = urlsplit(value)
-    if parts.scheme not in {"http", "https"} or not parts.hostname or parts.username:
-        raise ValueError("must be an http(s) URL without credentials")
+    if parts.scheme == "ssh":
+        return _glances_tunnel_url(parts)
+    if parts.scheme not in {"http", "https"} or not parts.hostname or parts.username \
+            or parts.password:
+        raise ValueError(f"must be {GLANCES_URL_FORMS}, without credentials")
     validate_host(parts.hostname)
     if parts.query or parts.fragment:
         raise ValueError("must not have a query or fragment")
@@ -82,6 +94,32 @@ def validate_glances_url(value: Any) -> str | None:
     except ValueError:
         raise ValueError("has an invalid port") from None
     return value.rstrip("/")
+
+
+def _glances_tunnel_url(parts: SplitResult) -> str:
+    """``ssh://ADDRESS[:PORT]``, normalised.  The address must be loopback: a channel
+    reaches what the node itself listens on there, and Glances on another address is
+    read over HTTP instead."""
+    if parts.username or parts.password or parts.query or parts.fragment \
+            or parts.path not in ("", "/"):
+        raise ValueError("ssh:// takes a loopback address and a port only, e.g. "
+                         "ssh://127.0.0.1:61208")
+    try:
+        address = ipaddress.ip_address(parts.hostname or "")
+    except ValueError:
+        raise ValueError("ssh:// needs a loopback IP address and an optional port, e.g. "
+                         "ssh://127.0.0.1:61208") from None
+    if not address.is_loopback:
+        raise ValueError("ssh:// reaches Glances on the node's own loopback: the address "
+                         "must be in 127.0.0.0/8 or ::1")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError("has an invalid port")
+    shown = f"[{address}]" if address.version == 6 else str(address)
+    return f"ssh://{shown}:{port}" if port else f"ssh://{shown}"
 
 
 def _pool_by_name(name: Any) -> Pool | None:
@@ -154,6 +192,12 @@ def _clean_node(data: dict[str, Any], *, partial: bool, node: Node | None) -> di
     field("https_port", default_port(443))
     field("glances_url", validate_glances_url)
     field("enabled", bool_check)
+    field("status_port", lambda v: None if v in (None, "") else validate_port(v))
+    ports = {name: out.get(name, getattr(node, name, None))
+             for name in ("status_port", "http_port", "https_port")}
+    if ports["status_port"] is not None and ports["status_port"] in (ports["http_port"],
+                                                                      ports["https_port"]):
+        errors["status_port"] = "must differ from the HTTP and HTTPS ports"
     for name in ("config_dir", "log_dir", "cache_dir", "geoip_db_path", "main_config"):
         if data.get(name) in (None, ""):
             continue

@@ -89,6 +89,7 @@ def node_spec(node: Node) -> NodeSpec:
         log_dir=node.log_dir,
         cache_dir=node.cache_dir,
         geoip_db_path=node.geoip_db_path,
+        status_port=node.status_port,
     )
 
 

@@ -22,7 +22,7 @@ from app.extensions import limit_certificate_requests, limit_deploy_requests
 from app.forms import SiteForm, form_status
 from app.models import Site, User
 from app.services import deployments, explain, nodes, rendering, sites
-from app.web import certificate_pages, current_actor
+from app.web import certificate_pages, current_actor, nameserver_pages, uptime_pages
 from app.web.deployment_pages import deployment_detail, deployment_events
 from app.web.object_views import delete_object, edit_object
 
@@ -64,6 +64,8 @@ def register(bp: Blueprint, panel: Panel) -> None:
         ("/sites/<int:site_id>/deploy", site_deploy, ["POST"]),
         ("/sites/<int:site_id>/certificate/issue", site_certificate_issue, ["POST"]),
         ("/sites/<int:site_id>/certificate", site_certificate_upload, ["POST"]),
+        ("/sites/<int:site_id>/nameservers/check", nameserver_pages.site_nameservers_check,
+         ["POST"]),
         ("/deployments/<int:rollout_id>", deployment_detail, ["GET"]),
         ("/deployments/<int:rollout_id>/events", deployment_events, ["GET"]),
     ):
@@ -82,6 +84,8 @@ def site_page(site: Site, upload_form: Any = None, **context: Any) -> str:
         panel.detail_template, panel=panel, site=site,
         **{**panel.detail_context(), **context},
         **certificate_pages.context(site, request.blueprint or "", upload_form),
+        **nameserver_pages.context(site),
+        **uptime_pages.context(actor, site),
         settings=sites.site_to_dict(site, admin=panel.admin),
         preview=rendering.preview(actor, site.id, request.args.get("engine")),
         recent=deployments.list_rollouts(actor, site_id=site.id, per_page=5),

@@ -6,8 +6,9 @@ Create Date: 2026-12-05
 
 What the control plane observes and what it raises: node metrics and site checks (raw
 and aggregated, one table each), nameserver checks and the nameservers expected per
-zone, alert rules, alerts with their transitions, silences; and on each node what its
-last metrics poll learnt.
+zone, alert rules, alerts with their transitions, silences; on each node what its
+last metrics poll learnt; and on audit rows and rollouts the id of the request that
+made them.
 
 """
 from alembic import op
@@ -79,6 +80,7 @@ def upgrade():
         batch_op.create_index('ix_alerts_rule_subject', ['rule_id', 'subject_kind', 'subject_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_alerts_site_id'), ['site_id'], unique=False)
         batch_op.create_index('ix_alerts_state', ['state'], unique=False)
+        batch_op.create_index('uq_alerts_open_subject', ['rule_id', 'subject_kind', 'subject_id'], unique=True, sqlite_where=sa.text("state != 'resolved'"), postgresql_where=sa.text("state != 'resolved'"))
 
     op.create_table('nameserver_checks',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -176,21 +178,37 @@ def upgrade():
     )
     with op.batch_alter_table('alert_transitions', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_alert_transitions_alert_id'), ['alert_id'], unique=False)
+        batch_op.create_index('ix_alert_transitions_held', ['alert_id'], unique=False, sqlite_where=sa.text('silenced = 1 AND notified_at IS NULL'), postgresql_where=sa.text('silenced AND notified_at IS NULL'))
 
     with op.batch_alter_table('nodes', schema=None) as batch_op:
         batch_op.add_column(sa.Column('glances_api', sa.String(length=8), nullable=True))
         batch_op.add_column(sa.Column('metrics_error', sa.String(length=300), server_default='', nullable=False))
         batch_op.add_column(sa.Column('metrics_at', sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('status_port', sa.Integer(), nullable=True))
+
+    with op.batch_alter_table('audit_log', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('request_id', sa.String(length=128), server_default='', nullable=False))
+
+    with op.batch_alter_table('rollouts', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('request_id', sa.String(length=128), server_default='', nullable=False))
 
 
 
 def downgrade():
+    with op.batch_alter_table('rollouts', schema=None) as batch_op:
+        batch_op.drop_column('request_id')
+
+    with op.batch_alter_table('audit_log', schema=None) as batch_op:
+        batch_op.drop_column('request_id')
+
     with op.batch_alter_table('nodes', schema=None) as batch_op:
+        batch_op.drop_column('status_port')
         batch_op.drop_column('metrics_at')
         batch_op.drop_column('metrics_error')
         batch_op.drop_column('glances_api')
 
     with op.batch_alter_table('alert_transitions', schema=None) as batch_op:
+        batch_op.drop_index('ix_alert_transitions_held')
         batch_op.drop_index(batch_op.f('ix_alert_transitions_alert_id'))
 
     op.drop_table('alert_transitions')
@@ -211,6 +229,7 @@ def downgrade():
 
     op.drop_table('nameserver_checks')
     with op.batch_alter_table('alerts', schema=None) as batch_op:
+        batch_op.drop_index('uq_alerts_open_subject')
         batch_op.drop_index('ix_alerts_state')
         batch_op.drop_index(batch_op.f('ix_alerts_site_id'))
         batch_op.drop_index('ix_alerts_rule_subject')

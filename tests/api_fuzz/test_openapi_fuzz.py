@@ -20,6 +20,7 @@ import base64
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -35,11 +36,14 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from sqlalchemy import select
 
 from app.executor import executor
 from app.extensions import db
-from app.models import DeploymentStatus, NodeDeployment, Pool, User
+from app.models import Alert, DeploymentStatus, NodeDeployment, Pool, User
+from app.models.base import utcnow
 from app.services import (
+    alerts,
     dns_providers,
     domain_grants,
     jobs,
@@ -102,6 +106,15 @@ VALID_BODIES: dict[str, Callable[[int], Any]] = {
     "PUT /api/v1/dns-providers/{provider_id}": lambda n: {"port": 5300 + n % 100},
     "PATCH /api/v1/dns-providers/{provider_id}": lambda n: {"tsig_name": f"key{n}"},
     "POST /api/v1/users/{user_id}/domains": lambda n: {"name": f"shop{n}.example.net"},
+    "POST /api/v1/alert-rules": lambda n: {
+        "name": f"rule {n}", "kind": ("cpu", "site_down", "cert_expiring")[n % 3],
+        "threshold": 1 + n % 14, "duration_seconds": n % 600, "pool": "default"},
+    "PATCH /api/v1/alert-rules/{rule_id}": lambda n: {"enabled": n % 2 == 0,
+                                                      "renotify_seconds": 60 * (n % 30)},
+    "POST /api/v1/silences": lambda n: {
+        ("node", "pool", "site")[n % 3]: ("edge-1", "default", "alice.example.com")[n % 3],
+        "ends_at": (utcnow() + timedelta(minutes=1 + n % 600)).isoformat()},
+    "PATCH /api/v1/silences/{silence_id}": lambda n: {"reason": f"maintenance {n}"},
 }
 
 
@@ -199,6 +212,11 @@ def _build_world() -> World:
         "name": "main", "zone": "example.com", "server": "127.0.0.1", "port": 5300,
         "tsig_name": "acme-key", "tsig_secret": _TSIG_SECRET})
     given = domain_grants.grant(admin, alice.id, "alice.example.org")[0]
+    # Alerts: the failed rollout of Alice's site raises one for her, and silences.
+    rule = alerts.create_rule(admin, {"name": "failed", "kind": "deployment_failed"})
+    alerts.evaluate()
+    silence = alerts.create_silence(admin, {"node": "edge-1",
+                                            "ends_at": utcnow() + timedelta(hours=1)})
     # Tokens the run may revoke; the ones it acts with are minted by World.headers.
     spares = [tokens.create_token(user, "spare")[0].id for user in (admin, alice, bob)]
     default_pool = db.session.query(Pool).filter_by(name="default").one()
@@ -213,6 +231,9 @@ def _build_world() -> World:
         "pool_id": [default_pool.id, spare_pool.id],
         "provider_id": [provider.id],
         "grant_id": [given.id],
+        "alert_id": list(db.session.scalars(select(Alert.id))),
+        "rule_id": [rule.id],
+        "silence_id": [silence.id],
     }
     return world
 

@@ -34,6 +34,7 @@ NODE_FIELDS = {
     "is_discovered",
     "last_seen",
     "main_config",
+    "status_port",
     "host_key_fingerprint",
     "pending_host_key_fingerprint",
     "last_check",

@@ -114,19 +114,21 @@ def test_only_one_scheduler_leads_and_another_takes_over_when_it_stops(
     second.step()
     assert first.is_leader and not second.is_leader
     assert {r.runner for r in runs(db)} == {"first"}
+    # Anyone: ok or degraded, nothing about processes (administrators only).
+    assert client.get("/health").get_json() == {"status": "ok", "degraded": []}
+    login(client, factories.make_user("admin", "watcher"))
     health = client.get("/health").get_json()
     assert health["status"] == "ok" and health["scheduler"]["running"] is True
-    assert "leader" not in health["scheduler"]  # which process leads: administrators only
+    assert health["scheduler"]["leader"] == "first"
     assert 0 <= health["scheduler"]["heartbeat_age_seconds"] < 5
-    login(client, factories.make_user("admin", "watcher"))
-    assert client.get("/health").get_json()["scheduler"]["leader"] == "first"
 
     time.sleep(0.1)
     second.step()  # still a follower: runs nothing although the job is due
     assert not second.is_leader and {r.runner for r in runs(db)} == {"first"}
 
     first.stop()  # graceful: the lease is given back at once
-    assert client.get("/health").get_json()["scheduler"]["leader"] is None
+    stopped = client.get("/health").get_json()
+    assert stopped["scheduler"]["leader"] is None and stopped["degraded"] == ["scheduler"]
     second.step()
     assert second.is_leader and not first.is_leader
     assert runs(db)[-1].runner == "second"

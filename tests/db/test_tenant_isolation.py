@@ -28,6 +28,7 @@ OWNED = {
     "sessions": lambda victim: _victim_session(victim),
     "notifications": lambda victim: _victim_channel(victim),
     "notification-channels": lambda victim: _victim_channel(victim),
+    "alerts": lambda victim: _victim_alert(victim),
 }
 
 
@@ -46,8 +47,22 @@ def _victim_channel(victim: Any) -> int:
         name="victim", kind="email", target="victim@example.test")).id
 
 
+def _victim_alert(victim: Any) -> int:
+    """An alert about a site of the victim's: its deployment failed."""
+    from app.models import Alert, AlertKind, AlertRule, DeploymentStatus
+    from app.services import alerts
+
+    _db.session.add(AlertRule(name="victim", kind=AlertKind.DEPLOYMENT_FAILED))
+    rollout = factories.make_rollout(factories.make_site(victim, "alerted.example.com"))
+    rollout.status = DeploymentStatus.FAILED
+    _db.session.commit()
+    alerts.evaluate()
+    return _db.session.query(Alert).one().id
+
+
 # Segments whose routes are for administrators only: a client gets 403 there.
-ADMIN_ONLY = {"nodes", "users", "pools", "audit", "dns-providers", "settings"}
+ADMIN_ONLY = {"nodes", "users", "pools", "audit", "dns-providers", "settings",
+              "nameserver-zones", "alert-rules", "silences"}
 
 SITE_JSON = {"domain": "attacker.example.com", "backends": [{"host": "127.0.0.1", "port": 80}],
              "websocket": True}

@@ -8,7 +8,14 @@ test_notification_ui.py.
 
 from __future__ import annotations
 
-from app.services import dns_providers, notifiers
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from app.extensions import db as _db
+from app.models import Alert, Node
+from app.models.base import utcnow
+from app.services import alerts, dns_providers, nameservers, notifiers
 from tests import factories
 
 UI_FOR_API = {
@@ -70,6 +77,23 @@ UI_FOR_API = {
     ("domains.Grant", "DELETE"): "admin.user_domain_revoke",
     ("audit.AuditEntries", "GET"): "admin.audit",
     ("jobs.JobRuns", "GET"): "admin.jobs",
+    ("alerts.Alerts", "GET"): "admin.alerts",
+    ("alerts.AlertItem", "GET"): "admin.alert_detail",
+    ("alerts.AlertAcknowledge", "POST"): "admin.alert_acknowledge",
+    ("alert_rules.Rules", "GET"): "admin.alert_rules",
+    ("alert_rules.Rules", "POST"): "admin.alert_rule_create",
+    ("alert_rules.RecommendedRules", "POST"): "admin.alert_rules_recommended",
+    ("alert_rules.RuleItem", "GET"): "admin.alert_rule_edit",
+    ("alert_rules.RuleItem", "PATCH"): "admin.alert_rule_edit",
+    ("alert_rules.RuleItem", "DELETE"): "admin.alert_rule_delete",
+    ("silences.Silences", "GET"): "admin.alert_silences",
+    ("silences.Silences", "POST"): "admin.alert_silence_create",
+    ("silences.SilenceItem", "GET"): "admin.alert_silence_edit",
+    ("silences.SilenceItem", "PATCH"): "admin.alert_silence_edit",
+    ("silences.SilenceItem", "DELETE"): "admin.alert_silence_delete",
+    ("silences.SilenceEnd", "POST"): "admin.alert_silence_end",
+    ("metrics.NodeMetrics", "GET"): "admin.node_detail",
+    ("metrics.FleetMetrics", "GET"): "admin.fleet",
     ("tokens.Tokens", "GET"): "client.tokens",
     ("tokens.Tokens", "POST"): "client.tokens",
     ("tokens.TokenItem", "DELETE"): "client.token_revoke",
@@ -80,6 +104,17 @@ UI_FOR_API = {
     ("notification_channels.Channel", "DELETE"): "client.notification_channel_delete",
     ("notification_channels.ChannelTest", "POST"): "client.notification_channel_test",
     ("notification_channels.ChannelDeliveries", "GET"): "client.notification_channel_edit",
+    ("nameservers.SiteNameservers", "GET"): "admin.site_detail",
+    ("nameservers.SiteNameserversCheck", "POST"): "admin.site_nameservers_check",
+    ("nameservers.Zones", "GET"): "admin.nameserver_zones",
+    ("nameservers.Zones", "POST"): "admin.nameserver_zone_create",
+    ("nameservers.Zone", "GET"): "admin.nameserver_zone_edit",
+    ("nameservers.Zone", "PUT"): "admin.nameserver_zone_edit",
+    ("nameservers.Zone", "PATCH"): "admin.nameserver_zone_edit",
+    ("nameservers.Zone", "DELETE"): "admin.nameserver_zone_delete",
+    ("nameservers.NameserverSettings", "GET"): "admin.settings_page",
+    ("nameservers.NameserverSettings", "PUT"): "admin.nameserver_settings",
+    ("uptime.SiteUptime", "GET"): "admin.site_detail",
 }
 NOT_AN_OPERATION = {"api-docs.openapi_json"}
 
@@ -109,8 +144,17 @@ def test_ui_counterparts_exist_and_answer_the_admin(app, admin, admin_client):
     ids["provider_id"] = dns_providers.create_provider(admin, {
         "name": "main", "zone": "example.com", "server": "127.0.0.1", "tsig_name": "acme-key",
         "tsig_secret": "a2V5LWtleS1rZXkta2V5LWtleS1rZXk="}).id
+    ids["zone_id"] = nameservers.create_zone(admin, {
+        "zone": "example.com", "nameservers": ["ns1.example.com"]}).id
     ids["channel_id"] = notifiers.create_channel(admin, notifiers.ChannelInput(
         name="mail", kind="email", target="admin@example.com")).id
+    ids["rule_id"] = alerts.create_rule(admin, {"name": "drift", "kind": "drift"}).id
+    ids["silence_id"] = alerts.create_silence(admin, {
+        "pool": "default", "ends_at": utcnow() + timedelta(hours=1)}).id
+    _db.session.get(Node, node.id).drifted = True
+    _db.session.commit()
+    alerts.evaluate()
+    ids["alert_id"] = _db.session.scalar(select(Alert.id))
     endpoints = {rule.endpoint: rule for rule in app.url_map.iter_rules()}
     for ui_endpoint in set(UI_FOR_API.values()):
         assert ui_endpoint in endpoints, ui_endpoint

@@ -303,7 +303,8 @@ def add_pool_with_node(product: Product, sshd: SshServer, node: NginxNode, pool:
         "config_dir": spec.config_dir, "test_command": spec.test_command,
         "reload_command": spec.reload_command, "listen_address": spec.listen_address,
         "http_port": spec.http_port, "https_port": spec.https_port,
-        "log_dir": spec.log_dir, "cache_dir": spec.cache_dir}, token)
+        "log_dir": spec.log_dir, "cache_dir": spec.cache_dir,
+        "status_port": spec.status_port}, token)
 
 
 @pytest.fixture(scope="session")

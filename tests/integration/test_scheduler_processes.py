@@ -99,8 +99,8 @@ def test_two_app_processes_run_jobs_from_one_leader_and_hand_over_on_sigterm(
         assert {r[1] for r in finished()} == {"succeeded"}
         assert finished()[0][4] == "1 node(s) checked: 0 healthy, 1 not"
         assert finished()[-1][2] > finished()[0][3]  # really back to back, not one run
-        for server in servers:
-            assert health(server)["scheduler"]["running"] is True
+        for server in servers:  # anyone learns that a scheduler leads, not which
+            assert health(server) == {"status": "ok", "degraded": []}
 
         leader_master = parent_pid(int(leader.split(":")[1]))
         (leading,) = [s for s in servers if s.process.pid == leader_master]
@@ -117,8 +117,7 @@ def test_two_app_processes_run_jobs_from_one_leader_and_hand_over_on_sigterm(
         # The stopped leader finished its last run before giving the lease back.
         assert all(r[1] == "succeeded" for r in runs[:switch])
         assert_one_at_a_time([r for r in runs if r[3] is not None])
-        survivor = health(other)["scheduler"]
-        assert survivor["running"] is True and survivor["heartbeat_age_seconds"] < 5
+        assert health(other) == {"status": "ok", "degraded": []}
         with engine.connect() as conn:
             assert conn.execute(text("SELECT status FROM nodes WHERE name = 'silent'")) \
                 .scalar() == "offline"

@@ -30,6 +30,7 @@ from app.models import (
     RolloutKind,
 )
 from app.models.base import utcnow
+from app.observability import carry_request_id
 from app.services import rendering, set_aside
 from app.services.deployments.blobs import store_files
 from app.services.deployments.desired_state import (
@@ -450,4 +451,4 @@ def deploy_batch(app: Flask, plan: RolloutPlan, items: list[tuple[int, int | Non
         return [work(items[0])]
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(items))),
                             thread_name_prefix=f"rollout-{plan.id}") as executor:
-        return list(executor.map(work, items))
+        return list(executor.map(carry_request_id(work), items))

@@ -29,6 +29,7 @@ from app.models import (
     User,
 )
 from app.models.base import utcnow
+from app.observability import count_rollout, request_id
 from app.services import audit, explain, notifiers, rendering, set_aside
 from app.services import backends as backends_service
 from app.services.common import Page, get_or_404, get_scoped, paginate, require_admin, scoped
@@ -52,7 +53,7 @@ def _create_rollout(actor: User | None, nodes: list[Node], *, kind: RolloutKind,
                       owner_id=site.owner_id if site else None,
                       pool_id=pool_id if pool_id is not None else (site.pool_id if site else None),
                       canary_node_id=canary_node_id, target_version_id=target_version_id,
-                      triggered_by_id=actor_id)
+                      triggered_by_id=actor_id, request_id=request_id.get())
     rollout.deployments = [
         NodeDeployment(site_id=site.id if site else None, node_id=node.id, node_name=node.name,
                    triggered_by_id=actor_id)
@@ -271,6 +272,7 @@ def _conclude(rollout_id: int, error: str, outcomes: SiteOutcomes | None = None)
         rollout.error = (f"{error}. {summary}" if error else summary)[:4000]
     rollout.finished_at = utcnow()
     db.session.commit()
+    count_rollout(rollout)
     if rollout.pool_id is not None:
         refresh_site_status(rollout.pool_id)
     notifiers.rollout_concluded(rollout)
