@@ -126,11 +126,20 @@ def test_a_backup_taken_during_a_rollout_restores_into_postgresql_whole_and_work
                 assert restored_channel.secret == TELEGRAM_TOKEN
 
                 # The restored instance reaches the nodes with their restored keys and
-                # pinned host keys, and puts a change on them.
-                sites.update_site(user, shop_id, {"backends": [{"host": "127.0.0.1",
-                                                                "port": first_port}]})
+                # pinned host keys.  Its records end before the rollout that finished
+                # during the backup, so it numbers that release again: deployed as it
+                # stands, it finds the nodes already running it, under the same name.
                 root = db.session.scalar(select(User).where(User.username == "root"))
                 assert root is not None
+                again_deployed = deployments.wait(
+                    deployments.deploy_nodes(root, node_ids).id, timeout=120)
+                assert again_deployed.status == DeploymentStatus.SUCCEEDED, \
+                    again_deployed.error
+                assert {n.get("shop.example.com").json()["backend"] for n in fleet} == {
+                    "second"}
+                # And it puts a change on them.
+                sites.update_site(user, shop_id, {"backends": [{"host": "127.0.0.1",
+                                                                "port": first_port}]})
                 redeployed = deployments.wait(
                     deployments.deploy_nodes(root, node_ids).id, timeout=120)
                 assert redeployed.status == DeploymentStatus.SUCCEEDED, redeployed.error

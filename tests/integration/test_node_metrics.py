@@ -46,6 +46,9 @@ def pooled(app) -> Iterator[None]:
 
 
 def make_node(sshd: SshServer, name: str, glances_url: str | None, **extra) -> Node:
+    """A node with Glances only: no proxy answers on its status port (the default one
+    may be another test's nginx on this machine's loopback)."""
+    extra.setdefault("status_port", free_port())
     return factories.make_node(name, host="127.0.0.1", ssh_port=sshd.port,
                                ssh_private_key=sshd.client_key_text, glances_url=glances_url,
                                **extra)

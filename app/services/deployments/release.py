@@ -65,6 +65,11 @@ else
   live=$(readlink -- "$link" || true)
   case "$live" in ""|/*) ;; *) live="$(dirname -- "$link")/$live" ;; esac
 fi
+# The node already runs this very release (a control plane restored from a backup
+# numbers its versions again): nothing to build, nothing to swap.
+if [ "$live" = "$new" ] && [ -d "$new" ] && [ "$(digest "$new")" = "$want" ]; then
+  exit 0
+fi
 [ -d "$releases" ] || mkdir -p -- "$releases"
 for old in "$releases"/v*; do
   [ -e "$old" ] || [ -L "$old" ] || continue
