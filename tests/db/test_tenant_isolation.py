@@ -49,14 +49,19 @@ def _victim_channel(victim: Any) -> int:
 
 def _victim_alert(victim: Any) -> int:
     """An alert about a site of the victim's: its deployment failed."""
-    from app.models import Alert, AlertKind, AlertRule, DeploymentStatus
-    from app.services import alerts
+    from app.models import Alert, AlertKind, AlertRule, DeploymentStatus, NotificationDelivery
+    from app.services import alerts, notifiers
 
     _db.session.add(AlertRule(name="victim", kind=AlertKind.DEPLOYMENT_FAILED))
     rollout = factories.make_rollout(factories.make_site(victim, "alerted.example.com"))
     rollout.status = DeploymentStatus.FAILED
     _db.session.commit()
     alerts.evaluate()
+    # Its notices are delivered in the background: done before the test takes the
+    # snapshot that the attacker's requests must leave unchanged.
+    for delivery_id in _db.session.scalars(_db.select(NotificationDelivery.id)):
+        notifiers.wait(delivery_id)
+    _db.session.expire_all()
     return _db.session.query(Alert).one().id
 
 
