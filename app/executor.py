@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -64,6 +65,16 @@ class Executor:
             thread = self._running.get((kind, key))
         if thread is not None:
             thread.join(timeout)
+
+    def join_all(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds in all for every piece of work running here
+        (what must end before its database is emptied); returns how many still run."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            threads = list(self._running.values())
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return sum(thread.is_alive() for thread in threads)
 
 
 executor = Executor()

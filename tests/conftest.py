@@ -148,7 +148,12 @@ def app() -> Iterator[Flask]:
 
 @pytest.fixture()
 def db(app: Flask) -> Iterator[Any]:
+    from app.executor import executor
+
     with app.app_context():
+        # A previous test's background work (a notice's delivery, a rollout's end)
+        # still writing would deadlock with the emptying of its tables.
+        executor.join_all(timeout=30)
         reset_database()
         yield _db
         _db.session.rollback()
