@@ -51,6 +51,7 @@ from app import create_app  # noqa: E402
 from app.extensions import db, ssh  # noqa: E402
 from app.models import DeploymentStatus  # noqa: E402
 from app.services import deployments, sites, uptime  # noqa: E402
+from bench.deploy_fanout import load_average, rss_kb  # noqa: E402
 from tests import factories  # noqa: E402
 from tests.fleet import register, start_nginx  # noqa: E402
 from tests.nginx_node import NginxNode, allow_open_files  # noqa: E402
@@ -64,18 +65,6 @@ GOAL_CHECKS = 10_000
 def node_address(index: int) -> str:
     """127.0.1.1, 127.0.1.2, ... (clear of the tests' 127.0.0.x nodes)."""
     return f"127.0.{1 + index // 250}.{1 + index % 250}"
-
-
-def rss_kb() -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def load_average() -> str:
-    return ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 class Sampler:
