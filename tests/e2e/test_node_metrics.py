@@ -75,10 +75,12 @@ def test_an_administrator_follows_a_nodes_metrics(journey_factory, product, sshd
     expect(metrics.get_by_role("link", name="Last hour")).to_have_attribute(
         "aria-current", "true")
     expect(metrics).to_contain_text("each sample")
-    # Two reads, two samples: the summary a screen reader gets says so.
-    expect(metrics.locator("figure").first).to_have_attribute("data-points", "2")
-    expect(metrics.locator("figure").first.locator("p.visually-hidden")).to_contain_text(
-        "over 2 measurement(s)")
+    # Each read is one sample; the scheduler may have read the node once more on its
+    # own minute. The summary a screen reader gets counts the same samples the chart draws.
+    chart = metrics.locator("figure").first
+    points = int(chart.get_attribute("data-points") or "0")
+    assert points >= 2
+    expect(chart.locator("p.visually-hidden")).to_contain_text(f"over {points} measurement(s)")
     journey.check("node metrics over an hour")
 
     metrics.get_by_role("link", name="Last 30 days").click()
