@@ -25,6 +25,8 @@ class Explanation:
 # first match wins. ``{node}`` is the node's name (administrators only).
 _UNREACHABLE_CLIENT = ("A proxy node of your pool could not be reached, so it keeps its "
                        "previous configuration; the administrators can see why.")
+_RELOAD_CLIENT = ("The proxy could not load the new configuration, so the previous one was "
+                  "put back; an administrator can see why.")
 _NODE_RULES: list[tuple[re.Pattern[str], str, str]] = [
     (re.compile(r"HostKeyChanged|host key", re.I),
      "Node {node} presents a new SSH host key: compare its fingerprint on the node's page "
@@ -55,6 +57,12 @@ _NODE_RULES: list[tuple[re.Pattern[str], str, str]] = [
      "nginx.conf and the service's LimitNOFILE (systemd), then deploy again.",
      "A proxy node of your pool reached a system limit, so it keeps its previous "
      "configuration; the administrators can see why."),
+    # pkill prints nothing when no process matches: only its status says so.
+    (re.compile(r"reload failed \(\S*pkill [^)]*\): exit status 1$"),
+     "Node {node}'s reload command found no nginx process with the PID its pid file "
+     "names: is nginx running, and is that the file the pid directive of its nginx.conf "
+     "names? The previous configuration was put back.",
+     _RELOAD_CLIENT),
     (re.compile(r"lease|another deployment", re.I),
      "Another deployment to node {node} was still running; this one waited and gave up. "
      "Deploy again once it has finished.",
@@ -68,8 +76,7 @@ _STEP_RULES: dict[str, tuple[str, str]] = {
              "instance); if they look right, ask an administrator."),
     "reload": ("Node {node} failed to reload its proxy with the new configuration; the "
                "previous configuration was put back.",
-               "The proxy could not load the new configuration, so the previous one was "
-               "put back; an administrator can see why."),
+               _RELOAD_CLIENT),
     "verify": ("After the reload, a site on node {node} did not answer correctly, so the "
                "previous configuration was put back: is its backend up?",
                "Your site did not answer correctly after the change (is its backend up?), "

@@ -22,6 +22,8 @@ KNOWN = [
     ("nginx", "reload", "nginx -s reload"),
     ("nginx", "reload", "nginx -s reload -c /opt/nginx/conf/nginx.conf"),
     ("nginx", "reload", "systemctl reload nginx"),
+    ("nginx", "reload", "pkill -HUP -F /run/nginx.pid -x nginx"),
+    ("nginx", "reload", "/usr/bin/pkill -HUP -F /srv/edge/logs/nginx.pid -x nginx"),
     ("caddy", "test", "caddy validate --config /etc/caddy/Caddyfile"),
     ("caddy", "test", "caddy validate --config /etc/caddy/Caddyfile --adapter caddyfile"),
     ("caddy", "reload", "caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile "
@@ -46,6 +48,12 @@ REFUSED = [
     ("nginx", "reload", "systemctl restart sshd", "is not a known nginx reload command"),
     ("nginx", "reload", "caddy reload --config /etc/caddy/Caddyfile", "known nginx reload"),
     ("nginx", "reload", "sudo -n nginx -s reload", "needs no 'sudo -n'"),
+    # The signal form sends HUP, to nginx, named by an absolute pid file: nothing else.
+    ("nginx", "reload", "pkill -KILL -F /run/nginx.pid -x nginx", "known nginx reload"),
+    ("nginx", "reload", "pkill -HUP -F /run/nginx.pid -x sshd", "known nginx reload"),
+    ("nginx", "reload", "pkill -HUP -x nginx", "known nginx reload"),
+    ("nginx", "reload", "pkill -HUP -F run/nginx.pid -x nginx", "must be an absolute path"),
+    ("nginx", "reload", "pkill -HUP -F /run/nginx.pid -x nginx -u root", "known nginx reload"),
     ("caddy", "reload", "caddy reload --config /etc/caddy/Caddyfile --address evil;x:1",
      "has characters that are not allowed"),
     ("caddy", "reload", "caddy reload --config /etc/caddy/Caddyfile --address host",
@@ -74,7 +82,8 @@ def test_an_unknown_command_names_the_known_forms():
     with pytest.raises(ValueError) as caught:
         clean_command("nginx", "reload", "service nginx reload", "deploy", allow_custom=False)
     message = str(caught.value)
-    assert "nginx -s reload [-p PATH] [-c PATH] [-e PATH] | systemctl reload nginx" in message
+    assert ("nginx -s reload [-p PATH] [-c PATH] [-e PATH] | systemctl reload nginx"
+            " | pkill -HUP -F PATH -x nginx") in message
     assert "PATH is an absolute path" in message and "sudo -n" in message
 
 

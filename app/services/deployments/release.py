@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import shlex
 import tarfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -406,7 +407,8 @@ class Release:
             self._fail("test", f"the node's test command refused the configuration: "
                                f"{output_of(results[0])}", reload=False)
         if not results[1].ok:
-            self._fail("reload", f"reload failed: {output_of(results[1])}", reload=True,
+            self._fail("reload", f"reload failed ({shlex.join(job.reload_command)}): "
+                                 f"{output_of(results[1])}", reload=True,
                        reload_refused=True)
 
     def _remove(self, release: str) -> None:
