@@ -40,12 +40,16 @@ class NodeCheckSchema(Schema):
     node = fields.String(metadata={
         "description": "the node's name for administrators, \"node 1 of 3\" for clients"})
     node_id = fields.Integer(allow_none=True, metadata={"description": "administrators only"})
-    status = fields.String(metadata={"enum": ["up", "down", "unchecked"]})
+    status = fields.String(metadata={
+        "enum": ["up", "down", "unreachable", "unchecked"],
+        "description": "unreachable: the control plane could not reach the node over SSH, "
+                       "so the site was not checked through it (such checks count in no "
+                       "uptime); unchecked: never checked through it"})
     checked_at = UtcDateTime(allow_none=True)
     status_code = fields.Integer(allow_none=True)
     response_ms = fields.Float(allow_none=True, metadata={
         "description": "from the connection to the status line, TLS included"})
-    error = fields.String(metadata={"description": "why it was down, in words"})
+    error = fields.String(metadata={"description": "why it was down or not checked, in words"})
     cert_sha256 = fields.String(allow_none=True, metadata={
         "description": "SHA-256 of the certificate the node served (TLS sites)"})
     cert_not_after = UtcDateTime(allow_none=True)

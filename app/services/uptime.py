@@ -11,8 +11,12 @@ anywhere else the proxy would answer with another server block, which would read
 
 **Up** means the proxy gave an HTTP answer below 500 (a redirect, a 404 or a 401 is
 the site's own business).  A 5xx answer (502 when the backend is down), a refused
-connection, a failed TLS handshake, no answer within ``SITE_CHECK_TIMEOUT`` seconds
-or a node out of reach over SSH is **down**.
+connection, a failed TLS handshake or no answer within ``SITE_CHECK_TIMEOUT`` seconds
+is **down**.  A node the control plane cannot reach over SSH says nothing about the
+site (its visitors do not come through the control plane): the check is recorded as
+**not checked**, a row with ``checks`` 0 and the reason, which no uptime percentage
+and no "site down" alert counts; the node's own health check and its "node
+unreachable" alert tell the administrators.
 
 Every result is one raw ``SiteCheck`` row (``period`` 0); the ``metrics_retention``
 job rolls them into 5-minute and hourly sums and deletes old rows.  Readers take the
@@ -30,7 +34,8 @@ round).  Nodes take turns, each
 starting its sites at another place in the list, so one site's checks are spread
 over the sweep and over the nodes.  A node whose SSH connection fails is tried once:
 until a node's connection is proven one of its checks runs at a time, and once it
-failed its remaining checks fail with the reason, without another attempt.
+failed its remaining checks are recorded as not checked, with the reason, without
+another attempt.
 """
 
 from __future__ import annotations
@@ -128,12 +133,14 @@ class _Outcome:
     cert_sha256: str | None = None
     cert_not_after: datetime | None = None
     cert_matches: bool | None = None
-    # Set when the node's SSH connection failed: why, for its remaining checks.
+    # Set when the node's SSH connection failed: why, for its remaining checks.  The
+    # site was then not checked through the node: the row counts no check.
     unreachable: str = ""
 
     def row(self) -> dict[str, Any]:
+        checked = not self.unreachable
         return {"site_id": self.site_id, "node_id": self.node_id, "period": 0, "at": self.at,
-                "checks": 1, "failures": 0 if self.up else 1,
+                "checks": int(checked), "failures": int(checked and not self.up),
                 "status_code": self.status_code, "response_ms": self.response_ms,
                 "error": self.error[:200], "cert_sha256": self.cert_sha256,
                 "cert_not_after": self.cert_not_after, "cert_matches": self.cert_matches}
@@ -250,8 +257,9 @@ class _Sweep:
             while queue and node_id in self._broken:
                 planned = queue.popleft()
                 self._queued -= 1
+                reason = self._broken[node_id]
                 self.outcomes.append(_Outcome(planned.site_id, node_id, utcnow(), up=False,
-                                              error=self._broken[node_id]))
+                                              error=reason, unreachable=reason))
             # Until its SSH connection is proven, a node gets one check at a time: a
             # node out of reach costs one connection attempt, not one per thread.
             limit = self.workers if node_id in self._connected else 1
@@ -418,10 +426,12 @@ def check_sites() -> str:
     outcomes = sweep.run()
     _record(outcomes)
     up = sum(1 for o in outcomes if o.up)
+    unchecked = sum(1 for o in outcomes if o.unreachable)
     summary = (f"{len(outcomes)} check(s) of {len({o.site_id for o in outcomes})} site(s) "
-               f"through {len(queues)} node(s): {up} up, {len(outcomes) - up} down")
+               f"through {len(queues)} node(s): {up} up, {len(outcomes) - up - unchecked} down")
     if sweep.unreachable:
-        summary += f"; {sweep.unreachable} node(s) not reachable over SSH"
+        summary += (f"; {unchecked} not checked: {sweep.unreachable} node(s) not reachable "
+                    "over SSH")
     return summary
 
 
@@ -502,8 +512,10 @@ def _history(site_id: int, range_: str, now: datetime) -> dict[str, Any]:
 
 
 def _latest(site: Site, admin: bool) -> list[dict[str, Any]]:
-    """The last check through each enabled node of the site's pool.  Clients read
-    "node 1 of 3", never the fleet's node names (DESIGN: tenancy)."""
+    """The last check through each enabled node of the site's pool: ``up``,
+    ``down``, ``unreachable`` (the node could not be reached over SSH, so the site was
+    not checked through it) or ``unchecked`` (never).  Clients read "node 1 of 3",
+    never the fleet's node names (DESIGN: tenancy)."""
     latest_ids = (select(func.max(SiteCheck.id))
                   .where(SiteCheck.site_id == site.id, SiteCheck.period == 0)
                   .group_by(SiteCheck.node_id))
@@ -517,7 +529,7 @@ def _latest(site: Site, admin: bool) -> list[dict[str, Any]]:
         result.append({
             "node": name if admin else f"node {index} of {len(members)}",
             "node_id": node_id if admin else None,
-            "status": "unchecked" if row is None else "down" if row.failures else "up",
+            "status": _status(row),
             "checked_at": as_utc(row.at) if row else None,
             "status_code": row.status_code if row else None,
             "response_ms": row.response_ms if row else None,
@@ -528,6 +540,14 @@ def _latest(site: Site, admin: bool) -> list[dict[str, Any]]:
             "cert_matches": row.cert_matches if row else None,
         })
     return result
+
+
+def _status(row: SiteCheck | None) -> str:
+    if row is None:
+        return "unchecked"
+    if not row.checks:
+        return "unreachable"
+    return "down" if row.failures else "up"
 
 
 def check_range(value: str | None) -> str:

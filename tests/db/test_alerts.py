@@ -138,8 +138,8 @@ def metric(db: Any, node: Node, at: datetime, **values: Any) -> None:
 
 
 def check(db: Any, site: Site, node: Node, at: datetime, *, failed: bool = False,
-          status: int | None = 200, **values: Any) -> None:
-    db.session.add(SiteCheck(site_id=site.id, node_id=node.id, period=0, at=at, checks=1,
+          status: int | None = 200, checks: int = 1, **values: Any) -> None:
+    db.session.add(SiteCheck(site_id=site.id, node_id=node.id, period=0, at=at, checks=checks,
                              failures=int(failed), status_code=status, **values))
     db.session.commit()
 
@@ -447,6 +447,27 @@ def test_a_site_down_in_a_pool_of_one_node_fires_whatever_the_threshold(
     check(db, site, node, T0, failed=True, status=None)
     run(db, T0)
     assert only_alert(db).summary.endswith("through 1 of 1 node(s) (no answer)")
+
+
+def test_a_node_out_of_reach_checks_nothing_for_site_down(
+        db: Any, admin: User, alice: User) -> None:
+    """Rows that count no check (the node could not be reached over SSH) neither fail
+    the site nor hold its alert back: only the nodes that checked it count."""
+    site = factories.make_site(alice, DOMAIN)
+    near, far = factories.make_node("edge-near"), factories.make_node("edge-far")
+    rule(admin, "site_down", 2)
+    unreachable = {"checks": 0, "status": None, "error": "the node could not be reached "
+                                                          "over SSH"}
+    check(db, site, near, T0)
+    check(db, site, far, T0, **unreachable)
+    run(db, T0)
+    assert db.session.scalar(select(Alert)) is None
+    # The near node fails it: all the nodes that checked it, though fewer than two.
+    check(db, site, near, T0 + MINUTE, failed=True, status=502)
+    check(db, site, far, T0 + MINUTE, **unreachable)
+    run(db, T0 + MINUTE)
+    assert only_alert(db).summary == f"{DOMAIN} fails its checks through 1 of 1 node(s) " \
+                                     "(HTTP 502)"
 
 
 @pytest.mark.parametrize("days,fires", [(14, True), (7, True), (1, False)])

@@ -166,3 +166,31 @@ def test_a_site_no_node_serves_yet_is_not_checked(db, alice):
     factories.make_site(alice, "undeployed.example.com")
     assert uptime.check_sites() == "no deployed site to check"
     assert db.session.query(SiteCheck).count() == 0
+
+
+def test_a_check_through_a_node_out_of_reach_counts_neither_way(
+        db, admin, alice, alice_client):
+    """A row that counts no check (the node could not be reached over SSH) is in no
+    percentage and no chart point, and reads "not checked" with its reason."""
+    near, far = factories.make_node("edge-near"), factories.make_node("edge-far")
+    site = factories.make_site(alice, "reach.example.com")
+    now = datetime.now(UTC)
+    add_checks(db, site.id, near.id, 0, [now - timedelta(minutes=2), now - timedelta(minutes=1)],
+               checks=1, failures=0, response_ms=10.0)
+    db.session.add_all(SiteCheck(site_id=site.id, node_id=far.id, period=0, at=at, checks=0,
+                                 failures=0, error="the node could not be reached over SSH")
+                       for at in (now - timedelta(minutes=2), now - timedelta(minutes=1)))
+    db.session.commit()
+
+    read = uptime.site_uptime(admin, site.id, now=now)
+    assert read["windows"][0] == {"window": "24h", "checks": 2, "failures": 0,
+                                  "percent": 100.0}
+    assert {p["uptime_percent"] for p in read["history"]["points"] if p["checks"]} == {100.0}
+    by_node = {n["node"]: n for n in read["nodes"]}
+    assert (by_node["edge-far"]["status"], by_node["edge-far"]["error"]) == (
+        "unreachable", "the node could not be reached over SSH")
+    assert by_node["edge-near"]["status"] == "up"
+    page = alice_client.get(f"/client/sites/{site.id}").get_data(as_text=True)
+    assert "Node unreachable: the node could not be reached over SSH." in page
+    assert page.count(">not checked<") == 1
+    assert "edge-far" not in page and far.host not in page

@@ -14,12 +14,14 @@ from typing import Any
 import pytest
 
 from app.extensions import ssh
-from app.models import DeploymentStatus, Site
-from app.services import certificates, deployments, nodes, uptime
+from app.models import Alert, AlertState, DeploymentStatus, Site
+from app.services import alerts, certificates, deployments, jobs, nodes, uptime
 from tests import factories, pki
 from tests.conftest import api_headers
 from tests.fleet import FleetNode, register, start_nginx
 from tests.processes import free_port
+from tests.sshd import SshServer
+from tests.sshd import sshd_factory as sshd_factory  # noqa: F401  (fixture)
 
 ADDRESSES = ("127.0.0.90", "127.0.0.91", "127.0.0.92")
 
@@ -279,3 +281,71 @@ def test_a_backend_that_accepts_and_stalls_holds_back_no_other_site(
     hostile.stop()
     assert hostile.stalled == hostile.released == 3
     assert good_answered_at_release[0] == 3
+
+
+@pytest.fixture()
+def far_node(admin, fleet, sshd_factory) -> Iterator[tuple[FleetNode, SshServer]]:
+    """A fourth node of the pool behind an sshd of its own, which a test can stop while
+    the node's nginx goes on serving visitors."""
+    server: SshServer = sshd_factory()
+    nginx = start_nginx("127.0.0.93")
+    with ExitStack() as teardown:
+        teardown.callback(nginx.remove)
+        teardown.callback(nginx.stop)
+        yield register(admin, nginx, "edge-far", server.port, server.client_key_text), server
+
+
+def test_a_node_out_of_reach_over_ssh_does_not_check_its_sites_and_counts_neither_way(
+        client, db, admin, alice, fleet, far_node, closing_backends):
+    """The node's proxy still serves the site to its visitors: a failed SSH connection
+    is no evidence that the site is down, so it costs the site no uptime and raises
+    no "site down", while the node's own health check and alert tell the
+    administrators.  Through the nodes that answer, a site whose backend stops is still
+    down."""
+    edge_far, far_sshd = far_node
+    backend = closing_backends()
+    site = factories.make_site(alice, "reach.example.com",
+                               backends=[{"host": "127.0.0.1", "port": backend.port}])
+    deployed(alice, site)
+    alerts.create_rule(admin, {"name": "Site down", "kind": "site_down", "threshold": 4})
+    alerts.create_rule(admin, {"name": "Node unreachable", "kind": "node_unreachable"})
+    far_sshd.stop(remove=False)
+    assert edge_far.get("reach.example.com").status == 200  # visitors are still served
+
+    assert uptime.check_sites() == ("4 check(s) of 1 site(s) through 4 node(s): 3 up, "
+                                    "0 down; 1 not checked: 1 node(s) not reachable over SSH")
+    by_node = latest(admin, site)
+    assert by_node["edge-far"]["status"] == "unreachable"
+    assert by_node["edge-far"]["error"] == "the node could not be reached over SSH"
+    assert by_node["edge-far"]["status_code"] is None
+    assert {by_node[f"edge-{i}"]["status"] for i in range(3)} == {"up"}
+    assert window(alice, site) == {"window": "24h", "checks": 3, "failures": 0,
+                                   "percent": 100.0}
+    # The owner reads that one node did not check the site, not which node or where.
+    answer = client.get(f"/api/v1/sites/{site.id}/uptime", headers=api_headers(alice))
+    assert sorted(n["status"] for n in answer.get_json()["nodes"]) == [
+        "unreachable", "up", "up", "up"]
+    assert "edge-far" not in answer.get_data(as_text=True)
+    assert "127.0.0." not in answer.get_data(as_text=True)
+
+    assert jobs.run_recorded("node_health", jobs.check_node_health, "test").status.value \
+        == "succeeded"
+    alerts.evaluate()
+    db.session.expire_all()
+    firing = {(a.rule.kind.value, a.node_id, a.site_id)
+              for a in db.session.query(Alert).filter(Alert.state == AlertState.FIRING)}
+    assert firing == {("node_unreachable", edge_far.id, None)}
+
+    # Down through every node that checked it: the unreachable node does not hold
+    # the alert back (the rule asks for four nodes; three could check).
+    backend.stop()
+    assert uptime.check_sites().endswith(
+        ": 0 up, 3 down; 1 not checked: 1 node(s) not reachable over SSH")
+    assert window(alice, site) == {"window": "24h", "checks": 6, "failures": 3,
+                                   "percent": 50.0}
+    alerts.evaluate()
+    db.session.expire_all()
+    [down] = db.session.query(Alert).filter(Alert.site_id == site.id).all()
+    assert down.state == AlertState.FIRING
+    assert down.summary == ("reach.example.com fails its checks through 3 of 3 node(s) "
+                            "(HTTP 502)")

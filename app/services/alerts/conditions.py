@@ -122,7 +122,10 @@ class Observations:
 
     @cached_property
     def checks(self) -> dict[int, list[_Check]]:
-        """Each site's newest fresh raw check through each enabled node of its pool."""
+        """Each site's newest fresh raw check through each enabled node of its pool.
+        A newest row that counts no check (the node was out of reach over SSH, so the
+        site was not asked through it) leaves that node out: it says nothing of the
+        site, and the node's own alerts tell of the node."""
         newest = (select(func.max(SiteCheck.id))
                   .where(SiteCheck.period == 0, SiteCheck.at >= self.now - FRESH)
                   .group_by(SiteCheck.site_id, SiteCheck.node_id))
@@ -132,7 +135,7 @@ class Observations:
                    Site.id.label("site_id"), Site.domain, Site.pool_id)
             .join(Site, Site.id == SiteCheck.site_id)
             .join(Node, Node.id == SiteCheck.node_id)
-            .where(SiteCheck.id.in_(newest), Node.enabled.is_(True),
+            .where(SiteCheck.id.in_(newest), SiteCheck.checks > 0, Node.enabled.is_(True),
                    Node.pool_id == Site.pool_id))
         by_site: dict[int, list[_Check]] = {}
         for row in rows:

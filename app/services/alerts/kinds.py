@@ -63,7 +63,8 @@ KINDS: dict[AlertKind, KindSpec] = {
     AlertKind.SITE_DOWN: KindSpec(
         "Site down", SubjectKind.SITE,
         "a site's checks fail through at least this many nodes of its pool (all of them "
-        "when the pool has fewer)", Threshold("nodes", 1, 1000, whole=True)),
+        "when fewer were checked; a node the control plane cannot reach over SSH checks "
+        "nothing)", Threshold("nodes", 1, 1000, whole=True)),
     AlertKind.CERT_EXPIRING: KindSpec(
         "Certificate expiring", SubjectKind.SITE,
         "a certificate a node serves for the site expires within this many days",
