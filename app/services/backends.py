@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import time
 from dataclasses import dataclass
 
@@ -53,6 +54,32 @@ class BackendPolicy:
                 return f"{host} resolves to {reason}"
         return None
 
+    def connectable(self, host: str) -> Address:
+        """The address the control plane itself may connect to for ``host`` (a
+        webhook, say): every address the name has must pass the policy, and the
+        caller connects to the one returned, so a name answering differently to a
+        second lookup (DNS rebinding) never gets one.  Names are resolved with the
+        configured servers, or the system's when resolving is off for backends.
+
+        :raises ValueError: with the reason the host is refused.
+        :raises LookupError: when the name has no address (now).
+        """
+        address = numeric_address(host)
+        if address is not None:
+            found = [address]
+        elif self.resolver is not None:
+            found = self._resolve(host)
+        else:
+            found = _system_addresses(host)
+        if not found:
+            raise LookupError(f"{host} does not resolve")
+        for candidate in found:
+            reason = backend_refusal(candidate, self.denied, self.allowed)
+            if reason is not None:
+                raise ValueError(reason if candidate is address
+                                 else f"{host} resolves to {reason}")
+        return found[0]
+
     def _resolve(self, name: str) -> list[Address]:
         if self.resolver is None:
             return []
@@ -69,6 +96,15 @@ class BackendPolicy:
                 continue
             found += [ipaddress.ip_address(record.to_text()) for record in answer]
         return found
+
+
+def _system_addresses(name: str) -> list[Address]:
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return []
+    return list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0])
+                              for info in infos))
 
 
 # Where an administrator's networks are stored (``Setting`` rows, comma-separated

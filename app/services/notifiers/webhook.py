@@ -7,7 +7,9 @@ timestamps refuses replays too.
 
 A webhook URL is a request the control plane makes for a tenant, so its host obeys
 the backends' address policy when it is saved and again before every attempt (a name
-may point elsewhere by then); redirects are never followed and proxies from the
+may point elsewhere by then).  Each attempt connects to the very address it checked,
+never to what a second lookup of the name gives (DNS rebinding); TLS still verifies
+the certificate for the name.  Redirects are never followed and proxies from the
 environment are not used."""
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import hmac
 import json
 import logging
 import time
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from app.models import NotificationChannel
 from app.services import backends
@@ -37,6 +41,37 @@ MAX_URL = 2048
 def sign(secret: str, body: bytes) -> str:
     """The signature header's value for ``body``."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class _CertificateFor(HTTPAdapter):
+    """TLS to an address, with the name the URL gave for SNI and the certificate."""
+
+    def __init__(self, hostname: str) -> None:
+        self.hostname = hostname
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False,
+                         **pool_kwargs: Any) -> None:
+        super().init_poolmanager(connections, maxsize, block, server_hostname=self.hostname,
+                                 assert_hostname=self.hostname, **pool_kwargs)
+
+
+def pinned(parts: SplitResult) -> tuple[str, str]:
+    """The URL with its host replaced by the address the policy let through, and the
+    Host header naming the original host.
+
+    :raises DeliveryFailed: when the host is refused now or does not resolve.
+    """
+    hostname = parts.hostname or ""
+    try:
+        address = backends.policy().connectable(hostname)
+    except ValueError as exc:
+        raise DeliveryFailed(f"the webhook URL is not allowed: {exc}", retry=False) from None
+    except LookupError as exc:
+        raise DeliveryFailed(f"the webhook cannot be reached ({exc})") from None
+    literal = f"[{address}]" if address.version == 6 else str(address)
+    netloc = literal if parts.port is None else f"{literal}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc)), parts.netloc
 
 
 def url_refusal(url: str) -> str | None:
@@ -92,13 +127,20 @@ class WebhookNotifier(Notifier):
                            "text": notice.text, "timestamp": int(timestamp)}).encode()
         headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp,
                    SIGNATURE_HEADER: sign(channel.secret or "", body)}
+        parts = urlsplit(channel.target)
+        url, headers["Host"] = pinned(parts)
         with requests.Session() as session:
             session.trust_env = False
+            if parts.scheme == "https":
+                session.mount(url, _CertificateFor(parts.hostname or ""))
             try:
-                response = session.post(channel.target, data=body, headers=headers,
+                response = session.post(url, data=body, headers=headers,
                                         timeout=TIMEOUT, allow_redirects=False)
             except requests.Timeout:
                 raise DeliveryFailed("the webhook did not answer in time") from None
+            except requests.exceptions.SSLError:
+                raise DeliveryFailed(f"the webhook's TLS certificate is not valid for "
+                                     f"{parts.hostname}", retry=False) from None
             except requests.RequestException as exc:
                 log.info("channel %s: webhook unreachable (%s)", channel.id,
                          type(exc).__name__)
