@@ -8,6 +8,7 @@ unmasked names."""
 
 from __future__ import annotations
 
+import random
 import re
 import threading
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from app.errors import Conflict, Forbidden, NotFound
 from app.models import (
@@ -29,6 +30,7 @@ from app.models import (
     Node,
     NodeMetric,
     NotificationDelivery,
+    Pool,
     Rollout,
     RolloutKind,
     Site,
@@ -154,9 +156,12 @@ def health(db: Any, node: Node, *, ssh: bool = True, service: bool = True,
     db.session.commit()
 
 
-def rollout(db: Any, site: Site | None, status: DeploymentStatus, pool_id: int = 1) -> Rollout:
+def rollout(db: Any, site: Site | None, status: DeploymentStatus, pool_id: int = 1,
+            at: datetime = T0) -> Rollout:
+    """A rollout of the site (or of the pool, without a site) created at ``at``."""
     row = Rollout(kind=RolloutKind.DEPLOY, site_id=site.id if site else None,
-                  owner_id=site.owner_id if site else None, pool_id=pool_id, status=status)
+                  owner_id=site.owner_id if site else None, pool_id=pool_id, status=status,
+                  created_at=at)
     db.session.add(row)
     db.session.commit()
     return row
@@ -333,8 +338,8 @@ def test_ending_a_silence_early_sends_the_held_notice_at_the_next_evaluation(
     rule(admin, "deployment_failed")
     silence = alerts.create_silence(admin, {"site": DOMAIN,
                                             "ends_at": utcnow() + timedelta(hours=2)})
-    rollout(db, site, DeploymentStatus.FAILED)
     now = utcnow()
+    rollout(db, site, DeploymentStatus.FAILED, at=now)
     run(db, now)
     assert notices(db) == []
     ended = alerts.end_silence(admin, silence.id)
@@ -580,6 +585,73 @@ def test_a_failed_deployment_fires_until_the_next_one_of_its_site_or_pool_succee
     assert by_kind[SubjectKind.SITE].state == AlertState.RESOLVED
     assert by_kind[SubjectKind.POOL].state == AlertState.FIRING
     assert notices(db, heard["alice"]) == ["alert.firing", "alert.resolved"]
+
+
+def _failing(db: Any) -> dict[tuple[SubjectKind, int], int]:
+    """The subjects whose latest finished rollout failed, read from the whole history
+    in Python: what the evaluation must find, with the failed rollout."""
+    latest: dict[tuple[SubjectKind, int], tuple[int, DeploymentStatus]] = {}
+    for rollout_id, site_id, pool_id, status in db.session.execute(
+            select(Rollout.id, Rollout.site_id, Rollout.pool_id, Rollout.status)
+            .order_by(Rollout.id)):
+        if status in (DeploymentStatus.SUCCEEDED, DeploymentStatus.FAILED):
+            subject = (SubjectKind.SITE, site_id) if site_id else (SubjectKind.POOL, pool_id)
+            latest[subject] = (rollout_id, status)
+    return {subject: rollout_id for subject, (rollout_id, status) in latest.items()
+            if status == DeploymentStatus.FAILED}
+
+
+def _firing(db: Any) -> dict[tuple[SubjectKind, int], int]:
+    return {(a.subject_kind, a.subject_id): int(a.value or 0) for a in db.session.scalars(
+        select(Alert).where(Alert.state == AlertState.FIRING))}
+
+
+def test_a_long_history_of_rollouts_alerts_the_subjects_whose_latest_one_failed(
+        db: Any, admin: User, alice: User) -> None:
+    """Thousands of rollouts of sites and pools, all statuses: the subjects alerted are
+    those whose latest finished rollout failed, as read from the whole history; and
+    still, a day later, when the failures are older than the rollouts an evaluation
+    reads, until a later rollout of theirs finishes."""
+    rule(admin, "deployment_failed")
+    nodes_pool(admin, "other")
+    pools = sorted(db.session.scalars(select(Pool.id)))
+    sites = [factories.make_site(alice, f"s{index}.example.com") for index in range(8)]
+    subjects: list[tuple[int | None, int, int | None]] = [
+        (site.id, site.pool_id, site.owner_id) for site in sites]
+    subjects += [(None, pool_id, None) for pool_id in pools]
+    statuses = [DeploymentStatus.SUCCEEDED] * 5 + [DeploymentStatus.FAILED] * 3 + [
+        DeploymentStatus.RUNNING, DeploymentStatus.PENDING, DeploymentStatus.ROLLED_BACK,
+        DeploymentStatus.SKIPPED]
+    chance = random.Random(20270301)
+    count = 3000
+    db.session.execute(insert(Rollout), [
+        {"kind": RolloutKind.DEPLOY, "site_id": site_id, "pool_id": pool_id,
+         "owner_id": owner_id, "status": chance.choice(statuses),
+         "created_at": T0 - timedelta(hours=20) + index * timedelta(hours=20) / count}
+        for index, (site_id, pool_id, owner_id) in enumerate(
+            chance.choice(subjects) for _ in range(count))])
+    db.session.commit()
+    expected = _failing(db)
+    assert 0 < len(expected) < len(subjects)
+
+    run(db, T0)
+    assert _firing(db) == expected
+
+    # Three days on, a few subjects deploy again: some recover, some fail (again).
+    later = T0 + timedelta(days=3)
+    alerted = sorted(expected)
+    steady = sorted(set((SubjectKind.SITE, s.id) for s in sites) - set(expected))
+    changes = [(alerted[0], DeploymentStatus.SUCCEEDED), (alerted[1], DeploymentStatus.FAILED),
+               (alerted[2], DeploymentStatus.RUNNING), (steady[0], DeploymentStatus.FAILED)]
+    for (kind, subject_id), status in changes:
+        site = db.session.get(Site, subject_id) if kind == SubjectKind.SITE else None
+        rollout(db, site, status, pool_id=site.pool_id if site else subject_id,
+                at=later - timedelta(minutes=30))
+    run(db, later)
+    now_expected = _failing(db)
+    assert alerted[0] not in now_expected and steady[0] in now_expected
+    assert now_expected[alerted[1]] != expected[alerted[1]]
+    assert _firing(db) == now_expected
 
 
 def test_a_rule_for_one_pool_ignores_the_others(db: Any, admin: User) -> None:

@@ -23,8 +23,10 @@ from sqlalchemy import func, select
 
 from app.extensions import db
 from app.models import (
+    Alert,
     AlertKind,
     AlertRule,
+    AlertState,
     DeploymentStatus,
     NameserverCheck,
     NameserverStatus,
@@ -40,6 +42,10 @@ from app.models.base import as_utc
 
 #: How old the newest metric or site check may be and still count.
 FRESH = timedelta(minutes=15)
+#: Rollouts created this long before an evaluation are read again by it (see
+#: :attr:`Observations.failed_rollouts`).
+ROLLOUT_WINDOW = timedelta(days=1)
+_FINISHED = (DeploymentStatus.SUCCEEDED, DeploymentStatus.FAILED)
 
 
 @dataclass(frozen=True)
@@ -148,25 +154,38 @@ class Observations:
     @cached_property
     def failed_rollouts(self) -> list[tuple[int, _Site | None, int | None, str]]:
         """(rollout id, site, pool id, pool name) of each site, and each pool's own
-        rollouts (without a site), whose latest finished rollout failed."""
-        finished = (DeploymentStatus.SUCCEEDED, DeploymentStatus.FAILED)
-        per_site = (select(func.max(Rollout.id)).where(Rollout.site_id.is_not(None),
-                                                       Rollout.status.in_(finished))
-                    .group_by(Rollout.site_id))
-        per_pool = (select(func.max(Rollout.id))
-                    .where(Rollout.site_id.is_(None), Rollout.pool_id.is_not(None),
-                           Rollout.status.in_(finished)).group_by(Rollout.pool_id))
-        found: list[tuple[int, _Site | None, int | None, str]] = []
-        for row in db.session.execute(
-                select(Rollout.id, Site.id.label("site_id"), Site.domain, Site.pool_id)
-                .join(Site, Site.id == Rollout.site_id)
-                .where(Rollout.id.in_(per_site), Rollout.status == DeploymentStatus.FAILED)):
-            found.append((row.id, _Site(row.site_id, row.domain, row.pool_id), row.pool_id, ""))
-        for rollout_id, pool_id, name in db.session.execute(
-                select(Rollout.id, Pool.id, Pool.name).join(Pool, Pool.id == Rollout.pool_id)
-                .where(Rollout.id.in_(per_pool), Rollout.status == DeploymentStatus.FAILED)):
-            found.append((rollout_id, None, pool_id, name))
-        return found
+        rollouts (without a site), whose latest finished rollout failed.
+
+        Read without going through the whole history, whose length would otherwise
+        set the cost of every evaluation: the rollouts created within
+        :data:`ROLLOUT_WINDOW` (a failure is seen by the first evaluation after it
+        ends, so the window need only outlast a stopped scheduler), and the rollouts
+        of the subjects a deployment-failed alert is open for, whose failure stays
+        the latest until a later rollout of theirs finishes, however old it is."""
+        recent = Rollout.created_at >= self.now - ROLLOUT_WINDOW
+        found = _failed_latest([recent], [recent])
+        # Each open alert's value is its failed rollout: nothing older can be the latest.
+        alerted: dict[SubjectKind, dict[int, int]] = {SubjectKind.SITE: {},
+                                                      SubjectKind.POOL: {}}
+        for kind, subject_id, value in db.session.execute(
+                select(Alert.subject_kind, Alert.subject_id, Alert.value)
+                .join(AlertRule, AlertRule.id == Alert.rule_id)
+                .where(Alert.state != AlertState.RESOLVED,
+                       AlertRule.kind == AlertKind.DEPLOYMENT_FAILED)):
+            alerted.setdefault(kind, {})[subject_id] = int(value or 0)
+
+        def since_failure(column: Any, failed: dict[int, int]) -> list[Any] | None:
+            return [column.in_(failed), Rollout.id >= min(failed.values())] if failed else None
+
+        sites, pools = alerted[SubjectKind.SITE], alerted[SubjectKind.POOL]
+        if sites or pools:
+            # The same rollout when it is also among the recent ones: a subject's
+            # latest finished rollout is its latest in the window, if it has one there.
+            found += _failed_latest(since_failure(Rollout.site_id, sites),
+                                    since_failure(Rollout.pool_id, pools))
+        by_subject = {(site.id if site else None, pool_id): (rollout_id, site, pool_id, name)
+                      for rollout_id, site, pool_id, name in found}
+        return sorted(by_subject.values(), key=lambda failed: failed[0])
 
     @cached_property
     def nameserver_mismatches(self) -> dict[int, tuple[_Site, list[str]]]:
@@ -180,6 +199,34 @@ class Observations:
             site = _Site(row.id, row.domain, row.pool_id)
             by_site.setdefault(site.id, (site, []))[1].append(row.hostname)
         return by_site
+
+
+def _failed_latest(site_conditions: list[Any] | None, pool_conditions: list[Any] | None
+                   ) -> list[tuple[int, _Site | None, int | None, str]]:
+    """:attr:`Observations.failed_rollouts` among the rollouts of sites meeting
+    ``site_conditions``, and of pools (rollouts without a site) meeting
+    ``pool_conditions`` (None: none of them)."""
+    finished = Rollout.status.in_(_FINISHED)
+    found: list[tuple[int, _Site | None, int | None, str]] = []
+    if site_conditions is not None:
+        latest = (select(func.max(Rollout.id))
+                  .where(Rollout.site_id.is_not(None), finished, *site_conditions)
+                  .group_by(Rollout.site_id))
+        for row in db.session.execute(
+                select(Rollout.id, Site.id.label("site_id"), Site.domain, Site.pool_id)
+                .join(Site, Site.id == Rollout.site_id)
+                .where(Rollout.id.in_(latest), Rollout.status == DeploymentStatus.FAILED)):
+            found.append((row.id, _Site(row.site_id, row.domain, row.pool_id), row.pool_id, ""))
+    if pool_conditions is not None:
+        latest = (select(func.max(Rollout.id))
+                  .where(Rollout.site_id.is_(None), Rollout.pool_id.is_not(None), finished,
+                         *pool_conditions)
+                  .group_by(Rollout.pool_id))
+        for rollout_id, pool_id, name in db.session.execute(
+                select(Rollout.id, Pool.id, Pool.name).join(Pool, Pool.id == Rollout.pool_id)
+                .where(Rollout.id.in_(latest), Rollout.status == DeploymentStatus.FAILED)):
+            found.append((rollout_id, None, pool_id, name))
+    return found
 
 
 # ----------------------------------------------------------------------------- finders
