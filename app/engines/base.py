@@ -8,10 +8,13 @@ escape again as defence in depth.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
+import secrets
 import shlex
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -254,6 +257,152 @@ class Engine(ABC):
 
     def commands(self, node: NodeSpec) -> tuple[list[str], list[str]]:
         return shlex.split(node.test_command), shlex.split(node.reload_command)
+
+
+# A node's values stand in a text rendered for every node as placeholders with a random
+# part, so that no site's own text can name one.
+_NONCE = secrets.token_hex(12)
+_PLACEHOLDER = re.compile(f"rpcc{_NONCE}n([0-9]+)x")
+# Where a shared file's header goes: it names the file's content once that is known.
+HEADER_SLOT = f"rpcc{_NONCE}header"
+# Site versions kept rendered, per engine and process (a few KB each).
+SITE_CACHE_SIZE = 20_000
+
+
+class FormEngine(Engine):
+    """An engine that renders each site once per version for every node of a pool.
+
+    A site's own files depend on the node only through a few values (directories,
+    listen addresses, ports), so they are rendered once with placeholders where those
+    go and kept as ``str.format`` strings (forms): a node's copy costs one ``format``
+    a file, whatever the templates cost.  The pool's shared files are rendered the
+    same way once per pool state.  A value a node lacks (``None``) leaves out the part
+    that would write it, so the forms are kept per set of missing values.
+
+    ``once=False`` renders every site for each node with the node's own values: the
+    reference the forms must equal (a test holds the two to that).
+    """
+
+    # The names of the node's values, as :meth:`node_values` gives them.
+    value_names: ClassVar[tuple[str, ...]]
+
+    def __init__(self, once: bool = True) -> None:
+        self.once = once
+        self.placeholders = {name: f"rpcc{_NONCE}n{index}x"
+                             for index, name in enumerate(self.value_names)}
+        self._site_forms = functools.lru_cache(maxsize=SITE_CACHE_SIZE)(self._any_node_site)
+        # The shared files of the last few states of a pool: every node of a pool
+        # takes the same state in a rollout.
+        self._shared_forms = functools.lru_cache(maxsize=8)(self._any_node_shared)
+
+    @abstractmethod
+    def node_values(self, node: NodeSpec) -> dict[str, str | None]:
+        """The node's value for each of :attr:`value_names` (``None``: it has none).
+
+        :raises ValueError: for a value the engine refuses to write in its files.
+        """
+
+    @abstractmethod
+    def site_files(self, site: SiteSpec, values: Mapping[str, str | None]) -> dict[str, str]:
+        """The site's own files, keyed by relative path, for the node's values (or
+        their placeholders)."""
+
+    def shared_files(self, sites: list[SiteSpec],
+                     values: Mapping[str, str | None]) -> dict[str, str]:
+        """Files of the whole pool (none by default).  A file that starts with
+        :data:`HEADER_SLOT` gets a header naming its own content, so that it keeps
+        its bytes while no change touches it."""
+        return {}
+
+    def written(self, name: str, value: str) -> str:
+        """How a node's value is written where its placeholder stands: as it is,
+        unless the engine's format writes such a value otherwise (quoted, say)."""
+        return value
+
+    def render(self, node: NodeSpec, sites: list[SiteSpec]) -> RenderedConfig:
+        """:raises ValueError: for two sites sharing an id or a domain, a site that
+            needs a capability the engine lacks (the services refuse such sites first),
+            or a value the engine refuses."""
+        ordered = sorted(sites, key=lambda s: s.domain)
+        _check_unique(ordered)
+        values = self.node_values(node)
+        own_files: Callable[[SiteSpec], dict[str, str]]
+        shared_files: Callable[[list[SiteSpec]], dict[str, str]]
+        if self.once:
+            missing = frozenset(name for name in self.value_names if values[name] is None)
+            fill = [self.written(name, values[name] or "") for name in self.value_names]
+            own_files = functools.partial(self._filled, missing=missing, fill=fill)
+            shared_files = functools.partial(self._filled_shared, missing=missing, fill=fill)
+        else:
+            own_files = functools.partial(self._own_files, values=values)
+            shared_files = functools.partial(self.shared_files, values=values)
+        files: dict[str, str] = {}
+        site_files: dict[int, list[str]] = {}
+        for site in ordered:
+            own = own_files(site)
+            files.update(own)
+            site_files[site.id] = sorted(own)
+        files.update({path: _stamped(text) for path, text in shared_files(ordered).items()})
+        test_command, reload_command = self.commands(node)
+        return RenderedConfig(
+            engine=self.name, files=files, config_dir=node.config_dir,
+            test_command=test_command, reload_command=reload_command,
+            include_line=self.include_line(node), site_files=site_files,
+        )
+
+    def _filled(self, site: SiteSpec, missing: frozenset[str], fill: list[str]) -> dict[str, str]:
+        return {path: form.format(*fill) for path, form in self._site_forms(site, missing).items()}
+
+    def _filled_shared(self, sites: list[SiteSpec], missing: frozenset[str],
+                       fill: list[str]) -> dict[str, str]:
+        return {path: form.format(*fill)
+                for path, form in self._shared_forms(tuple(sites), missing).items()}
+
+    def _own_files(self, site: SiteSpec, values: Mapping[str, str | None]) -> dict[str, str]:
+        missing = self.missing_capabilities(site)
+        if missing:
+            raise ValueError(f"{self.name} cannot honour {sorted(missing)} of site {site.domain}")
+        return self.site_files(site, values)
+
+    def _stand_ins(self, missing: frozenset[str]) -> dict[str, str | None]:
+        return {name: None if name in missing else placeholder
+                for name, placeholder in self.placeholders.items()}
+
+    def _any_node_site(self, site: SiteSpec, missing: frozenset[str]) -> dict[str, str]:
+        """The site's files as forms (cached per site version: a site that did not
+        change is not rendered again, for any node)."""
+        files = self._own_files(site, self._stand_ins(missing))
+        return {path: _form(text) for path, text in files.items()}
+
+    def _any_node_shared(self, sites: tuple[SiteSpec, ...],
+                         missing: frozenset[str]) -> dict[str, str]:
+        files = self.shared_files(list(sites), self._stand_ins(missing))
+        return {path: _form(text) for path, text in files.items()}
+
+
+def _check_unique(sites: list[SiteSpec]) -> None:
+    ids = [s.id for s in sites]
+    if len(set(ids)) != len(ids):
+        raise ValueError("two sites share an id")
+    domains = [s.domain for s in sites]
+    if len(set(domains)) != len(domains):
+        raise ValueError("two sites share a domain")
+
+
+def _form(text: str) -> str:
+    """``text`` with its node placeholders as ``str.format`` fields."""
+    return _PLACEHOLDER.sub(r"{\1}", text.replace("{", "{{").replace("}", "}}"))
+
+
+def _stamped(text: str) -> str:
+    """A shared file with its header, which names the file's own content: a file that
+    did not change keeps its bytes (and is not sent again) whatever other site of the
+    pool changed."""
+    if not text.startswith(HEADER_SLOT):
+        return text
+    body = text[len(HEADER_SLOT):]
+    digest = hashlib.sha256(body.encode()).hexdigest()[:12]
+    return file_header("#", None, f"content {digest}") + body
 
 
 def required_capabilities(site: SiteSpec) -> set[str]:

@@ -33,19 +33,20 @@ import base64
 import hashlib
 import re
 import shlex
+from collections.abc import Mapping
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.engines.base import (
+    HEADER_SLOT,
     BackendSpec,
     Capability,
     CertificateSpec,
     CommandForms,
-    Engine,
+    FormEngine,
     NodeDefaults,
     NodeSpec,
     ProxyCounters,
-    RenderedConfig,
     SiteSpec,
     StatusEndpoint,
     acme_webroot,
@@ -116,7 +117,7 @@ def _upstream(backend: BackendSpec) -> str:
     return quote(f"{host}:{backend.port}")
 
 
-class CaddyEngine(Engine):
+class CaddyEngine(FormEngine):
     """Caddy 2.6 as shipped by Debian 12 (no third-party modules)."""
 
     name = "caddy"
@@ -146,6 +147,10 @@ class CaddyEngine(Engine):
         reload_command="caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile",
         log_dir="/var/log/caddy", binary="caddy", package="caddy",
         main_config="/etc/caddy/Caddyfile", status_port=2019)
+    # What the files take from the node; "listen" is None when the node binds no
+    # address of its own.
+    value_names = ("base", "log_root", "acme_root", "listen", "http_port", "https_port",
+                   "https_suffix")
 
     def include_line(self, node: NodeSpec) -> str:
         """Two imports, not one line: ``options.caddy`` goes inside the node's global
@@ -176,30 +181,34 @@ class CaddyEngine(Engine):
         return StatusEndpoint(host=host, port=port, path=METRICS_PATH, parse=parse_metrics,
                               missing=ADMIN_MISSING)
 
-    def render(self, node: NodeSpec, sites: list[SiteSpec]) -> RenderedConfig:
-        """:raises ValueError: for a site that needs a capability Caddy lacks (the
-            services refuse such sites first) or for a value :func:`quote` refuses."""
-        files: dict[str, str] = {}
-        site_files: dict[int, list[str]] = {}
-        ordered = sorted(sites, key=lambda s: s.domain)
-        for site in ordered:
-            missing = self.missing_capabilities(site)
-            if missing:
-                raise ValueError(f"caddy cannot honour {sorted(missing)} of site {site.domain}")
-            rendered = _SiteRenderer(node, site).files()
-            files.update(rendered)
-            site_files[site.id] = sorted(rendered)
-        version = _shared_version(ordered)
-        files["options.caddy"] = file_header("#", None, version) + OPTIONS
-        files["rpcc.caddy"] = file_header("#", None, version) + "".join(
-            f"import {quote(_node_path(node, _site_path(site)))}\n" for site in ordered
-        )
-        test_command, reload_command = self.commands(node)
-        return RenderedConfig(
-            engine=self.name, files=files, config_dir=node.config_dir,
-            test_command=test_command, reload_command=reload_command,
-            include_line=self.include_line(node), site_files=site_files,
-        )
+    def node_values(self, node: NodeSpec) -> dict[str, str | None]:
+        """:raises ValueError: for a value :func:`quote` refuses (every one of them
+            is written inside a quoted token, or is a number)."""
+        values: dict[str, str | None] = {
+            "base": node.config_dir.rstrip("/"),
+            "log_root": node.log_dir.rstrip("/"),
+            "acme_root": acme_webroot(node),
+            "listen": node.listen_address,
+            "http_port": str(node.http_port),
+            "https_port": str(node.https_port),
+            "https_suffix": "" if node.https_port == 443 else f":{node.https_port}",
+        }
+        for value in values.values():
+            quote(value or "")
+        return values
+
+    def site_files(self, site: SiteSpec, values: Mapping[str, str | None]) -> dict[str, str]:
+        return _SiteRenderer(values, site).files()
+
+    def shared_files(self, sites: list[SiteSpec],
+                     values: Mapping[str, str | None]) -> dict[str, str]:
+        """The global options and the file importing every site."""
+        base = values["base"]
+        return {
+            "options.caddy": HEADER_SLOT + OPTIONS,
+            "rpcc.caddy": HEADER_SLOT + "".join(
+                f"import {quote(f'{base}/{_site_path(site)}')}\n" for site in sites),
+        }
 
 
 def parse_metrics(text: str) -> ProxyCounters:
@@ -222,12 +231,6 @@ def parse_metrics(text: str) -> ProxyCounters:
                          requests_total=int(totals[REQUESTS]))
 
 
-def _shared_version(sites: list[SiteSpec]) -> str:
-    """Names the state of the shared files: changes whenever any site's version does."""
-    state = ",".join(f"{site.id}:{site.config_version}" for site in sites)
-    return hashlib.sha256(state.encode()).hexdigest()[:12]
-
-
 def _node_path(node: NodeSpec, relative: str) -> str:
     return f"{node.config_dir.rstrip('/')}/{relative}"
 
@@ -244,12 +247,13 @@ def _site_path(site: SiteSpec) -> str:
 
 
 class _SiteRenderer:
-    """The files of one site; a class only to keep node and site at hand."""
+    """The files of one site; a class only to keep the node's values and the site at
+    hand."""
 
-    def __init__(self, node: NodeSpec, site: SiteSpec) -> None:
+    def __init__(self, values: Mapping[str, str | None], site: SiteSpec) -> None:
         # The domain names the site file and the access log: checked before either.
         host_name(site.domain)
-        self.node, self.site = node, site
+        self.values, self.site = values, site
 
     def files(self) -> dict[str, str]:
         site = self.site
@@ -266,7 +270,7 @@ class _SiteRenderer:
                                  + "\n".join(lines) + "\n")
         return out
 
-    def _addresses(self, scheme: str, port: int) -> str:
+    def _addresses(self, scheme: str, port: str | None) -> str:
         return " ".join(quote(f"{scheme}://{host_name(name)}:{port}")
                         for name in self.site.server_names)
 
@@ -277,32 +281,32 @@ class _SiteRenderer:
         catch-all one, so tokens are served even for blocked, protected or
         redirected sites."""
         lines = []
-        if self.node.listen_address is not None:
-            lines.append(f"bind {quote(self.node.listen_address)}")
-        log_file = f"{self.node.log_dir.rstrip('/')}/{file_stem(self.site.domain)}.access.log"
+        listen = self.values["listen"]
+        if listen is not None:
+            lines.append(f"bind {quote(listen)}")
+        log_file = f"{self.values['log_root']}/{file_stem(self.site.domain)}.access.log"
         lines += _block("log", [f"output file {quote(log_file)}"])
         lines += _block(
             "handle /.well-known/acme-challenge/*",
-            [f"root * {quote(acme_webroot(self.node))}", "file_server"],
+            [f"root * {quote(str(self.values['acme_root']))}", "file_server"],
         )
         return lines
 
     def _http_block(self) -> list[str]:
-        site, node = self.site, self.node
+        site = self.site
         if site.force_https and site.serves_tls:
             # Placeholders are written literally here: no user value is involved.
-            port = "" if node.https_port == 443 else f":{node.https_port}"
-            body = [f"redir https://{{host}}{port}{{uri}} 308"]
+            body = [f"redir https://{{host}}{self.values['https_suffix']}{{uri}} 308"]
         else:
             body = _block("route", self._site_route(tls=False))
-        return _block(self._addresses("http", node.http_port),
+        return _block(self._addresses("http", self.values["http_port"]),
                       self._common() + _block("handle", body))
 
     def _https_block(self, fingerprint: str) -> list[str]:
-        chain = _node_path(self.node, f"tls/{fingerprint}.crt")
-        key = _node_path(self.node, f"tls/{fingerprint}.key")
+        chain = f"{self.values['base']}/tls/{fingerprint}.crt"
+        key = f"{self.values['base']}/tls/{fingerprint}.key"
         body = _block("route", self._site_route(tls=True))
-        return _block(self._addresses("https", self.node.https_port),
+        return _block(self._addresses("https", self.values["https_port"]),
                       [f"tls {quote(chain)} {quote(key)}", *self._common(),
                        *_block("handle", body)])
 

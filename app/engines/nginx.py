@@ -50,29 +50,26 @@ Design notes:
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
 import ipaddress
 import operator
 import re
-import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template
 
 from app.engines.base import (
+    HEADER_SLOT,
     PROBE_HOST,
     PROBE_PATH,
     STATUS_PATH,
     Capability,
     CommandForms,
-    Engine,
+    FormEngine,
     NodeDefaults,
     NodeSpec,
     ProxyCounters,
-    RenderedConfig,
     SiteSpec,
     StatusEndpoint,
     acme_webroot,
@@ -82,17 +79,9 @@ from app.engines.base import (
 )
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "nginx_templates"
-# A site's own files depend on the node only through these values: they are rendered
-# once per site version with placeholders, which each node's values replace.  The
-# placeholders carry a random part, so that no site's own text can name one.
+# What a site's own files and the shared ones take from the node (see FormEngine).
 NODE_VALUES = ("base", "log_root", "cache_root", "acme_root", "listen_http", "listen_https",
                "https_redirect", "geoip_db_path", "status_listen")
-_NONCE = secrets.token_hex(12)
-NODE_PLACEHOLDERS: dict[str, Any] = {name: f"rpcc{_NONCE}n{index}x"
-                                     for index, name in enumerate(NODE_VALUES)}
-_PLACEHOLDER = re.compile(f"rpcc{_NONCE}n([0-9])x")
-# Site versions kept rendered, per process (a few KB each).
-SITE_CACHE_SIZE = 20_000
 ENTRY_FILE = "rpcc.conf"
 PROBE_FILE = "probe.conf"
 STATUS_FILE = "status.conf"
@@ -331,7 +320,7 @@ def _pem(site: SiteSpec, pem: str) -> str:
     return file_header("#", site, "") + pem.strip() + "\n"
 
 
-class NginxEngine(Engine):
+class NginxEngine(FormEngine):
     """nginx honours every site setting (see the module docstring for the how)."""
 
     name = "nginx"
@@ -357,31 +346,23 @@ class NginxEngine(Engine):
                         "systemctl reload nginx", "pkill -HUP -F /run/nginx.pid -x nginx"),
     )
 
-    def __init__(self, environment: Environment | None = None) -> None:
+    value_names = NODE_VALUES
+
+    def __init__(self, environment: Environment | None = None, once: bool = True) -> None:
         """Compiles every template once, here, rather than per render."""
+        super().__init__(once)
         env = environment or build_environment()
         self._templates: dict[str, Template] = {
             name: env.get_template(f"{name}.j2") for name in TEMPLATE_NAMES
         }
-        self._cached_site_files = functools.lru_cache(maxsize=SITE_CACHE_SIZE)(self._any_node_files)
-        # The shared files of the last few states of a pool: every node of a pool
-        # takes the same state in a rollout.
-        self._cached_shared_files = functools.lru_cache(maxsize=8)(self._any_node_shared)
 
-    def _any_node_files(self, site: SiteSpec) -> dict[str, str]:
-        """The site's files as format strings taking the node's values (cached per
-        site version: a site that did not change is not rendered again, for any
-        node, and a node's copy costs one ``str.format``)."""
-        files = _site_files(site, NODE_PLACEHOLDERS["base"], NODE_PLACEHOLDERS,
-                            self._templates)
-        return {path: _format_string(text) for path, text in files.items()}
+    def site_files(self, site: SiteSpec, values: Mapping[str, str | None]) -> dict[str, str]:
+        return _site_files(site, str(values["base"]), values, self._templates)
 
-    def _any_node_shared(self, sites: tuple[SiteSpec, ...]) -> dict[str, str]:
-        """The pool's shared files as format strings taking the node's values."""
-        context = {**NODE_PLACEHOLDERS,
-                   "node": _PlaceholderNode(NODE_PLACEHOLDERS["geoip_db_path"])}
-        files = _shared_files(list(sites), context, self._templates)
-        return {path: _format_string(text) for path, text in files.items()}
+    def shared_files(self, sites: list[SiteSpec],
+                     values: Mapping[str, str | None]) -> dict[str, str]:
+        context = {**values, "node": _PlaceholderNode(str(values["geoip_db_path"]))}
+        return _shared_files(sites, context, self._templates)
 
     def include_line(self, node: NodeSpec) -> str:
         return f"include {nginx_bare(node.config_dir.rstrip('/') + '/' + ENTRY_FILE)};"
@@ -400,15 +381,12 @@ class NginxEngine(Engine):
         return StatusEndpoint(host=STATUS_ADDRESS, port=status_port(node), path=STATUS_PATH,
                               parse=parse_stub_status, missing=STATUS_MISSING)
 
-    def render(self, node: NodeSpec, sites: list[SiteSpec]) -> RenderedConfig:
-        """:raises ValueError: for two sites sharing an id or a domain, a proxied site
-            without backends, a status port that is a site port, or a value the
+    def node_values(self, node: NodeSpec) -> dict[str, str | None]:
+        """:raises ValueError: for a status port that is a site port, or a value the
             quoting filters refuse."""
-        ordered = sorted(sites, key=lambda s: s.domain)
-        _check_unique(ordered)
         base = node.config_dir.rstrip("/")
         https_suffix = "" if node.https_port == 443 else f":{node.https_port}"
-        node_context: dict[str, Any] = {
+        node_context: dict[str, str | None] = {
             "base": base,
             "log_root": node.log_dir.rstrip("/"),
             "cache_root": node.cache_dir.rstrip("/"),
@@ -423,38 +401,10 @@ class NginxEngine(Engine):
         for name, value in node_context.items():
             if name != "https_redirect":
                 nginx_bare(value)
-        values = [node_context[name] for name in NODE_VALUES]
-        files: dict[str, str] = {}
-        site_files: dict[int, list[str]] = {}
-        for site in ordered:
-            own = {path: form.format(*values)
-                   for path, form in self._cached_site_files(site).items()}
-            files.update(own)
-            site_files[site.id] = sorted(own)
-        files.update({path: _stamped(form.format(*values))
-                      for path, form in self._cached_shared_files(tuple(ordered)).items()})
-        test_command, reload_command = self.commands(node)
-        return RenderedConfig(
-            engine=self.name,
-            files=files,
-            config_dir=node.config_dir,
-            test_command=test_command,
-            reload_command=reload_command,
-            include_line=self.include_line(node),
-            site_files=site_files,
-        )
+        return node_context
 
 
-def _check_unique(sites: list[SiteSpec]) -> None:
-    ids = [s.id for s in sites]
-    if len(set(ids)) != len(ids):
-        raise ValueError("two sites share an id")
-    domains = [s.domain for s in sites]
-    if len(set(domains)) != len(domains):
-        raise ValueError("two sites share a domain")
-
-
-def _site_files(site: SiteSpec, base: str, node_context: dict[str, Any],
+def _site_files(site: SiteSpec, base: str, node_context: Mapping[str, Any],
                 templates: dict[str, Template]) -> dict[str, str]:
     """The site's server blocks and the files they name, keyed by relative path."""
     if site.waf_level != "off" and site.waf_level not in PARANOIA_LEVELS:
@@ -493,27 +443,10 @@ class _PlaceholderNode:
     geoip_db_path: str
 
 
-def _format_string(text: str) -> str:
-    """``text`` with its node placeholders as ``str.format`` fields."""
-    return _PLACEHOLDER.sub(r"{\1}", text.replace("{", "{{").replace("}", "}}"))
-
-
-def _stamped(text: str) -> str:
-    """A shared file with its header, which names the file's own content: a file that
-    did not change keeps its bytes (and is not sent again) whatever other site of the
-    pool changed."""
-    body = text.replace(_HEADER_SLOT, "", 1)
-    digest = hashlib.sha256(body.encode()).hexdigest()[:12]
-    return text.replace(_HEADER_SLOT, file_header("#", None, f"content {digest}"), 1)
-
-
-_HEADER_SLOT = f"rpcc{_NONCE}header"
-
-
-def _shared_files(sites: list[SiteSpec], node_context: dict[str, Any],
+def _shared_files(sites: list[SiteSpec], node_context: Mapping[str, Any],
                   templates: dict[str, Template]) -> dict[str, str]:
     """Files every site relies on; each exists only when some site needs it."""
-    header = _HEADER_SLOT
+    header = HEADER_SLOT
     proxied = [s for s in sites if not s.blocked]
     uses = {
         "upstreams.conf": proxied,

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
@@ -46,10 +46,9 @@ from app.engines.base import (
     BackendSpec,
     Capability,
     CommandForms,
-    Engine,
+    FormEngine,
     NodeDefaults,
     NodeSpec,
-    RenderedConfig,
     SiteSpec,
     file_header,
     file_stem,
@@ -62,6 +61,9 @@ HSTS_SECONDS = 31536000
 _HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
 # Printable ASCII without braces (Go template delimiters).
 _UNSAFE = re.compile(r"[^\x20-\x7e]|[{}]")
+# A managed directory YAML writes as it is (a plain scalar) at the start of a path,
+# whatever follows: the certificate paths start with it.
+_PLAIN_DIRECTORY = re.compile(r"(/[A-Za-z0-9._~!*+,=:@%/-]*)?")
 # ipAllowList cannot be empty; the unspecified address is never a client's address,
 # so allowing only it allows nobody.
 _NOBODY = ["0.0.0.0/32"]
@@ -171,7 +173,7 @@ def _url(scheme: str, backend: BackendSpec) -> str:
     return f"{scheme}://{host}:{backend.port}"
 
 
-class TraefikEngine(Engine):
+class TraefikEngine(FormEngine):
     """Traefik v3 with the file provider and no plugins."""
 
     name = "traefik"
@@ -190,29 +192,31 @@ class TraefikEngine(Engine):
     defaults = NodeDefaults(config_dir="/etc/traefik/dynamic", test_command="traefik version",
                             reload_command="true", log_dir="/var/log/traefik",
                             binary="traefik", package="traefik", main_config="")
+    # What the files take from the node: the managed directory, which the certificate
+    # paths start with, and the HTTPS port a redirect names (None: the default, 443).
+    value_names = ("base", "https_port")
 
     def include_line(self, node: NodeSpec) -> str:
         """The static-configuration flag that loads the managed directory."""
         return f"--providers.file.directory={node.config_dir}"
 
-    def render(self, node: NodeSpec, sites: list[SiteSpec]) -> RenderedConfig:
-        """:raises ValueError: for a site that needs a capability Traefik lacks (the
-            services refuse such sites first) or for a value the checks refuse."""
-        files: dict[str, str] = {}
-        site_files: dict[int, list[str]] = {}
-        for site in sorted(sites, key=lambda s: s.domain):
-            missing = self.missing_capabilities(site)
-            if missing:
-                raise ValueError(f"traefik cannot honour {sorted(missing)} of site {site.domain}")
-            rendered = _site_files(node, site)
-            files.update(rendered)
-            site_files[site.id] = sorted(rendered)
-        test_command, reload_command = self.commands(node)
-        return RenderedConfig(
-            engine=self.name, files=files, config_dir=node.config_dir,
-            test_command=test_command, reload_command=reload_command,
-            include_line=self.include_line(node), site_files=site_files,
-        )
+    def node_values(self, node: NodeSpec) -> dict[str, str | None]:
+        """:raises ValueError: for a managed directory YAML would have to quote (a
+            validated path never is one)."""
+        base = node.config_dir.rstrip("/")
+        if not _PLAIN_DIRECTORY.fullmatch(base):
+            raise ValueError(f"refusing {node.config_dir!r} as a Traefik managed directory")
+        return {"base": base,
+                "https_port": None if node.https_port == 443 else str(node.https_port)}
+
+    def site_files(self, site: SiteSpec, values: Mapping[str, str | None]) -> dict[str, str]:
+        return _site_files(values, site)
+
+    def written(self, name: str, value: str) -> str:
+        """The port is a whole string scalar, which YAML quotes (it reads as a number)."""
+        if name == "https_port":
+            return yaml.safe_dump({"port": value})[len("port: "):-1]
+        return value
 
 
 # Traefik ranks routers by the length of their rule unless told otherwise, so a
@@ -234,7 +238,7 @@ def _rules(names: tuple[str, ...]) -> list[tuple[str, str, int]]:
     return rules
 
 
-def _site_files(node: NodeSpec, site: SiteSpec) -> dict[str, str]:
+def _site_files(values: Mapping[str, str | None], site: SiteSpec) -> dict[str, str]:
     # First, because the domain also names the files.
     rules = _rules(site.server_names)
     header = file_header("#", site, str(site.config_version))
@@ -243,7 +247,7 @@ def _site_files(node: NodeSpec, site: SiteSpec) -> dict[str, str]:
     if site.ip_deny:
         header += (f"# ip_deny {' '.join(site.ip_deny)} is written as what it leaves "
                    f"allowed (rpcc-{site.id}-ip)\n")
-    config = _site_config(node, site, rules, chain_path, key_path)
+    config = _site_config(values, site, rules, chain_path, key_path)
     # Comments too: Go templates see the whole file.
     _check_scalars([header.splitlines(), config])
     out = {f"sites/{stem}.yml":
@@ -255,7 +259,8 @@ def _site_files(node: NodeSpec, site: SiteSpec) -> dict[str, str]:
     return out
 
 
-def _site_config(node: NodeSpec, site: SiteSpec, rules: list[tuple[str, str, int]],
+def _site_config(values: Mapping[str, str | None], site: SiteSpec,
+                 rules: list[tuple[str, str, int]],
                  chain_path: str, key_path: str) -> dict[str, Any]:
     prefix = f"rpcc-{site.id}"
     http: dict[str, Any] = {"routers": {}, "services": _services(site, prefix)}
@@ -265,7 +270,7 @@ def _site_config(node: NodeSpec, site: SiteSpec, rules: list[tuple[str, str, int
         # certificates, so they are not verified (as nginx's default).
         http["serversTransports"] = {prefix: {"serverName": site.domain,
                                               "insecureSkipVerify": True}}
-    middlewares = _middlewares(node, site, prefix)
+    middlewares = _middlewares(values, site, prefix)
     # Headers first, so that they are on every answer, including refusals.
     chain = [name for name in (f"{prefix}-headers", f"{prefix}-ip", f"{prefix}-ratelimit",
                                f"{prefix}-auth") if name in middlewares]
@@ -280,9 +285,9 @@ def _site_config(node: NodeSpec, site: SiteSpec, rules: list[tuple[str, str, int
             http["routers"][f"{prefix}-websecure{suffix}"] = {
                 **_router(WEBSECURE, rule, priority, prefix, secure_chain), "tls": {},
             }
-        config_dir = node.config_dir.rstrip("/")
-        config["tls"] = {"certificates": [{"certFile": f"{config_dir}/{chain_path}",
-                                           "keyFile": f"{config_dir}/{key_path}"}]}
+        base = values["base"]
+        config["tls"] = {"certificates": [{"certFile": f"{base}/{chain_path}",
+                                           "keyFile": f"{base}/{key_path}"}]}
     if middlewares:
         http["middlewares"] = middlewares
     return config
@@ -319,12 +324,13 @@ def _services(site: SiteSpec, prefix: str) -> dict[str, Any]:
     return services
 
 
-def _middlewares(node: NodeSpec, site: SiteSpec, prefix: str) -> dict[str, Any]:
+def _middlewares(values: Mapping[str, str | None], site: SiteSpec,
+                 prefix: str) -> dict[str, Any]:
     middlewares: dict[str, Any] = {}
     if site.force_https and site.serves_tls:
         redirect: dict[str, Any] = {"scheme": "https", "permanent": True}
-        if node.https_port != 443:
-            redirect["port"] = str(node.https_port)
+        if values["https_port"] is not None:
+            redirect["port"] = values["https_port"]
         middlewares[f"{prefix}-redirect"] = {"redirectScheme": redirect}
     if site.headers:
         middlewares[f"{prefix}-headers"] = {"headers": {

@@ -1,95 +1,206 @@
-"""nginx renders a site's own files once per site version and gives every node its
-copy with the node's own values: the output is exactly what rendering for that node
-alone gives, and a pool of many nodes costs one rendering per changed site."""
+"""Every engine renders a site's own files once per site version, and the pool's
+shared files once per pool state, and gives every node its copy with the node's own
+values: the output is exactly what rendering every site for that node alone gives
+(``once=False``), and a pool of many nodes costs one rendering per changed site."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
-from app.engines import nginx
-from app.engines.base import NodeSpec
+from app.engines.base import HEADER_SLOT, BackendSpec, FormEngine, NodeSpec, SiteSpec
+from app.engines.caddy import CaddyEngine
 from app.engines.nginx import NginxEngine
-from tests.nginx_node import golden_sites, self_signed
+from app.engines.traefik import TraefikEngine
+from tests.render_checks import FAKE_CERTIFICATE, HASH_1, SETTING_SITES
 
-CERTIFICATE = self_signed(["everything.example.com", "secure.example.com"])
-SITES = list(golden_sites(CERTIFICATE).values())
+ENGINES = [NginxEngine, CaddyEngine, TraefikEngine]
+CONFIG_DIRS = {"nginx": "/etc/nginx/rpcc", "caddy": "/etc/caddy/rpcc",
+               "traefik": "/etc/traefik/dynamic"}
+# Text shaped like the placeholders (their visible prefix and suffixes, with a made-up
+# random part) and like str.format fields.
+LOOKALIKES = ["rpcc", "rpccn0x", "rpcc" + "0" * 24 + "n0x", "rpcc" + "f" * 24 + "n1x{0}",
+              "rpcc{0}n2x", "rpcc" + "a" * 24 + "header", "{}", "{0}", "{1}", "{base}",
+              "{{0}}", "}{", "%s", "x {0!r:>9} y"]
+# The same, where only host names are allowed.
+LOOKALIKE_NAMES = ["rpcc" + "0" * 24 + "n0x.example.com", "rpccn1x.example.com",
+                   "rpcc" + "b" * 24 + "header.example.com"]
+HOSTILE_FIELDS = {
+    "header value": lambda v: {"headers": (("X-Test", v),)},
+    "basic auth user": lambda v: {"basic_auth": ((v, HASH_1),)},
+    "block reason": lambda v: {"blocked": True, "blocked_reason": v},
+    "alias": lambda v: {"aliases": (v,)},
+    "domain": lambda v: {"domain": v},
+}
 
 
-def node(index: int, **extra: object) -> NodeSpec:
-    spec = NodeSpec(name=f"edge-{index}", proxy_type="nginx",
-                    config_dir=f"/etc/nginx/rpcc-{index}", test_command="nginx -t",
-                    reload_command="nginx -s reload", listen_address=f"192.0.2.{index}",
+def node(engine: type[FormEngine], index: int, **extra: Any) -> NodeSpec:
+    spec = NodeSpec(name=f"edge-{index}", proxy_type=engine.name,
+                    config_dir=f"{CONFIG_DIRS[engine.name]}-{index}",
+                    test_command=engine.defaults.test_command,
+                    reload_command=engine.defaults.reload_command,
+                    listen_address=f"192.0.2.{index}",
                     http_port=8000 + index, https_port=8400 + index,
-                    log_dir=f"/var/log/nginx-{index}", cache_dir=f"/var/cache/rpcc-{index}")
+                    log_dir=f"/var/log/edge-{index}", cache_dir=f"/var/cache/rpcc-{index}")
     return replace(spec, **extra)
 
 
+def pool(engine: type[FormEngine]) -> list[SiteSpec]:
+    """One site per setting the engine honours, one with all of them (TLS with a
+    forced redirect and HSTS among them) and one with a wildcard alias."""
+    supported = {name: fields for name, fields in SETTING_SITES.items()
+                 if name in engine.capabilities}
+    base = {"owner_id": 7, "backends": (BackendSpec("10.0.0.1", 80),)}
+    sites = [SiteSpec(id=index, domain=f"{name.replace('_', '-').replace('.', '-')}.example.com",
+                      **{**base, **fields})
+             for index, (name, fields) in enumerate(sorted(supported.items()), 1)]
+    everything = {key: value for fields in supported.values() for key, value in fields.items()
+                  if key not in ("blocked", "blocked_reason")}
+    sites.append(SiteSpec(id=90, domain="everything.example.com",
+                          **{**base, **everything, "config_version": 4}))
+    sites.append(SiteSpec(id=91, domain="wild.example.org", aliases=("*.apps.example.org",),
+                          ssl_mode="custom", certificate=FAKE_CERTIFICATE, force_https=True,
+                          **base))
+    return sites
+
+
+@pytest.fixture(params=ENGINES, ids=lambda engine: engine.name)
+def engine_class(request: pytest.FixtureRequest) -> type[FormEngine]:
+    return request.param
+
+
 @pytest.fixture()
-def renders(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The ids of the sites rendered from their templates, in order."""
+def renders(engine_class: type[FormEngine], monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ids of the sites the engine rendered (rather than filled in), in order."""
     seen: list[int] = []
-    real = nginx._site_files
+    real = engine_class.site_files
 
-    def counting(site, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def counting(self, site, values):  # type: ignore[no-untyped-def]
         seen.append(site.id)
-        return real(site, *args, **kwargs)
+        return real(self, site, values)
 
-    monkeypatch.setattr(nginx, "_site_files", counting)
+    monkeypatch.setattr(engine_class, "site_files", counting)
     return seen
 
 
-def test_every_node_gets_what_rendering_for_it_alone_gives(renders):
-    shared = NginxEngine()
-    fleet = [node(1), node(2), node(3, listen_address=None, https_port=443),
-             node(4, listen_address="2001:db8::4")]
-    for spec in fleet:
-        alone = NginxEngine().render(spec, SITES)
-        assert shared.render(spec, SITES).files == alone.files
+def test_every_node_gets_what_rendering_for_it_alone_gives(engine_class):
+    """Nodes differ in every value, and some lack one (no listen address, the
+    default HTTPS port), in an order that switches between the two."""
+    shared = engine_class()
+    sites = pool(engine_class)
+    fleet = [node(engine_class, 1), node(engine_class, 2, listen_address=None, https_port=443),
+             node(engine_class, 3, listen_address="2001:db8::3"),
+             node(engine_class, 4, listen_address=None), node(engine_class, 5, https_port=443)]
+    for spec in [*fleet, *reversed(fleet)]:
+        assert shared.render(spec, sites) == engine_class(once=False).render(spec, sites)
 
 
-def test_a_pool_renders_each_site_once_for_all_its_nodes(renders):
-    engine = NginxEngine()
+def test_a_pool_renders_each_site_once_for_all_its_nodes(engine_class, renders):
+    engine = engine_class()
+    sites = pool(engine_class)
     for index in range(1, 6):
-        engine.render(node(index), SITES)
-    assert sorted(renders) == sorted(site.id for site in SITES)
+        engine.render(node(engine_class, index), sites)
+    assert sorted(renders) == sorted(site.id for site in sites)
 
 
-def test_a_changed_site_alone_is_rendered_again(renders):
-    engine = NginxEngine()
-    engine.render(node(1), SITES)
+def test_a_changed_site_alone_is_rendered_again(engine_class, renders):
+    engine = engine_class()
+    sites = pool(engine_class)
+    engine.render(node(engine_class, 1), sites)
     renders.clear()
-    changed = [replace(SITES[0], config_version=SITES[0].config_version + 1,
-                       headers=(("X-Changed", "yes"),)), *SITES[1:]]
+    changed = [replace(sites[0], config_version=sites[0].config_version + 1,
+                       headers=(("X-Changed", "yes"),)), *sites[1:]]
     for index in (1, 2):
-        files = engine.render(node(index), changed).files
+        files = engine.render(node(engine_class, index), changed).files
         assert any("X-Changed" in text for text in files.values())
-    assert renders == [SITES[0].id]
+    assert renders == [sites[0].id]
 
 
-def test_no_placeholder_is_left_and_no_node_leaks_into_another(renders):
-    engine = NginxEngine()
-    first = engine.render(node(1), SITES).files
-    second = engine.render(node(2), SITES).files
+def test_no_placeholder_is_left_and_no_node_leaks_into_another(engine_class):
+    engine = engine_class()
+    sites = pool(engine_class)
+    first = engine.render(node(engine_class, 1), sites).files
+    second = engine.render(node(engine_class, 2), sites).files
+    nonce = HEADER_SLOT.removesuffix("header")  # what every placeholder starts with
+    assert all(p.startswith(nonce) for p in engine.placeholders.values())
     for text in [*first.values(), *second.values()]:
-        assert not nginx._PLACEHOLDER.search(text)
-    assert not any("192.0.2.1:" in text or "rpcc-1" in text for text in second.values())
+        assert nonce not in text
+    assert any(f"{CONFIG_DIRS[engine_class.name]}-1/" in text for text in first.values())
+    assert not any(f"{CONFIG_DIRS[engine_class.name]}-1/" in text or "192.0.2.1" in text
+                   or "8401" in text for text in second.values())
 
 
-def test_a_node_value_the_templates_would_refuse_is_still_refused():
-    with pytest.raises(ValueError, match="refusing to place"):
-        NginxEngine().render(node(1, log_dir="/var/log/with space"), SITES)
+@pytest.mark.parametrize("node_field,value", [("config_dir", "/etc/rpcc-{0}"),
+                                              ("config_dir", '/etc/a"b'),
+                                              ("log_dir", "/var/log/{base}")])
+def test_a_node_value_the_engine_would_refuse_is_still_refused(engine_class, node_field, value):
+    sites = pool(engine_class)
+    hostile = node(engine_class, 1, **{node_field: value})
+    if node_field == "log_dir" and engine_class is TraefikEngine:
+        hostile = replace(hostile, config_dir="/etc/{base}")  # Traefik writes no log paths
+    for once in (True, False):
+        with pytest.raises(ValueError):
+            engine_class(once=once).render(hostile, sites)
 
 
-def test_shared_files_keep_their_bytes_when_no_site_changes_them():
-    """A header change touches its site's own file only: the upstreams, the entry
-    file and the zones name their own content, not the pool's versions."""
-    engine = NginxEngine()
-    before = engine.render(node(1), SITES).files
-    changed = [replace(SITES[0], config_version=SITES[0].config_version + 1,
-                       headers=(("X-Changed", "yes"),)), *SITES[1:]]
-    after = engine.render(node(1), changed).files
-    differing = {path for path in after if after[path] != before.get(path)}
-    own = set(engine.render(node(1), changed).site_files[SITES[0].id])
-    assert differing and differing <= own
+@pytest.mark.parametrize("value", ["/var/log/rpcc" + "0" * 24 + "n1x", "/var/log/rpccn0x"])
+def test_node_values_shaped_like_placeholders_stay_literal(engine_class, value):
+    engine = engine_class()
+    sites = pool(engine_class)
+    engine.render(node(engine_class, 2), sites)
+    odd = node(engine_class, 1, log_dir=value, config_dir=value + "/rpcc")
+    assert engine.render(odd, sites) == engine_class(once=False).render(odd, sites)
+
+
+def test_shared_files_keep_their_bytes_when_no_site_changes_them(engine_class):
+    """A header change touches its site's own files only: the shared files (entry
+    file, imports, upstreams, zones) name their own content, not the pool's versions."""
+    engine = engine_class()
+    sites = pool(engine_class)
+    before = engine.render(node(engine_class, 1), sites).files
+    changed = [replace(sites[0], config_version=sites[0].config_version + 1,
+                       headers=(("X-Changed", "yes"),)), *sites[1:]]
+    after = engine.render(node(engine_class, 1), changed)
+    differing = {path for path in after.files if after.files[path] != before.get(path)}
+    assert differing and differing <= set(after.site_files[sites[0].id])
+    assert set(after.files) == set(before)
+
+
+def _hostile_site(field: str, value: str) -> SiteSpec:
+    fields = {"id": 77, "owner_id": 9, "domain": "victim.example.com",
+              "backends": (BackendSpec("10.0.0.9", 80),), "ssl_mode": "custom",
+              "certificate": FAKE_CERTIFICATE, **HOSTILE_FIELDS[field](value)}
+    return SiteSpec(**fields)
+
+
+@pytest.mark.parametrize("field", sorted(HOSTILE_FIELDS))
+@pytest.mark.parametrize("value", LOOKALIKES + LOOKALIKE_NAMES)
+def test_site_values_shaped_like_placeholders_render_as_for_the_node_alone(
+        engine_class, field, value):
+    """Braces, the placeholders' visible prefix and look-alikes of whole placeholders
+    in a tenant's values: the node gets byte for byte what rendering for it alone
+    gives, or both refuse the value."""
+    engine = engine_class()
+    sites = pool(engine_class)
+    engine.render(node(engine_class, 2), sites)  # the forms exist before the node's turn
+    with_hostile = [*sites, _hostile_site(field, value)]
+    try:
+        alone = engine_class(once=False).render(node(engine_class, 1), with_hostile)
+    except ValueError:
+        with pytest.raises(ValueError):
+            engine.render(node(engine_class, 1), with_hostile)
+        return
+    assert engine.render(node(engine_class, 1), with_hostile) == alone
+
+
+@pytest.mark.parametrize("field,value", [("header value", LOOKALIKES[2]),
+                                         ("basic auth user", LOOKALIKES[5]),
+                                         ("domain", LOOKALIKE_NAMES[0])])
+def test_every_engine_writes_placeholder_look_alikes_literally(engine_class, field, value):
+    """Not refused: the comparisons above compare written files for these."""
+    engine = engine_class()
+    engine.render(node(engine_class, 2), pool(engine_class))
+    files = engine.render(node(engine_class, 1), [_hostile_site(field, value)]).files
+    assert any(value in text for text in files.values())
