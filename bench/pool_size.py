@@ -1,19 +1,21 @@
 """What a one-site change costs as the pool grows: the same change deployed to the same
-real nginx nodes (one real sshd on loopback) while the pool holds 1 site, then after
-the pool has grown to thousands of sites.
+real nginx (or Caddy) nodes (one real sshd on loopback) while the pool holds 1 site,
+then after the pool has grown to thousands of sites.
 
 Prints, in one run: the warm one-site change with 1 site in the pool (median of a
 few runs, the baseline), the first deployment of the big pool, the warm one-site
 change in the big pool (median), their ratio against the goal (at most 3x), the same
 change made by ``deploy_fanout``'s bare push (one file + test + reload + HTTP check,
-no control plane) to the same nodes at each pool size, which is the floor the nodes'
-nginx sets (it parses every site of the pool twice per change, whoever sends it), what each
-deployment sent to a node (files and bytes of the upload step), the control plane's
-CPU seconds per node per deploy, and how much the database grew for one change.
+no control plane; nginx nodes only) to the same nodes at each pool size, which is the
+floor the nodes' nginx sets (it parses every site of the pool twice per change, whoever
+sends it), what each deployment sent to a node (files and bytes of the upload step),
+the control plane's CPU seconds per node per deploy, and how much the database grew
+for one change.
 Every run is checked outside the timed part: the rollout succeeded and every node
 serves the new header.
 
-    .venv/bin/python bench/pool_size.py [--nodes 10] [--sites 2000] [--repeat 3]
+    .venv/bin/python bench/pool_size.py [--engine nginx|caddy] [--nodes 10] [--sites 2000]
+        [--repeat 3]
 """
 
 from __future__ import annotations
@@ -22,11 +24,15 @@ import argparse
 import cProfile
 import os
 import pstats
+import shutil
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -47,7 +53,8 @@ from bench.deploy_fanout import (  # noqa: E402
     start_backend,
 )
 from tests import factories  # noqa: E402
-from tests.fleet import FleetNode, register  # noqa: E402
+from tests.caddy_node import CaddyNode  # noqa: E402
+from tests.fleet import FleetNode, register, register_caddy  # noqa: E402
 from tests.nginx_node import BASE_OPEN_FILES, NginxNode, allow_open_files, fetch  # noqa: E402
 from tests.sshd import SshServer, descendants  # noqa: E402
 
@@ -59,6 +66,17 @@ GOAL_FIRST_SECONDS = 10.0
 def node_address(index: int) -> str:
     """127.0.3.1, 127.0.3.2, ... (clear of the tests' and the other benches' nodes)."""
     return f"127.0.3.{1 + index}"
+
+
+@dataclass
+class ProxyNode:
+    """A node of either engine as the bench reads it: where it serves, and the
+    processes of its proxy."""
+
+    name: str
+    address: str
+    http_port: int
+    pids: Callable[[], list[int]]
 
 
 def start_node(address: str, sites_expected: int) -> NginxNode:
@@ -76,6 +94,19 @@ def start_node(address: str, sites_expected: int) -> NginxNode:
     return node
 
 
+def nginx_pids(nginx: NginxNode) -> list[int]:
+    master = nginx.process.pid if nginx.process else 0
+    return [master, *descendants(master)] if master else []
+
+
+def start_caddy(root: Path, address: str) -> CaddyNode:
+    """A Caddy node serving an empty managed directory, which the first deployment
+    adopts."""
+    caddy = CaddyNode(root, listen_address=address)
+    caddy.apply([])
+    return caddy
+
+
 def bare_floor(bare: BarePush, repeat: int) -> float:
     """Median seconds of the bare push to the nodes it holds."""
     values = [float(bare.push(f"b{time.monotonic_ns()}")["seconds"]) for _ in range(repeat)]
@@ -91,7 +122,7 @@ def database_bytes() -> int:
 
 
 class Bench:
-    def __init__(self, client: object, site_id: int, fleet: list[FleetNode],
+    def __init__(self, client: object, site_id: int, fleet: list[ProxyNode],
                  sshd: SshServer) -> None:
         self.client = client
         self.site_id = site_id
@@ -102,11 +133,9 @@ class Bench:
 
     def nodes_cpu(self) -> float:
         """CPU seconds of the nodes' side: sshd and its sessions (the staging command,
-        nginx -t), nginx masters and workers."""
+        the test and reload commands), the proxies' own processes."""
         sshd = self.sshd.process.pid if self.sshd.process else 0
-        masters = [n.nginx.process.pid for n in self.fleet if n.nginx.process]
-        pids = [sshd, *descendants(sshd), *masters,
-                *(pid for master in masters for pid in descendants(master))]
+        pids = [sshd, *descendants(sshd), *(pid for n in self.fleet for pid in n.pids())]
         return process_cpu(pids)
 
     def change(self) -> tuple[float, float, Rollout]:
@@ -132,7 +161,7 @@ class Bench:
         for node in self.fleet:
             deadline = time.monotonic() + 10
             while True:
-                answer = fetch(node.nginx, DOMAIN)
+                answer = fetch(node, DOMAIN)
                 if answer.headers.get(HEADER.lower()) == value:
                     break
                 if time.monotonic() >= deadline:
@@ -184,6 +213,7 @@ def uploads(rollout: Rollout) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", choices=("nginx", "caddy"), default="nginx")
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--sites", type=int, default=2000, help="sites in the big pool")
     parser.add_argument("--repeat", type=int, default=3, help="warm runs per pool size")
@@ -200,6 +230,7 @@ def main() -> None:
     print(f"code: {code_version()}")
     sshd: SshServer | None = None
     started: list[NginxNode] = []
+    caddies: list[CaddyNode] = []
     backend = None
     bare: BarePush | None = None
     try:
@@ -208,16 +239,30 @@ def main() -> None:
             admin = factories.make_user("admin", "benchadmin")
             client = factories.make_user("client", "benchclient")
             sshd = SshServer()
+            nginx_fleet: list[FleetNode] = []
+            fleet: list[ProxyNode] = []
             for index in range(args.nodes):
-                started.append(start_node(node_address(index), args.sites + 1))
-            fleet = [register(admin, nginx, f"edge-{i:02d}", sshd.port, sshd.client_key_text)
-                     for i, nginx in enumerate(started)]
+                name = f"edge-{index:02d}"
+                if args.engine == "caddy":
+                    caddy = start_caddy(Path(workdir) / name, node_address(index))
+                    caddies.append(caddy)
+                    register_caddy(admin, caddy, name, sshd.port, sshd.client_key_text)
+                    process = caddy.process
+                    fleet.append(ProxyNode(name, caddy.host, caddy.spec.http_port,
+                                           lambda p=process: [p.pid] if p else []))
+                    continue
+                nginx = start_node(node_address(index), args.sites + 1)
+                started.append(nginx)
+                nginx_fleet.append(register(admin, nginx, name, sshd.port,
+                                            sshd.client_key_text))
+                fleet.append(ProxyNode(name, nginx.address, nginx.http_port,
+                                       lambda n=nginx: nginx_pids(n)))
             backend, port = start_backend()
             site = factories.make_site(client, DOMAIN, backends=[
                 {"host": "127.0.0.1", "port": port}], headers={HEADER: "v0"})
             bench = Bench(client, site.id, fleet, sshd)
             load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-            print(f"{args.nodes} nginx nodes behind 1 sshd, {os.cpu_count()} cores; "
+            print(f"{args.nodes} {args.engine} nodes behind 1 sshd, {os.cpu_count()} cores; "
                   f"load average {load}")
 
             bench.change()  # adopts each node's directory and pins host keys: a one-off
@@ -227,11 +272,13 @@ def main() -> None:
             small_cpu = statistics.median(c for _, c, _ in small)
             print(f"pool of 1 site: one-site change, median of {args.repeat}: "
                   f"{small_s:.3f} s ({uploads(small[-1][2])})", flush=True)
-            bare = BarePush(sshd)
-            bare.connect(fleet, min(int(app.config["DEPLOY_PARALLELISM"]), args.nodes))
-            small_bare = bare_floor(bare, args.repeat)
-            print(f"pool of 1 site: bare push, median of {args.repeat}: {small_bare:.3f} s",
-                  flush=True)
+            workers = min(int(app.config["DEPLOY_PARALLELISM"]), args.nodes)
+            if nginx_fleet:
+                bare = BarePush(sshd)
+                bare.connect(nginx_fleet, workers)
+                small_bare = bare_floor(bare, args.repeat)
+                print(f"pool of 1 site: bare push, median of {args.repeat}: "
+                      f"{small_bare:.3f} s", flush=True)
 
             t0 = time.perf_counter()
             admin.max_sites = args.sites + 10
@@ -258,10 +305,11 @@ def main() -> None:
             big_cpu = statistics.median(c for _, c, _ in big)
             print(f"pool of {args.sites} sites: one-site change, median of {args.repeat}: "
                   f"{big_s:.3f} s ({uploads(big[-1][2])})")
-            bare.connect(fleet, min(int(app.config["DEPLOY_PARALLELISM"]), args.nodes))
-            big_bare = bare_floor(bare, args.repeat)
-            print(f"pool of {args.sites} sites: bare push, median of {args.repeat}: "
-                  f"{big_bare:.3f} s", flush=True)
+            if bare is not None:
+                bare.connect(nginx_fleet, workers)
+                big_bare = bare_floor(bare, args.repeat)
+                print(f"pool of {args.sites} sites: bare push, median of {args.repeat}: "
+                      f"{big_bare:.3f} s", flush=True)
 
             ratio = big_s / small_s
             print("\nsummary")
@@ -269,12 +317,17 @@ def main() -> None:
             print(f"  one-site change, {args.sites}-site pool:        {big_s:.3f} s  "
                   f"ratio {ratio:.2f}x (goal at most {GOAL_RATIO:g}x): "
                   f"{'met' if ratio <= GOAL_RATIO else 'missed'}")
-            print(f"  bare push floor (same nodes, same run):   {small_bare:.3f} s (1 site), "
-                  f"{big_bare:.3f} s ({args.sites} sites): the pool's size costs the "
-                  f"bare push {big_bare - small_bare:.3f} s and the control plane's "
-                  f"change {big_s - small_s:.3f} s")
-            print(f"  one-site change against the bare push:   {small_s / small_bare:.2f}x "
-                  f"(1 site), {big_s / big_bare:.2f}x ({args.sites} sites)")
+            if bare is not None:
+                print(f"  bare push floor (same nodes, same run):   {small_bare:.3f} s "
+                      f"(1 site), {big_bare:.3f} s ({args.sites} sites): the pool's size "
+                      f"costs the bare push {big_bare - small_bare:.3f} s and the control "
+                      f"plane's change {big_s - small_s:.3f} s")
+                print(f"  one-site change against the bare push:   "
+                      f"{small_s / small_bare:.2f}x (1 site), {big_s / big_bare:.2f}x "
+                      f"({args.sites} sites)")
+            else:
+                print("  bare push floor:                          not measured (nginx "
+                      "nodes only)")
             print(f"  first deploy of the {args.sites}-site pool:     {first:.2f} s "
                   f"(goal under {GOAL_FIRST_SECONDS:g} s): "
                   f"{'met' if first < GOAL_FIRST_SECONDS else 'missed'}")
@@ -301,6 +354,9 @@ def main() -> None:
         for nginx in started:
             nginx.stop()
             nginx.remove()
+        for caddy in caddies:
+            caddy.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
         if sshd is not None:
             sshd.stop()
 
