@@ -25,6 +25,7 @@ from app.services import node_commands
 from app.services.dns_providers import TSIG_ALGORITHMS
 
 _NGINX = get_engine("nginx").defaults
+_CADDY = get_engine("caddy").defaults
 
 
 class UserForm(ServiceForm):
@@ -107,6 +108,13 @@ class NodeForm(ServiceForm):
                                  description="IP the sites bind on; blank for all addresses.")
     http_port = IntegerField("HTTP port", default=80, validators=[Optional()])
     https_port = IntegerField("HTTPS port", default=443, validators=[Optional()])
+    status_port = IntegerField(
+        "Status port", validators=[Optional()], description=f"Port on the node's loopback "
+        f"where the control plane reads the proxy's connections and requests: nginx's "
+        f"status listener, which deployments open (blank: {_NGINX.status_port}), or "
+        f"Caddy's admin endpoint when the reload command names no <code>--address</code> "
+        f"(blank: {_CADDY.status_port}); Traefik's are not read. Not the SSH, HTTP or "
+        f"HTTPS port.")
     glances_url = StringField(
         "Glances URL", description="Where the node's metrics are read. Blank: Glances on "
         "the node's loopback (<code>127.0.0.1:61208</code>), reached through the node's SSH "
@@ -192,12 +200,13 @@ class NodeForm(ServiceForm):
             "listen_address": node.listen_address or "", "http_port": node.http_port,
             "https_port": node.https_port, "glances_url": node.glances_url or "",
             "enabled": node.enabled, "log_dir": node.log_dir, "cache_dir": node.cache_dir,
-            "geoip_db_path": node.geoip_db_path,
+            "geoip_db_path": node.geoip_db_path, "status_port": node.status_port,
         }
 
     def to_data(self) -> dict[str, Any]:
         """Blank numbers and the blank SSH user are left out (defaults on create,
-        unchanged on edit); blank secrets are left out so the stored ones stay."""
+        unchanged on edit), but for the status port, whose blank is the engine's
+        default; blank secrets are left out so the stored ones stay."""
         data: dict[str, Any] = {
             "name": (self.name.data or "").strip(),
             "host": (self.host.data or "").strip(),
@@ -217,6 +226,8 @@ class NodeForm(ServiceForm):
         for name in ("ssh_port", "http_port", "https_port"):
             if self[name].data is not None:
                 data[name] = self[name].data
+        # Blank is the engine's default, on edit too.
+        data["status_port"] = self.status_port.data
         if (self.ssh_private_key.data or "").strip():
             data["ssh_private_key"] = self.ssh_private_key.data
         if self.ssh_password.data:

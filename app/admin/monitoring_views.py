@@ -10,8 +10,9 @@ from flask import render_template, request
 from markupsafe import Markup
 
 from app.admin import bp
-from app.models import User
-from app.services import monitoring
+from app.engines import get_engine
+from app.models import Node, User
+from app.services import monitoring, nodes, rendering
 from app.web import current_actor
 from app.web.charts import format_bytes_per_second, format_duration, line_chart
 
@@ -44,7 +45,7 @@ def fleet() -> Any:
 
 def node_metrics_context(actor: User, node_id: int) -> dict[str, Any]:
     """What a node's page shows of its metrics, over the range the query string
-    asks for (``?range=1h|24h|30d``)."""
+    asks for (``?range=1h|24h|30d``), and where its proxy's counters are read."""
     history = monitoring.node_history(actor, node_id, request.args.get("range"))
     charts: list[Markup] = []
     for figure, label, unit, top, fmt in CHARTS:
@@ -53,4 +54,18 @@ def node_metrics_context(actor: User, node_id: int) -> dict[str, Any]:
                                  start=history.start, end=history.end, gap=history.gap,
                                  **options))
     return {"metrics": history, "metric_charts": charts, "metric_ranges": monitoring.RANGES,
-            "format_duration": format_duration}
+            "format_duration": format_duration,
+            **_counters_context(nodes.get_node(actor, node_id))}
+
+
+def _counters_context(node: Node) -> dict[str, Any]:
+    """Where the node's proxy tells its counters (None: its engine's are not read),
+    or why its fields name no such place."""
+    engine = get_engine(node.proxy_type.value)
+    try:
+        endpoint = engine.status_endpoint(rendering.node_spec(node))
+    except ValueError as exc:
+        return {"status_endpoint": None, "status_endpoint_problem": str(exc),
+                "default_status_port": engine.defaults.status_port}
+    return {"status_endpoint": endpoint, "status_endpoint_problem": "",
+            "default_status_port": engine.defaults.status_port}

@@ -9,6 +9,7 @@ from typing import Any
 
 from flask.views import MethodView
 from marshmallow import Schema, fields
+from marshmallow.validate import Range
 
 from app.api.auth import ApiBlueprint, admin_only, current_actor
 from app.api.schemas import ErrorSchema, PageQuerySchema, StrictBoolean, UtcDateTime, page_schema
@@ -58,12 +59,13 @@ class NodeUpdateSchema(Schema):
         metadata={"description": "GeoIP2 country database on the node"})
     main_config = fields.String(metadata={
         "description": "file that 'prepare' makes load config_dir; default per engine"})
-    status_port = fields.Integer(strict=True, allow_none=True, metadata={
-        "description": "port on the node's loopback where the proxy's connections and "
-                       "requests are read: nginx's status listener, which deployments "
-                       "open there (default 8899), or Caddy's admin endpoint when the "
-                       "reload command names no --address (default 2019); not http_port "
-                       "or https_port"})
+    status_port = fields.Integer(
+        strict=True, allow_none=True, validate=Range(min=1, max=65535), metadata={
+            "description": "port on the node's loopback where the proxy's connections and "
+                           "requests are read: nginx's status listener, which deployments "
+                           "open there (default 8899), or Caddy's admin endpoint when the "
+                           "reload command names no --address (default 2019); null: the "
+                           "engine's default; not ssh_port, http_port or https_port"})
 
 
 class NodeCreateSchema(NodeUpdateSchema):

@@ -36,7 +36,10 @@ def test_an_administrator_sets_a_nodes_status_port_through_the_api(client, admin
 
 @pytest.mark.parametrize("data", [{"status_port": 80}, {"status_port": 8443,
                                                         "https_port": 8443},
-                                  {"status_port": 0}, {"status_port": 70000}])
+                                  {"status_port": 22}, {"status_port": 2222,
+                                                        "ssh_port": 2222},
+                                  {"status_port": 0}, {"status_port": 70000},
+                                  {"status_port": "9100"}, {"status_port": True}])
 def test_a_status_port_that_is_a_site_port_or_no_port_is_refused_with_its_field(
         client, admin, data):
     response = client.post("/api/v1/nodes", headers=api_headers(admin), json={
@@ -50,7 +53,60 @@ def test_moving_the_http_port_onto_the_status_port_is_refused(admin):
     node = factories.make_node("edge-2", status_port=9100)
     with pytest.raises(ValidationError) as refused:
         nodes.update_node(admin, node.id, {"http_port": 9100})
-    assert refused.value.fields == {"status_port": "must differ from the HTTP and HTTPS ports"}
+    assert refused.value.fields == {"status_port": "is the node's HTTP port: it must differ "
+                                                   "from the SSH, HTTP and HTTPS ports"}
+    with pytest.raises(ValidationError) as refused:
+        nodes.update_node(admin, node.id, {"ssh_port": 9100})
+    assert refused.value.fields == {"status_port": "is the node's SSH port: it must differ "
+                                                   "from the SSH, HTTP and HTTPS ports"}
+
+
+NODE_FORM = {"name": "edge-form", "host": "192.0.2.20", "ssh_port": "2222",
+             "ssh_user": "root", "proxy_type": "nginx", "pool": "default",
+             "http_port": "80", "https_port": "443", "enabled": "y"}
+
+
+def test_an_administrator_sets_the_status_port_in_the_node_form(db, admin, admin_client):
+    form = admin_client.get("/admin/nodes/new").get_data(as_text=True)
+    assert 'name="status_port"' in form and "blank: 8899" in form
+    created = admin_client.post("/admin/nodes/new", data={
+        **NODE_FORM, "ssh_private_key": factories.ssh_key(), "status_port": "9100"})
+    assert created.status_code == 302, created.get_data(as_text=True)
+    node = nodes.list_nodes(admin, q="edge-form").items[0]
+    assert node.status_port == 9100
+    page = admin_client.get(f"/admin/nodes/{node.id}").get_data(as_text=True)
+    assert "read at <code>127.0.0.1:9100</code> on the node" in page
+    assert '<span data-status-port>9100</span>.' in page
+    edit = admin_client.get(f"/admin/nodes/{node.id}/edit").get_data(as_text=True)
+    assert 'name="status_port" type="number" value="9100"' in edit
+
+    # Blank: the engine's default again.
+    saved = admin_client.post(f"/admin/nodes/{node.id}/edit",
+                              data={**NODE_FORM, "status_port": ""})
+    assert saved.status_code == 302
+    db.session.expire_all()
+    assert nodes.get_node(admin, node.id).status_port is None
+    page = admin_client.get(f"/admin/nodes/{node.id}").get_data(as_text=True)
+    assert "read at <code>127.0.0.1:8899</code> on the node" in page
+    assert "(the engine's default)" in page
+
+
+@pytest.mark.parametrize("value,message", [
+    ("2222", "is the node&#39;s SSH port: it must differ from the SSH, HTTP and HTTPS ports"),
+    ("443", "is the node&#39;s HTTPS port"),
+    ("70000", "must be a number between 1 and 65535"),
+    ("status", "Not a valid integer value."),
+])
+def test_a_status_port_the_form_refuses_is_told_under_its_field(
+        db, admin, admin_client, value, message):
+    node = factories.make_node("edge-kept", ssh_port=2222, status_port=9100)
+    refused = admin_client.post(f"/admin/nodes/{node.id}/edit",
+                                data={**NODE_FORM, "name": "edge-kept", "status_port": value})
+    assert refused.status_code == 422
+    text = refused.get_data(as_text=True)
+    assert 'id="status_port-error"' in text and message in text
+    db.session.expire_all()
+    assert nodes.get_node(admin, node.id).status_port == 9100
 
 
 def test_a_client_cannot_set_a_nodes_status_port(client, admin, alice):
