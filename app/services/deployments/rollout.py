@@ -6,17 +6,22 @@ them to each person as they may see them.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from flask import Flask, current_app
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import selectinload
 
 from app.errors import Conflict, NotFound, ValidationError
-from app.executor import executor
+from app.executor import background, executor
 from app.extensions import db
 from app.models import (
     DeploymentStatus,
@@ -179,9 +184,109 @@ def launch(rollout_id: int) -> None:
     executor.submit("rollout", rollout_id, run_rollout, rollout_id)
 
 
+_UNFINISHED = (DeploymentStatus.PENDING, DeploymentStatus.RUNNING)
+
+
+class RunnerLease:
+    """A run's lease on its rollout (``Rollout.runner``), renewed by a thread of its
+    own while the run works, with the node leases' time to live.
+
+    The task engine delivers a task at least once: the same rollout may be run
+    twice, after its first run died or while it still runs (the broker's
+    visibility timeout).  Only the holder of this lease runs it; another run waits
+    until the holder ends the rollout or dies, and a dead holder's lease expires."""
+
+    def __init__(self, app: Flask, rollout_id: int) -> None:
+        self.app = app
+        self.rollout_id = rollout_id
+        self.ttl = float(app.config["DEPLOY_LOCK_TTL"])
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"[:128]
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def take(self) -> bool:
+        """Wait (with backoff) until the rollout is ours to run.
+
+        :returns: True once it is; False when it has finished (another run ended
+            it) or no longer exists.
+        """
+        delay = 0.05
+        while True:
+            now = utcnow()
+            status: DeploymentStatus | None = DeploymentStatus.PENDING
+            try:
+                with db.engine.begin() as conn:
+                    taken = conn.execute(update(Rollout).where(
+                        Rollout.id == self.rollout_id, Rollout.status.in_(_UNFINISHED),
+                        or_(Rollout.runner_expires_at.is_(None),
+                            Rollout.runner_expires_at < now))
+                        .values(runner=self.holder,
+                                runner_expires_at=now + timedelta(seconds=self.ttl))).rowcount
+                    if not taken:
+                        status = conn.scalar(select(Rollout.status)
+                                             .where(Rollout.id == self.rollout_id))
+            except OperationalError as exc:
+                # SQLite answers "database is locked" when writers pile up: try again.
+                if "locked" not in str(exc):
+                    raise
+                taken = 0
+            if taken:
+                self._thread = threading.Thread(target=self._renew, daemon=True,
+                                                name=f"rollout-{self.rollout_id}-lease")
+                self._thread.start()
+                return True
+            if status is None or status.finished:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                with db.engine.begin() as conn:
+                    kept = conn.execute(update(Rollout).where(
+                        Rollout.id == self.rollout_id, Rollout.runner == self.holder)
+                        .values(runner_expires_at=utcnow() + timedelta(seconds=self.ttl)))
+            except Exception:  # noqa: BLE001 - the next round tries again
+                logger.warning("rollout %s: could not renew its lease", self.rollout_id,
+                               exc_info=True)
+                continue
+            if not kept.rowcount:
+                logger.warning("rollout %s: its lease expired and another run took it",
+                               self.rollout_id)
+                return
+
+    def release(self) -> None:
+        """Stop renewing and give the lease back (the rollout keeps its last runner's
+        name); a lease that cannot be given back expires."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            with db.engine.begin() as conn:
+                conn.execute(update(Rollout).where(
+                    Rollout.id == self.rollout_id, Rollout.runner == self.holder)
+                    .values(runner_expires_at=None))
+        except Exception:  # noqa: BLE001 - it expires instead
+            logger.warning("rollout %s: could not give its lease back", self.rollout_id,
+                           exc_info=True)
+
+
+@background("rollout")
 def run_rollout(rollout_id: int) -> None:
-    """Canary first when asked, then every other node in parallel (bounded)."""
+    """Canary first when asked, then every other node in parallel (bounded).
+
+    Safe to run again: a rollout that finished is left alone, and a second run
+    waits while the first one lives (:class:`RunnerLease`).  After a first run that
+    died it deploys the nodes left unfinished, each once its node lease (held by the
+    dead run) has expired, and leaves the finished ones as they are.  A node's
+    release swap is atomic, so the dead run left each node on its previous release
+    or on the new one, never between them.
+    """
     app = current_app._get_current_object()  # type: ignore[attr-defined]
+    lease = RunnerLease(app, rollout_id)
+    if not lease.take():
+        return
     try:
         _run_rollout(app, rollout_id)
     except Exception as exc:
@@ -191,21 +296,31 @@ def run_rollout(rollout_id: int) -> None:
                 status=DeploymentStatus.FAILED, error=describe_failure(exc), finished_at=utcnow()))
             conn.execute(update(NodeDeployment).where(
                 NodeDeployment.rollout_id == rollout_id,
-                NodeDeployment.status.in_([DeploymentStatus.PENDING, DeploymentStatus.RUNNING]))
+                NodeDeployment.status.in_(_UNFINISHED))
                 .values(status=DeploymentStatus.FAILED, finished_at=utcnow(),
                         error="interrupted: " + describe_failure(exc)))
+    finally:
+        lease.release()
 
 
 def _run_rollout(app: Flask, rollout_id: int) -> None:
     rollout = db.session.get(Rollout, rollout_id)
     assert rollout is not None
+    if rollout.status == DeploymentStatus.RUNNING:
+        logger.warning("rollout %s: its previous run stopped; carrying on from its "
+                       "unfinished nodes", rollout_id)
     rollout.status = DeploymentStatus.RUNNING
-    rollout.started_at = utcnow()
+    if rollout.started_at is None:
+        rollout.started_at = utcnow()
     plan = RolloutPlan(id=rollout.id, kind=rollout.kind, site_id=rollout.site_id,
                        triggered_by_id=rollout.triggered_by_id,
                        target_version_id=rollout.target_version_id)
-    pending = [(d.id, d.node_id) for d in rollout.deployments]
     canary_id = rollout.canary_node_id
+    pending = [(d.id, d.node_id) for d in rollout.deployments if not d.status.finished]
+    # The canary's outcome, when a previous run got that far.
+    canary_status = next((d.status for d in rollout.deployments
+                          if canary_id is not None and d.node_id == canary_id
+                          and d.status.finished), None)
     db.session.commit()
     db.session.remove()
     canary = [d for d in pending if canary_id is not None and d[1] == canary_id]
@@ -215,14 +330,13 @@ def _run_rollout(app: Flask, rollout_id: int) -> None:
     error = ""
     try:
         if canary:
-            [status] = deploy_batch(app, plan, canary[:1], leases, recorder, 1)
-            if status != DeploymentStatus.SUCCEEDED:
-                error = "the canary node failed: the rollout stopped before the other nodes"
-                for deployment_id, _ in rest:
-                    recorder.update(deployment_id, status=DeploymentStatus.SKIPPED,
-                                    finished_at=utcnow(),
-                                    error="not attempted: the canary node failed")
-                rest = []
+            [canary_status] = deploy_batch(app, plan, canary[:1], leases, recorder, 1)
+        if canary_status is not None and canary_status != DeploymentStatus.SUCCEEDED:
+            error = "the canary node failed: the rollout stopped before the other nodes"
+            for deployment_id, _ in rest:
+                recorder.update(deployment_id, status=DeploymentStatus.SKIPPED,
+                                finished_at=utcnow(), error="not attempted: the canary node failed")
+            rest = []
         if rest:
             deploy_batch(app, plan, rest, leases, recorder, app.config["DEPLOY_PARALLELISM"])
     finally:
@@ -253,6 +367,10 @@ def _conclude(rollout_id: int, error: str, outcomes: SiteOutcomes | None = None)
     rollout = db.session.get(Rollout, rollout_id)
     assert rollout is not None
     db.session.refresh(rollout)
+    if rollout.status.finished:
+        # Another run concluded it (this one had lost its lease meanwhile).
+        db.session.rollback()
+        return
     if outcomes is not None:
         _record_site_outcomes(rollout, outcomes)
     statuses = [d.status for d in rollout.deployments]
