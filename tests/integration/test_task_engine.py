@@ -54,13 +54,13 @@ from app.scheduler import JOBS, Scheduler, run_job
 from app.services import deployments, nodes, sites
 from app.services.deployments import rollout as rollout_service
 from tests import factories
-from tests.components import ROOT, app_env, postgres_database
+from tests.components import app_env, postgres_database
 from tests.conftest import api_headers
 from tests.fleet import Backends, FleetNode, register, start_nginx
 from tests.nginx_node import Backend
-from tests.processes import free_port, start, stop
-from tests.redis_server import RedisServer
-from tests.sshd import SshServer, below, process_children
+from tests.processes import free_port
+from tests.sshd import SshServer
+from tests.task_engine import RedisServer, Worker
 
 REDIS = "127.0.0.150"
 NODES = ("127.0.0.151", "127.0.0.152", "127.0.0.153")
@@ -80,41 +80,6 @@ def wait_for(condition: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
     return result
-
-
-class Worker:
-    """``flask --app wsgi worker`` with a prefork pool of two processes, its output in
-    a log of its own; stopped by its PID, and its pool processes by theirs."""
-
-    def __init__(self, env: dict[str, str], name: str) -> None:
-        self.hostname = f"{name}@rpcc-tests"
-        self.root = Path(tempfile.mkdtemp(prefix="rpcc-worker-"))
-        self.log = self.root / "worker.log"
-        ready = f"{self.hostname} ready."
-        try:
-            self.process = start(
-                [os.path.join(ROOT, ".venv", "bin", "flask"), "--app", "wsgi", "worker",
-                 "--concurrency", "2", "--hostname", self.hostname, "--without-mingle",
-                 "--without-gossip"],
-                ready=lambda _process: ready in self.log.read_text(errors="replace"),
-                log=self.log, timeout=90, cwd=ROOT, env=env)
-        except BaseException:
-            shutil.rmtree(self.root, ignore_errors=True)
-            raise
-
-    def pool(self) -> list[int]:
-        """The PIDs of its pool processes (the ones that run tasks)."""
-        return below(process_children(), self.process.pid)
-
-    def stop(self) -> None:
-        pool = self.pool()
-        stop(self.process, timeout=60)
-        for pid in pool:  # a pool process outliving a worker killed at the deadline
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 @dataclass
@@ -495,7 +460,6 @@ def test_a_second_run_while_the_first_lives_waits_for_it_and_deploys_no_node_twi
     numbers = version_numbers(local_fleet)
     sites.update_site(alice, live_site, {"headers": {"X-Round": "1"}})
     gate.touch()
-    second: threading.Thread | None = None
     try:
         rollout = deployments.deploy_site(alice, live_site)
         wait_for(lambda: any(d.node_id == stalled.id and d.step == "test" for d in
