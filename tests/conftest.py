@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from flask import Flask, g, request_started
 from flask.testing import FlaskClient
+from hypothesis import HealthCheck, settings
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
@@ -26,6 +27,11 @@ from app.models import User
 from tests import factories
 
 pytest_plugins = ["tests.components", "tests.api_fuzz.figures"]
+
+# Property tests check what is generated, never how fast: a deadline per example and
+# the "too slow" health check are timings, and fail on a machine busy with other work.
+settings.register_profile("rpcc", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("rpcc")
 
 TESTS = Path(__file__).resolve().parent
 #: What each folder holds; its name is the marker that selects it (``-m unit``).
