@@ -1,19 +1,31 @@
 """Loopback servers that stand in for the places notices go: a Telegram Bot API and
 a webhook receiver that checks signatures.  Each runs in a thread of the test process,
-records what it got, and is stopped by the fixture that started it."""
+records what it got, and is stopped by the fixture that started it.
+:func:`notice_fixtures` gives a test module them and a real SMTP server, with the
+app's notices sent there."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
+import re
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pytest
+from flask import Flask
+
 from tests.processes import free_port
+from tests.smtp import SmtpServer
+
+#: An IPv4 or IPv6 address in a text: no notice may carry one (DESIGN: notifiers).
+IP = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b|[0-9a-f]{0,4}:[0-9a-f]{0,4}:[0-9a-f:]*[0-9a-f]",
+                re.I)
 
 
 @dataclass
@@ -137,3 +149,52 @@ class WebhookReceiver(_Server):
         good = hmac.compare_digest(record.headers.get("X-RPCC-Signature", ""), expected)
         self.valid.append(good and "X-RPCC-Timestamp" in record.headers)
         return (200 if good else 401), {"ok": good}
+
+
+def notice_fixtures(addresses: tuple[str, str, str], *, token: str, secret: str
+                    ) -> tuple[Callable[..., Any], ...]:
+    """The fixtures of a test module whose notices reach real receivers, for the
+    module to assign to the names they carry::
+
+        telegram, receiver, smtp, outside = notice_fixtures(ADDRESSES, token=..., secret=...)
+
+    ``telegram`` (a Bot API accepting ``token``), ``receiver`` (a webhook receiver
+    checking ``secret``) and ``smtp`` start once for the module, on ``addresses`` in
+    that order, and stop at its end; ``outside`` (autouse) points the app's notices
+    at them, retries failed deliveries at once and empties what they received,
+    before each test."""
+    telegram_address, receiver_address, smtp_address = addresses
+
+    @pytest.fixture(scope="module")
+    def telegram() -> Iterator[FakeTelegram]:
+        server = FakeTelegram(telegram_address, token=token)
+        yield server
+        server.stop()
+
+    @pytest.fixture(scope="module")
+    def receiver() -> Iterator[WebhookReceiver]:
+        server = WebhookReceiver(receiver_address, secret=secret)
+        yield server
+        server.stop()
+
+    @pytest.fixture(scope="module")
+    def smtp() -> Iterator[SmtpServer]:
+        server = SmtpServer(smtp_address)
+        yield server
+        server.stop()
+
+    @pytest.fixture(autouse=True)
+    def outside(app: Flask, telegram: FakeTelegram, receiver: WebhookReceiver,
+                smtp: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        from app.services.notifiers import channels
+
+        for key, value in {"TELEGRAM_API_BASE_URL": telegram.url, "SMTP_HOST": smtp.host,
+                           "SMTP_PORT": smtp.port, "SMTP_SECURITY": "none",
+                           "MAIL_FROM": "rpcc@example.test"}.items():
+            monkeypatch.setitem(app.config, key, value)
+        monkeypatch.setattr(channels, "RETRY_DELAYS", (0.05, 0.1))
+        for server in (telegram, receiver):
+            server.clear()
+        smtp.received.clear()
+
+    return telegram, receiver, smtp, outside

@@ -9,9 +9,7 @@ unmasked names."""
 from __future__ import annotations
 
 import random
-import re
 import threading
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -41,52 +39,20 @@ from app.models import (
 from app.models.base import as_utc, utcnow
 from app.services import alerts, notifiers
 from app.services.alerts import evaluation
-from app.services.notifiers import ChannelInput, channels
+from app.services.notifiers import ChannelInput
 from tests import factories
-from tests.notice_servers import FakeTelegram, WebhookReceiver
+from tests.notice_servers import IP, FakeTelegram, WebhookReceiver, notice_fixtures
 from tests.smtp import SmtpServer
 
 TOKEN = "654321:" + "T" * 35
 SECRET = "w" * 24
 DOMAIN = "shop.example.com"
-IP = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b|[0-9a-f]{0,4}:[0-9a-f]{0,4}:[0-9a-f:]*[0-9a-f]",
-                re.I)
 T0 = datetime(2027, 3, 1, 12, 0, tzinfo=utcnow().tzinfo)
 MINUTE = timedelta(minutes=1)
 
 
-@pytest.fixture(scope="module")
-def telegram() -> Iterator[FakeTelegram]:
-    server = FakeTelegram("127.0.0.91", token=TOKEN)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[WebhookReceiver]:
-    server = WebhookReceiver("127.0.0.92", secret=SECRET)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer("127.0.0.93")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(autouse=True)
-def outside(app: Flask, telegram: FakeTelegram, receiver: WebhookReceiver, smtp: SmtpServer,
-            monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in {"TELEGRAM_API_BASE_URL": telegram.url, "SMTP_HOST": smtp.host,
-                       "SMTP_PORT": smtp.port, "SMTP_SECURITY": "none",
-                       "MAIL_FROM": "rpcc@example.test"}.items():
-        monkeypatch.setitem(app.config, key, value)
-    monkeypatch.setattr(channels, "RETRY_DELAYS", (0.05, 0.1))
-    for server in (telegram, receiver):
-        server.clear()
-    smtp.received.clear()
+telegram, receiver, smtp, outside = notice_fixtures(
+    ("127.0.0.91", "127.0.0.92", "127.0.0.93"), token=TOKEN, secret=SECRET)
 
 
 @pytest.fixture()

@@ -4,8 +4,6 @@ signatures.  Every notice is searched for IP addresses and unmasked names."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,48 +22,17 @@ from app.models import (
 from app.services import notifiers
 from app.services.notifiers import ChannelInput, channels
 from tests import factories
-from tests.notice_servers import FakeTelegram, WebhookReceiver
+from tests.notice_servers import IP, FakeTelegram, WebhookReceiver, notice_fixtures
 from tests.processes import free_port
 from tests.smtp import SmtpServer
 
 TOKEN = "123456:" + "A" * 35
 SECRET = "s" * 24
 DOMAIN = "shop.example.com"
-IP = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b|[0-9a-f]{0,4}:[0-9a-f]{0,4}:[0-9a-f:]*", re.I)
 
 
-@pytest.fixture(scope="module")
-def telegram() -> Iterator[FakeTelegram]:
-    server = FakeTelegram("127.0.0.81", token=TOKEN)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[WebhookReceiver]:
-    server = WebhookReceiver("127.0.0.82", secret=SECRET)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer("127.0.0.83")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(autouse=True)
-def outside(app: Flask, telegram: FakeTelegram, receiver: WebhookReceiver, smtp: SmtpServer,
-            monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in {"TELEGRAM_API_BASE_URL": telegram.url, "SMTP_HOST": smtp.host,
-                       "SMTP_PORT": smtp.port, "SMTP_SECURITY": "none",
-                       "MAIL_FROM": "rpcc@example.test"}.items():
-        monkeypatch.setitem(app.config, key, value)
-    monkeypatch.setattr(channels, "RETRY_DELAYS", (0.05, 0.1))
-    for server in (telegram, receiver):
-        server.clear()
-    smtp.received.clear()
+telegram, receiver, smtp, outside = notice_fixtures(
+    ("127.0.0.81", "127.0.0.82", "127.0.0.83"), token=TOKEN, secret=SECRET)
 
 
 def add(user: User, kind: str, target: str, secret: str | None = None,

@@ -5,79 +5,28 @@ server, a webhook receiver)."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
-from contextlib import ExitStack
 from typing import Any
 
-import pytest
-from flask import Flask
 from sqlalchemy import select
 
-from app.extensions import ssh
 from app.models import Alert, AlertState, DeploymentStatus, NotificationDelivery, User
 from app.scheduler import find_job
 from app.services import alerts, deployments, jobs, notifiers, sites
-from app.services.notifiers import ChannelInput, channels
+from app.services.notifiers import ChannelInput
 from tests import factories
-from tests.fleet import FleetNode, register, start_nginx
-from tests.notice_servers import FakeTelegram, WebhookReceiver
+from tests.fleet import FleetNode
+from tests.notice_servers import IP, FakeTelegram, WebhookReceiver, notice_fixtures
 from tests.smtp import SmtpServer
 from tests.sshd import SshServer
 
+#: The nginx nodes of tests/integration/conftest.py's ``fleet``.
+ADDRESSES = ("127.0.0.75", "127.0.0.76")
 TOKEN = "135790:" + "K" * 35
 SECRET = "h" * 24
-IP = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b|[0-9a-f]{0,4}:[0-9a-f]{0,4}:[0-9a-f:]*[0-9a-f]",
-                re.I)
 
 
-@pytest.fixture()
-def fleet(app: Flask, admin: User, sshd: SshServer) -> Iterator[list[FleetNode]]:
-    """Two nginx nodes, both stopped at the end even if stopping one fails."""
-    started = []
-    with ExitStack() as teardown:
-        teardown.callback(ssh.reset, app)
-        for index in range(2):
-            nginx = start_nginx(f"127.0.0.{75 + index}")
-            teardown.callback(nginx.remove)
-            teardown.callback(nginx.stop)
-            started.append(nginx)
-        yield [register(admin, nginx, f"edge-{i}", sshd.port, sshd.client_key_text)
-               for i, nginx in enumerate(started)]
-
-
-@pytest.fixture(scope="module")
-def telegram() -> Iterator[FakeTelegram]:
-    server = FakeTelegram("127.0.0.77", token=TOKEN)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[WebhookReceiver]:
-    server = WebhookReceiver("127.0.0.78", secret=SECRET)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer("127.0.0.79")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(autouse=True)
-def outside(app: Flask, telegram: FakeTelegram, receiver: WebhookReceiver, smtp: SmtpServer,
-            monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in {"TELEGRAM_API_BASE_URL": telegram.url, "SMTP_HOST": smtp.host,
-                       "SMTP_PORT": smtp.port, "SMTP_SECURITY": "none",
-                       "MAIL_FROM": "rpcc@example.test"}.items():
-        monkeypatch.setitem(app.config, key, value)
-    monkeypatch.setattr(channels, "RETRY_DELAYS", (0.05, 0.1))
-    for server in (telegram, receiver):
-        server.clear()
-    smtp.received.clear()
+telegram, receiver, smtp, outside = notice_fixtures(
+    ("127.0.0.77", "127.0.0.78", "127.0.0.79"), token=TOKEN, secret=SECRET)
 
 
 def run(db: Any, name: str) -> str:

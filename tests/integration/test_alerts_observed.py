@@ -27,13 +27,13 @@ from tests import factories, pki
 from tests.fleet import FleetNode
 from tests.glances import Glances
 from tests.glances import glances_factory as glances_factory  # noqa: F401  (fixture)
-from tests.integration.test_alerts import IP, SECRET, TOKEN, alerts_of, run
+from tests.integration.test_alerts import SECRET, TOKEN, alerts_of, run
 from tests.integration.test_alerts import outside as outside  # noqa: F401  (fixture)
 from tests.integration.test_alerts import receiver as receiver  # noqa: F401  (fixture)
 from tests.integration.test_alerts import smtp as smtp  # noqa: F401  (fixture)
 from tests.integration.test_alerts import telegram as telegram  # noqa: F401  (fixture)
 from tests.knot import ADDRESS, KnotServer
-from tests.notice_servers import FakeTelegram, WebhookReceiver
+from tests.notice_servers import IP, FakeTelegram, WebhookReceiver
 from tests.processes import free_port
 from tests.smtp import SmtpServer
 from tests.sshd import SshServer
