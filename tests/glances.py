@@ -13,12 +13,15 @@ server needs ``python3-bottle``.
 answered (``tests/unit/data/glances_v4_*.json``, see ``glances_sources.md`` there)
 and 404 to anything else, as Glances 4 does for ``/api/3``; it keeps connections
 open like Glances 4's server, so readers over one channel are exercised too.
+
+:func:`trickling` is a node that sends its answer a byte at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import subprocess
 import tempfile
 import threading
@@ -26,7 +29,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -161,35 +164,89 @@ class RecordedGlances:
         self.server.server_close()
 
 
+S = TypeVar("S", "Glances", "RecordedGlances")
+
+
+@contextlib.contextmanager
+def _stopped_at_end(start: Callable[..., S]) -> Iterator[Callable[..., S]]:
+    """``start``, remembering what it started: every one is stopped when the block
+    ends, even if stopping another fails."""
+    with contextlib.ExitStack() as teardown:
+
+        def make(*args: Any, **kwargs: Any) -> S:
+            server = start(*args, **kwargs)
+            teardown.callback(server.stop)
+            return server
+
+        yield make
+
+
 @pytest.fixture()
 def glances_factory() -> Iterator[Callable[..., Glances]]:
     """Start real Glances servers (``glances_factory("127.0.0.2")``); all stopped by
     PID after the test."""
-    started: list[Glances] = []
-
-    def make(*args: Any, **kwargs: Any) -> Glances:
-        server = Glances(*args, **kwargs)
-        started.append(server)
-        return server
-
-    yield make
-    with contextlib.ExitStack() as teardown:
-        for server in started:
-            teardown.callback(server.stop)
+    with _stopped_at_end(Glances) as make:
+        yield make
 
 
 @pytest.fixture()
 def recorded_glances() -> Iterator[Callable[..., RecordedGlances]]:
     """Servers of recorded Glances 4 answers (``recorded_glances("4.3.0.4")``),
     stopped after the test."""
-    started: list[RecordedGlances] = []
 
-    def make(version: str, address: str = "127.0.0.1") -> RecordedGlances:
-        server = RecordedGlances(recorded_v4(version), address)
-        started.append(server)
-        return server
+    def start(version: str, address: str = "127.0.0.1") -> RecordedGlances:
+        return RecordedGlances(recorded_v4(version), address)
 
-    yield make
-    with contextlib.ExitStack() as teardown:
-        for server in started:
-            teardown.callback(server.stop)
+    with _stopped_at_end(start) as make:
+        yield make
+
+
+class Trickle:
+    """Answers its first connection with the head of a 1000-byte answer, then a byte
+    every 50 ms, until told to stop: a node trickling its answer.  ``finished`` is
+    set only once it sent every byte."""
+
+    def __init__(self, address: str) -> None:
+        self.listener = socket.create_server((address, 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.finished = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+                break
+            except TimeoutError:
+                continue
+        else:
+            return
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            for _ in range(1000):
+                if self._stop.wait(0.05):
+                    return
+                try:
+                    conn.sendall(b" ")
+                except OSError:
+                    return
+            self.finished.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.listener.close()
+
+
+@contextlib.contextmanager
+def trickling(address: str) -> Iterator[Trickle]:
+    """A :class:`Trickle` on ``address``, stopped when the block ends."""
+    trickle = Trickle(address)
+    try:
+        yield trickle
+    finally:
+        trickle.stop()

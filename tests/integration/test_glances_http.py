@@ -20,7 +20,7 @@ import pytest
 from app.services.monitoring import glances
 from app.services.monitoring.glances import GlancesError
 from tests.glances import recorded_glances as recorded_glances  # noqa: F401  (fixture)
-from tests.glances import recorded_v4
+from tests.glances import recorded_v4, trickling
 from tests.smtp import server_certificate
 
 TRICKLE_ADDRESS = "127.0.0.121"
@@ -110,45 +110,13 @@ def chunked(body: bytes, wfile: Any, size: int = 1000) -> None:
 def test_an_answer_trickling_over_http_is_cut_at_the_nodes_deadline():
     """A node that sends its answer a byte at a time cannot hold the reading thread
     past the node's time: the read ends while the node is still sending."""
-    trickle = socket.create_server((TRICKLE_ADDRESS, 0))
-    finished = threading.Event()
-    stop = threading.Event()
-
-    def serve() -> None:
-        trickle.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = trickle.accept()
-                break
-            except TimeoutError:
-                continue
-        else:
-            return
-        with conn:
-            conn.recv(4096)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
-            for _ in range(1000):
-                if stop.wait(0.05):
-                    return
-                try:
-                    conn.sendall(b" ")
-                except OSError:
-                    return
-            finished.set()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        transport = glances.HttpTransport(
-            f"http://{TRICKLE_ADDRESS}:{trickle.getsockname()[1]}", deadline(2))
+    with trickling(TRICKLE_ADDRESS) as trickle:
+        transport = glances.HttpTransport(f"http://{TRICKLE_ADDRESS}:{trickle.port}",
+                                          deadline(2))
         with pytest.raises(GlancesError, match="did not answer in time") as raised:
             glances.read(transport, "3")
         assert not raised.value.absent
-        assert not finished.is_set()
-    finally:
-        stop.set()
-        thread.join()
-        trickle.close()
+        assert not trickle.finished.is_set()
 
 
 def test_a_read_keeps_one_connection_and_ignores_proxies_from_the_environment(

@@ -19,7 +19,7 @@ from app.models import Node, NodeMetric
 from app.services import monitoring
 from app.services.monitoring import glances
 from tests import factories
-from tests.glances import Glances, recorded_v4
+from tests.glances import Glances, recorded_v4, trickling
 from tests.glances import recorded_glances as recorded_glances  # noqa: F401  (fixture)
 from tests.processes import free_port
 from tests.sshd import SshServer
@@ -182,42 +182,10 @@ def test_an_answer_trickling_through_the_tunnel_is_cut_at_the_nodes_deadline(app
                                                                              pooled):
     """A node that sends its answer a byte at a time cannot hold the reading thread
     past the node's time: the read ends while the node is still sending."""
-    trickle = socket.create_server(("127.0.0.78", 0))
-    finished = threading.Event()
-    stop = threading.Event()
-
-    def serve() -> None:
-        trickle.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = trickle.accept()
-                break
-            except TimeoutError:
-                continue
-        else:
-            return
-        with conn:
-            conn.recv(4096)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
-            for _ in range(1000):
-                if stop.wait(0.05):
-                    return
-                try:
-                    conn.sendall(b" ")
-                except OSError:
-                    return
-            finished.set()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
+    with trickling("127.0.0.78") as trickle:
         transport = glances.TunnelTransport(
-            ssh.pool(app), sshd.target(pinned=True), "127.0.0.78", trickle.getsockname()[1],
+            ssh.pool(app), sshd.target(pinned=True), "127.0.0.78", trickle.port,
             deadline=time.monotonic() + 2)
         with pytest.raises(glances.GlancesError, match="did not answer in time"):
             glances.read(transport, "3")
-        assert not finished.is_set()
-    finally:
-        stop.set()
-        thread.join()
-        trickle.close()
+        assert not trickle.finished.is_set()
