@@ -1,7 +1,8 @@
-"""What the backup tests share: a state with a secret of each kind to back up, fresh
-databases to restore into, every row of a database (and of a backup file) read
-independently of the backup code, and backups rewritten as a damaged, foreign or
-older one would be."""
+"""What the backup tests share: the app they back up (its key and its app on the
+suite's database, fixtures ``key`` and ``source``), a state with a secret of each
+kind to back up, fresh databases to restore into, every row of a database (and of a
+backup file) read independently of the backup code, and backups rewritten as a
+damaged, foreign or older one would be."""
 
 from __future__ import annotations
 
@@ -18,19 +19,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import pytest
 from cryptography.fernet import Fernet
 from flask import Flask, g, request_started
 from sqlalchemy import JSON, DateTime, MetaData, Text, cast, create_engine, select
 from sqlalchemy.pool import NullPool
 
-from app.extensions import db
+from app.extensions import db, ssh
 from app.models import Certificate, Node, NotificationChannel, User
 from app.models.base import as_utc
 from app.services import tokens, two_factor
 from app.services.notifiers import ChannelInput, channels
 from tests import factories
 from tests.components import postgres_database
-from tests.conftest import make_app
+from tests.conftest import _DATABASE_URL, make_app
 
 KINDS = ("sqlite", "postgresql")
 
@@ -68,6 +70,21 @@ def app_on(url: str, keys: str) -> Iterator[Flask]:
     finally:
         with app.app_context():
             db.engine.dispose()
+
+
+@pytest.fixture()
+def key() -> str:
+    """The key the backed-up app holds alone."""
+    return new_key()
+
+
+@pytest.fixture()
+def source(db: Any, key: str) -> Iterator[Flask]:
+    """An app on the suite's (emptied) database holding ``key`` alone, in its context,
+    with an SSH pool of its own (closed at the end)."""
+    with app_on(_DATABASE_URL, key) as app, app.app_context():
+        yield app
+        ssh.reset(app)
 
 
 Rows = dict[str, list[dict[str, Any]]]

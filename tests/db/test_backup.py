@@ -7,14 +7,12 @@ from __future__ import annotations
 import json
 import tarfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import flask_migrate
 import pytest
 from cryptography.fernet import Fernet
-from flask import Flask
 from sqlalchemy import Text, select, type_coerce, update
 
 from app.errors import Conflict, ValidationError
@@ -38,21 +36,11 @@ from tests.backups import (
     table_columns,
     table_rows,
 )
+from tests.backups import key as key  # noqa: F401  (fixture)
+from tests.backups import source as source  # noqa: F401  (fixture)
 from tests.conftest import _DATABASE_URL, make_app
 
 MISSING_KEY = "this backup's secrets were encrypted with a key this instance does not have"
-
-
-@pytest.fixture()
-def key() -> str:
-    return new_key()
-
-
-@pytest.fixture()
-def source(db: Any, key: str) -> Iterator[Flask]:
-    """An app on the suite's (emptied) database holding ``key`` alone."""
-    with app_on(_DATABASE_URL, key) as app, app.app_context():
-        yield app
 
 
 def take_backup(tmp_path: Path, name: str = "backup.tar", **kwargs: Any) -> str:

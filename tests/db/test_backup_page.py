@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +25,12 @@ from tests.backups import (
     app_on,
     assert_secrets_readable,
     fresh_database,
-    new_key,
     seed,
     table_rows,
 )
+from tests.backups import key as key  # noqa: F401  (fixture)
+from tests.backups import source as source  # noqa: F401  (fixture)
 from tests.conftest import _DATABASE_URL, api_headers, login
-
-
-@pytest.fixture()
-def key() -> str:
-    return new_key()
-
-
-@pytest.fixture()
-def source(db: Any, key: str) -> Iterator[Flask]:
-    with app_on(_DATABASE_URL, key) as app, app.app_context():
-        yield app
 
 
 def signed_in(app: Flask, user: User) -> FlaskClient:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack
-from typing import Any
 
 import pytest
 from flask import Flask
@@ -19,7 +18,9 @@ from app.services import backup, deployments, sites, two_factor
 from app.services.node_leases import node_lease
 from app.services.notifiers import ChannelInput, channels
 from tests import factories
-from tests.backups import app_on, backup_rows, new_key, table_rows
+from tests.backups import app_on, backup_rows, table_rows
+from tests.backups import key as key  # noqa: F401  (fixture)
+from tests.backups import source as source  # noqa: F401  (fixture)
 from tests.components import app_env, flask_cli, postgres_database
 from tests.conftest import _DATABASE_URL
 from tests.fleet import Backends, FleetNode, register, start_nginx
@@ -27,19 +28,6 @@ from tests.sshd import SshServer
 
 ADDRESSES = ("127.0.0.91", "127.0.0.92")
 TELEGRAM_TOKEN = "654321:" + "C" * 35
-
-
-@pytest.fixture()
-def key() -> str:
-    return new_key()
-
-
-@pytest.fixture()
-def source(db: Any, key: str) -> Iterator[Flask]:
-    """An app on the suite's emptied database holding ``key``, with its own SSH pool."""
-    with app_on(_DATABASE_URL, key) as app, app.app_context():
-        yield app
-        ssh.reset(app)
 
 
 @pytest.fixture()
