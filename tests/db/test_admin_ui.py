@@ -3,7 +3,6 @@ audit log, and the role guard on every admin route."""
 
 from __future__ import annotations
 
-import html
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -17,17 +16,7 @@ from app.models import AuditLog, Node, NodeStatus, Pool, Site, User
 from app.services import audit, nodes, users
 from tests import factories
 from tests.conftest import login, make_app
-
-
-def page_text(response: Any) -> str:
-    return html.unescape(response.get_data(as_text=True))
-
-
-def committed(db: Any) -> Any:
-    """Requests share the test's session: drop what they left uncommitted."""
-    db.session.rollback()
-    db.session.expire_all()
-    return db.session
+from tests.pages import committed, page_text
 
 
 def admin_rules(app: Flask) -> list[tuple[str, str]]:

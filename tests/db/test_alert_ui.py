@@ -4,7 +4,6 @@ their own sites and nothing else."""
 
 from __future__ import annotations
 
-import html
 import re
 from datetime import timedelta
 from typing import Any
@@ -26,17 +25,7 @@ from app.models import (
 from app.models.base import as_utc, utcnow
 from app.services import alerts
 from tests import factories
-
-
-def page_text(response: Any) -> str:
-    return html.unescape(response.get_data(as_text=True))
-
-
-def committed(db: Any) -> Any:
-    """Requests share the test's session: drop what they left uncommitted."""
-    db.session.rollback()
-    db.session.expire_all()
-    return db.session
+from tests.pages import committed, page_text
 
 
 def field_error(page: str, field: str) -> str:

@@ -3,7 +3,6 @@ tokens; other tenants' sites answer 404 and anonymous visitors go to the login p
 
 from __future__ import annotations
 
-import html
 import re
 from typing import Any
 
@@ -16,10 +15,7 @@ from app.models import ApiToken, Site, User
 from app.services import nodes, sites, tokens, users
 from tests import factories
 from tests.conftest import login, make_app
-
-
-def page_text(response: Any) -> str:
-    return html.unescape(response.get_data(as_text=True))
+from tests.pages import page_text
 
 
 def site_form(**fields: str | None) -> dict[str, str]:

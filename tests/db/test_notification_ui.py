@@ -4,7 +4,6 @@ user's channel answers 404."""
 
 from __future__ import annotations
 
-import html
 import re
 from typing import Any
 
@@ -14,13 +13,10 @@ from flask.testing import FlaskClient
 
 from app.models import DeliveryStatus, NotificationChannel, User
 from app.services import notifiers
+from tests.pages import page_text
 
 TOKEN = "123456:" + "T" * 35
 NEW_TOKEN = "654321:" + "N" * 35
-
-
-def page_text(response: Any) -> str:
-    return html.unescape(response.get_data(as_text=True))
 
 
 def add(client: FlaskClient, **fields: Any) -> Any:

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from app.extensions import ssh
 from app.models import Alert, AlertState, DeploymentStatus, Site
 from app.services import alerts, certificates, deployments, jobs, nodes, uptime
 from tests import factories, pki
@@ -23,23 +22,8 @@ from tests.processes import free_port
 from tests.sshd import SshServer
 from tests.sshd import sshd_factory as sshd_factory  # noqa: F401  (fixture)
 
+#: The nginx nodes of tests/integration/conftest.py's ``fleet``.
 ADDRESSES = ("127.0.0.90", "127.0.0.91", "127.0.0.92")
-
-
-@pytest.fixture()
-def fleet(app, admin, sshd) -> Iterator[list[FleetNode]]:
-    """Three nginx nodes in the default pool, every one stopped at the end even if
-    stopping another fails."""
-    started = []
-    with ExitStack() as teardown:
-        teardown.callback(ssh.reset, app)
-        for address in ADDRESSES:
-            nginx = start_nginx(address)
-            teardown.callback(nginx.remove)
-            teardown.callback(nginx.stop)
-            started.append(nginx)
-        yield [register(admin, nginx, f"edge-{i}", sshd.port, sshd.client_key_text)
-               for i, nginx in enumerate(started)]
 
 
 class ClosingBackend:
