@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from app.models import (
     SchedulerLease,
     User,
 )
-from app.models.base import utcnow
+from app.models.base import as_utc, utcnow
 from app.scheduler import JOBS, Scheduler, run_job
 from app.services import deployments, nodes, sites
 from app.services.deployments import rollout as rollout_service
@@ -453,8 +453,18 @@ def test_a_finished_rollout_is_not_run_again(app, alice, local_fleet, live_site)
     assert db.session.query(ConfigVersion).count() == count
 
 
+def runner_lease(rollout_id: int) -> tuple[str, datetime | None]:
+    db.session.expire_all()
+    holder, until = db.session.execute(select(Rollout.runner, Rollout.runner_expires_at)
+                                       .where(Rollout.id == rollout_id)).one()
+    db.session.rollback()
+    return holder, as_utc(until) if until is not None else None
+
+
 def test_a_second_run_while_the_first_lives_waits_for_it_and_deploys_no_node_twice(
-        app, admin, alice, local_fleet, live_site, gate, custom_commands):
+        app, admin, alice, local_fleet, live_site, gate, custom_commands, monkeypatch):
+    # Leases short enough for the first run to outlive its first deadline.
+    monkeypatch.setitem(app.config, "DEPLOY_LOCK_TTL", 4.0)
     stalled = local_fleet[0]
     stall(admin, stalled, gate)
     numbers = version_numbers(local_fleet)
@@ -471,6 +481,12 @@ def test_a_second_run_while_the_first_lives_waits_for_it_and_deploys_no_node_twi
 
         second = threading.Thread(target=run_again)
         second.start()
+        # The first run, stalled, keeps its lease past the deadline it started with.
+        holder, first_deadline = runner_lease(rollout.id)
+        assert holder and first_deadline is not None
+        wait_for(lambda: utcnow() > first_deadline
+                 and (runner_lease(rollout.id)[1] or first_deadline) > first_deadline)
+        assert runner_lease(rollout.id)[0] == holder and second.is_alive()
     finally:
         gate.unlink(missing_ok=True)
     done = deployments.wait(rollout.id, timeout=TIMEOUT)

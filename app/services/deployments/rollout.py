@@ -241,20 +241,21 @@ class RunnerLease:
             delay = min(delay * 2, 1.0)
 
     def _renew(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
-            try:
-                with db.engine.begin() as conn:
-                    kept = conn.execute(update(Rollout).where(
-                        Rollout.id == self.rollout_id, Rollout.runner == self.holder)
-                        .values(runner_expires_at=utcnow() + timedelta(seconds=self.ttl)))
-            except Exception:  # noqa: BLE001 - the next round tries again
-                logger.warning("rollout %s: could not renew its lease", self.rollout_id,
-                               exc_info=True)
-                continue
-            if not kept.rowcount:
-                logger.warning("rollout %s: its lease expired and another run took it",
-                               self.rollout_id)
-                return
+        with self.app.app_context():
+            while not self._stop.wait(self.ttl / 3):
+                try:
+                    with db.engine.begin() as conn:
+                        kept = conn.execute(update(Rollout).where(
+                            Rollout.id == self.rollout_id, Rollout.runner == self.holder)
+                            .values(runner_expires_at=utcnow() + timedelta(seconds=self.ttl)))
+                except Exception:  # noqa: BLE001 - the next round tries again
+                    logger.warning("rollout %s: could not renew its lease", self.rollout_id,
+                                   exc_info=True)
+                    continue
+                if not kept.rowcount:
+                    logger.warning("rollout %s: its lease expired and another run took it",
+                                   self.rollout_id)
+                    return
 
     def release(self) -> None:
         """Stop renewing and give the lease back (the rollout keeps its last runner's
