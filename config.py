@@ -163,6 +163,14 @@ class Config:
     BACKUP_KEEP = _int("BACKUP_KEEP", 7)
     BACKUP_UPLOAD_MAX_BYTES = _int("BACKUP_UPLOAD_MAX_BYTES", 512 * 1024 * 1024)
     NODE_CHECK_PARALLELISM = _int("NODE_CHECK_PARALLELISM", 8)
+    # The task engine: with a Redis broker (redis://HOST:PORT/DB, which also keeps
+    # the tasks' results for a day), rollouts, certificate orders and the jobs run on
+    # Celery workers (`flask --app wsgi worker`) sharing the database, instead of in
+    # threads of the app's processes.  A task whose worker is lost whole runs again
+    # after CELERY_VISIBILITY_TIMEOUT seconds, and Redis hands out again a task that
+    # runs longer than that: keep it above the longest task.
+    CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "")
+    CELERY_VISIBILITY_TIMEOUT = _float("CELERY_VISIBILITY_TIMEOUT", 3600.0)
     # Node metrics (job node_metrics): Glances' port on a node's loopback, reached
     # through SSH unless the node's glances_url says otherwise; nodes read at once; the
     # seconds one node's read may take.  Retention (job metrics_retention) of node
@@ -232,6 +240,8 @@ class TestingConfig(Config):
     BACKEND_RESOLVERS = os.environ.get("BACKEND_RESOLVERS", "off")
     # Mail stays off unless a test points the app at its own loopback mail server.
     SMTP_HOST = ""
+    # Background work runs in threads unless a test starts the task engine.
+    CELERY_BROKER_URL = ""
 
 
 class ProductionConfig(Config):

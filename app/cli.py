@@ -36,6 +36,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(certs_cli)
     app.cli.add_command(backup_cli)
     app.cli.add_command(startup_command)
+    app.cli.add_command(worker_command)
 
 
 def _fail(error: ServiceError) -> None:
@@ -280,6 +281,22 @@ def jobs_run(name: str) -> None:
     click.echo(f"{name}: {run.status.value} ({_shown(run.detail)})")
     if run.status.value != "succeeded":
         raise click.ClickException(f"job {name} failed")
+
+
+@click.command("worker", context_settings={"ignore_unknown_options": True})
+@click.argument("celery_options", nargs=-1, type=click.UNPROCESSED)
+def worker_command(celery_options: tuple[str, ...]) -> None:
+    """Run a worker of the task engine (Celery on CELERY_BROKER_URL): it runs the
+    rollouts, certificate orders and jobs that the app's processes hand over.
+    CELERY_OPTIONS go to `celery worker` (--concurrency N, --pool prefork|threads,
+    --hostname NAME...)."""
+    from app import tasks  # Celery is imported only where the task engine is on
+
+    try:
+        tasks.run_worker(current_app._get_current_object(),  # type: ignore[attr-defined]
+                         celery_options)
+    except RuntimeError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @click.group("certs", help="TLS certificates of the sites.")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from flask import Flask
 
+from app.executor import background, distributed, executor
 from app.models.base import utcnow
 from app.services import alerts, backup, certificates, monitoring, nameservers, uptime
 from app.services import jobs as job_service
@@ -63,6 +64,16 @@ JOBS: tuple[Job, ...] = (
 
 def find_job(name: str, registry: Iterable[Job] = JOBS) -> Job | None:
     return next((job for job in registry if job.name == name), None)
+
+
+@background("job")
+def run_job(name: str) -> None:
+    """A job of ``JOBS`` handed by the leader to the task engine, recorded where it
+    runs (the worker names itself in the JobRun row)."""
+    job = find_job(name)
+    if job is None:
+        raise LookupError(f"no job is called {name!r}")
+    job_service.run_recorded(job.name, job.work, job_service.runner_id("task"))
 
 
 # --------------------------------------------------------------------------- #
@@ -132,13 +143,19 @@ class Scheduler:
 
     def _run(self, job: Job) -> bool:
         """Run ``job`` in a worker thread, renewing the lease meanwhile.  Whether we
-        still lead when it ends."""
+        still lead when it ends.  With the task engine on, a job of ``JOBS`` runs on
+        a worker and the thread waits for it: jobs still run one at a time."""
         done = threading.Event()
 
         def work() -> None:
             try:
                 with self.app.app_context():
-                    job_service.run_recorded(job.name, job.work, self.runner)
+                    if distributed(self.app) and job in JOBS:
+                        key = JOBS.index(job)
+                        executor.submit("job", key, run_job, job.name, app=self.app)
+                        executor.join("job", key, None)
+                    else:
+                        job_service.run_recorded(job.name, job.work, self.runner)
             except Exception:  # noqa: BLE001 - the run could not even be recorded
                 log.exception("job %s could not be recorded", job.name)
             finally:

@@ -10,7 +10,7 @@ if [ "$mode" = test ]; then
   packages+=(postgresql memcached iproute2 util-linux openssh-server
              nginx-light libnginx-mod-http-modsecurity libnginx-mod-http-geoip2 modsecurity-crs
              caddy pebble knot knot-dnsutils openssl chromium glances python3-bottle
-             docker-compose)
+             docker-compose redis-server)
 fi
 missing=()
 for pkg in "${packages[@]}"; do

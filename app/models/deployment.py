@@ -116,6 +116,12 @@ class Rollout(db.Model):
         ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
     # The X-Request-ID of the request that started it: its log lines carry the same.
     request_id: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    # The lease of the run that carries it out (its holder, until when unless renewed):
+    # a second run (a task handed out again) waits while it lives, and carries on
+    # from the unfinished nodes once it has expired with a run that died.
+    runner: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    runner_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                               nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
                                                  index=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -82,6 +82,15 @@ def test_services_and_the_tasks_profile(tmp_path: Path):
     assert {name for name, service in services.items() if not service.get("profiles")} \
         == SERVICES
     assert services["redis"]["profiles"] == ["tasks"]
+    with_tasks = resolved(tmp_path, "tasks")["services"]
+    worker = with_tasks["worker"]
+    assert worker["profiles"] == ["tasks"]
+    assert worker["image"] == with_tasks["app"]["image"]
+    assert worker["command"][:4] == ["flask", "--app", "wsgi", "worker"]
+    assert set(worker["depends_on"]) == {"db", "redis"}
+    assert worker["environment"]["CELERY_BROKER_URL"] == "redis://redis:6379/0"
+    assert worker["environment"]["DATABASE_URL"] == with_tasks["app"]["environment"][
+        "DATABASE_URL"]
 
 
 def test_every_service_checks_its_health_and_waits_for_healthy_dependencies(tmp_path: Path):

@@ -18,7 +18,7 @@ from sqlalchemy import or_, select, update
 from app.acme.client import AcmeIssueError
 from app.acme.dns import DnsChallengeError
 from app.errors import Conflict, ServiceError, ValidationError
-from app.executor import executor
+from app.executor import background, executor
 from app.extensions import db
 from app.models import (
     AcmeChallenge,
@@ -153,6 +153,7 @@ def _serve_site_first(actor_id: int | None, site_id: int) -> None:
     deployments.wait(rollout.id)
 
 
+@background("certificate")
 def _obtain(cert_id: int, attempt_id: int, actor_id: int | None) -> bool:
     """Run one ACME issuance, store the outcome, deploy on success.  Returns whether
     a certificate was obtained."""

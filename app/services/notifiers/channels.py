@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from app.errors import ValidationError
-from app.executor import executor
+from app.executor import background, executor
 from app.extensions import db
 from app.models import (
     ChannelKind,
@@ -274,6 +274,7 @@ def _start(delivery_id: int, notice: Notice) -> None:
     executor.submit(WORK_KIND, delivery_id, deliver, delivery_id, masked)
 
 
+@background(WORK_KIND)
 def deliver(delivery_id: int, notice: Notice) -> None:
     """Try one delivery until it is sent, refused for good, or out of attempts;
     record each attempt and the reason of the last failure."""

@@ -3,7 +3,7 @@ words (``app.services.explain``): the owner's never name nodes, addresses or pat
 
 from __future__ import annotations
 
-from app.executor import executor
+from app.executor import background, executor
 from app.extensions import db
 from app.models import DeploymentStatus, Pool, Rollout, Site
 from app.services import explain
@@ -20,6 +20,7 @@ def rollout_concluded(rollout: Rollout) -> None:
         executor.submit("rollout-notice", rollout.id, _rollout_failed, rollout.id)
 
 
+@background("rollout-notice")
 def _rollout_failed(rollout_id: int) -> None:
     rollout = db.session.get(Rollout, rollout_id)
     if rollout is None:
