@@ -7,13 +7,19 @@ every start writes them anew).  Updates are allowed for one TSIG key made with
 :meth:`KnotServer.update` changes a zone's records, and
 :meth:`KnotServer.provider_data` gives the fields of a DNS provider for one of its
 zones.  Stopped by PID; its temp directory is removed.
+
+:class:`HeldRelay` is a resolver address in front of it that holds the queries it
+gets until the test lets them through: a DNS lookup that is still running, for as
+long as a test needs one.
 """
 
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -178,3 +184,70 @@ def knot() -> Iterator[KnotServer]:
     server = KnotServer(("example.com", "dev.example.com", "example.net"))
     yield server
     server.stop()
+
+
+class HeldRelay:
+    """A UDP address on 127.0.0.1 that relays DNS queries to ``upstream`` (a Knot's
+    ``host, port``) and back, once :meth:`release` is called; until then every query
+    waits there.  ``queries`` counts the queries it got."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.queries = 0
+        self.asked = threading.Event()
+        self._released = threading.Event()
+        self._lock = threading.Lock()
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._socket.bind((ADDRESS, 0))
+        self._socket.settimeout(0.2)
+        self._closing = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._receiving = threading.Thread(target=self._receive, daemon=True)
+        self._receiving.start()
+
+    @property
+    def address(self) -> str:
+        """``address:port``, as the resolvers setting takes it."""
+        host, port = self._socket.getsockname()[:2]
+        return f"{host}:{port}"
+
+    def release(self) -> None:
+        self._released.set()
+
+    def _receive(self) -> None:
+        while not self._closing.is_set():
+            try:
+                query, client = self._socket.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.queries += 1
+            self.asked.set()
+            relay = threading.Thread(target=self._relay, args=(query, client), daemon=True)
+            self._threads.append(relay)
+            relay.start()
+
+    def _relay(self, query: bytes, client: tuple[str, int]) -> None:
+        while not self._released.wait(0.2):
+            if self._closing.is_set():
+                return
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as upstream:
+            upstream.settimeout(10)
+            upstream.sendto(query, self.upstream)
+            try:
+                answer = upstream.recv(65535)
+            except TimeoutError:
+                return
+        try:
+            self._socket.sendto(answer, client)
+        except OSError:
+            pass  # closed meanwhile
+
+    def stop(self) -> None:
+        self._closing.set()
+        self._receiving.join()
+        for relay in self._threads:
+            relay.join()
+        self._socket.close()

@@ -1,5 +1,5 @@
 """Nameserver checks: ``/api/v1/sites/{id}/nameservers`` (the site's owner or an
-administrator) and checking now; the nameservers expected per zone
+administrator) and checking now, in the background; the nameservers expected per zone
 (``/api/v1/nameserver-zones``) and everywhere, with the resolvers to ask
 (``/api/v1/settings/nameservers``), for administrators."""
 
@@ -45,6 +45,9 @@ class SiteNameserversSchema(Schema):
         "description": "the worst of the names' (mismatch, then error, then ok)"})
     checked_at = fields.String(allow_none=True, metadata={
         **_INSTANT, "description": "when the oldest of these results was found"})
+    checking_since = fields.String(allow_none=True, metadata={
+        **_INSTANT, "description": "when the check of the site running now started; "
+                                   "null when none runs"})
     checks = fields.List(fields.Nested(NameserverCheckSchema))
 
 
@@ -96,13 +99,16 @@ class SiteNameservers(MethodView):
 @blp.route("/sites/<int:site_id>/nameservers/check")
 class SiteNameserversCheck(MethodView):
     @limit_nameserver_checks
-    @blp.response(200, SiteNameserversSchema)
+    @blp.response(202, SiteNameserversSchema)
     @blp.alt_response(404, response="NOT_FOUND")
     @blp.alt_response(429, response="TOO_MANY_REQUESTS")
     def post(self, site_id: int) -> Any:
-        """Check the site's names now and answer the results."""
+        """Check the site's names now, in the background: answers at once with the
+        last results and ``checking_since`` set (a check of the site already running
+        is joined, not repeated); ``GET .../nameservers`` has the new results once
+        ``checking_since`` is null again."""
         return nameservers.nameservers_to_dict(
-            nameservers.check_site(current_actor(), site_id))
+            nameservers.request_check(current_actor(), site_id).nameservers)
 
 
 @blp.route("/nameserver-zones")

@@ -11,6 +11,14 @@ the dashboard and the alerts read.
 
 Lookups run in worker threads that never touch the database, a bounded number at
 once, each bounded by ``DNS_TIMEOUT``; the rows are written afterwards by the caller.
+
+"Check now" (:func:`request_check`) never holds a request for as long as the
+resolvers take: the check runs as background work (:mod:`app.executor`), and the
+request answers at once.  One check of a site runs at a time in the whole
+deployment: a lease row (``scheduler_leases``, named after the site) is taken
+before it starts and given back when it ends, so a second request, on any app
+instance, joins the running check instead of starting another; a lease whose
+holder died expires after the longest time its check could take.
 """
 
 from __future__ import annotations
@@ -18,25 +26,28 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import dns.exception
 import dns.name
 import dns.resolver
 from flask import current_app
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.errors import ValidationError
+from app.executor import background, executor
 from app.extensions import db
 from app.models import (
     NameserverCheck,
     NameserverStatus,
+    SchedulerLease,
     Setting,
     Site,
     SiteHostname,
@@ -539,11 +550,94 @@ def _store(site_ids: Sequence[int] | None,
     db.session.commit()
 
 
-def check_site(actor: User, site_id: int) -> SiteNameservers:
-    """Check the site's names now ("check now" on its page, POST in the API)."""
-    get_scoped(Site, site_id, actor, "site")
-    _check([site_id])
-    return site_nameservers(actor, site_id)
+#: The background work of "check now", and its kind in :mod:`app.executor`.
+CHECK_WORK = "nameserver-check"
+#: Seconds a check's lease outlives the longest its lookups could take.
+CHECK_LEASE_MARGIN = 60.0
+
+
+def _lease_name(site_id: int) -> str:
+    return f"{CHECK_WORK}:{site_id}"
+
+
+def _longest_check(names: Sequence[str]) -> float:
+    """Seconds a check of ``names`` can take at most: one lookup per label each name
+    walks up, one after another, each within ``DNS_TIMEOUT``."""
+    lookups = sum(max(1, name.removeprefix("*.").count(".")) for name in names)
+    return float(current_app.config["DNS_TIMEOUT"]) * max(1, lookups) + CHECK_LEASE_MARGIN
+
+
+def _take_check_lease(site_id: int, seconds: float) -> str | None:
+    """The holder of the site's check lease if this request took it (the lease is
+    free, or its holder died); None while another check of the site runs."""
+    now = utcnow()
+    holder = uuid.uuid4().hex
+    values = {"holder": holder, "heartbeat_at": now,
+              "expires_at": now + timedelta(seconds=seconds)}
+    name = _lease_name(site_id)
+    if db.session.execute(update(SchedulerLease).where(
+            SchedulerLease.name == name, SchedulerLease.expires_at < now).values(**values)
+    ).rowcount:  # type: ignore[attr-defined]
+        db.session.commit()
+        return holder
+    try:
+        with db.session.begin_nested():
+            db.session.execute(insert(SchedulerLease).values(name=name, **values))
+    except IntegrityError:
+        db.session.commit()
+        return None
+    db.session.commit()
+    return holder
+
+
+def _running_since(site_id: int) -> datetime | None:
+    """When the site's running check started (None: no check runs)."""
+    started = db.session.scalar(select(SchedulerLease.heartbeat_at).where(
+        SchedulerLease.name == _lease_name(site_id), SchedulerLease.expires_at >= utcnow()))
+    return as_utc(started) if started else None
+
+
+@dataclass(frozen=True)
+class CheckRequest:
+    """What "check now" did: ``started`` a check of the site's names, or joined the
+    one running; and the site's last results, with that check running."""
+
+    started: bool
+    nameservers: SiteNameservers
+
+
+def request_check(actor: User, site_id: int) -> CheckRequest:
+    """Check the site's names in the background now ("check now" on its page, POST
+    in the API), unless a check of the site runs already anywhere: the request
+    joins it.  Answers at once; the results replace the site's last ones when the
+    check ends (:func:`site_nameservers` says while it runs).
+
+    :raises NotFound: when the site is not the actor's (another client's too).
+    """
+    site: Site = get_scoped(Site, site_id, actor, "site")
+    holder = _take_check_lease(site.id, _longest_check(site.server_names))
+    if holder is not None:
+        executor.submit(CHECK_WORK, site.id, run_requested_check, site.id, holder)
+    return CheckRequest(holder is not None, site_nameservers(actor, site.id))
+
+
+@background(CHECK_WORK)
+def run_requested_check(site_id: int, holder: str) -> None:
+    """The work of :func:`request_check`: check the site's names, then give the
+    site's check lease back (if it is still this check's)."""
+    try:
+        _check([site_id])
+    finally:
+        db.session.rollback()
+        db.session.execute(delete(SchedulerLease).where(
+            SchedulerLease.name == _lease_name(site_id), SchedulerLease.holder == holder))
+        db.session.commit()
+
+
+def wait_for_check(site_id: int, timeout: float | None = 60.0) -> None:
+    """Wait for the site's check that this process started, if one runs (the CLI
+    and the tests)."""
+    executor.join(CHECK_WORK, site_id, timeout)
 
 
 def check_all() -> str:
@@ -572,10 +666,12 @@ def check_all() -> str:
 
 @dataclass(frozen=True)
 class SiteNameservers:
-    """The site's last check, one row per name it has now."""
+    """The site's last check, one row per name it has now, and when the check of it
+    running now started (None: none runs)."""
 
     site: Site
     checks: list[NameserverCheck]
+    running_since: datetime | None = None
 
     @property
     def status(self) -> str:
@@ -595,7 +691,8 @@ def site_nameservers(actor: User, site_id: int) -> SiteNameservers:
     order = {name: position for position, name in enumerate(site.server_names)}
     rows = db.session.scalars(select(NameserverCheck).where(
         NameserverCheck.site_id == site.id, NameserverCheck.hostname.in_(order)))
-    return SiteNameservers(site, sorted(rows, key=lambda row: order[row.hostname]))
+    return SiteNameservers(site, sorted(rows, key=lambda row: order[row.hostname]),
+                           _running_since(site.id))
 
 
 def check_to_dict(check: NameserverCheck) -> dict[str, Any]:
@@ -605,9 +702,10 @@ def check_to_dict(check: NameserverCheck) -> dict[str, Any]:
 
 
 def nameservers_to_dict(result: SiteNameservers) -> dict[str, Any]:
-    checked = result.checked_at
+    checked, running = result.checked_at, result.running_since
     return {"site_id": result.site.id, "status": result.status,
             "checked_at": checked.isoformat() if checked else None,
+            "checking_since": running.isoformat() if running else None,
             "checks": [check_to_dict(check) for check in result.checks]}
 
 

@@ -26,16 +26,11 @@ def context(site: Site) -> dict[str, Any]:
 
 @limit_nameserver_checks
 def site_nameservers_check(site_id: int) -> ResponseReturnValue:
-    result = nameservers.check_site(current_actor(), site_id)
-    messages = {
-        "ok": ("Nameservers checked: every name is served by the expected nameservers.",
-               "success"),
-        "mismatch": ("Nameservers checked: some names are served by other nameservers "
-                     "than expected.", "error"),
-        "error": ("Nameservers checked: some names could not be checked; the reasons are "
-                  "below.", "error"),
-        "unchecked": ("The site has no names to check.", "success"),
-    }
-    flash(*messages[result.status])
+    requested = nameservers.request_check(current_actor(), site_id)
+    if requested.started:
+        flash("Nameserver check started: the results appear below when it ends.", "success")
+    else:
+        flash("A nameserver check of this site is already running: its results appear "
+              "below when it ends.", "success")
     return redirect(url_for(f"{request.blueprint}.site_detail", site_id=site_id,
                             _anchor="nameservers"))

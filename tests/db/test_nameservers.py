@@ -4,6 +4,7 @@ against a real DNS server are in tests/integration/test_nameserver_checks.py."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -13,12 +14,22 @@ from sqlalchemy import select
 
 from app.errors import Forbidden, NotFound, ValidationError
 from app.extensions import db as _db
-from app.models import AuditLog, NameserverCheck, SslMode, User
+from app.extensions import limiter
+from app.models import AuditLog, NameserverCheck, SchedulerLease, SslMode, User
+from app.models.base import utcnow
 from app.services import nameservers, sites
 from tests import factories
-from tests.conftest import api_headers, login
+from tests.conftest import api_headers, login, make_app
 
 NO_RESOLVERS = "no DNS resolvers are configured"
+
+
+def check_now(actor: User, site_id: int) -> nameservers.SiteNameservers:
+    """"Check now", waited for: the site's new results."""
+    assert nameservers.request_check(actor, site_id).started
+    nameservers.wait_for_check(site_id)
+    _db.session.expire_all()
+    return nameservers.site_nameservers(actor, site_id)
 
 
 # --------------------------------------------------------------------- settings
@@ -214,7 +225,7 @@ def test_clients_cannot_reach_the_zone_pages(alice_client: FlaskClient) -> None:
 
 def test_a_check_without_resolvers_says_so_for_every_name(alice: User) -> None:
     site = factories.make_site(alice, "shop.example.com", aliases=["www.shop.example.com"])
-    result = nameservers.check_site(alice, site.id)
+    result = check_now(alice, site.id)
     assert result.status == "error"
     assert [check.hostname for check in result.checks] == ["shop.example.com",
                                                             "www.shop.example.com"]
@@ -227,7 +238,7 @@ def test_environment_resolvers_that_are_not_addresses_are_named_as_the_reason(
     assert nameservers.get_settings(admin)["resolver_problem"].startswith(
         "DNS_RESOLVERS is not a list of addresses: 'resolver.example.net'")
     site = factories.make_site(alice, "shop.example.com")
-    check = nameservers.check_site(alice, site.id).checks[0]
+    check = check_now(alice, site.id).checks[0]
     assert check.error.startswith("DNS_RESOLVERS is not a list of addresses")
     with pytest.raises(ValueError, match="DNS_RESOLVERS is not a list of addresses"):
         nameservers.check_all()
@@ -245,11 +256,11 @@ def test_the_job_does_nothing_until_resolvers_and_expectations_are_set(
 
 def test_names_a_site_no_longer_has_leave_its_results(alice: User) -> None:
     site = factories.make_site(alice, "shop.example.com", aliases=["old.example.com"])
-    nameservers.check_site(alice, site.id)
+    check_now(alice, site.id)
     sites.update_site(alice, site.id, {"aliases": ["new.example.com"]})
     assert [c.hostname for c in nameservers.site_nameservers(alice, site.id).checks] == [
         "shop.example.com"]
-    nameservers.check_site(alice, site.id)
+    check_now(alice, site.id)
     stored = _db.session.scalars(select(NameserverCheck.hostname).where(
         NameserverCheck.site_id == site.id)).all()
     assert sorted(stored) == ["new.example.com", "shop.example.com"]
@@ -258,11 +269,11 @@ def test_names_a_site_no_longer_has_leave_its_results(alice: User) -> None:
 def test_client_cannot_read_or_check_other_clients_nameservers(
         alice: User, bob: User, client: FlaskClient, app: Flask) -> None:
     site = factories.make_site(alice, "shop.example.com")
-    nameservers.check_site(alice, site.id)
+    check_now(alice, site.id)
     with pytest.raises(NotFound):
         nameservers.site_nameservers(bob, site.id)
     with pytest.raises(NotFound):
-        nameservers.check_site(bob, site.id)
+        nameservers.request_check(bob, site.id)
     bob_headers = api_headers(bob)
     for answer in (client.get(f"/api/v1/sites/{site.id}/nameservers", headers=bob_headers),
                    client.post(f"/api/v1/sites/{site.id}/nameservers/check",
@@ -279,17 +290,82 @@ def test_client_cannot_read_or_check_other_clients_nameservers(
     assert mine.json["checks"][0]["hostname"] == "shop.example.com"
 
 
-def test_the_api_checks_a_site_now(alice: User, admin: User, client: FlaskClient) -> None:
+def test_the_api_checks_a_site_now_in_the_background(
+        alice: User, admin: User, client: FlaskClient) -> None:
     site = factories.make_site(alice, "shop.example.com")
     before = client.get(f"/api/v1/sites/{site.id}/nameservers", headers=api_headers(alice))
     assert before.json == {"site_id": site.id, "status": "unchecked", "checked_at": None,
-                           "checks": []}
-    checked = client.post(f"/api/v1/sites/{site.id}/nameservers/check",
+                           "checking_since": None, "checks": []}
+    started = client.post(f"/api/v1/sites/{site.id}/nameservers/check",
                           headers=api_headers(admin))
-    assert checked.status_code == 200
+    assert started.status_code == 202
+    assert started.json["site_id"] == site.id
+    nameservers.wait_for_check(site.id)
+    checked = client.get(f"/api/v1/sites/{site.id}/nameservers", headers=api_headers(alice))
+    assert checked.json["checking_since"] is None
     check = checked.json["checks"][0]
     assert check["status"] == "error" and check["error"].startswith(NO_RESOLVERS)
     assert checked.json["checked_at"] == check["checked_at"]
+
+
+def _hold_check_lease(site_id: int, *, expired: bool = False) -> None:
+    """The lease another app instance holds while it checks the site (or held, and
+    died: ``expired``)."""
+    now = utcnow()
+    _db.session.add(SchedulerLease(
+        name=f"{nameservers.CHECK_WORK}:{site_id}", holder="another-instance",
+        heartbeat_at=now - timedelta(minutes=1),
+        expires_at=now + timedelta(minutes=-1 if expired else 5)))
+    _db.session.commit()
+
+
+def test_a_check_running_on_another_instance_is_joined_not_repeated(
+        alice: User, alice_client: FlaskClient) -> None:
+    site = factories.make_site(alice, "shop.example.com")
+    _hold_check_lease(site.id)
+    requested = nameservers.request_check(alice, site.id)
+    assert not requested.started
+    assert requested.nameservers.running_since is not None
+    page = alice_client.post(f"/client/sites/{site.id}/nameservers/check",
+                             follow_redirects=True).get_data(as_text=True)
+    assert "A nameserver check of this site is already running" in page
+    assert 'id="nameservers" data-live="2"' in page and "Checking now (started" in page
+    nameservers.wait_for_check(site.id)
+    assert _db.session.scalars(select(NameserverCheck)).all() == []
+
+
+def test_the_lease_of_a_check_whose_process_died_is_taken_over(alice: User) -> None:
+    site = factories.make_site(alice, "shop.example.com")
+    _hold_check_lease(site.id, expired=True)
+    assert check_now(alice, site.id).status == "error"
+    # The check gave its lease back when it ended: the site's next click starts one.
+    assert check_now(alice, site.id).running_since is None
+
+
+def test_checks_now_are_limited_per_user(app: Flask, db: Any, alice: User, bob: User) -> None:
+    limited = make_app(RATELIMIT_ENABLED=True, NAMESERVER_CHECK_LIMIT="2 per hour",
+                       ENCRYPTION_KEYS=app.config["ENCRYPTION_KEYS"])
+    try:
+        mine = factories.make_site(alice, "shop.example.com")
+        theirs = factories.make_site(bob, "other.example.com")
+        client = limited.test_client()
+        statuses = []
+        for _ in range(3):
+            statuses.append(client.post(f"/api/v1/sites/{mine.id}/nameservers/check",
+                                        headers=api_headers(alice)).status_code)
+            with limited.app_context():
+                nameservers.wait_for_check(mine.id)
+        assert statuses == [202, 202, 429]
+        browser = limited.test_client()
+        login(browser, alice)
+        assert browser.post(f"/client/sites/{mine.id}/nameservers/check").status_code == 429
+        # Another user's clicks are counted apart.
+        assert client.post(f"/api/v1/sites/{theirs.id}/nameservers/check",
+                           headers=api_headers(bob)).status_code == 202
+        with limited.app_context():
+            nameservers.wait_for_check(theirs.id)
+    finally:
+        limiter.init_app(app)
 
 
 def test_the_site_page_shows_the_owner_the_nameserver_status(
@@ -300,9 +376,10 @@ def test_the_site_page_shows_the_owner_the_nameserver_status(
     answer = alice_client.post(f"/client/sites/{site.id}/nameservers/check")
     assert answer.status_code == 302
     assert answer.headers["Location"].endswith(f"/client/sites/{site.id}#nameservers")
+    nameservers.wait_for_check(site.id)
     page = alice_client.get(f"/client/sites/{site.id}").get_data(as_text=True)
+    assert "Nameserver check started: the results appear below when it ends." in page
     assert 'data-ns-status="error"' in page and NO_RESOLVERS in page
-    assert "some names could not be checked" in page
 
 
 # ------------------------------------------------------------ the ACME pre-check

@@ -2,7 +2,9 @@
 the DNS resolvers on the Settings page (a bad entry refused under its field), checks a
 site whose zone, served by a real Knot, is delegated elsewhere, gives the zone its own
 list on the zone page and sees the site as expected; its owner sees the site's status
-and checks it again, and cannot open another client's site."""
+and checks it again, which runs in the background (the page says so while the DNS
+answer is held back, and shows the results by itself when they come), and cannot open
+another client's site."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.e2e.conftest import admin_token, api, make_client, sign_in
-from tests.knot import KnotServer
+from tests.knot import HeldRelay, KnotServer
 
 ZONE = "journey.example.com"
 
@@ -40,6 +42,7 @@ def test_an_administrator_sets_expected_nameservers_and_a_client_sees_their_site
     site_id = add_site(product, "nadia", password, f"www.{ZONE}")
     other_id = add_site(product, "omar", make_client(product, "omar"), f"shop.{ZONE}")
     token = admin_token(product)
+    relay = HeldRelay((knot.host, knot.port))
     try:
         admin = journey_factory("admin")
         page = admin.go("/admin/")
@@ -102,16 +105,32 @@ def test_an_administrator_sets_expected_nameservers_and_a_client_sees_their_site
         expect(card.locator("[data-ns-status]")).to_have_text("ok")
         expect(card.get_by_role("row").filter(has_text=f"www.{ZONE}")).to_contain_text(
             f"ns1.{ZONE}")
+        # The next check's answers wait at a relay until the journey lets them through.
+        api(product, "PUT", "/settings/nameservers", {"resolvers": [relay.address]}, token)
         card.get_by_role("button", name="Check nameservers now").click()
         expect(client_page.get_by_role("status").first).to_contain_text(
-            "every name is served by the expected nameservers")
+            "Nameserver check started: the results appear below when it ends.")
+        expect(client_page.locator("#nameservers [data-ns-running]")).to_contain_text(
+            "Checking now")
+        assert relay.asked.wait(30)
+        client.check("client's site while its nameservers are checked")
+        card = client_page.locator("#nameservers")
+        card.get_by_role("button", name="Check nameservers now").click()
+        expect(client_page.get_by_role("status").first).to_contain_text(
+            "A nameserver check of this site is already running")
+        relay.release()
+        # The card takes the results in by itself.
+        expect(client_page.locator("#nameservers [data-ns-running]")).to_have_count(0)
         expect(client_page.locator("#nameservers [data-ns-status]")).to_have_text("ok")
+        assert relay.queries == 2
         client.check("client's site with its nameservers")
 
         answer = client_page.goto(f"{product.url}/client/sites/{other_id}")
         assert answer is not None and answer.status == 404
         assert f"shop.{ZONE}" not in client_page.content()
     finally:
+        relay.release()
+        relay.stop()
         # The other journeys meet the product without resolvers, as it starts.
         api(product, "PUT", "/settings/nameservers", {"nameservers": [], "resolvers": None},
             token)

@@ -12,12 +12,13 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from app.extensions import db as _db
 from app.models import NameserverStatus, SslMode, User
 from app.services import certificates, nameservers
 from app.services.certificates import AcmeIssueError, AcmeSettings
 from tests import factories
 from tests.conftest import api_headers
-from tests.knot import ADDRESS, KnotServer
+from tests.knot import ADDRESS, HeldRelay, KnotServer
 from tests.processes import free_port
 
 ZONES = ("ok.example.com", "moved.example.com", "ranked.example.com",
@@ -45,13 +46,21 @@ def by_name(result: nameservers.SiteNameservers) -> dict[str, Any]:
     return {check.hostname: check for check in result.checks}
 
 
+def check_now(actor: User, site_id: int) -> nameservers.SiteNameservers:
+    """"Check now", waited for: the site's new results."""
+    assert nameservers.request_check(actor, site_id).started
+    nameservers.wait_for_check(site_id)
+    _db.session.expire_all()
+    return nameservers.site_nameservers(actor, site_id)
+
+
 def test_a_site_whose_zone_has_the_expected_nameservers_is_ok(
         admin: User, alice: User, knot: KnotServer, alice_client: FlaskClient) -> None:
     point(knot, "www.ok.example.com", "ok.example.com", ADDRESS)
     expect(admin, knot, ["ns1.ok.example.com"])
     site = factories.make_site(alice, "www.ok.example.com", aliases=["ok.example.com"])
 
-    result = nameservers.check_site(alice, site.id)
+    result = check_now(alice, site.id)
 
     assert result.status == "ok"
     for check in result.checks:
@@ -67,7 +76,7 @@ def test_nameservers_changed_in_the_zone_are_a_mismatch_until_expected(
     point(knot, "www.moved.example.com", "moved.example.com", ADDRESS)
     expect(admin, knot, ["ns1.moved.example.com"])
     site = factories.make_site(alice, "www.moved.example.com")
-    assert nameservers.check_site(alice, site.id).status == "ok"
+    assert check_now(alice, site.id).status == "ok"
 
     knot.update("moved.example.com", add=(("@", "NS", "ns9.other.example.net."),),
                 delete=(("@", "NS", "ns1.moved.example.com."),))
@@ -86,6 +95,8 @@ def test_nameservers_changed_in_the_zone_are_a_mismatch_until_expected(
     # The administrators follow the move: the zone is as expected again.
     nameservers.update_settings(admin, {"nameservers": ["ns9.other.example.net"]})
     admin_client.post(f"/admin/sites/{site.id}/nameservers/check")
+    nameservers.wait_for_check(site.id)
+    _db.session.expire_all()
     assert nameservers.site_nameservers(admin, site.id).status == "ok"
     assert nameservers.mismatched_sites(admin).total == 0
 
@@ -101,7 +112,7 @@ def test_a_zones_own_list_outranks_the_global_one(admin: User, alice: User,
     site = factories.make_site(alice, "www.ranked.example.com",
                                aliases=["api.sub.ranked.example.com", "www.ok.example.com"])
 
-    checks = by_name(nameservers.check_site(alice, site.id))
+    checks = by_name(check_now(alice, site.id))
 
     assert checks["www.ranked.example.com"].status == NameserverStatus.OK
     # A zone under a configured one is held to that list (the longest configured zone).
@@ -115,7 +126,7 @@ def test_a_zones_own_list_outranks_the_global_one(admin: User, alice: User,
 
     nameservers.create_zone(admin, {"zone": "sub.ranked.example.com",
                                     "nameservers": ["ns1.sub.ranked.example.com"]})
-    checks = by_name(nameservers.check_site(alice, site.id))
+    checks = by_name(check_now(alice, site.id))
     assert checks["api.sub.ranked.example.com"].status == NameserverStatus.OK
 
 
@@ -124,7 +135,7 @@ def test_a_name_that_does_not_exist_is_an_error_saying_nxdomain(
     expect(admin, knot, ["ns1.gone.example.com"])
     site = factories.make_site(alice, "missing.gone.example.com")
 
-    check = nameservers.check_site(alice, site.id).checks[0]
+    check = check_now(alice, site.id).checks[0]
 
     assert check.status == NameserverStatus.ERROR
     assert check.error == ("missing.gone.example.com does not exist in zone gone.example.com "
@@ -137,12 +148,60 @@ def test_a_zone_the_resolvers_refuse_is_an_error_saying_what_they_answered(
     expect(admin, knot, ["ns1.example.org"])
     site = factories.make_site(alice, "shop.example.org")
 
-    check = nameservers.check_site(alice, site.id).checks[0]
+    check = check_now(alice, site.id).checks[0]
 
     assert check.status == NameserverStatus.ERROR
     assert check.error == ("the DNS resolvers could not answer for shop.example.org: "
                            "they said REFUSED")
     assert knot.address not in check.error
+
+
+def test_check_now_answers_at_once_and_a_second_click_joins_the_running_check(
+        app: Flask, admin: User, alice: User, knot: KnotServer, client: FlaskClient,
+        alice_client: FlaskClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resolvers hold the check's first query for as long as the test likes: the
+    requests answer meanwhile, the page says a check runs and refreshes itself, and
+    asking again (the page, the API) starts no second check; let through, the one
+    check asks each of its questions once and its results replace the old ones."""
+    monkeypatch.setitem(app.config, "DNS_TIMEOUT", 30.0)  # the held query must wait
+    relay = HeldRelay((knot.host, knot.port))
+    try:
+        point(knot, "www.ok.example.com", "ok.example.com", ADDRESS)
+        nameservers.update_settings(admin, {"nameservers": ["ns1.ok.example.com"],
+                                            "resolvers": [relay.address]})
+        site = factories.make_site(alice, "www.ok.example.com")
+
+        clicked = alice_client.post(f"/client/sites/{site.id}/nameservers/check")
+        assert clicked.status_code == 302
+        assert relay.asked.wait(30)
+        page = alice_client.get(f"/client/sites/{site.id}").get_data(as_text=True)
+        assert "Nameserver check started" in page
+        assert 'id="nameservers" data-live="2"' in page and "Checking now" in page
+        assert 'data-ns-status="unchecked"' in page
+
+        again = alice_client.post(f"/client/sites/{site.id}/nameservers/check",
+                                  follow_redirects=True).get_data(as_text=True)
+        assert "A nameserver check of this site is already running" in again
+        answer = client.post(f"/api/v1/sites/{site.id}/nameservers/check",
+                             headers=api_headers(admin))
+        assert answer.status_code == 202
+        assert answer.json["checking_since"] is not None and answer.json["checks"] == []
+        assert not nameservers.request_check(admin, site.id).started
+
+        relay.release()
+        nameservers.wait_for_check(site.id)
+        # www.ok.example.com is no zone, ok.example.com is: two questions, asked once.
+        assert relay.queries == 2
+        done = client.get(f"/api/v1/sites/{site.id}/nameservers", headers=api_headers(alice))
+        assert (done.json["status"], done.json["checking_since"]) == ("ok", None)
+        page = alice_client.get(f"/client/sites/{site.id}").get_data(as_text=True)
+        assert "data-live" not in page.split('id="nameservers"')[1].split(">")[0]
+        assert 'data-ns-status="ok"' in page and "Checking now" not in page
+        # The check is over: the next click starts another.
+        assert check_now(alice, site.id).status == "ok"
+    finally:
+        relay.release()
+        relay.stop()
 
 
 def test_a_silent_resolver_is_an_error_saying_it_did_not_answer(
