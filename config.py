@@ -130,6 +130,10 @@ class Config:
     DEPLOY_LOCK_WAIT = _float("DEPLOY_LOCK_WAIT", 600.0)
     DEPLOY_VERIFY_TIMEOUT = _float("DEPLOY_VERIFY_TIMEOUT", 10.0)
     DEPLOY_VERIFY_MAX_SITES = _int("DEPLOY_VERIFY_MAX_SITES", 20)
+    # Seconds a rollout may wait for its run before the job rollouts launches it
+    # again (a run lost with its process or queue; one whose run died is launched
+    # again as soon as its lease expires).
+    ROLLOUT_RESUME_AFTER = _float("ROLLOUT_RESUME_AFTER", 300.0)
     # Live progress streams (each holds a worker thread while open): per user and per
     # process (0: half the worker's threads; never all of them), how long one lasts
     # at most (the page then opens another), and seconds between keep-alive comments.

@@ -27,7 +27,15 @@ from flask import Flask
 
 from app.executor import background, distributed, executor
 from app.models.base import utcnow
-from app.services import alerts, backup, certificates, monitoring, nameservers, uptime
+from app.services import (
+    alerts,
+    backup,
+    certificates,
+    deployments,
+    monitoring,
+    nameservers,
+    uptime,
+)
 from app.services import jobs as job_service
 from app.services.scheduler_lease import Lease, make_lease
 
@@ -50,6 +58,7 @@ class Job:
 
 JOBS: tuple[Job, ...] = (
     Job("node_health", job_service.check_node_health, every=300),
+    Job("rollouts", deployments.resume_lost, every=60),
     Job("drift", job_service.check_drift, every=3600),
     Job("job_retention", job_service.purge_job_runs, every=86400),
     Job("certificates", certificates.renew_due, every=3600),

@@ -7,7 +7,17 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.extensions import db
@@ -93,6 +103,11 @@ class Rollout(db.Model):
     calls a deployment, with one :class:`NodeDeployment` per node."""
 
     __tablename__ = "rollouts"
+    # The few rollouts not finished yet, among all the history, for the job that
+    # resumes those whose run was lost.
+    __table_args__ = (Index("ix_rollouts_unfinished", "status",
+                            sqlite_where=text("status IN ('pending', 'running')"),
+                            postgresql_where=text("status IN ('pending', 'running')")),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[RolloutKind] = mapped_column(

@@ -1,12 +1,14 @@
-"""rollouts hold a lease of the run that carries them out
+"""rollouts hold a lease of the run that carries them out; unfinished ones are indexed
 
 Revision ID: 0014
 Revises: 0013
-Create Date: 2026-12-20
+Create Date: 2026-12-05
 
 With the task engine a rollout's task may be handed out twice (its worker died, or
 it ran past the broker's visibility timeout): ``runner`` and ``runner_expires_at``
-let the second run wait while the first lives and carry on after it died.
+let the second run wait while the first lives and carry on after it died.  The
+partial index finds the rollouts not finished yet (a run lost with its process or its
+queue) without reading the whole history.
 
 """
 from alembic import op
@@ -26,9 +28,13 @@ def upgrade():
                                       nullable=False))
         batch_op.add_column(sa.Column('runner_expires_at', sa.DateTime(timezone=True),
                                       nullable=True))
+        batch_op.create_index('ix_rollouts_unfinished', ['status'], unique=False,
+                              sqlite_where=sa.text("status IN ('pending', 'running')"),
+                              postgresql_where=sa.text("status IN ('pending', 'running')"))
 
 
 def downgrade():
     with op.batch_alter_table('rollouts', schema=None) as batch_op:
+        batch_op.drop_index('ix_rollouts_unfinished')
         batch_op.drop_column('runner_expires_at')
         batch_op.drop_column('runner')

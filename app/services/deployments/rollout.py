@@ -21,7 +21,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import selectinload
 
 from app.errors import Conflict, NotFound, ValidationError
-from app.executor import background, executor
+from app.executor import background, distributed, executor
 from app.extensions import db
 from app.models import (
     DeploymentStatus,
@@ -185,6 +185,35 @@ def launch(rollout_id: int) -> None:
 
 
 _UNFINISHED = (DeploymentStatus.PENDING, DeploymentStatus.RUNNING)
+
+
+def resume_lost() -> str:
+    """Launch again the rollouts whose run was lost: a run that died (its lease on
+    the rollout expired unfinished: a process killed, a machine gone) or a rollout
+    that never started (a queue lost with its broker, a process stopped between
+    the request and the start).  Otherwise such a rollout would stay unfinished for
+    ever, and deploy requests for its site join it instead of starting another.
+
+    A rollout waiting for a run is given ``ROLLOUT_RESUME_AFTER`` seconds, and with
+    the task engine at least the broker's visibility timeout (a task may queue that
+    long behind others); launching one twice is safe (:func:`run_rollout`).
+    """
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    patience = float(app.config["ROLLOUT_RESUME_AFTER"])
+    if distributed(app):
+        patience = max(patience, float(app.config["CELERY_VISIBILITY_TIMEOUT"]))
+    now = utcnow()
+    lost = list(db.session.scalars(select(Rollout.id).where(
+        Rollout.status.in_(_UNFINISHED),
+        or_(Rollout.runner_expires_at < now,
+            Rollout.runner_expires_at.is_(None)
+            & (Rollout.created_at < now - timedelta(seconds=patience))))
+        .order_by(Rollout.id)))
+    db.session.rollback()
+    for rollout_id in lost:
+        logger.warning("rollout %s: its run was lost; launching it again", rollout_id)
+        launch(rollout_id)
+    return f"{len(lost)} rollout(s) launched again" if lost else "no rollout was lost"
 
 
 class RunnerLease:
