@@ -34,8 +34,10 @@ class JobRun(db.Model):
 
 
 class SchedulerLease(db.Model):
-    """Who runs the jobs (one row per lease name), used where no advisory lock
-    exists (SQLite), and the heartbeat that ``/health`` reports everywhere."""
+    """Leases by name, each with an expiry: who runs the jobs, used where no
+    advisory lock exists (SQLite), with the heartbeat that ``/health`` reports
+    everywhere; and the short leases of background work a request starts that must
+    run once in the whole deployment (a site's nameserver check)."""
 
     __tablename__ = "scheduler_leases"
 

@@ -194,10 +194,11 @@ def _clean_node(data: dict[str, Any], *, partial: bool, node: Node | None) -> di
     field("enabled", bool_check)
     field("status_port", lambda v: None if v in (None, "") else validate_port(v))
     ports = {name: out.get(name, getattr(node, name, None))
-             for name in ("status_port", "http_port", "https_port")}
-    if ports["status_port"] is not None and ports["status_port"] in (ports["http_port"],
-                                                                      ports["https_port"]):
-        errors["status_port"] = "must differ from the HTTP and HTTPS ports"
+             for name in ("status_port", "ssh_port", "http_port", "https_port")}
+    taken = {ports["ssh_port"]: "SSH", ports["http_port"]: "HTTP", ports["https_port"]: "HTTPS"}
+    if ports["status_port"] is not None and ports["status_port"] in taken:
+        errors["status_port"] = (f"is the node's {taken[ports['status_port']]} port: it must "
+                                 "differ from the SSH, HTTP and HTTPS ports")
     for name in ("config_dir", "log_dir", "cache_dir", "geoip_db_path", "main_config"):
         if data.get(name) in (None, ""):
             continue

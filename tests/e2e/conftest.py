@@ -124,7 +124,9 @@ def product_env(pebble: Pebble, mailbox: SmtpServer, telegram: FakeTelegram) -> 
                    TELEGRAM_API_BASE_URL=telegram.url,
                    # The suite's nginx nodes run from prefixes under /tmp, which no
                    # offered command names: the administrator types them.
-                   ALLOW_CUSTOM_NODE_COMMANDS="1")
+                   ALLOW_CUSTOM_NODE_COMMANDS="1",
+                   # A journey may hold a DNS answer back while it looks at the page.
+                   DNS_TIMEOUT="60")
 
 
 @pytest.fixture(scope="session")
