@@ -544,7 +544,11 @@ class Bench:
         db.session.expire_all()
         rollout = db.session.get(Rollout, run.rollout_id)
         assert rollout is not None
-        assert rollout.status == DeploymentStatus.SUCCEEDED, rollout.error
+        failed = [f"{d.node_name}: {d.error}" for d in rollout.deployments
+                  if d.status != DeploymentStatus.SUCCEEDED]
+        assert rollout.status == DeploymentStatus.SUCCEEDED, (
+            f"{rollout.error or 'the rollout failed'}; {len(failed)} node(s) failed, "
+            f"the first: {failed[:3]}")
         statuses = {d.node_id: d.status for d in rollout.deployments}
         assert set(statuses) == {node.id for node in active}, "not every node was deployed to"
         assert set(statuses.values()) == {DeploymentStatus.SUCCEEDED}, statuses
