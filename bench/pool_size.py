@@ -7,15 +7,16 @@ few runs, the baseline), the first deployment of the big pool, the warm one-site
 change in the big pool (median), their ratio against the goal (at most 3x), the same
 change made by ``deploy_fanout``'s bare push (one file + test + reload + HTTP check,
 no control plane; nginx nodes only) to the same nodes at each pool size, which is the
-floor the nodes' nginx sets (it parses every site of the pool twice per change, whoever
-sends it), what each deployment sent to a node (files and bytes of the upload step),
+floor the nodes' nginx sets (it parses every site of the pool for the test, again for
+``nginx -s reload`` and again in the master, whoever sends it; ``--reload signal``
+spares the second), what each deployment sent to a node (files and bytes of the upload step),
 the control plane's CPU seconds per node per deploy, and how much the database grew
 for one change.
 Every run is checked outside the timed part: the rollout succeeded and every node
 serves the new header.
 
-    .venv/bin/python bench/pool_size.py [--engine nginx|caddy] [--nodes 10] [--sites 2000]
-        [--repeat 3]
+    .venv/bin/python bench/pool_size.py [--engine nginx|caddy] [--reload command|signal]
+        [--nodes 10] [--sites 2000] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -79,10 +80,15 @@ class ProxyNode:
     pids: Callable[[], list[int]]
 
 
-def start_node(address: str, sites_expected: int) -> NginxNode:
+def start_node(address: str, sites_expected: int, reload: str = "command") -> NginxNode:
     """An nginx node allowed the descriptors a pool this big needs (two logs a site),
-    whose nginx.conf also includes the bare push's own file."""
+    whose nginx.conf also includes the bare push's own file.  ``reload`` "signal"
+    gives the node (for the app and the bare push alike) the reload form that signals
+    the master through its pid file instead of ``nginx -s reload``."""
     node = NginxNode(address=address)
+    if reload == "signal":
+        node.spec = replace(node.spec,
+                            reload_command=f"pkill -HUP -F {node.pid_file} -x nginx")
     empty = NGINX.render(node.spec, [])
     node.write(empty)
     bare = node.root / BARE_FILE
@@ -214,6 +220,9 @@ def uploads(rollout: Rollout) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", choices=("nginx", "caddy"), default="nginx")
+    parser.add_argument("--reload", choices=("command", "signal"), default="command",
+                        help="nginx nodes' reload: 'nginx -s reload', or pkill -HUP on the "
+                             "master's pid file (no second parse of the configuration)")
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--sites", type=int, default=2000, help="sites in the big pool")
     parser.add_argument("--repeat", type=int, default=3, help="warm runs per pool size")
@@ -227,7 +236,7 @@ def main() -> None:
         "RATELIMIT_ENABLED": False, "WTF_CSRF_ENABLED": False,
         "DEPLOY_REQUEST_LIMIT": "100000/minute",
     })
-    print(f"code: {code_version()}")
+    print(f"code: {code_version()}; reload: {args.reload}")
     sshd: SshServer | None = None
     started: list[NginxNode] = []
     caddies: list[CaddyNode] = []
@@ -251,7 +260,7 @@ def main() -> None:
                     fleet.append(ProxyNode(name, caddy.host, caddy.spec.http_port,
                                            lambda p=process: [p.pid] if p else []))
                     continue
-                nginx = start_node(node_address(index), args.sites + 1)
+                nginx = start_node(node_address(index), args.sites + 1, args.reload)
                 started.append(nginx)
                 nginx_fleet.append(register(admin, nginx, name, sshd.port,
                                             sshd.client_key_text))
