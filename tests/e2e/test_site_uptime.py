@@ -13,8 +13,8 @@ from tests.nginx_node import Backend
 
 
 def test_a_client_sees_the_uptime_of_their_site(journey_factory, product, shared_pool):
-    password = make_client(product, "uma")
-    token = api(product, "POST", "/tokens", {"username": "uma", "password": password,
+    password = make_client(product, "ulla")
+    token = api(product, "POST", "/tokens", {"username": "ulla", "password": password,
                                              "name": "setup"})["token"]
     backend = Backend("uptime")
     try:
@@ -23,7 +23,7 @@ def test_a_client_sees_the_uptime_of_their_site(journey_factory, product, shared
             "backends": [{"host": "127.0.0.1", "port": backend.port, "weight": 1}]}, token)
         journey = journey_factory()
         page = journey.go(f"/client/sites/{site['id']}")
-        sign_in(journey, "uma", password)
+        sign_in(journey, "ulla", password)
         card = page.locator("#uptime")
         expect(card.locator("[data-uptime-window='24h']")).to_have_text("no checks")
         expect(card.locator("[data-uptime-status]")).to_have_text("not checked")
