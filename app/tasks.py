@@ -63,6 +63,12 @@ class PolledRedisBackend(RedisBackend):
     def on_task_call(self, producer: Any, task_id: str) -> None:
         """Nothing to subscribe to: see the class."""
 
+    def remove_pending_result(self, result: AsyncResult) -> AsyncResult:
+        """Nothing was waited on (see the class), so nothing to stop waiting on; a
+        result dropped as the interpreter exits would otherwise call into a module
+        already torn down."""
+        return result
+
 
 def celery_app(app: Flask) -> Celery:
     """The Celery app of ``app`` (one per Flask app), configured from its settings,
