@@ -9,6 +9,7 @@ empty rendered configuration, which the first deployment adopts.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,18 @@ def start_nginx(address: str) -> NginxNode:
     node.write(empty)
     node.start()
     return node
+
+
+def start_fleet(teardown: ExitStack, addresses: Iterable[str]) -> list[NginxNode]:
+    """An nginx node on each address, each stopped and removed by ``teardown`` even
+    if stopping another one fails."""
+    started = []
+    for address in addresses:
+        nginx = start_nginx(address)
+        teardown.callback(nginx.remove)
+        teardown.callback(nginx.stop)
+        started.append(nginx)
+    return started
 
 
 def register(admin: Any, nginx: NginxNode, name: str, ssh_port: int, key: str,

@@ -23,7 +23,7 @@ from tests.backups import key as key  # noqa: F401  (fixture)
 from tests.backups import source as source  # noqa: F401  (fixture)
 from tests.components import app_env, flask_cli, postgres_database
 from tests.conftest import _DATABASE_URL
-from tests.fleet import Backends, FleetNode, register, start_nginx
+from tests.fleet import Backends, FleetNode, register, start_fleet
 from tests.sshd import SshServer
 
 ADDRESSES = ("127.0.0.91", "127.0.0.92")
@@ -34,12 +34,7 @@ TELEGRAM_TOKEN = "654321:" + "C" * 35
 def fleet(source: Flask, sshd: SshServer) -> Iterator[list[FleetNode]]:
     admin = factories.make_user("admin", "root")
     with ExitStack() as teardown:
-        started = []
-        for address in ADDRESSES:
-            nginx = start_nginx(address)
-            teardown.callback(nginx.remove)
-            teardown.callback(nginx.stop)
-            started.append(nginx)
+        started = start_fleet(teardown, ADDRESSES)
         yield [register(admin, nginx, f"edge-{i}", sshd.port, sshd.client_key_text)
                for i, nginx in enumerate(started)]
 

@@ -28,7 +28,14 @@ from app.services.node_leases import node_lease
 from tests import factories
 from tests.caddy_node import CaddyNode
 from tests.conftest import api_headers
-from tests.fleet import FleetNode, register, register_caddy, release_dirs, start_nginx
+from tests.fleet import (
+    FleetNode,
+    register,
+    register_caddy,
+    release_dirs,
+    start_fleet,
+    start_nginx,
+)
 from tests.nginx_node import NginxNode
 from tests.sshd import FaultyRelay
 
@@ -36,14 +43,9 @@ from tests.sshd import FaultyRelay
 @pytest.fixture()
 def fleet(app, admin, sshd) -> Iterator[list[FleetNode]]:
     """Five nginx nodes, every one stopped at the end even if stopping another fails."""
-    started = []
     with ExitStack() as teardown:
         teardown.callback(ssh.reset, app)
-        for index in range(5):
-            nginx = start_nginx(f"127.0.0.{10 + index}")
-            teardown.callback(nginx.remove)
-            teardown.callback(nginx.stop)
-            started.append(nginx)
+        started = start_fleet(teardown, [f"127.0.0.{10 + index}" for index in range(5)])
         yield [register(admin, nginx, f"edge-{i}", sshd.port, sshd.client_key_text)
                for i, nginx in enumerate(started)]
 

@@ -56,7 +56,7 @@ from app.services.deployments import rollout as rollout_service
 from tests import factories
 from tests.components import app_env, postgres_database
 from tests.conftest import api_headers
-from tests.fleet import Backends, FleetNode, register, start_nginx
+from tests.fleet import Backends, FleetNode, register, start_fleet
 from tests.nginx_node import Backend
 from tests.processes import free_port
 from tests.sshd import SshServer
@@ -124,12 +124,7 @@ def engine(sshd: SshServer) -> Iterator[Engine]:
 @pytest.fixture(scope="module")
 def fleet(engine: Engine, sshd: SshServer) -> Iterator[list[FleetNode]]:
     with ExitStack() as teardown:
-        started = []
-        for address in NODES:
-            nginx = start_nginx(address)
-            teardown.callback(nginx.remove)
-            teardown.callback(nginx.stop)
-            started.append(nginx)
+        started = start_fleet(teardown, NODES)
         with engine.app.app_context():
             admin = user("chief")
             registered = [register(admin, nginx, f"edge-{i}", sshd.port, sshd.client_key_text)
@@ -408,12 +403,7 @@ def test_without_a_broker_answering_the_work_runs_in_the_process_that_asked(engi
 def local_fleet(app: Flask, admin: User, sshd: SshServer) -> Iterator[list[FleetNode]]:
     with ExitStack() as teardown:
         teardown.callback(ssh.reset, app)
-        started = []
-        for address in LOCAL_NODES:
-            nginx = start_nginx(address)
-            teardown.callback(nginx.remove)
-            teardown.callback(nginx.stop)
-            started.append(nginx)
+        started = start_fleet(teardown, LOCAL_NODES)
         yield [register(admin, nginx, f"local-{i}", sshd.port, sshd.client_key_text)
                for i, nginx in enumerate(started)]
 
