@@ -378,6 +378,11 @@ class Release:
 
         def reloading(_index: int) -> None:
             reload_started.append(time.monotonic())
+            if self.old_generation is not None and self.old_generation.wait_retired(0):
+                # Closed before this reload could have retired anyone (a keep-alive
+                # timeout, another reload): it says nothing of this one.
+                self.old_generation.close()
+                self.old_generation = None
             self.current = "reload"
             try:
                 job.on_step("reload")

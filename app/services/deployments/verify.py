@@ -98,19 +98,31 @@ def wait_for_probe(address: str, port: int, token: str | None, timeout: float,
                    old: OldGeneration | None = None) -> str:
     """Wait until the node answers with the new configuration's token, and until the
     previous generation of workers no longer accepts: right after a reload the old
-    workers may still be the ones answering.  Returns the problem."""
+    workers may still be the ones answering.  Returns the problem.
+
+    With ``old`` (held by the previous generation since before the reload began),
+    nothing is asked of the node until that connection closes: the master lets the
+    old workers go only once the new ones run, however long it takes to parse a big
+    pool, and waiting on one socket costs no CPU where asking every few milliseconds
+    would cost the control plane (and the node) a request each time."""
     if token is None:
         return ""
     deadline = time.monotonic() + timeout
     seen = ""
     confirmed = 0
     needed = PROBE_CONFIRMATIONS
+    if old is not None and old.wait_retired(timeout):
+        # The other old workers were told at the same instant: a moment for them,
+        # then two fresh connections in a row must see the new configuration.
+        time.sleep(PROBE_GRACE_SECONDS)
+        needed = 1
+        old = None
     while True:
         try:
             status, body = _http_get(address, port, PROBE_HOST, PROBE_PATH,
                                      max(0.5, deadline - time.monotonic()))
             if status == 200 and body.strip() == token:
-                if confirmed == 0:
+                if confirmed == 0 and needed > 1:
                     # A new worker answered.  Wait for the old ones to stop accepting:
                     # seen directly when they drop our idle connection afterwards (a
                     # connection dropped already went with a generation retiring
@@ -126,7 +138,10 @@ def wait_for_probe(address: str, port: int, token: str | None, timeout: float,
                 if confirmed > needed:
                     return ""
                 continue
+            # The old configuration after its connection closed: that close was not
+            # the reload's doing, so it proves nothing about who accepts.
             confirmed = 0
+            needed = PROBE_CONFIRMATIONS
             seen = f"it answered HTTP {status} {body[:40]!r}"
         except (OSError, http.client.HTTPException) as exc:
             confirmed = 0
