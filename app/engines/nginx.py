@@ -50,6 +50,7 @@ Design notes:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import operator
 import re
@@ -91,6 +92,9 @@ STATUS_MISSING = ("the status listener does not answer on the node: deploy the p
                   "so that it is rendered (and check that no other program holds its port)")
 PARANOIA_LEVELS = {"low": 1, "medium": 2, "high": 3}
 GEO_MODES = ("allow", "deny")
+# A site's parts of the shared files, and its server names' hash entries, kept per
+# process (a few hundred bytes each).
+PARTS_CACHE_SIZE = 50_000
 BACKEND_SCHEMES = ("http", "https")
 # Debian's modsecurity-crs, in the order of its own owasp-crs.load (libmodsecurity
 # has no IncludeOptional, so the operator's exclusion files must exist; the package
@@ -174,6 +178,7 @@ _POWERS = [tuple(31 ** k for k in range(length - 1, -1, -1)) for length in range
 VARIABLES_BUCKET_FLOOR = 128
 
 
+@functools.lru_cache(maxsize=PARTS_CACHE_SIZE)
 def _entry(name: str) -> tuple[int, int]:
     """(key, bytes) of one name in an nginx hash bucket: a value pointer, a 2-byte
     length and the name, aligned to 8 (NGX_HASH_ELT_SIZE)."""
@@ -265,8 +270,17 @@ def build_environment(inline_partials: bool = True) -> Environment:
 TEMPLATE_NAMES = (
     "site.conf", "blocked.html", "rpcc.conf", "upstreams.conf", "limit_req_zones.conf",
     "cache_zones.conf", "geoip2.conf", "websocket.conf", "modsecurity/main.conf",
-    "modsecurity/paranoia.conf", "probe.conf", "status.conf",
+    "modsecurity/paranoia.conf", "probe.conf", "status.conf", "upstream.part",
+    "limit_req_zone.part", "cache_zone.part", "geoip2_map.part", "site_include.part",
 )
+# The shared files made of one part per site, after their own first lines, and the
+# template of that part.
+PART_TEMPLATES = {
+    "upstreams.conf": "upstream.part",
+    "limit_req_zones.conf": "limit_req_zone.part",
+    "cache_zones.conf": "cache_zone.part",
+    "geoip2.conf": "geoip2_map.part",
+}
 
 
 # What stub_status answers (nginx 1.22): every figure since the master started.
@@ -355,6 +369,7 @@ class NginxEngine(FormEngine):
         self._templates: dict[str, Template] = {
             name: env.get_template(f"{name}.j2") for name in TEMPLATE_NAMES
         }
+        self._parts = functools.lru_cache(maxsize=PARTS_CACHE_SIZE)(self._site_parts)
 
     def site_files(self, site: SiteSpec, values: Mapping[str, str | None]) -> dict[str, str]:
         return _site_files(site, str(values["base"]), values, self._templates)
@@ -362,7 +377,23 @@ class NginxEngine(FormEngine):
     def shared_files(self, sites: list[SiteSpec],
                      values: Mapping[str, str | None]) -> dict[str, str]:
         context = {**values, "node": _PlaceholderNode(str(values["geoip_db_path"]))}
-        return _shared_files(sites, context, self._templates)
+        parts = functools.partial(self._parts, base=str(values["base"]),
+                                  cache_root=str(values["cache_root"]))
+        return _shared_files(sites, context, self._templates, parts)
+
+    def _site_parts(self, site: SiteSpec, base: str, cache_root: str) -> dict[str, str]:
+        """What the site adds to each shared file (cached: a pool's shared files are
+        joined from the parts of its sites, so a change renders only its site's)."""
+        templates = self._templates
+        wanted = {"upstreams.conf": not site.blocked,
+                  "limit_req_zones.conf": not site.blocked and site.rate_limit_rps is not None,
+                  "cache_zones.conf": not site.blocked and site.cache_enabled,
+                  "geoip2.conf": not site.blocked and site.geo_mode != "off"}
+        parts = {name: templates[PART_TEMPLATES[name]].render(site=site, cache_root=cache_root)
+                 for name, used in wanted.items() if used}
+        parts[ENTRY_FILE] = templates["site_include.part"].render(
+            base=base, conf=f"sites/{file_stem(site.domain)}.conf")
+        return parts
 
     def include_line(self, node: NodeSpec) -> str:
         return f"include {nginx_bare(node.config_dir.rstrip('/') + '/' + ENTRY_FILE)};"
@@ -444,8 +475,10 @@ class _PlaceholderNode:
 
 
 def _shared_files(sites: list[SiteSpec], node_context: Mapping[str, Any],
-                  templates: dict[str, Template]) -> dict[str, str]:
-    """Files every site relies on; each exists only when some site needs it."""
+                  templates: dict[str, Template],
+                  parts: Callable[[SiteSpec], dict[str, str]]) -> dict[str, str]:
+    """Files every site relies on; each exists only when some site needs it.  Those
+    with a part per site are their first lines and the sites' parts (``parts``)."""
     header = HEADER_SLOT
     proxied = [s for s in sites if not s.blocked]
     uses = {
@@ -456,7 +489,9 @@ def _shared_files(sites: list[SiteSpec], node_context: Mapping[str, Any],
         "websocket.conf": [s for s in proxied if s.websocket],
     }
     context = {"header": header, **node_context}
-    files = {name: templates[name].render(sites=used, **context)
+    site_parts = {site.id: parts(site) for site in sites}
+    files = {name: templates[name].render(**context)
+             + ("".join(site_parts[s.id][name] for s in used) if name in PART_TEMPLATES else "")
              for name, used in uses.items() if used}
     levels = sorted({PARANOIA_LEVELS[s.waf_level] for s in proxied if s.waf_level != "off"})
     if levels:
@@ -480,7 +515,7 @@ def _shared_files(sites: list[SiteSpec], node_context: Mapping[str, Any],
     files[ENTRY_FILE] = templates["rpcc.conf"].render(
         includes=[name for name in uses if name in files],
         waf=bool(levels),
-        site_confs=[f"sites/{file_stem(s.domain)}.conf" for s in sites],
+        site_includes="".join(site_parts[s.id][ENTRY_FILE] for s in sites),
         server_names_hash_max_size=names_max_size,
         server_names_hash_bucket_size=_bucket_for(_server_name_hashes(names),
                                                   names_max_size, 64),

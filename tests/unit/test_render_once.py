@@ -204,3 +204,56 @@ def test_every_engine_writes_placeholder_look_alikes_literally(engine_class, fie
     engine.render(node(engine_class, 2), pool(engine_class))
     files = engine.render(node(engine_class, 1), [_hostile_site(field, value)]).files
     assert any(value in text for text in files.values())
+
+
+@pytest.fixture()
+def part_renders(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ids of the sites whose parts of nginx's shared files were rendered."""
+    seen: list[int] = []
+    real = NginxEngine._site_parts
+
+    def counting(self, site, base, cache_root):  # type: ignore[no-untyped-def]
+        seen.append(site.id)
+        return real(self, site, base, cache_root)
+
+    monkeypatch.setattr(NginxEngine, "_site_parts", counting)
+    return seen
+
+
+def test_nginx_joins_its_shared_files_from_the_parts_of_changed_sites_alone(part_renders):
+    """A one-site change renders that site's upstream (and zone, map, include line)
+    and none of the others', for every node of the pool."""
+    engine = NginxEngine()
+    sites = pool(NginxEngine)
+    engine.render(node(NginxEngine, 1), sites)
+    assert sorted(part_renders) == sorted(site.id for site in sites)
+    part_renders.clear()
+    changed = [replace(sites[0], config_version=sites[0].config_version + 1,
+                       backends=(BackendSpec("10.9.9.9", 8081),)), *sites[1:]]
+    for index in (1, 2, 3):
+        files = engine.render(node(NginxEngine, index), changed).files
+        assert "server 10.9.9.9:8081 max_fails=3" in files["upstreams.conf"]
+        assert "10.0.0.1:80" in files["upstreams.conf"]  # the other sites' parts
+    assert part_renders == [sites[0].id]
+
+
+def test_nginx_shared_files_from_kept_parts_equal_a_fresh_rendering():
+    """Parts kept across pool states never outlive their site: after changes,
+    removals and a site blocked, the shared files are what a fresh engine renders."""
+    engine = NginxEngine()
+    sites = pool(NginxEngine)
+    spec = node(NginxEngine, 1)
+    engine.render(spec, sites)
+    states = [
+        [replace(site, backends=(BackendSpec("10.1.1.1", 81),), config_version=2)
+         if site.id == sites[1].id else site for site in sites],
+        sites[2:],
+        [replace(site, blocked=True, config_version=3) if site.id == 90 else site
+         for site in sites[2:]],
+        [replace(site, rate_limit_rps=None, cache_enabled=False, geo_mode="off",
+                 config_version=4) if site.id == 90 else site for site in sites],
+    ]
+    for state in states:
+        kept = engine.render(spec, state).files
+        fresh = NginxEngine().render(spec, state).files
+        assert kept == fresh
