@@ -48,7 +48,7 @@ from app.models import (
     Rollout,
     RolloutKind,
 )
-from app.services import deployments
+from app.services import deployments, sites
 from app.services.deployments import blobs
 from app.services.deployments.batch import RolloutPlan, _prepare
 from app.services.deployments.blobs import content_hash, store_files
@@ -193,6 +193,44 @@ def test_what_nodes_last_took_is_read_from_manifests_alone(app, db):
     assert not any("config_blobs" in statement for statement in statements)
     expected = {path: content_hash(text) for path, text in pool_files(5).items()}
     assert [taken[node_id][1] for node_id in node_ids] == [expected] * 3
+
+
+def test_a_one_site_change_asks_the_database_about_that_sites_files_alone(
+        app, db, admin, monkeypatch):
+    """Contents the node's last version names are stored already (blobs are only ever
+    added): recording the next version looks up only the files that differ, not every
+    file of the pool."""
+    node = factories.make_node("edge-asks")
+    admin.max_sites = 50
+    pool = [factories.make_site(admin, f"asks{n:02d}.example.org") for n in range(30)]
+    recorder = SimpleNamespace(update=lambda *args, **values: None)
+    plan = RolloutPlan(id=0, kind=RolloutKind.DEPLOY, site_id=pool[7].id,
+                       triggered_by_id=admin.id, target_version_id=None)
+    first = _prepare(app, plan, [(1, node.id)], recorder, [], None)[1]  # type: ignore[arg-type]
+    assert first.job is not None, first.error
+    version = _db.session.get(ConfigVersion, last_version_id(node.id))
+    went_live(version, 0)
+    asked: list[str] = []
+    lookup = blobs._stored
+
+    def spying(hashes: list[str]) -> set[str]:
+        asked.extend(hashes)
+        return lookup(hashes)
+
+    monkeypatch.setattr(blobs, "_stored", spying)
+    sites.update_site(admin, pool[7].id, {"headers": {"X-Changed": "yes"}})
+    second = _prepare(app, plan, [(2, node.id)], recorder, [], None)[2]  # type: ignore[arg-type]
+    assert second.job is not None, second.error
+    changed = {path for path, digest in second.job.manifest.items()
+               if first.job.manifest.get(path) != digest}
+    assert changed == {"sites/asks07.example.org.conf", "probe.conf"}
+    assert sorted(asked) == sorted(second.job.manifest[path] for path in changed)
+    assert len(first.job.manifest) > 30
+
+
+def last_version_id(node_id: int) -> int:
+    return _db.session.scalar(select(func.max(ConfigVersion.id))
+                              .where(ConfigVersion.node_id == node_id))
 
 
 # -- versions recorded before content addressing --------------------------------------

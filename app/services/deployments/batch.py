@@ -155,7 +155,9 @@ def _prepare(app: Flask, plan: RolloutPlan, items: list[tuple[int, int]], record
         .where(ConfigVersion.node_id.in_(ids)).group_by(ConfigVersion.node_id)).all())
     order = list(rendered)
     store_files([rendered[deployment_id][1] for deployment_id in order],
-                [rendered[deployment_id][2] for deployment_id in order])
+                [rendered[deployment_id][2] for deployment_id in order],
+                stored={digest for taken in previous.values() if taken.manifest is not None
+                        for digest in taken.manifest.values()})
     rows: list[dict[str, Any]] = []
     for deployment_id in order:
         node, files, manifest, site_versions, _ = rendered[deployment_id]

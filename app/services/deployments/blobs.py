@@ -37,12 +37,16 @@ def content_hash(content: str | bytes) -> str:
 
 
 def store_files(file_sets: Sequence[Mapping[str, str]],
-                known: Sequence[Mapping[str, str]] | None = None) -> list[dict[str, str]]:
+                known: Sequence[Mapping[str, str]] | None = None,
+                stored: Collection[str] = frozenset()) -> list[dict[str, str]]:
     """Store the contents of these file sets that are not stored yet and return each
     set's manifest, in order.  One lookup (per :data:`CHUNK` distinct hashes) and one
     bulk insert for all the sets: the nodes of a pool share most of their files.
 
     :param known: the sets' manifests when the caller hashed the files already.
+    :param stored: hashes known to be stored (those a recorded manifest names), which
+        are not looked up: a one-site change then asks about that site's files, not
+        the pool's.
 
     Runs in the caller's transaction and does not commit, so that the blobs and the
     versions naming them are written together."""
@@ -65,9 +69,10 @@ def store_files(file_sets: Sequence[Mapping[str, str]],
             manifest[path] = seen[1]
             contents.setdefault(seen[1], text)
         manifests.append(manifest)
-    stored = _stored(list(contents))
-    missing = [{"sha256": digest, "content": text}
-               for digest, text in contents.items() if digest not in stored]
+    unknown = [digest for digest in contents if digest not in stored]
+    found = _stored(unknown)
+    missing = [{"sha256": digest, "content": contents[digest]}
+               for digest in unknown if digest not in found]
     if missing:
         insert = _INSERTS[db.session.get_bind().dialect.name]
         db.session.execute(
