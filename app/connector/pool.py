@@ -103,17 +103,22 @@ _RECV_SIZE = 65536
 #: until our EOF has arrived.
 _DRAIN_STDIN = '"$@"; status=$?; cat >/dev/null; exit "$status"'
 #: Runs commands given as positional words ("N word1 .. wordN" per command, after a
-#: nonce) one after the other, output and errors merged, printing "<nonce> <status>"
-#: on a line after each and stopping at the first that fails.  Each command runs
-#: alone in a subshell: the words before it are rotated behind the others, the others
-#: shifted away.  Nothing from the caller is ever parsed as shell code.
-_CHAIN = """nonce=$1; shift
+#: nonce and whether the first reads our stdin) one after the other, output and
+#: errors merged, printing "<nonce> <status>" on a line after each and stopping at
+#: the first that fails.  Each command runs alone in a subshell: the words before it
+#: are rotated behind the others, the others shifted away.  The first command may
+#: read the stdin we send; what it leaves is drained before anything else runs (see
+#: _DRAIN_STDIN), and the others read /dev/null.  Nothing from the caller is ever
+#: parsed as shell code.
+_CHAIN = """nonce=$1 input=$2; shift 2
+if [ "$input" = 1 ]; then exec 3<&0; else exec 3</dev/null; fi
 while [ "$#" -gt 0 ]; do
   n=$1; shift
   (k=$(($# - n)); i=0
    while [ "$i" -lt "$n" ]; do set -- "$@" "$1"; shift; i=$((i + 1)); done
-   shift "$k"; exec "$@") </dev/null 2>&1
+   shift "$k"; exec "$@") <&3 3<&- 2>&1
   status=$?
+  if [ "$input" = 1 ]; then cat >/dev/null; input=0; exec 3</dev/null; fi
   printf '\\n%s %d\\n' "$nonce" "$status"
   [ "$status" -eq 0 ] || exit "$status"
   shift "$n"
@@ -429,7 +434,8 @@ class SSHConnectionPool:
 
     def run_chain(self, target: SSHTarget, commands: Sequence[Sequence[str]], *,
                   timeout: float | None = None,
-                  on_next: Callable[[int], None] | None = None) -> list[CommandResult]:
+                  on_next: Callable[[int], None] | None = None,
+                  stdin: bytes | None = None) -> list[CommandResult]:
         """Run commands one after another in one remote session (one channel, one
         shell), stopping at the first that fails; returns the results of those that
         ran, each with its output and errors merged in ``stdout``.
@@ -437,7 +443,7 @@ class SSHConnectionPool:
         ``on_next(i)`` is called as soon as command ``i - 1`` has succeeded and
         command ``i`` starts (to time each).  Arguments reach the node as in
         :meth:`run`; a random marker separates the outputs, so no output can pass for
-        one.
+        one.  ``stdin`` is the first command's input (the others read /dev/null).
 
         :raises CommandTimeout: if the whole chain does not finish within ``timeout``.
         :raises UnreachableError: if the connection is lost meanwhile (never repeated).
@@ -445,7 +451,7 @@ class SSHConnectionPool:
         if not commands or any(isinstance(argv, str | bytes) or not argv for argv in commands):
             raise ValueError("commands must be non-empty lists of arguments")
         nonce = secrets.token_hex(16)
-        words: list[str] = ["sh", "-c", _CHAIN, "sh", nonce]
+        words: list[str] = ["sh", "-c", _CHAIN, "sh", nonce, "0" if stdin is None else "1"]
         for argv in commands:
             words += [str(len(argv)), *argv]
         mark = f"\n{nonce} "
@@ -465,9 +471,9 @@ class SSHConnectionPool:
                     if on_next is not None:
                         on_next(index)
 
-        command = shlex.join(words) + " </dev/null"
+        command = shlex.join(words) + (" </dev/null" if stdin is None else "")
         result = self._command(target, command, f"command {commands[0][0]!r} and the next",
-                               timeout, on_stdout=watch)
+                               timeout, stdin, on_stdout=watch)
         results: list[CommandResult] = []
         rest = result.stdout
         for _ in commands:

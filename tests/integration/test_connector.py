@@ -171,6 +171,23 @@ def test_a_chain_runs_each_command_literally_and_stops_at_the_first_failure(
     assert not marker.exists() and not (workdir / "never").exists()
 
 
+def test_a_chain_gives_its_first_command_our_stdin_and_the_others_nothing(
+        pool, sshd_server):
+    data = bytes(range(256)) * 4096  # 1 MiB, more than a channel's window
+    results = pool.run_chain(sshd_server.target(), [
+        ["sh", "-c", "wc -c"], ["sh", "-c", "cat | wc -c"]], stdin=data)
+    assert [r.stdout.split()[0] for r in results] == [str(len(data)), "0"]
+    # A first command that reads nothing: the rest is drained, the others still run
+    # and the connection stays up for everyone.
+    results = pool.run_chain(sshd_server.target(), [["true"], ["echo", "next"]], stdin=data)
+    assert [r.exit_status for r in results] == [0, 0] and results[1].stdout == "next\n"
+    # A first command that fails stops the chain; its input was drained all the same.
+    results = pool.run_chain(sshd_server.target(), [["sh", "-c", "head -c 10 >/dev/null; "
+                                                     "exit 75"], ["echo", "never"]], stdin=data)
+    assert [r.exit_status for r in results] == [75]
+    assert pool.run(sshd_server.target(), ["echo", "still here"]).stdout == "still here\n"
+
+
 def test_a_chain_output_cannot_forge_a_step(pool, sshd_server, workdir):
     # Whatever a command prints (here what looks like a report of success), only the
     # random marker of this run separates the commands.

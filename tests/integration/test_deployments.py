@@ -276,16 +276,26 @@ def test_a_connection_dropped_during_the_upload_changes_nothing(
         nodes.update_node(admin, victim.id, {"ssh_port": relay.port})
         before = _serving_before(fleet)
         pool = ssh.pool(app)
-        run = pool.run
+        run, run_chain = pool.run, pool.run_chain
 
-        def cut_midway(target: Any, argv: list[str], **kwargs: Any) -> Any:
+        def cut_midway(target: Any) -> None:
+            run(target, ["true"])  # connected through the relay before the cut
+            relay.refuse()  # the node stays gone after the cut
+            relay.drop_after(2500)  # past the command, into the archive
+
+        def run_cut(target: Any, argv: list[str], **kwargs: Any) -> Any:
             if target.node_id == victim.id and STAGE_SCRIPT in argv:
-                run(target, ["true"])  # connected through the relay before the cut
-                relay.refuse()  # the node stays gone after the cut
-                relay.drop_after(2500)  # past the command, into the archive
+                cut_midway(target)
             return run(target, argv, **kwargs)
 
-        monkeypatch.setattr(pool, "run", cut_midway)
+        def chain_cut(target: Any, commands: Any, **kwargs: Any) -> Any:
+            # The staging command, with the test and the reload after it in its session.
+            if target.node_id == victim.id and STAGE_SCRIPT in commands[0]:
+                cut_midway(target)
+            return run_chain(target, commands, **kwargs)
+
+        monkeypatch.setattr(pool, "run", run_cut)
+        monkeypatch.setattr(pool, "run_chain", chain_cut)
         sites.update_site(alice, live_site.id, {"headers": {"X-Shop": "v2"}})
         rollout = deploy(alice, live_site)
         failed = next(d for d in rollout.deployments if d.node_name == victim.name)
@@ -297,6 +307,7 @@ def test_a_connection_dropped_during_the_upload_changes_nothing(
 
         # Back online: the next deployment sweeps the partial release and succeeds.
         monkeypatch.setattr(pool, "run", run)
+        monkeypatch.setattr(pool, "run_chain", run_chain)
         relay.refuse(False)
         assert deploy(alice, live_site).status == DeploymentStatus.SUCCEEDED
         assert victim.get("shop.example.com").headers["x-shop"] == "v2"
@@ -584,13 +595,23 @@ def test_a_node_that_stops_answering_after_the_swap_gets_its_previous_release_ba
         test_command = db.session.get(Node, victim.id).test_command.split()
 
         def cut_during_test(target: Any, commands: Any, **kwargs: Any) -> Any:
-            if target.node_id == victim.id and list(commands[0]) == test_command:
-                relay.stall()  # the node stops answering while it tests
-                try:
-                    return run_chain(target, commands, **kwargs)
-                finally:
-                    relay.resume()
-            return run_chain(target, commands, **kwargs)
+            argvs = [list(argv) for argv in commands]
+            if target.node_id != victim.id or test_command not in argvs:
+                return run_chain(target, commands, **kwargs)
+            testing = argvs.index(test_command)
+            on_next = kwargs.pop("on_next")
+
+            def stall_at_the_test(index: int) -> None:
+                on_next(index)
+                if index == testing:
+                    relay.stall()  # the node stops answering while it tests
+
+            try:
+                if testing == 0:
+                    relay.stall()
+                return run_chain(target, commands, on_next=stall_at_the_test, **kwargs)
+            finally:
+                relay.resume()
 
         monkeypatch.setattr(pool, "run_chain", cut_during_test)
         sites.update_site(alice, live_site.id, {"headers": {"X-Shop": "v3"}})
@@ -726,13 +747,24 @@ def test_a_host_key_changed_after_the_swap_is_recorded_and_the_node_flagged(
     run_chain = pool.run_chain
     new_key: list[str] = []
 
-    def key_changes_before_the_test(target: Any, commands: Any, **kwargs: Any) -> Any:
-        if target.node_id == victim.id and not new_key:
-            new_key.append(sshd.regenerate_host_key())
-            pool.evict(victim.id)  # the next call connects afresh and meets the new key
-        return run_chain(target, commands, **kwargs)
+    def key_changes_during_the_test(target: Any, commands: Any, **kwargs: Any) -> Any:
+        if target.node_id != victim.id or new_key:
+            return run_chain(target, commands, **kwargs)
+        testing = [list(argv) for argv in commands].index(test_command)
+        on_next = kwargs.pop("on_next")
 
-    monkeypatch.setattr(pool, "run_chain", key_changes_before_the_test)
+        def crash_at_the_test(index: int) -> None:
+            on_next(index)
+            if index == testing:
+                # The node's sshd dies with the session, after the swap, and comes
+                # back with another key: putting the previous release back meets it.
+                sshd.kill_sessions()
+                new_key.append(sshd.regenerate_host_key())
+
+        return run_chain(target, commands, on_next=crash_at_the_test, **kwargs)
+
+    test_command = db.session.get(Node, victim.id).test_command.split()
+    monkeypatch.setattr(pool, "run_chain", key_changes_during_the_test)
     sites.update_site(alice, live_site.id, {"headers": {"X-Shop": "v2"}})
     rollout = deployments.wait(deployments.deploy_nodes(admin, [victim.id]).id)
     [failed] = rollout.deployments

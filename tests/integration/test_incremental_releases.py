@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from app.extensions import ssh
 from app.models import DeploymentStatus, NodeDeployment, Rollout, Site
 from app.services import deployments, nodes, sites
 from app.services.deployments.release import manifest_digest
@@ -79,6 +80,38 @@ def test_a_one_site_change_sends_only_the_files_it_changes(admin, alice, fleet, 
     for node in fleet:
         assert tree(node) == expected_tree(node)
         assert node.get("a2.example.com").headers["x-version"] == "2"
+
+
+def test_a_one_site_change_is_staged_tested_and_reloaded_in_one_remote_session(
+        app, alice, fleet, pool, monkeypatch):
+    """The node holds the release last sent: building the new one, swapping it in,
+    the test and the reload are one command session on the node, and each is still
+    timed as its own step."""
+    connector = ssh.pool(app)
+    sessions: dict[int, list[list[str]]] = {node.id: [] for node in fleet}
+    run, run_chain = connector.run, connector.run_chain
+
+    def counting_run(target: Any, argv: list[str], **kwargs: Any) -> Any:
+        sessions[target.node_id].append([argv[0]])
+        return run(target, argv, **kwargs)
+
+    def counting_chain(target: Any, commands: Any, **kwargs: Any) -> Any:
+        sessions[target.node_id].append([argv[0] for argv in commands])
+        return run_chain(target, commands, **kwargs)
+
+    monkeypatch.setattr(connector, "run", counting_run)
+    monkeypatch.setattr(connector, "run_chain", counting_chain)
+    sites.update_site(alice, pool["a3"].id, {"headers": {"X-Version": "3"}})
+    rollout = deploy(alice, pool["a3"])
+    assert rollout.status == DeploymentStatus.SUCCEEDED, rollout.error
+    for node in fleet:
+        [session] = sessions[node.id]
+        assert session[0] == "sh" and len(session) == 3  # staging, test, reload
+        assert node.get("a3.example.com").headers["x-version"] == "3"
+    for deployment in rollout.deployments:
+        steps = [step["step"] for step in deployment.steps]
+        assert steps[-4:] == ["upload", "test", "reload", "verify"], steps
+        assert all(step["ok"] and step["seconds"] >= 0 for step in deployment.steps)
 
 
 def test_an_incremental_release_is_identical_to_a_full_one(admin, alice, bob, fleet, pool):

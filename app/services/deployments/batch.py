@@ -262,13 +262,18 @@ def _deploy_node(app: Flask, plan: RolloutPlan, deployment_id: int, node_id: int
         job.on_step = on_step
         note = _run_setting_aside(app, plan, deployment_id, node_id, prepared, recorder)
     except StepFailed as failure:
-        if isinstance(failure.__cause__, HostKeyChanged):  # the key changed after the swap
-            _hold_presented_key(node_id, failure.__cause__)
+        presented = failure.key_changed or (
+            failure.__cause__ if isinstance(failure.__cause__, HostKeyChanged) else None)
+        if presented is not None:  # the key changed after the swap
+            _hold_presented_key(node_id, presented)
         status = (DeploymentStatus.ROLLED_BACK if failure.step == "verify"
                   else DeploymentStatus.FAILED)
         note = "" if failure.restored else (
             " The previous configuration could not be put back: the node is flagged for a "
             "drift check.")
+        if failure.key_changed is not None:
+            note += (" The node presented another SSH host key meanwhile: an administrator "
+                     "must check it and accept it before the node can be deployed to.")
         recorder.finish(deployment_id, node_id, status,
                         f"{failure.step}: {failure.message}{note}", steps,
                         drifted=not failure.restored)

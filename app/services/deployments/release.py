@@ -140,6 +140,9 @@ class StepFailed(Exception):
         self.message = message
         self.restored = restored
         self.after_swap = after_swap
+        # The node came back with another host key while its previous release was
+        # being put back (that is why it could not be).
+        self.key_changed: HostKeyChanged | None = None
 
 
 @dataclass
@@ -182,6 +185,91 @@ def output_of(result: Any) -> str:
     return text.strip()[-2000:] or f"exit status {result.exit_status}"
 
 
+class _Then:
+    """Steps whose commands run one after another in one remote session (the test
+    and the reload), in the staging command's session when it can, each timed and
+    recorded as a step of its own."""
+
+    def __init__(self, release: Release, steps: list[tuple[str, list[str]]]) -> None:
+        self.release = release
+        self.steps = steps
+        # The steps' results once they ran (None: they have not).
+        self.results: list[CommandResult] | None = None
+        self._marks: list[float] = []  # when each step started
+        self._lost: list[Exception] = []
+
+    def after(self, first: list[str], stdin: bytes, details: dict[str, Any]) -> CommandResult:
+        """Run ``first`` (the staging command, reading ``stdin``) and, if it succeeds,
+        the steps in the same session.  Returns the result of ``first``, whose own
+        time goes in its step's ``details``; the steps' results are kept in
+        :attr:`results` when ``first`` succeeded (or the session was lost), for
+        :meth:`record`."""
+        self.release.reloaded = True  # the reload may start before we hear of the test
+        started = time.monotonic()
+        try:
+            results = self._chain([first, *(argv for _, argv in self.steps)], stdin, offset=1)
+        except Exception:
+            self.results = []
+            raise
+        finally:
+            if self._marks:
+                details["seconds"] = round(self._marks[0] - started, 4)
+        if not results[0].ok:
+            self.release.reloaded = False  # the session stopped at the staging command
+            return results[0]
+        self.results = results[1:]
+        return results[0]
+
+    def alone(self) -> None:
+        """Run the steps in a session of their own and record them."""
+        release, (name, _) = self.release, self.steps[0]
+        release.current = name
+        release.job.on_step(name)  # a lost lease stops everything before it runs
+        release.reloaded = True  # the reload may start before we hear of the test
+        self._marks = [time.monotonic()]
+        try:
+            self.results = self._chain([argv for _, argv in self.steps], None, offset=0)
+        except Exception:
+            self.results = []
+            self.record(raise_lost=False)
+            raise
+        self.record()
+
+    def _chain(self, commands: list[list[str]], stdin: bytes | None,
+               offset: int) -> list[CommandResult]:
+        """Run the commands, the step ``index - offset`` starting at command ``index``."""
+        release = self.release
+
+        def starts(index: int) -> None:
+            self._marks.append(time.monotonic())
+            name = self.steps[index - offset][0]
+            if name == "reload":
+                release.reload_starts()
+            release.current = name
+            try:
+                release.job.on_step(name)
+            except Exception as exc:  # raised once the session is over
+                self._lost.append(exc)
+
+        return release.pool.run_chain(release.job.target, commands, stdin=stdin,
+                                      timeout=release.job.command_timeout, on_next=starts)
+
+    def record(self, *, raise_lost: bool = True) -> None:
+        """Record each step that started, with its time and outcome.
+
+        :raises Exception: what a step's progress callback raised meanwhile."""
+        end = time.monotonic()
+        results = self.results or []
+        for index, mark in enumerate(self._marks):
+            following = self._marks[index + 1] if index + 1 < len(self._marks) else end
+            self.release.job.steps.append({
+                "step": self.steps[index][0], "seconds": round(following - mark, 4),
+                "ok": len(results) > index and results[index].ok})
+        self._marks = []
+        if self._lost and raise_lost:
+            raise self._lost[0]
+
+
 class Release:
     """The remote half of one node's deployment (upload, swap, test, reload, verify,
     and putting things back)."""
@@ -198,6 +286,7 @@ class Release:
         self.reloaded = False
         self.current = ""
         self.old_generation: OldGeneration | None = None
+        self.key_changed: HostKeyChanged | None = None
         self._said = ""
 
     @contextmanager
@@ -221,7 +310,8 @@ class Release:
             mid-way included: nothing half-deployed stays live)."""
         try:
             self._steps()
-        except StepFailed:
+        except StepFailed as failure:
+            failure.key_changed = self.key_changed
             raise
         except HostKeyChanged as exc:
             if not self.swapped:
@@ -233,8 +323,10 @@ class Release:
                              after_swap=True) from exc
         except Exception as exc:
             restored = self.restore(reload=self.reloaded) if self.swapped else True
-            raise StepFailed(self.current, describe_failure(exc), restored=restored,
-                             after_swap=self.swapped) from exc
+            lost = StepFailed(self.current, describe_failure(exc), restored=restored,
+                              after_swap=self.swapped)
+            lost.key_changed = self.key_changed
+            raise lost from exc
         finally:
             if self.old_generation is not None:
                 self.old_generation.close()
@@ -265,8 +357,16 @@ class Release:
 
     def _steps(self) -> None:
         job = self.job
-        self._stage()
-        self._test_and_reload()
+        if job.probe is not None:
+            # A connection the running workers hold, to see them retire.
+            self.old_generation = OldGeneration.attach(job.verify_address, job.verify_port,
+                                                       min(job.verify_timeout, 2.0),
+                                                       job.previous_probe)
+        then = _Then(self, [("test", job.test_command), ("reload", job.reload_command)])
+        self._stage(then)
+        if then.results is None:  # not run with the staging command
+            then.alone()
+        self._judge(then.results or [])
         with self.step("verify"):
             problem = wait_for_probe(job.verify_address, job.verify_port, job.probe,
                                      job.verify_timeout, self.old_generation)
@@ -276,47 +376,65 @@ class Release:
             if problem:
                 self._fail("verify", problem, reload=True)
 
-    def _stage(self) -> None:
+    def _stage(self, then: _Then | None = None) -> None:
         """Build the release on the node and swap the link to it, in one command: from
         the live release plus the changed files when the node holds what it last took,
         else from every file.  The operator's own directory, on our first deployment,
-        is kept aside first (:meth:`_adopt`)."""
+        is kept aside first (:meth:`_adopt`).
+
+        ``then`` (the test and the reload) runs in the same remote session as the
+        staging command when the node holds the release the control plane last sent,
+        the usual case: one session on the node instead of two.  Otherwise its
+        ``results`` stay None and the caller runs it."""
+        try:
+            with self.step("upload") as details:
+                adopt = self._upload(details, then)
+        except BaseException:
+            if then is not None and then.results is not None:
+                then.record(raise_lost=False)
+            raise
+        if then is not None and then.results is not None:
+            then.record()
+        if adopt:
+            self._adopt()
+
+    def _upload(self, details: dict[str, Any], then: _Then | None) -> bool:
+        """The staging command and its fallbacks; returns whether the managed
+        directory must be adopted first."""
         job = self.job
-        with self.step("upload") as details:
-            # The previous release is known before anything changes, so that a lost
-            # connection can be undone: from the records, or else from the node.
-            known = job.known_release if job.base_manifest is not None else None
-            self.swapped = True  # the command may swap before we hear back from it
-            status = NOT_KNOWN
-            if known:
-                self.previous = known
-                status = self._send(details, job.base_manifest, known)
-            if status == NOT_KNOWN:
-                self.swapped = False
-                self.previous = self.pool.readlink(job.target, self.config_dir)
-                self.swapped = True
-                status = self._send(details, job.base_manifest)
-            if status == NEEDS_FULL and job.base_manifest is not None:
-                status = self._send(details, None)
-            if status == NOT_A_LINK:
-                self.swapped = False
-                details["mode"] = "adopt"
-            elif status == MISMATCH:
-                self.swapped = False
-                raise StepFailed("upload", "the release on the node does not hold exactly the "
-                                 "files sent", restored=True, after_swap=False)
-            elif status != 0:
-                self.swapped = False
-                raise StepFailed("upload", f"could not build the release: {self._said}",
-                                 restored=True, after_swap=False)
-            else:
-                return
-        self._adopt()
+        # The previous release is known before anything changes, so that a lost
+        # connection can be undone: from the records, or else from the node.
+        known = job.known_release if job.base_manifest is not None else None
+        self.swapped = True  # the command may swap before we hear back from it
+        status = NOT_KNOWN
+        if known:
+            self.previous = known
+            status = self._send(details, job.base_manifest, known, then)
+        if status == NOT_KNOWN:
+            self.swapped = False
+            self.previous = self.pool.readlink(job.target, self.config_dir)
+            self.swapped = True
+            status = self._send(details, job.base_manifest)
+        if status == NEEDS_FULL and job.base_manifest is not None:
+            status = self._send(details, None)
+        if status == NOT_A_LINK:
+            self.swapped = False
+            details["mode"] = "adopt"
+            return True
+        if status == MISMATCH:
+            self.swapped = False
+            raise StepFailed("upload", "the release on the node does not hold exactly the "
+                             "files sent", restored=True, after_swap=False)
+        if status != 0:
+            self.swapped = False
+            raise StepFailed("upload", f"could not build the release: {self._said}",
+                             restored=True, after_swap=False)
+        return False
 
     def _send(self, details: dict[str, Any], base: Mapping[str, str] | None,
-              known: str = "") -> int:
-        """Run the staging command with the files ``base`` (a manifest) lacks; returns
-        its exit status."""
+              known: str = "", then: _Then | None = None) -> int:
+        """Run the staging command with the files ``base`` (a manifest) lacks, and
+        ``then`` after it in the same session if it succeeds; returns its exit status."""
         files, manifest = self.job.files, self.job.manifest
         if base is None:
             sent = {path: text.encode() for path, text in files.items()}
@@ -335,8 +453,11 @@ class Release:
                        removed=len(removed), bytes=len(archive))
         argv = ["sh", "-c", STAGE_SCRIPT, "sh", self.config_dir, self.releases, self.release,
                 base_digest, manifest_digest(manifest), known, *removed]
-        result = self.pool.run(self.job.target, argv, stdin=archive,
-                               timeout=self.job.command_timeout)
+        if then is None:
+            result = self.pool.run(self.job.target, argv, stdin=archive,
+                                   timeout=self.job.command_timeout)
+        else:
+            result = then.after(argv, archive, details)
         self._said = output_of(result)
         return result.exit_status
 
@@ -361,60 +482,27 @@ class Release:
             self.swapped = True
             pool.symlink_swap(target, self.config_dir, self.release)
 
-    def _test_and_reload(self) -> None:
-        """The test command, then the reload only if it passed, in one remote session
-        (one shell on the node instead of two); each step timed on its own."""
-        pool, target, job = self.pool, self.job.target, self.job
-        if job.probe is not None:
-            # A connection the running workers hold, to see them retire.
-            self.old_generation = OldGeneration.attach(job.verify_address, job.verify_port,
-                                                       min(job.verify_timeout, 2.0),
-                                                       job.previous_probe)
-        self.current = "test"
-        job.on_step("test")
-        started = time.monotonic()
-        reload_started: list[float] = []
-        lost: list[Exception] = []
+    def reload_starts(self) -> None:
+        """The reload is about to start: a connection of the old generation closed
+        before now was not closed by it (a keep-alive timeout, another reload), so it
+        says nothing of this one."""
+        self.reloaded = True
+        if self.old_generation is not None and self.old_generation.wait_retired(0):
+            self.old_generation.close()
+            self.old_generation = None
 
-        def reloading(_index: int) -> None:
-            reload_started.append(time.monotonic())
-            if self.old_generation is not None and self.old_generation.wait_retired(0):
-                # Closed before this reload could have retired anyone (a keep-alive
-                # timeout, another reload): it says nothing of this one.
-                self.old_generation.close()
-                self.old_generation = None
-            self.current = "reload"
-            try:
-                job.on_step("reload")
-            except Exception as exc:  # raised once the session is over
-                lost.append(exc)
-
-        def record(results: list[CommandResult]) -> None:
-            now = time.monotonic()
-            middle = reload_started[0] if reload_started else now
-            job.steps.append({"step": "test", "seconds": round(middle - started, 4),
-                              "ok": bool(results) and results[0].ok})
-            if reload_started:
-                job.steps.append({"step": "reload", "seconds": round(now - middle, 4),
-                                  "ok": len(results) > 1 and results[1].ok})
-
-        self.reloaded = True  # the reload may start before we hear that the test passed
-        try:
-            results = pool.run_chain(target, [job.test_command, job.reload_command],
-                                     timeout=job.command_timeout, on_next=reloading)
-        except Exception:
-            record([])
-            raise
-        record(results)
-        if lost:
-            raise lost[0]
-        if not results[0].ok:
-            self._fail("test", f"the node's test command refused the configuration: "
-                               f"{output_of(results[0])}", reload=False)
-        if not results[1].ok:
-            self._fail("reload", f"reload failed ({shlex.join(job.reload_command)}): "
-                                 f"{output_of(results[1])}", reload=True,
-                       reload_refused=True)
+    def _judge(self, results: list[CommandResult]) -> None:
+        """Fail the deployment (putting the previous release back) if the test or the
+        reload did."""
+        job = self.job
+        if not results or not results[0].ok:
+            said = output_of(results[0]) if results else "it did not run"
+            self._fail("test", f"the node's test command refused the configuration: {said}",
+                       reload=False)
+        if len(results) < 2 or not results[1].ok:
+            said = output_of(results[1]) if len(results) > 1 else "it did not run"
+            self._fail("reload", f"reload failed ({shlex.join(job.reload_command)}): {said}",
+                       reload=True, reload_refused=True)
 
     def _remove(self, release: str) -> None:
         """Remove a release of ours with one command (a release holds a file or more
@@ -452,6 +540,11 @@ class Release:
                     pool.symlink_swap(target, self.config_dir, self.previous)
                 else:
                     pool.remove_tree(target, self.config_dir)
+        except HostKeyChanged as exc:
+            logger.error("node %s: could not put the previous release back: %s",
+                         target.node_id, exc)
+            self.key_changed = exc
+            return False
         except Exception:
             logger.exception("node %s: could not put the previous release back",
                              target.node_id)
