@@ -15,7 +15,7 @@ import secrets
 import shlex
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar
 
@@ -90,6 +90,15 @@ class SiteSpec:
     config_version: int = 1
     certificate: CertificateSpec | None = None
 
+    def __hash__(self) -> int:
+        """Computed once: the render caches look every site of a pool up for each node,
+        and a spec hashes all its fields (certificates included)."""
+        kept: int | None = self.__dict__.get("_hash")
+        if kept is None:
+            kept = hash(tuple(getattr(self, f.name) for f in fields(self)))
+            object.__setattr__(self, "_hash", kept)
+        return kept
+
     @property
     def server_names(self) -> tuple[str, ...]:
         return (self.domain, *self.aliases)
@@ -132,6 +141,10 @@ class RenderedConfig:
     # The line the node's main configuration needs so that it loads ``config_dir``.
     include_line: str
     site_files: dict[int, list[str]] = field(default_factory=dict)
+    # {path: SHA-256 of the UTF-8 text (:func:`digest`)} where the engine knows it
+    # without hashing the text again (a form it filled before with the same values);
+    # empty when it renders without forms.
+    digests: dict[str, str] = field(default_factory=dict, compare=False)
 
     def node_path(self, relative: str) -> str:
         return f"{self.config_dir.rstrip('/')}/{relative}"
@@ -267,6 +280,15 @@ _PLACEHOLDER = re.compile(f"rpcc{_NONCE}n([0-9]+)x")
 HEADER_SLOT = f"rpcc{_NONCE}header"
 # Site versions kept rendered, per engine and process (a few KB each).
 SITE_CACHE_SIZE = 20_000
+# Digests of filled forms kept, per engine and process (about 200 bytes each): a
+# pool of thousands of sites on tens of nodes with values of their own.
+DIGEST_CACHE_SIZE = 100_000
+
+
+def digest(text: str) -> str:
+    """A file's name by content, as the deployments record it and ``sha256sum``
+    prints it on the node: the SHA-256 of its UTF-8 bytes."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class FormEngine(Engine):
@@ -294,6 +316,9 @@ class FormEngine(Engine):
         # The shared files of the last few states of a pool: every node of a pool
         # takes the same state in a rollout.
         self._shared_forms = functools.lru_cache(maxsize=8)(self._any_node_shared)
+        # A form filled with a node's values names the same content every time: its
+        # digest is kept, so that a node's unchanged files are not hashed again.
+        self._digests = functools.lru_cache(maxsize=DIGEST_CACHE_SIZE)(_filled_digest)
 
     @abstractmethod
     def node_values(self, node: NodeSpec) -> dict[str, str | None]:
@@ -328,11 +353,14 @@ class FormEngine(Engine):
         values = self.node_values(node)
         own_files: Callable[[SiteSpec], dict[str, str]]
         shared_files: Callable[[list[SiteSpec]], dict[str, str]]
+        digests: dict[str, str] = {}
         if self.once:
             missing = frozenset(name for name in self.value_names if values[name] is None)
-            fill = [self.written(name, values[name] or "") for name in self.value_names]
-            own_files = functools.partial(self._filled, missing=missing, fill=fill)
-            shared_files = functools.partial(self._filled_shared, missing=missing, fill=fill)
+            fill = tuple(self.written(name, values[name] or "") for name in self.value_names)
+            own_files = functools.partial(self._filled, missing=missing, fill=fill,
+                                          digests=digests)
+            shared_files = functools.partial(self._filled_shared, missing=missing, fill=fill,
+                                             digests=digests)
         else:
             own_files = functools.partial(self._own_files, values=values)
             shared_files = functools.partial(self.shared_files, values=values)
@@ -347,16 +375,23 @@ class FormEngine(Engine):
         return RenderedConfig(
             engine=self.name, files=files, config_dir=node.config_dir,
             test_command=test_command, reload_command=reload_command,
-            include_line=self.include_line(node), site_files=site_files,
+            include_line=self.include_line(node), site_files=site_files, digests=digests,
         )
 
-    def _filled(self, site: SiteSpec, missing: frozenset[str], fill: list[str]) -> dict[str, str]:
-        return {path: form.format(*fill) for path, form in self._site_forms(site, missing).items()}
+    def _filled(self, site: SiteSpec, missing: frozenset[str], fill: tuple[str, ...],
+                digests: dict[str, str]) -> dict[str, str]:
+        forms = self._site_forms(site, missing)
+        for path, form in forms.items():
+            digests[path] = self._digests(form, fill)
+        return {path: form.format(*fill) for path, form in forms.items()}
 
     def _filled_shared(self, sites: list[SiteSpec], missing: frozenset[str],
-                       fill: list[str]) -> dict[str, str]:
-        return {path: form.format(*fill)
-                for path, form in self._shared_forms(tuple(sites), missing).items()}
+                       fill: tuple[str, ...], digests: dict[str, str]) -> dict[str, str]:
+        files = {}
+        for path, form in self._shared_forms(tuple(sites), missing).items():
+            files[path] = text = _stamped(form.format(*fill))
+            digests[path] = digest(text)
+        return files
 
     def _own_files(self, site: SiteSpec, values: Mapping[str, str | None]) -> dict[str, str]:
         missing = self.missing_capabilities(site)
@@ -378,6 +413,10 @@ class FormEngine(Engine):
                          missing: frozenset[str]) -> dict[str, str]:
         files = self.shared_files(list(sites), self._stand_ins(missing))
         return {path: _form(text) for path, text in files.items()}
+
+
+def _filled_digest(form: str, fill: tuple[str, ...]) -> str:
+    return digest(form.format(*fill))
 
 
 def _check_unique(sites: list[SiteSpec]) -> None:

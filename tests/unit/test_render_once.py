@@ -5,6 +5,7 @@ values: the output is exactly what rendering every site for that node alone give
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from typing import Any
 
@@ -94,7 +95,11 @@ def test_every_node_gets_what_rendering_for_it_alone_gives(engine_class):
              node(engine_class, 3, listen_address="2001:db8::3"),
              node(engine_class, 4, listen_address=None), node(engine_class, 5, https_port=443)]
     for spec in [*fleet, *reversed(fleet)]:
-        assert shared.render(spec, sites) == engine_class(once=False).render(spec, sites)
+        rendered = shared.render(spec, sites)
+        assert rendered == engine_class(once=False).render(spec, sites)
+        # The digests the engine keeps name each file's content, for every node.
+        assert rendered.digests == {path: hashlib.sha256(text.encode()).hexdigest()
+                                    for path, text in rendered.files.items()}
 
 
 def test_a_pool_renders_each_site_once_for_all_its_nodes(engine_class, renders):
@@ -113,8 +118,10 @@ def test_a_changed_site_alone_is_rendered_again(engine_class, renders):
     changed = [replace(sites[0], config_version=sites[0].config_version + 1,
                        headers=(("X-Changed", "yes"),)), *sites[1:]]
     for index in (1, 2):
-        files = engine.render(node(engine_class, index), changed).files
-        assert any("X-Changed" in text for text in files.values())
+        rendered = engine.render(node(engine_class, index), changed)
+        assert any("X-Changed" in text for text in rendered.files.values())
+        assert rendered.digests == {path: hashlib.sha256(text.encode()).hexdigest()
+                                    for path, text in rendered.files.items()}
     assert renders == [sites[0].id]
 
 

@@ -187,14 +187,16 @@ class NodeRender:
 
 def render_node(node: NodeSpec, engine_name: str, state: PoolState,
                 aside: Collection[int] = ()) -> NodeRender:
-    """The node's files, with the engine's probe.  Each file is hashed once, here:
-    the manifest serves the probe's token, the stored version, the digest the node
-    checks and the choice of what to send."""
+    """The node's files, with the engine's probe.  Each file is hashed once, here or
+    by the engine in an earlier rendering for the node: the manifest serves the
+    probe's token, the stored version, the digest the node checks and the choice of
+    what to send."""
     engine = get_engine(engine_name)
     specs, versions = state.with_aside(aside)
     rendered = engine.render(node, specs)
     files = rendered.files
-    manifest = manifest_of(files)
+    known = rendered.digests
+    manifest = {path: known.get(path) or content_hash(text) for path, text in files.items()}
     probe = engine.probe(node, token_of(manifest))
     files.update(probe)
     manifest.update(manifest_of(probe))
