@@ -1,7 +1,8 @@
 """Tenants cannot hurt each other, as an administrator sees it in the browser: the
 backend address policy edited on the Settings page (a bad network is refused under
 its field, a good one saved and shown in force), and a node's reload command chosen
-from the forms its engine knows, with the change in the audit log."""
+from the forms its engine knows (the pid-file signal among them), with the change in
+the audit log."""
 
 from __future__ import annotations
 
@@ -89,6 +90,21 @@ def test_an_administrator_chooses_a_known_reload_command_for_a_node(journey_fact
         expect(page.get_by_role("row").filter(has_text="cmd-1")).to_contain_text(
             "nginx -s reload → sudo -n systemctl reload nginx")
         journey.check("audit log of the command change")
+
+        # The reload that signals the master through its pid file (no second parse
+        # of a big pool), as the README recommends for large pools.
+        page = journey.go(f"/admin/nodes/{node['id']}")
+        page.get_by_role("link", name="Edit", exact=True).click()
+        reload = page.get_by_label("Reload command", exact=True)
+        reload.select_option(label="sudo -n pkill -HUP -F /run/nginx.pid -x nginx")
+        page.get_by_role("button", name="Save").click()
+        expect(page.get_by_role("status").first).to_contain_text("Node cmd-1 saved")
+        journey.check("node saved with the pid-file reload")
+        page.get_by_role("link", name="Edit", exact=True).click()
+        expect(page.get_by_label("Reload command", exact=True)).to_have_value(
+            "sudo -n pkill -HUP -F /run/nginx.pid -x nginx")
+        assert api(product, "GET", f"/nodes/{node['id']}", {}, token)[
+            "reload_command"] == "sudo -n pkill -HUP -F /run/nginx.pid -x nginx"
     finally:
         api(product, "DELETE", f"/nodes/{node['id']}", {}, token)
         pool = next(p for p in api(product, "GET", "/pools", {}, token)["items"]
