@@ -100,6 +100,8 @@ def test_an_administrator_chooses_a_known_reload_command_for_a_node(journey_fact
         page.get_by_role("button", name="Save").click()
         expect(page.get_by_role("status").first).to_contain_text("Node cmd-1 saved")
         journey.check("node saved with the pid-file reload")
+        # Saving leads to the nodes' list, which holds other journeys' nodes too.
+        page = journey.go(f"/admin/nodes/{node['id']}")
         page.get_by_role("link", name="Edit", exact=True).click()
         expect(page.get_by_label("Reload command", exact=True)).to_have_value(
             "sudo -n pkill -HUP -F /run/nginx.pid -x nginx")
