@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import random
+import shlex
 import shutil
 import threading
 import time
@@ -763,7 +764,12 @@ def test_a_host_key_changed_after_the_swap_is_recorded_and_the_node_flagged(
 
         return run_chain(target, commands, on_next=crash_at_the_test, **kwargs)
 
-    test_command = db.session.get(Node, victim.id).test_command.split()
+    # A test that takes a second: the crash lands while it runs, not after it (the
+    # node goes on with the reload while the control plane is still reading).
+    monkeypatch.setitem(app.config, "ALLOW_CUSTOM_NODE_COMMANDS", True)
+    slow_test = f"sh -c 'sleep 1; exec {db.session.get(Node, victim.id).test_command}'"
+    nodes.update_node(admin, victim.id, {"test_command": slow_test})
+    test_command = shlex.split(slow_test)
     monkeypatch.setattr(pool, "run_chain", key_changes_during_the_test)
     sites.update_site(alice, live_site.id, {"headers": {"X-Shop": "v2"}})
     rollout = deployments.wait(deployments.deploy_nodes(admin, [victim.id]).id)
