@@ -593,7 +593,12 @@ def test_a_node_that_stops_answering_after_the_swap_gets_its_previous_release_ba
         ssh.reset(app)
         pool = ssh.pool(app)
         run_chain = pool.run_chain
-        test_command = db.session.get(Node, victim.id).test_command.split()
+        # A test that takes a second: the stall lands while it runs, not after it
+        # (the node goes on with the reload while the control plane is still reading).
+        monkeypatch.setitem(app.config, "ALLOW_CUSTOM_NODE_COMMANDS", True)
+        slow_test = f"sh -c 'sleep 1; exec {db.session.get(Node, victim.id).test_command}'"
+        nodes.update_node(admin, victim.id, {"test_command": slow_test})
+        test_command = shlex.split(slow_test)
 
         def cut_during_test(target: Any, commands: Any, **kwargs: Any) -> Any:
             argvs = [list(argv) for argv in commands]
