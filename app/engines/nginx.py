@@ -273,6 +273,14 @@ TEMPLATE_NAMES = (
     "modsecurity/paranoia.conf", "probe.conf", "status.conf", "upstream.part",
     "limit_req_zone.part", "cache_zone.part", "geoip2_map.part", "site_include.part",
 )
+# Which shared files a site that is not blocked takes part in.
+SHARED_USES: dict[str, Callable[[SiteSpec], bool]] = {
+    "upstreams.conf": lambda site: True,
+    "limit_req_zones.conf": lambda site: site.rate_limit_rps is not None,
+    "cache_zones.conf": lambda site: site.cache_enabled,
+    "geoip2.conf": lambda site: site.geo_mode != "off",
+    "websocket.conf": lambda site: site.websocket,
+}
 # The shared files made of one part per site, after their own first lines, and the
 # template of that part.
 PART_TEMPLATES = {
@@ -385,12 +393,9 @@ class NginxEngine(FormEngine):
         """What the site adds to each shared file (cached: a pool's shared files are
         joined from the parts of its sites, so a change renders only its site's)."""
         templates = self._templates
-        wanted = {"upstreams.conf": not site.blocked,
-                  "limit_req_zones.conf": not site.blocked and site.rate_limit_rps is not None,
-                  "cache_zones.conf": not site.blocked and site.cache_enabled,
-                  "geoip2.conf": not site.blocked and site.geo_mode != "off"}
-        parts = {name: templates[PART_TEMPLATES[name]].render(site=site, cache_root=cache_root)
-                 for name, used in wanted.items() if used}
+        parts = {name: templates[template].render(site=site, cache_root=cache_root)
+                 for name, template in PART_TEMPLATES.items()
+                 if not site.blocked and SHARED_USES[name](site)}
         parts[ENTRY_FILE] = templates["site_include.part"].render(
             base=base, conf=f"sites/{file_stem(site.domain)}.conf")
         return parts
@@ -481,13 +486,7 @@ def _shared_files(sites: list[SiteSpec], node_context: Mapping[str, Any],
     with a part per site are their first lines and the sites' parts (``parts``)."""
     header = HEADER_SLOT
     proxied = [s for s in sites if not s.blocked]
-    uses = {
-        "upstreams.conf": proxied,
-        "limit_req_zones.conf": [s for s in proxied if s.rate_limit_rps is not None],
-        "cache_zones.conf": [s for s in proxied if s.cache_enabled],
-        "geoip2.conf": [s for s in proxied if s.geo_mode != "off"],
-        "websocket.conf": [s for s in proxied if s.websocket],
-    }
+    uses = {name: [s for s in proxied if takes_part(s)] for name, takes_part in SHARED_USES.items()}
     context = {"header": header, **node_context}
     site_parts = {site.id: parts(site) for site in sites}
     files = {name: templates[name].render(**context)
